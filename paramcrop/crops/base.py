@@ -1,0 +1,84 @@
+"""What every crop method shares: the ``Views`` it returns, its base class, and its registry."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from paramcrop.geometry import _check_size, crop_video
+from paramcrop.registry import Registry
+
+CROPS: Registry["CropMethod"] = Registry("crop method")
+
+
+@dataclass
+class Views:
+    """Two views of a batch of clips and the cubes they were cut from.
+
+    ``x1, x2``: float32 ``(B, C, t, h, w)`` on the input's value scale; ``cubes1, cubes2``: ``(B, 6)``.
+    """
+
+    x1: Tensor
+    x2: Tensor
+    cubes1: Tensor
+    cubes2: Tensor
+
+
+class CropMethod(nn.Module):
+    """Turns raw clips ``(B, C, T, H, W)`` into two views of size ``(t, h, w)`` plus their cubes.
+
+    Subclasses implement :meth:`sample_cubes`; the cutting is shared (:func:`crop_video`), so
+    every method is measured the same way.
+    """
+
+    def __init__(self, size: Sequence[int]) -> None:
+        super().__init__()
+        self.size = _check_size(size)
+
+    def sample_cubes(self, batch: int, device: torch.device, step: int) -> tuple[Tensor, Tensor]:
+        """Two ``(B, 6)`` cube tensors, one per view."""
+        raise NotImplementedError
+
+    def strength_at(self, step: int) -> float:
+        """Adversarial strength (lambda) in force at ``step``; 0 for methods that learn nothing."""
+        return 0.0
+
+    def forward(self, clips: Tensor, step: int = 0) -> Views:
+        cubes1, cubes2 = self.sample_cubes(clips.shape[0], clips.device, step)
+        return Views(crop_video(clips, cubes1, self.size), crop_video(clips, cubes2, self.size), cubes1, cubes2)
+
+
+def create_crop(name: str, size: Sequence[int], **params) -> CropMethod:
+    """Build a registered crop method (``random``, ``cvrl``, ``paramcrop``) for views of ``size``."""
+    return CROPS.create(name, size, **params)
+
+
+def check_range(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
+    """Validate a ``(min, max)`` range inside ``[low, high]``; ``ValueError`` names the argument."""
+    if len(value) != 2 or not (low <= value[0] <= value[1] <= high):
+        raise ValueError(f"{name} must be a (min, max) pair with {low} <= min <= max <= {high}, got {tuple(value)}")
+    return float(value[0]), float(value[1])
+
+
+def sample_spatial_extents(
+    n: int, area: tuple[float, float], aspect: tuple[float, float], device: torch.device
+) -> Tensor:
+    """RandomResizedCrop's box size as half-extents ``(n, 2) = (hx, hy)`` in normalised units.
+
+    Area fraction ~ U(area), aspect ratio (width / height) log-uniform in ``aspect``. A side that
+    would exceed the frame is clamped to the full frame (instead of torchvision's retry loop), so
+    such boxes are slightly smaller than their sampled area.
+    """
+    a = torch.empty(n, device=device).uniform_(*area)
+    log_r = torch.empty(n, device=device).uniform_(math.log(aspect[0]), math.log(aspect[1]))
+    r = log_r.exp()
+    # half-extent in [-1, 1] coordinates equals the fraction of the full side
+    return torch.stack([(a * r).sqrt(), (a / r).sqrt()], -1).clamp(max=1.0)
+
+
+def place_uniformly(half: Tensor) -> Tensor:
+    """Centers ``(..., k)`` drawn uniformly so that boxes of half-extent ``half`` stay inside [-1, 1]."""
+    return (torch.rand_like(half) * 2 - 1) * (1 - half)

@@ -1,0 +1,88 @@
+"""How training reports what it measures, without knowing who listens.
+
+``paramcrop/`` never imports MLflow or Optuna: the trainer talks to a :class:`MetricsSink`,
+and ``studies/`` (or ``cli.py``) connects one to MLflow. Metric and tag names are the
+tracking conventions of SPEC section 4 and live here so that every producer and the
+``analysis/`` reader agree on one spelling.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Protocol, runtime_checkable
+
+# --- metric names (SPEC 4) -------------------------------------------------------------
+TRAIN_LOSS = "train/loss"
+TRAIN_LR = "train/lr"
+TRAIN_CLIPS_PER_S = "train/clips_per_s"
+TRAIN_LAMBDA = "train/lambda"
+VIEW_IOU = "view/iou"
+VIEW_IOU_XY = "view/iou_xy"
+VIEW_IOU_T = "view/iou_t"
+VIEW_CENTER_DISTANCE = "view/center_distance"
+VIEW_CENTER_DISTANCE_XY = "view/center_distance_xy"
+VIEW_CENTER_DISTANCE_T = "view/center_distance_t"
+VIEW_METRICS = (
+    VIEW_IOU, VIEW_IOU_XY, VIEW_IOU_T,
+    VIEW_CENTER_DISTANCE, VIEW_CENTER_DISTANCE_XY, VIEW_CENTER_DISTANCE_T,
+)
+EVAL_KNN_TOP1 = "eval/knn_top1"
+EVAL_LINEAR_TOP1 = "eval/linear_top1"
+DATA_SKIPPED = "data/skipped_videos"
+
+# --- tag keys --------------------------------------------------------------------------
+TAG_PREFIX = "paramcrop."
+TAG_ROLE = "paramcrop.role"            # "study" (parent run), "trial" (child run), "train"
+TAG_STUDY = "paramcrop.study"
+TAG_TRIAL = "paramcrop.trial"          # Optuna trial number
+TAG_TRIAL_STATE = "paramcrop.trial_state"
+TAG_CROP = "paramcrop.crop"            # crop method name
+TAG_FRAMEWORK = "paramcrop.framework"
+TAG_BACKBONE = "paramcrop.backbone"
+TAG_VERSION = "paramcrop.version"
+TAG_GIT_COMMIT = "paramcrop.git_commit"
+TAG_FAILURE = "paramcrop.failure_reason"
+TAG_PRUNED = "paramcrop.pruned"
+TAG_OBJECTIVE = "paramcrop.objective"  # metric name of the study objective
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
+
+@runtime_checkable
+class MetricsSink(Protocol):
+    """Receives what a training run measures. All methods must be cheap or batched."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_params(self, params: Mapping[str, object]) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+
+class MemorySink:
+    """Keeps everything in memory; used by tests and by runs that track nothing.
+
+    ``history`` holds ``(step, name, value)`` triples in logging order.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[tuple[int, str, float]] = []
+        self.params: dict[str, object] = {}
+        self.tags: dict[str, str] = {}
+        self.artifacts: list[tuple[Path, str | None]] = []
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.history.extend((step, k, float(v)) for k, v in metrics.items())
+
+    def log_params(self, params: Mapping[str, object]) -> None:
+        self.params.update(params)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.tags.update(tags)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.artifacts.append((Path(path), artifact_path))
+
+    def series(self, name: str) -> list[tuple[int, float]]:
+        """``[(step, value), ...]`` of one metric."""
+        return [(s, v) for s, k, v in self.history if k == name]

@@ -1,0 +1,10 @@
+"""Shared test helpers."""
+import torch
+
+
+def assert_cubes_inside(cubes: torch.Tensor, tol: float = 1e-6) -> None:
+    """Every cube ``(..., 6)`` lies inside the clip [-1, 1]^3 with positive extents."""
+    center, half = cubes[..., :3], cubes[..., 3:]
+    assert torch.isfinite(cubes).all()
+    assert (half > 0).all()
+    assert (center.abs() + half <= 1 + tol).all(), (center.abs() + half).max()

@@ -1,0 +1,192 @@
+"""Cube geometry and crop_video against independent references (voxel counting, grid_sample)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from paramcrop import center_distance, crop_video, cube_to_theta, view_iou
+from paramcrop.geometry import crop_video_reference, view_disparity
+
+N = 48  # grid cells per axis for voxel counting
+
+
+def grid_cube(rng, axes=3):
+    """A cube whose faces lie on the N-cell grid, so voxel counting is exact."""
+    lo = rng.integers(0, N - 1, size=axes)
+    hi = np.array([rng.integers(l + 1, N + 1) for l in lo])
+    lo, hi = lo * 2 / N - 1, hi * 2 / N - 1
+    return np.concatenate([(lo + hi) / 2, (hi - lo) / 2])
+
+
+def voxel_iou(a, b, axes):
+    """IoU by counting voxel centers of an N^k grid inside each box (k = len(axes))."""
+    idx = ["xyt".index(ax) for ax in axes]
+    centers = (np.arange(N) * 2 + 1) / N - 1
+    mesh = np.stack(np.meshgrid(*[centers] * len(idx), indexing="ij"), -1)
+
+    def inside(c):
+        return np.all(np.abs(mesh - c[idx]) <= c[[i + 3 for i in idx]], axis=-1)
+
+    ia, ib = inside(a), inside(b)
+    union = (ia | ib).sum()
+    return (ia & ib).sum() / union
+
+
+def special_pairs():
+    full = np.array([0, 0, 0, 1, 1, 1.0])
+    half_left = np.array([-0.5, 0, 0, 0.5, 1, 1.0])
+    half_right = np.array([0.5, 0, 0, 0.5, 1, 1.0])
+    small = np.array([0.25, -0.25, 0.5, 0.25, 0.25, 0.25])
+    far = np.array([-0.75, 0.75, -0.75, 0.25, 0.25, 0.25])
+    return [
+        (full, full, 1.0),              # identical
+        (full, small, 0.25**3),         # nested
+        (half_left, half_right, 0.0),   # touching faces
+        (small, far, 0.0),              # disjoint
+    ]
+
+
+@pytest.mark.parametrize("axes", ["xyt", "xy", "t"])
+def test_view_iou_matches_voxel_counting(axes):
+    rng = np.random.default_rng(0)
+    pairs = [(grid_cube(rng), grid_cube(rng)) for _ in range(40)] + [(a, b) for a, b, _ in special_pairs()]
+    a = torch.tensor(np.stack([p[0] for p in pairs]))
+    b = torch.tensor(np.stack([p[1] for p in pairs]))
+    got = view_iou(a, b, axes).numpy()
+    want = np.array([voxel_iou(x, y, axes) for x, y in pairs])
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    assert (want > 0).sum() > 10 and (want == 0).sum() >= 2  # the sample covers both cases
+
+
+def test_view_iou_special_cases_and_symmetry():
+    for a, b, expected in special_pairs():
+        a, b = torch.tensor(a), torch.tensor(b)
+        assert view_iou(a, b).item() == pytest.approx(expected, abs=1e-12)
+        assert view_iou(b, a).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_view_iou_off_grid_close_to_fine_voxel_count():
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        h = rng.uniform(0.2, 1.0, 6)[:3]
+        c = rng.uniform(-1, 1, 3) * (1 - h)
+        h2 = rng.uniform(0.2, 1.0, 3)
+        c2 = rng.uniform(-1, 1, 3) * (1 - h2)
+        a, b = np.concatenate([c, h]), np.concatenate([c2, h2])
+        got = view_iou(torch.tensor(a), torch.tensor(b)).item()
+        assert got == pytest.approx(voxel_iou(a, b, "xyt"), abs=0.05)
+
+
+def test_center_distance_hand_computed():
+    a = torch.tensor([0.0, 0.0, 0.0, 1, 1, 1])
+    b = torch.tensor([0.3, 0.4, 1.2, 0.5, 0.5, 0.5])
+    assert center_distance(a, b).item() == pytest.approx(math.sqrt(0.09 + 0.16 + 1.44))
+    assert center_distance(a, b, "xy").item() == pytest.approx(0.5)
+    assert center_distance(a, b, "t").item() == pytest.approx(1.2)
+    batch = torch.stack([a, b])
+    assert center_distance(batch, batch).tolist() == [0.0, 0.0]
+
+
+def test_center_distance_gradient_finite_at_zero():
+    a = torch.zeros(6, requires_grad=True)
+    center_distance(a, torch.zeros(6)).backward()
+    assert torch.isfinite(a.grad).all()
+
+
+def test_view_disparity_names_and_values():
+    a = torch.tensor([[0.0, 0, 0, 1, 1, 1]])
+    b = torch.tensor([[0.5, 0, 0, 0.5, 1, 1]])
+    d = view_disparity(a, b)
+    assert set(d) == {"view/iou", "view/iou_xy", "view/iou_t", "view/center_distance",
+                      "view/center_distance_xy", "view/center_distance_t"}
+    assert d["view/iou"].item() == pytest.approx(0.5)
+    assert d["view/iou_t"].item() == pytest.approx(1.0)
+    assert d["view/center_distance_xy"].item() == pytest.approx(0.5)
+
+
+def test_bad_axes_and_shapes_raise():
+    a = torch.zeros(6)
+    with pytest.raises(ValueError, match="axes"):
+        view_iou(a, a, "xz")
+    with pytest.raises(ValueError, match=r"\(\.\.\., 6\)"):
+        center_distance(torch.zeros(5), torch.zeros(5))
+
+
+def test_cube_to_theta_full_cube_is_identity_grid():
+    theta = cube_to_theta(torch.tensor([[0.0, 0, 0, 1, 1, 1]]))
+    expected = torch.tensor([[[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]])
+    torch.testing.assert_close(theta, expected)
+    theta = cube_to_theta(torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]]))
+    torch.testing.assert_close(theta[0, :, 3], torch.tensor([0.1, 0.2, 0.3]))
+    torch.testing.assert_close(theta[0].diagonal(), torch.tensor([0.4, 0.5, 0.6]))
+
+
+def random_valid_cubes(n, generator=None, low=0.15):
+    half = torch.rand(n, 3, generator=generator) * (1 - low) + low
+    center = (torch.rand(n, 3, generator=generator) * 2 - 1) * (1 - half)
+    return torch.cat([center, half], -1)
+
+
+@pytest.mark.parametrize("size", [(5, 7, 6), (8, 16, 16), (12, 20, 9)])
+def test_crop_video_equals_grid_sample_in_value_and_gradient(size):
+    g = torch.Generator().manual_seed(sum(size))
+    video = torch.rand(3, 2, 10, 17, 13, generator=g)
+    cubes = random_valid_cubes(3, g).requires_grad_()
+    ours = crop_video(video, cubes, size)
+    ref = crop_video_reference(video, cubes, size)
+    assert ours.shape == (3, 2) + size
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    upstream = torch.randn(ref.shape, generator=g)
+    (g_ours,) = torch.autograd.grad((ours * upstream).sum(), cubes)
+    (g_ref,) = torch.autograd.grad((ref * upstream).sum(), cubes)
+    rel = (g_ours - g_ref).abs().max() / g_ref.abs().max()
+    assert rel < 1e-4
+
+
+def test_crop_video_reference_is_plain_grid_sample():
+    """The reference itself is SPEC 3.1's expression, spelled out independently here."""
+    g = torch.Generator().manual_seed(3)
+    video = torch.rand(2, 3, 6, 9, 11, generator=g)
+    cubes = random_valid_cubes(2, g)
+    hx, hy, ht = cubes[:, 3], cubes[:, 4], cubes[:, 5]
+    theta = torch.zeros(2, 3, 4)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, 2, 2] = hx, hy, ht
+    theta[:, :, 3] = cubes[:, :3]
+    grid = F.affine_grid(theta, [2, 3, 4, 5, 6], align_corners=False)
+    want = F.grid_sample(video, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    torch.testing.assert_close(crop_video(video, cubes, (4, 5, 6)), want, rtol=0, atol=1e-5)
+
+
+def test_crop_video_identity_cube_returns_input():
+    video = torch.rand(2, 3, 7, 9, 11)
+    full = torch.tensor([[0.0, 0, 0, 1, 1, 1]] * 2)
+    torch.testing.assert_close(crop_video(video, full, (7, 9, 11)), video, rtol=0, atol=1e-6)
+
+
+def test_crop_video_uint8_gives_float32_on_0_255_scale():
+    g = torch.Generator().manual_seed(5)
+    video = torch.randint(0, 256, (2, 3, 8, 12, 12), dtype=torch.uint8, generator=g)
+    cubes = random_valid_cubes(2, g)
+    out = crop_video(video, cubes, (4, 6, 6))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, crop_video_reference(video.float(), cubes, (4, 6, 6)), rtol=0, atol=1e-3)
+    assert out.max() > 1.5  # not rescaled to [0, 1]
+
+
+def test_crop_video_single_frame_and_float64():
+    video = torch.rand(1, 1, 1, 5, 5, dtype=torch.float64)
+    cubes = torch.tensor([[0.1, -0.2, 0.0, 0.5, 0.6, 1.0]], dtype=torch.float64, requires_grad=True)
+    out = crop_video(video, cubes, (3, 4, 4))
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, crop_video_reference(video, cubes, (3, 4, 4)))
+
+
+def test_crop_video_rejects_bad_input():
+    with pytest.raises(ValueError, match="B, C, T, H, W"):
+        crop_video(torch.zeros(3, 4, 4, 4), torch.zeros(3, 6), (2, 2, 2))
+    with pytest.raises(ValueError, match="B = 2"):
+        crop_video(torch.zeros(2, 1, 4, 4, 4), torch.zeros(3, 6), (2, 2, 2))
+    with pytest.raises(ValueError, match="size"):
+        crop_video(torch.zeros(2, 1, 4, 4, 4), torch.zeros(2, 6), (2, 0, 2))
