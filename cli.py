@@ -6,6 +6,9 @@ Heavy libraries (torch, mlflow, optuna, seaborn) are imported inside the command
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 app = typer.Typer(
@@ -33,6 +36,276 @@ def main(
     ),
 ) -> None:
     """Learned 3D crops for video contrastive learning, studied with Optuna and tracked in MLflow."""
+
+
+# --- shared option handling ----------------------------------------------------------------
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``message`` to stderr and return the Exit to raise (2 = bad input, nothing created)."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+def collect_overrides(sets: list[str], **flags) -> dict:
+    """``--set key=value`` entries plus the common flags (``None`` = not given) as dotted overrides."""
+    from paramcrop.config import parse_override
+
+    overrides = dict(parse_override(s) for s in sets)
+    dotted = {"data": "data.source", "backbone": "backbone.name", "framework": "framework.name",
+              "crop": "crop.method", "strength": "crop.strength", "steps": "steps", "batch_size": "batch_size",
+              "seed": "seed", "device": "device"}
+    overrides.update({dotted[k]: v for k, v in flags.items() if v is not None})
+    return overrides
+
+
+def check_tracking_uri(uri: str | None) -> str:
+    """The tracking URI to use; an unknown scheme is refused before anything is created."""
+    from urllib.parse import urlparse
+
+    from paramcrop.sinks import default_tracking_uri
+
+    uri = uri or default_tracking_uri()
+    scheme = urlparse(uri).scheme.split("+")[0]
+    known = {"", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks"}
+    if scheme not in known:
+        raise fail(f"tracking URI {uri!r} has an unknown scheme {scheme!r}; use e.g. sqlite:///mlflow.db, "
+                   f"http://host:5000 or postgresql://user@host/db")
+    return uri
+
+
+# --- paramcrop train -------------------------------------------------------------------------
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML training config (keys as in "
+                                           "`paramcrop.config.TrainConfig`); flags and --set override it."),
+    sets: list[str] = typer.Option([], "--set", help="Override any config key: --set crop.strength=0.5 "
+                                   "(repeatable; values parsed as YAML)."),
+    data: Optional[str] = typer.Option(None, help="Data source: synthetic, folder:DIR, ucf101:ROOT[:SPLIT], "
+                                       "hmdb51:ROOT[:SPLIT], kinetics:CSV:ROOT. [default: synthetic]"),
+    backbone: Optional[str] = typer.Option(None, help="tiny3d, r3d_18, mc3_18, r2plus1d_18, s3d. [default: tiny3d]"),
+    framework: Optional[str] = typer.Option(None, help="simclr, moco, byol. [default: simclr]"),
+    crop: Optional[str] = typer.Option(None, help="Crop method: random, cvrl, paramcrop. [default: paramcrop]"),
+    strength: Optional[float] = typer.Option(None, help="Adversarial strength lambda of a learned crop (>= 0)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps. [default: 300]"),
+    batch_size: Optional[int] = typer.Option(None, help="Clips per step. [default: 32]"),
+    seed: Optional[int] = typer.Option(None, help="Random seed. [default: 0]"),
+    device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI "
+                                               "or sqlite:///mlflow.db]"),
+    experiment: str = typer.Option("paramcrop-train", help="MLflow experiment to record the run in."),
+    run_dir: Optional[Path] = typer.Option(None, help="Folder for checkpoints and run files. "
+                                           "[default: paramcrop-runs/<experiment>/<run name>]"),
+    resume: bool = typer.Option(False, help="Continue the run in --run-dir from its checkpoint (same MLflow run)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Run one training run (no Optuna), tracked in MLflow: params, step metrics, evaluation, artifacts."""
+    from paramcrop.config import ConfigError, TrainConfig
+
+    try:
+        base = TrainConfig.from_yaml(config.read_text()) if config else TrainConfig()
+        overrides = collect_overrides(sets, data=data, backbone=backbone, framework=framework, crop=crop,
+                                      strength=strength, steps=steps, batch_size=batch_size, seed=seed, device=device)
+        cfg = base.with_overrides(overrides)
+    except OSError as exc:
+        raise fail(f"cannot read the config file: {exc}")
+    except ConfigError as exc:
+        raise fail(str(exc))
+    uri = check_tracking_uri(tracking_uri)
+
+    from studies.runs import run_training
+
+    code = run_training(cfg, tracking_uri=uri, experiment=experiment, run_dir=run_dir, resume=resume,
+                        progress=progress)
+    raise typer.Exit(code)
+
+
+# --- paramcrop data ----------------------------------------------------------------------------
+data_app = typer.Typer(help="Build the embedded synthetic benchmark; check a video dataset.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Optional[Path] = typer.Option(None, "--out", help="Cache folder to build into (the dataset goes in a "
+                                       "versioned sub-folder). [default: $PARAMCROP_CACHE or ~/.cache/paramcrop]"),
+    seed: Optional[int] = typer.Option(None, help="Generator seed. [default: 0]"),
+    videos_per_class: Optional[int] = typer.Option(None, help="Videos per class. [default: 32]"),
+    frames: Optional[int] = typer.Option(None, help="Frames per video. [default: 40]"),
+    size: Optional[int] = typer.Option(None, help="Frame width and height in pixels, even. [default: 64]"),
+    shapes: Optional[int] = typer.Option(None, help="Object shapes, 1-4; classes = shapes x motions. [default: 2]"),
+    motions: Optional[int] = typer.Option(None, help="Motion directions, 1-8. [default: 4]"),
+    test_fraction: Optional[float] = typer.Option(None, help="Fraction of each class in the test split. [default: 0.25]"),
+) -> None:
+    """Generate the synthetic benchmark (H.264 MP4 + manifest) into the cache, or find it there."""
+    from paramcrop.data.synthetic import MANIFEST, SyntheticConfig, cache_root, ensure_synthetic
+
+    given = dict(seed=seed, videos_per_class=videos_per_class, frames=frames, size=size, shapes=shapes,
+                 motions=motions, test_fraction=test_fraction)
+    try:
+        config = SyntheticConfig(**{k: v for k, v in given.items() if v is not None})
+        target = cache_root(out) / config.dirname
+        existed = (target / MANIFEST).is_file()
+        spec = ensure_synthetic(config, out)
+    except (ValueError, OSError) as exc:
+        raise fail(str(exc))
+    state = "already built" if existed else "built"
+    typer.echo(f"{state}: {target}\n{len(spec.classes)} classes, {len(spec.train)} train + {len(spec.test)} test "
+               f"videos of {config.frames} frames at {config.size}x{config.size}")
+
+
+@data_app.command("check")
+def data_check(
+    target: str = typer.Argument(..., help="A folder with one sub-folder per class, or a data source string "
+                                 "(synthetic, folder:DIR, ucf101:ROOT[:SPLIT], hmdb51:ROOT[:SPLIT], kinetics:CSV:ROOT)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Cache folder for the synthetic benchmark."),
+) -> None:
+    """Scan a dataset: readable videos per class, unreadable files with the reason, frame counts and
+    resolutions. Exit 0 when usable (broken files are reported, not fatal), 1 when not, 2 on bad input."""
+    from rich.console import Console
+
+    from paramcrop.data import check_dataset, resolve_source
+    from paramcrop.data.check import print_report
+
+    source = f"folder:{target}" if Path(target).is_dir() else target
+    try:
+        spec = resolve_source(source, cache_dir=cache_dir)
+    except (ValueError, OSError) as exc:
+        raise fail(str(exc))
+    report = check_dataset(spec, progress=True)
+    print_report(report, Console())
+    raise typer.Exit(0 if report.usable else 1)
+
+
+# --- paramcrop analyze -------------------------------------------------------------------------
+analyze_app = typer.Typer(
+    help="Plots and tables from tracked runs (MLflow only): a study (default: the most recent), "
+    "an experiment (--experiment) or any runs (--runs). Files go to --out [default: ./analysis-<study>/] "
+    "as PNG + PDF + CSV and, for a study, to its parent run's artifacts (analysis/). "
+    "Exit 2: unknown study/experiment/run/store or bad option; exit 1: no usable data.",
+    no_args_is_help=True,
+)
+app.add_typer(analyze_app, name="analyze")
+
+_STUDY_HELP = "Study name (= MLflow experiment name). [default: the study whose parent run started last]"
+_EXPERIMENT_HELP = "Analyse the finished runs of this MLflow experiment (name or id; repeatable) instead of a study."
+_RUNS_HELP = "Analyse these run ids (comma-separated; repeatable) instead of a study."
+_URI_HELP = "MLflow tracking URI. [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db]"
+_OUT_HELP = "Output folder. [default: ./analysis-<study or experiment>/, ./analysis-runs/ for --runs]"
+_OBJECTIVE_HELP = "Objective metric. [default: the study's paramcrop.objective tag, else eval/knn_top1]"
+_LOG_HELP = "Log the files as artifacts (analysis/) of the study's parent run."
+
+
+def _analysis(fn, tracking_uri: Optional[str] = None, **kwargs) -> None:
+    """Run one analysis; AnalysisError -> message on stderr and its exit status (2 or 1)."""
+    from analysis.errors import AnalysisError
+    from analysis.report import print_report
+
+    uri = check_tracking_uri(tracking_uri)
+    try:
+        report = fn(tracking_uri=uri, **kwargs)
+    except AnalysisError as exc:
+        raise fail(str(exc), exc.exit_code)
+    print_report(report)
+
+
+@analyze_app.command("iou-curves")
+def analyze_iou_curves(
+    study: Optional[str] = typer.Option(None, "--study", help=_STUDY_HELP),
+    experiment: list[str] = typer.Option([], "--experiment", help=_EXPERIMENT_HELP),
+    runs: list[str] = typer.Option([], "--runs", help=_RUNS_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help=_OUT_HELP),
+    x: str = typer.Option("progress", "--x", help="x axis: progress = step / (the run's steps param - 1), "
+                          "so runs of different lengths align on [0, 1]; or step."),
+    axes: str = typer.Option("xyt", "--axes", help="xyt (view/iou, view/center_distance), xy (spatial) or t (temporal)."),
+    hue: list[str] = typer.Option([], "--hue", help="Also split configurations by this param, e.g. "
+                                  "framework.name (repeatable). Always split: crop.method, crop.strength."),
+    separate: bool = typer.Option(False, "--separate", help="One figure per metric instead of one with two panels."),
+    points: int = typer.Option(101, "--points", help="Grid points along x (runs are interpolated onto them)."),
+    level: float = typer.Option(0.95, "--level", help="Confidence level of the t-interval band over runs."),
+    objective: Optional[str] = typer.Option(None, "--objective", help=_OBJECTIVE_HELP),
+    skip_incomplete: bool = typer.Option(False, "--skip-incomplete", help="Skip runs without the view metrics "
+                                         "(default: stop with an error naming them)."),
+    log: bool = typer.Option(True, "--log/--no-log", help=_LOG_HELP),
+) -> None:
+    """View IoU and center distance over training, mean and 95% t-interval over seeds/trials per crop
+    configuration, against the random-crop baseline (dashed). Writes iou-curves.png/.pdf/.csv."""
+    from analysis.iou_curves import iou_curves
+
+    _analysis(iou_curves, tracking_uri, study=study, experiments=experiment, run_ids=runs, out=out, x=x,
+              axes=axes, hue=hue, separate=separate, points=points, level=level, objective=objective,
+              log=log, skip_incomplete=skip_incomplete)
+
+
+@analyze_app.command("strength")
+def analyze_strength(
+    study: Optional[str] = typer.Option(None, "--study", help=_STUDY_HELP),
+    experiment: list[str] = typer.Option([], "--experiment", help=_EXPERIMENT_HELP),
+    runs: list[str] = typer.Option([], "--runs", help=_RUNS_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help=_OUT_HELP),
+    objective: Optional[str] = typer.Option(None, "--objective", help=_OBJECTIVE_HELP),
+    level: float = typer.Option(0.95, "--level", help="Confidence level of the error bars (t-interval over runs)."),
+    logx: bool = typer.Option(False, "--logx", help="Logarithmic (symlog) strength axis."),
+    log: bool = typer.Option(True, "--log/--no-log", help=_LOG_HELP),
+) -> None:
+    """Objective against adversarial strength (crop.strength) per framework, random crop as reference
+    lines. Writes strength.png/.pdf/.csv."""
+    from analysis.strength import strength
+
+    _analysis(strength, tracking_uri, study=study, experiments=experiment, run_ids=runs, out=out,
+              objective=objective, level=level, logx=logx, log=log)
+
+
+@analyze_app.command("table")
+def analyze_table(
+    study: Optional[str] = typer.Option(None, "--study", help=_STUDY_HELP),
+    experiment: list[str] = typer.Option([], "--experiment", help=_EXPERIMENT_HELP),
+    runs: list[str] = typer.Option([], "--runs", help=_RUNS_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help=_OUT_HELP),
+    objective: Optional[str] = typer.Option(None, "--objective", help=_OBJECTIVE_HELP),
+    level: float = typer.Option(0.95, "--level", help="Confidence level of the t-interval in table.csv."),
+    log: bool = typer.Option(True, "--log/--no-log", help=_LOG_HELP),
+) -> None:
+    """Framework x backbone x crop table of the objective (mean ± std over seeds, n). Writes
+    table.md, table.csv and a heatmap (table.png/.pdf)."""
+    from analysis.tables import table
+
+    _analysis(table, tracking_uri, study=study, experiments=experiment, run_ids=runs, out=out,
+              objective=objective, level=level, log=log)
+
+
+@analyze_app.command("importance")
+def analyze_importance(
+    study: Optional[str] = typer.Option(None, "--study", help="Optuna study name. [default: the study whose "
+                                        "first trial started last]"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage: a journal file path or an RDB "
+                                          "URL. [default: ./paramcrop-studies.journal]"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder. [default: ./analysis-<study>/]"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fANOVA importance evaluator."),
+    log: bool = typer.Option(True, "--log/--no-log", help="Log the files to the MLflow study's parent run "
+                             "when the tracking store has it."),
+) -> None:
+    """Optuna parameter importances (fANOVA) and optimisation history of a study. Writes
+    importance.png/.pdf/.csv and optimization-history.png/.pdf/.csv."""
+    from analysis.importance import importance
+
+    _analysis(importance, tracking_uri, study=study, storage=storage, out=out, seed=seed, log=log)
+
+
+@analyze_app.command("crops")
+def analyze_crops(
+    run: str = typer.Option(..., "--run", help="MLflow run id."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder. [default: ./analysis-<experiment>/]"),
+    cols: Optional[int] = typer.Option(None, "--cols", help="Images per row. [default: up to 3]"),
+) -> None:
+    """A run's crop visualisations (PNG artifacts under crops/) assembled into one figure,
+    crops-<run id>.png/.pdf (+ .csv listing the images)."""
+    from analysis.crops import crops
+
+    _analysis(crops, tracking_uri, run_id=run, out=out, cols=cols)
 
 
 if __name__ == "__main__":

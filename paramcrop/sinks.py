@@ -7,8 +7,16 @@ tracking conventions of SPEC section 4 and live here so that every producer and 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Mapping, Protocol, runtime_checkable
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: a bare `mlflow ui` here shows it all
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 # --- metric names (SPEC 4) -------------------------------------------------------------
 TRAIN_LOSS = "train/loss"

@@ -1,0 +1,291 @@
+"""The training configuration: nested dataclasses that reject unknown keys.
+
+One schema serves ``paramcrop train`` (YAML + ``--set key=value``) and every study trial (the
+spec's fixed config + the sampled params, dotted keys alike). The sections ``crop``,
+``framework``, ``backbone`` and ``augment`` are open dicts: their keys are the constructor
+arguments of the chosen component, checked against its registry in :meth:`TrainConfig.validate`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """Where clips come from: ``source`` (SPEC 1 string), the raw clip cut from each video."""
+
+    source: str = "synthetic"
+    frames: int = 16  # raw clip length in frames (the views are cut from it)
+    stride: int = 2  # temporal stride between decoded frames
+    size: int = 64  # raw clip side (short side resized to it, then center-cropped square)
+    workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class ViewConfig:
+    """Size of each view fed to the backbone: ``frames x size x size``."""
+
+    frames: int = 8
+    size: int = 48
+
+
+@dataclass
+class OptimConfig:
+    """AdamW for the backbone and heads (warm-up + cosine); Adam for a learned crop's generator."""
+
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.05  # the cosine ends at lr * min_lr_ratio
+    generator_lr: float = 2e-3
+    grad_clip: float = 0.0  # max global grad norm of the backbone side (0 = off)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on frozen features: after training and every ``every`` steps (0 = end only)."""
+
+    every: int = 0
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    linear: bool = True
+    retrieval: bool = True
+    clips_per_video: int = 1
+    batch_size: int = 64
+
+
+@dataclass
+class TrainConfig:
+    """One self-supervised pretraining run. See ``paramcrop train --help`` and docs/DESIGN.md."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    view: ViewConfig = field(default_factory=ViewConfig)
+    crop: dict = field(default_factory=lambda: {"method": "paramcrop"})
+    augment: dict = field(default_factory=dict)
+    framework: dict = field(default_factory=lambda: {"name": "simclr"})
+    backbone: dict = field(default_factory=lambda: {"name": "tiny3d"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    steps: int = 300
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "auto"  # auto = cuda when available, else cpu
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0 = only at the end
+    visualize_at: int = 3  # crop visualisations at this many points of training (0 = none)
+
+    # --- construction ------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "TrainConfig":
+        """Build from a (possibly partial) nested dict; unknown keys raise :class:`ConfigError`."""
+        cfg = _from_dict(cls, dict(data or {}), prefix="")
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "TrainConfig":
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"the config is not valid YAML: {exc}") from exc
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"the config must be a YAML mapping, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "TrainConfig":
+        """A copy with dotted keys set (``{"crop.strength": 0.5}``).
+
+        Component names (``crop.method``, ``framework.name``, ``backbone.name``) are applied
+        first; a changed name starts its section afresh, so ``crop.method=random`` drops
+        ParamCrop-only keys such as ``crop.strength``.
+        """
+        data = self.to_dict()
+        names = {f"{section}.{key}" for section, key in _COMPONENT_KEYS.items()}
+        for key, value in sorted(overrides.items(), key=lambda kv: kv[0] not in names):
+            if key in names:
+                section, name_key = key.split(".")
+                if data[section].get(name_key) != value:
+                    data[section] = {}
+            set_dotted(data, key, value)
+        return TrainConfig.from_dict(data)
+
+    def flatten(self) -> dict[str, Any]:
+        """Dotted key -> value for every leaf (MLflow params, tables)."""
+        return flatten(self.to_dict())
+
+    # --- validation ----------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check ranges and component keys before anything expensive starts."""
+        from paramcrop.augment import ClipAugment
+        from paramcrop.backbones import BACKBONES
+        from paramcrop.crops import CROPS
+        from paramcrop.frameworks import FRAMEWORKS
+
+        positive = {
+            "data.frames": self.data.frames, "data.stride": self.data.stride, "data.size": self.data.size,
+            "view.frames": self.view.frames, "view.size": self.view.size, "steps": self.steps,
+            "batch_size": self.batch_size, "log_every": self.log_every, "eval.knn_k": self.eval.knn_k,
+            "eval.clips_per_video": self.eval.clips_per_video, "eval.batch_size": self.eval.batch_size,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key} must be >= 1, got {value}")
+        non_negative = {
+            "data.workers": self.data.workers, "eval.every": self.eval.every, "optim.warmup_steps":
+            self.optim.warmup_steps, "optim.weight_decay": self.optim.weight_decay,
+            "optim.grad_clip": self.optim.grad_clip, "checkpoint_every": self.checkpoint_every,
+            "visualize_at": self.visualize_at,
+        }
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{key} must be >= 0, got {value}")
+        for key, value in (("optim.lr", self.optim.lr), ("optim.generator_lr", self.optim.generator_lr),
+                           ("eval.knn_temperature", self.eval.knn_temperature)):
+            if not value > 0:
+                raise ConfigError(f"{key} must be > 0, got {value}")
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size must be >= 2 for contrastive learning, got {self.batch_size}")
+        if self.view.size > self.data.size or self.view.frames > self.data.frames:
+            raise ConfigError(
+                f"the view ({self.view.frames}x{self.view.size}) cannot be larger than the raw clip "
+                f"({self.data.frames}x{self.data.size}): lower view.* or raise data.*"
+            )
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        for section, registry, name_key, n_positional in (
+            ("crop", CROPS, "method", 1), ("framework", FRAMEWORKS, "name", 1), ("backbone", BACKBONES, "name", 0)
+        ):
+            params = dict(getattr(self, section))
+            name = params.pop(name_key, None)
+            if name is None:
+                raise ConfigError(f"{section}.{name_key} is required; choose one of {', '.join(registry.names())}")
+            try:
+                registry.get(name)
+            except ValueError as exc:
+                raise ConfigError(f"{section}.{name_key}: {exc}") from None
+            _check_keys(section, params, registry.valid_keys(name, n_positional), f" for {section} {name!r}")
+        _check_keys("augment", self.augment, _init_keys(ClipAugment))
+
+    def component(self, section: str) -> tuple[str, dict[str, Any]]:
+        """``(name, constructor kwargs)`` of the ``crop``, ``framework`` or ``backbone`` section."""
+        params = dict(getattr(self, section))
+        return params.pop(_COMPONENT_KEYS[section]), params
+
+
+# --- helpers ------------------------------------------------------------------------------
+_COMPONENT_KEYS = {"crop": "method", "framework": "name", "backbone": "name"}
+
+
+def _init_keys(cls: type) -> list[str]:
+    import inspect
+
+    return [p for p in inspect.signature(cls).parameters if p != "self"]
+
+
+def _check_keys(section: str, params: Mapping[str, Any], valid: list[str], what: str = "") -> None:
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}{what}; "
+            f"valid keys: {', '.join(f'{section}.{k}' for k in valid) or '(none)'}"
+        )
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f" in {prefix.rstrip('.')}" if prefix else ""
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}{where}; "
+            f"valid keys: {', '.join(prefix + k for k in fields)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{prefix}{name} must be a mapping, got {value!r}")
+            kwargs[name] = _from_dict(type(default), dict(value), f"{prefix}{name}.")
+        elif isinstance(default, dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{prefix}{name} must be a mapping, got {value!r}")
+            kwargs[name] = _merge_component(name, default, dict(value))
+        else:
+            kwargs[name] = _coerce(f"{prefix}{name}", value, default)
+    return cls(**kwargs)
+
+
+def _merge_component(section: str, default: dict, value: dict) -> dict:
+    """A new component name starts from its own defaults; the same name keeps the given keys."""
+    if _COMPONENT_KEYS.get(section) in value or not default:
+        return value
+    return {**default, **value}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Type-check a leaf against its default's type (ints accepted for floats)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``set_dotted(d, "crop.strength", 0.5)`` sets ``d["crop"]["strength"]``."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"cannot set {key!r}: {part!r} is not a config section")
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"crop.strength=0.5"`` -> ``("crop.strength", 0.5)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. crop.strength=0.5")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -1,0 +1,343 @@
+"""One self-supervised pretraining run: crop -> augment -> framework, evaluated on frozen features.
+
+The loop reports to a :class:`~paramcrop.sinks.MetricsSink` and knows nothing of MLflow or
+Optuna. With a learned crop, one backward pass serves both sides: the backbone's optimiser
+descends the loss, and the generator's optimiser steps on gradients that the reversal layer
+has already negated and scaled by lambda, so it ascends the same loss.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Sampler
+
+from paramcrop import sinks
+from paramcrop.augment import ClipAugment
+from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.geometry import view_disparity
+
+# the Kinetics statistics that torchvision's video models use
+MEAN = (0.43216, 0.394666, 0.37645)
+STD = (0.22803, 0.22145, 0.216989)
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: the run stops instead of training on garbage."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns: its last metrics, the final evaluation and where its files are."""
+
+    steps: int
+    seconds: float
+    final_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    run_dir: Path
+    skipped_videos: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available: use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_input(x: Tensor) -> Tensor:
+    """Float clips on the 0-1 scale ``(B, 3, T, H, W)`` -> normalised backbone input."""
+    mean = x.new_tensor(MEAN).view(1, 3, 1, 1, 1)
+    std = x.new_tensor(STD).view(1, 3, 1, 1, 1)
+    return (x - mean) / std
+
+
+def normalize_clips(x: Tensor) -> Tensor:
+    """uint8/float clips on the 0-255 scale -> normalised backbone input (used for evaluation)."""
+    return to_input(x.float() / 255.0)
+
+
+class EpochBatches(Sampler[list[int]]):
+    """Endless shuffled batches, reproducible from ``(seed, step)``: epoch ``e`` uses the
+    permutation seeded by ``(seed, e)``, so a resumed run sees exactly the batches it would
+    have seen (no decoding of skipped batches)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0) -> None:
+        if n < batch_size:
+            raise ConfigError(
+                f"the training set has {n} readable videos, fewer than batch_size={batch_size}: lower batch_size"
+            )
+        self.n, self.batch_size, self.seed, self.start_step = n, batch_size, seed, start_step
+        self.per_epoch = n // batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while True:
+            epoch, offset = divmod(step, self.per_epoch)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            for b in range(offset, self.per_epoch):
+                yield [epoch * self.n + int(i) for i in perm[b * self.batch_size:(b + 1) * self.batch_size]]
+                step += 1
+
+    def __len__(self) -> int:  # endless; DataLoader only needs it for its own len()
+        return 2**31
+
+
+class Trainer:
+    """Builds every component of a run from its config (so bad input fails here, before anything
+    is tracked), then :meth:`fit` runs the loop and reports to a sink.
+
+    ``on_eval(step, metrics)`` is called after each evaluation (a study's pruner hooks in here
+    and may raise to stop); ``progress`` shows a rich progress bar.
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True,
+                 on_eval: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        from paramcrop.backbones import create_backbone
+        from paramcrop.crops import create_crop
+        from paramcrop.data import EvalClips, TrainClips, resolve_source
+        from paramcrop.frameworks import create_framework
+
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.sink: sinks.MetricsSink = sinks.MemorySink()
+        self.progress, self.on_eval = progress, on_eval
+        self.device = resolve_device(cfg.device)
+        self.autocast = (cfg.precision == "bf16") or (cfg.precision == "auto" and self.device.type == "cuda")
+        seed_everything(cfg.seed)
+
+        backbone_name, backbone_kw = cfg.component("backbone")
+        backbone = create_backbone(backbone_name, **backbone_kw)
+        backbone.check_input(cfg.view.frames, cfg.view.size)
+
+        dataset = resolve_source(cfg.data.source)
+        self.train_set = TrainClips(dataset.train, cfg.data.frames, cfg.data.stride, cfg.data.size, seed=cfg.seed)
+        self.skipped = list(self.train_set.skipped)
+        eval_stride = max(1, cfg.data.stride * cfg.data.frames // cfg.view.frames)  # span of a whole raw clip
+        self.eval_sets = [EvalClips(split, cfg.view.frames, eval_stride, cfg.view.size, cfg.eval.clips_per_video)
+                          for split in (dataset.train, dataset.test)]
+
+        crop_name, crop_kw = cfg.component("crop")
+        self.crop = create_crop(crop_name, (cfg.view.frames, cfg.view.size, cfg.view.size), **crop_kw).to(self.device)
+        self.augment = ClipAugment(**cfg.augment)
+        fw_name, fw_kw = cfg.component("framework")
+        self.framework = create_framework(fw_name, backbone, **fw_kw).to(self.device)
+
+        params = [p for p in self.framework.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        gen_params = list(self.crop.parameters())
+        self.gen_optimizer = torch.optim.Adam(gen_params, lr=cfg.optim.generator_lr) if gen_params else None
+        self.step = 0
+
+    # --- schedule ------------------------------------------------------------------------
+    def _lr_factor(self, step: int) -> float:
+        o = self.cfg.optim
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        progress = (step - o.warmup_steps) / max(1, self.cfg.steps - o.warmup_steps)
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "step": self.step,
+            "framework": self.framework.state_dict(),
+            "crop": self.crop.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+            "rng_python": random.getstate()[1],
+        }
+        if self.gen_optimizer is not None:
+            state["gen_optimizer"] = self.gen_optimizer.state_dict()
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save_checkpoint(self) -> Path:
+        """Write atomically (temp file + rename): a crash never leaves a torn checkpoint."""
+        path = self.run_dir / CHECKPOINT_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore a checkpoint; ``weights_only=True``: loading never executes code."""
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.framework.load_state_dict(state["framework"])
+        self.crop.load_state_dict(state["crop"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.gen_optimizer is not None:
+            self.gen_optimizer.load_state_dict(state["gen_optimizer"])
+        torch.set_rng_state(state["rng_torch"].cpu())
+        np.random.set_state(("MT19937", state["rng_numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+        random.setstate((3, tuple(state["rng_python"]), None))
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.step = int(state["step"])
+
+    # --- evaluation --------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        from paramcrop.evaluation import evaluate
+
+        workers = self.cfg.data.workers
+        loaders = [DataLoader(ds, batch_size=self.cfg.eval.batch_size, num_workers=workers) for ds in self.eval_sets]
+        e = self.cfg.eval
+        return evaluate(self.framework.backbone, loaders[0], loaders[1], device=self.device, normalize=normalize_clips,
+                        knn_k=e.knn_k, knn_temperature=e.knn_temperature, linear=e.linear, retrieval=e.retrieval)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def _loader(self) -> Iterator[Tensor]:
+        sampler = EpochBatches(len(self.train_set), self.cfg.batch_size, self.cfg.seed, start_step=self.step)
+        # its own generator: creating the iterator must not draw from the global RNG (resume equality)
+        loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.data.workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=self.cfg.data.workers > 0,
+                            generator=torch.Generator().manual_seed(self.cfg.seed))
+        return iter(loader)
+
+    def train_step(self, clips: Tensor) -> tuple[Tensor, dict[str, Tensor], "Views"]:  # noqa: F821
+        """One optimisation step on raw clips ``(B, 3, T, H, W)``; returns (loss, view metrics, views)."""
+        cfg = self.cfg
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            views = self.crop(clips, self.step)
+            x1, _ = self.augment(views.x1 / 255.0)
+            x2, _ = self.augment(views.x2 / 255.0)
+            out = self.framework(to_input(x1), to_input(x2))
+        loss = out.loss
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.step}: lower optim.lr, "
+                                     f"check the data, or use precision=fp32")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.gen_optimizer is not None:
+            self.gen_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.optim.grad_clip)
+        self.optimizer.step()
+        if self.gen_optimizer is not None and self.crop.strength_at(self.step) > 0:
+            self.gen_optimizer.step()
+        self.scheduler.step()
+        self.framework.update_targets()
+        with torch.no_grad():
+            disparity = view_disparity(views.cubes1.detach().float(), views.cubes2.detach().float())
+        return loss.detach(), {**disparity, **out.metrics}, views
+
+    def fit(self, sink: sinks.MetricsSink, resume: bool = False, until: int | None = None) -> TrainResult:
+        """Train to ``cfg.steps``. With ``resume``, continue from ``run_dir``'s checkpoint when it has
+        one (metrics continue at the step where they stopped); otherwise log params and config.
+        ``until`` stops early at that step with a checkpoint and no final evaluation (as if preempted)."""
+        self.sink = sink
+        checkpoint = self.run_dir / CHECKPOINT_NAME
+        if resume and checkpoint.exists():
+            self.load_checkpoint(checkpoint)
+        else:
+            sink.log_params(self.cfg.flatten())
+            config_path = self.run_dir / "config.yaml"
+            config_path.parent.mkdir(parents=True, exist_ok=True)
+            config_path.write_text(self.cfg.to_yaml())
+            sink.log_artifact(config_path)
+        return self._run(self.cfg.steps if until is None else min(until, self.cfg.steps))
+
+    def _run(self, until: int) -> TrainResult:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        cfg = self.cfg
+        start_time = time.perf_counter()
+        if self.skipped:
+            self.sink.log_metrics({sinks.DATA_SKIPPED: float(len(self.skipped))}, self.step)
+        vis_steps = {round(i * (cfg.steps - 1) / max(1, cfg.visualize_at - 1)) for i in range(cfg.visualize_at)}
+        history: list[dict[str, float]] = []
+        last: dict[str, float] = {}
+        eval_metrics: dict[str, float] = {}
+        loss_sum, loss_n, interval_start = torch.zeros(()), 0, time.perf_counter()
+        columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        batches = self._loader()
+        with Progress(*columns, disable=not self.progress, transient=False) as bar:
+            task = bar.add_task("train", total=cfg.steps, completed=self.step, status="")
+            self.framework.train()
+            while self.step < until:
+                clips = next(batches).to(self.device, non_blocking=True)
+                loss, metrics, views = self.train_step(clips)
+                loss_sum, loss_n = loss_sum + loss.float().cpu(), loss_n + 1
+                step = self.step
+                self.step += 1
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    elapsed = time.perf_counter() - interval_start
+                    last = {sinks.TRAIN_LOSS: float(loss_sum) / loss_n, sinks.TRAIN_LR: self.scheduler.get_last_lr()[0],
+                            sinks.TRAIN_CLIPS_PER_S: loss_n * cfg.batch_size / max(elapsed, 1e-9),
+                            sinks.TRAIN_LAMBDA: self.crop.strength_at(step),
+                            **{k: float(v) for k, v in metrics.items()}}
+                    self.sink.log_metrics(last, step)
+                    history.append({"step": step, **last})
+                    bar.update(task, status=f"loss {last[sinks.TRAIN_LOSS]:.3f}  iou {last[sinks.VIEW_IOU]:.2f}  "
+                                            f"{last[sinks.TRAIN_CLIPS_PER_S]:.0f} clips/s")
+                    loss_sum, loss_n, interval_start = torch.zeros(()), 0, time.perf_counter()
+                if step in vis_steps:
+                    self._visualize(clips, views, step)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
+                    eval_metrics = self._evaluate_and_report()
+                    self.framework.train()
+                bar.update(task, completed=self.step)
+        self.save_checkpoint()
+        if self.step == cfg.steps:
+            eval_metrics = self._evaluate_and_report()
+        self._write_trajectory(history)
+        return TrainResult(steps=self.step, seconds=time.perf_counter() - start_time, final_metrics=last,
+                           eval_metrics=eval_metrics, run_dir=self.run_dir, skipped_videos=self.skipped)
+
+    def _evaluate_and_report(self) -> dict[str, float]:
+        metrics = self.evaluate()
+        self.sink.log_metrics(metrics, self.step)
+        if self.on_eval is not None:
+            self.on_eval(self.step, metrics)
+        return metrics
+
+    def _visualize(self, clips: Tensor, views, step: int) -> None:
+        from paramcrop.visualize import save_crop_strip
+
+        path = self.run_dir / "crops" / f"step_{step:06d}.png"
+        save_crop_strip(clips[0], views.cubes1[0].detach(), views.cubes2[0].detach(), views.x1[0].detach(),
+                        views.x2[0].detach(), path, title=f"{self.cfg.crop['method']} crop, step {step}")
+        self.sink.log_artifact(path, "crops")
+
+    def _write_trajectory(self, history: list[dict[str, float]]) -> None:
+        path = self.run_dir / "trajectory.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        names = ["step", *sorted({k for row in history for k in row} - {"step"})]
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=names)
+            writer.writeheader()
+            writer.writerows(history)
+        self.sink.log_artifact(path)
+
+
+def train(cfg: TrainConfig, sink: sinks.MetricsSink | None = None, run_dir: Path | str = "paramcrop-runs/run", *,
+          resume: bool = False, progress: bool = True,
+          on_eval: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Build and run ``cfg`` end to end (see :class:`Trainer`)."""
+    trainer = Trainer(cfg, Path(run_dir), progress=progress, on_eval=on_eval)
+    return trainer.fit(sink if sink is not None else sinks.MemorySink(), resume=resume)

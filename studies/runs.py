@@ -1,0 +1,65 @@
+"""One tracked training run (``paramcrop train``): the trainer, an MLflow run, a summary."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from paramcrop import sinks
+from paramcrop.config import ConfigError, TrainConfig
+from studies.tracking import client_for, get_or_create_experiment, run_tags, terminate_on_sigterm, tracked_run
+
+RUN_ID_FILE = "mlflow_run_id.txt"
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """A readable run name: crop (and strength), framework, backbone, seed."""
+    crop = cfg.crop["method"]
+    if "strength" in cfg.crop:
+        crop += f"-l{cfg.crop['strength']:g}"
+    return f"{crop}-{cfg.framework['name']}-{cfg.backbone['name']}-s{cfg.seed}"
+
+
+def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_dir: Path | None = None,
+                 resume: bool = False, progress: bool = True) -> int:
+    """Train ``cfg`` in an MLflow run of ``experiment``; returns the process exit code
+    (0 done, 1 failed, 2 bad input with nothing created, 130/143 interrupted)."""
+    from rich.console import Console
+
+    from paramcrop.train import Trainer
+
+    console = Console(stderr=True)
+    name = run_name(cfg)
+    run_dir = Path(run_dir or Path("paramcrop-runs") / experiment / name)
+    run_id_path = run_dir / RUN_ID_FILE
+    if resume and not run_id_path.exists():
+        console.print(f"[red]error:[/] nothing to resume in {run_dir} (no {RUN_ID_FILE}); drop --resume to start anew")
+        return 2
+    try:
+        trainer = Trainer(cfg, run_dir, progress=progress)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    client = client_for(tracking_uri)
+    experiment_id = get_or_create_experiment(client, experiment)
+    tags = {sinks.TAG_ROLE: "train", **run_tags(cfg.flatten())}
+    previous = run_id_path.read_text().strip() if resume else None
+    try:
+        with terminate_on_sigterm(), tracked_run(client, experiment_id, name, tags, run_id=previous) as sink:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            run_id_path.write_text(sink.run_id)
+            result = trainer.fit(sink, resume=resume)
+    except KeyboardInterrupt as exc:
+        console.print(f"[yellow]interrupted[/]: run KILLED; its checkpoint stays in {run_dir}. Resume with the same "
+                      f"command plus --resume --run-dir {run_dir}")
+        return 143 if "SIGTERM" in str(exc) else 130
+    except Exception as exc:
+        console.print(f"[red]run failed[/]: {type(exc).__name__}: {exc}")
+        return 1
+    out = Console()
+    out.print(f"[bold green]done[/] in {result.seconds:.0f} s, {result.steps} steps: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in result.eval_metrics.items()))
+    out.print(f"MLflow run {sink.run_id} in experiment {experiment!r} at {tracking_uri}; browse: paramcrop ui")
+    if result.skipped_videos:
+        out.print(f"[yellow]{len(result.skipped_videos)} unreadable videos were skipped[/]")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,91 @@
+"""The training loop on a tiny synthetic set (CPU): learning, the adversary, resume, failures, MLflow."""
+import pytest
+import torch
+
+from paramcrop import sinks
+from paramcrop.config import TrainConfig
+from paramcrop.train import NonFiniteLossError, Trainer, train
+
+TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PARAMCROP_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    base = {"data.source": TINY_SOURCE, "data.frames": 16, "data.size": 32, "view.frames": 8, "view.size": 32,
+            "batch_size": 8, "steps": 30, "log_every": 1, "visualize_at": 0, "optim.warmup_steps": 2,
+            "eval.linear": False, "eval.retrieval": False, "augment.blur_p": 0.0}
+    base.update(overrides)
+    return TrainConfig().with_overrides(base)
+
+
+def losses(sink: sinks.MemorySink) -> list[float]:
+    return [v for _, v in sink.series(sinks.TRAIN_LOSS)]
+
+
+def test_loss_decreases_and_all_metrics_are_logged(tmp_path):
+    sink = sinks.MemorySink()
+    result = train(tiny_config(**{"crop.method": "random", "optim.lr": 3e-3}), sink, tmp_path, progress=False)
+    curve = losses(sink)
+    assert len(curve) == 30
+    assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.05
+    names = {name for _, name, _ in sink.history}
+    assert set(sinks.VIEW_METRICS) | {sinks.TRAIN_LR, sinks.TRAIN_CLIPS_PER_S, sinks.TRAIN_LAMBDA,
+                                      sinks.EVAL_KNN_TOP1} <= names
+    assert [s for s, _ in sink.series(sinks.VIEW_IOU)] == list(range(30))
+    assert 0 <= result.eval_metrics[sinks.EVAL_KNN_TOP1] <= 1
+    assert (tmp_path / "trajectory.csv").read_text().count("\n") == 31
+    assert sink.params["crop.method"] == "random"
+
+
+@pytest.mark.parametrize("strength,moves", [(1.0, True), (0.0, False)])
+def test_generator_trains_only_when_lambda_positive(tmp_path, strength, moves):
+    cfg = tiny_config(**{"crop.method": "paramcrop", "crop.strength": strength, "steps": 5})
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    before = [p.detach().clone() for p in trainer.crop.parameters()]
+    trainer.fit(sinks.MemorySink())
+    changed = any(not torch.equal(a, b) for a, b in zip(before, trainer.crop.parameters()))
+    assert changed is moves
+
+
+def test_same_seed_same_curve_and_resume_equals_straight_run(tmp_path):
+    cfg = tiny_config(**{"crop.method": "paramcrop", "steps": 16, "eval.every": 0})
+    straight, again = sinks.MemorySink(), sinks.MemorySink()
+    train(cfg, straight, tmp_path / "a", progress=False)
+    train(cfg, again, tmp_path / "b", progress=False)
+    assert losses(straight) == losses(again)
+
+    first, second = sinks.MemorySink(), sinks.MemorySink()
+    Trainer(cfg, tmp_path / "c", progress=False).fit(first, until=8)  # stopped at step 8, as if preempted
+    resumed = Trainer(cfg, tmp_path / "c", progress=False)  # a fresh process would rebuild it like this
+    resumed.fit(second, resume=True)
+    assert [s for s, _ in second.series(sinks.TRAIN_LOSS)] == list(range(8, 16))
+    torch.testing.assert_close(torch.tensor(losses(first)[:8] + losses(second)),
+                               torch.tensor(losses(straight)), rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    trainer = Trainer(tiny_config(steps=5), tmp_path, progress=False)
+    forward = trainer.framework.forward
+
+    def poisoned(x1, x2):
+        out = forward(x1, x2)
+        out.loss = out.loss * float("nan")
+        return out
+
+    trainer.framework.forward = poisoned
+    with pytest.raises(NonFiniteLossError, match="non-finite loss.*step 0"):
+        trainer.fit(sinks.MemorySink())
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    trainer = Trainer(tiny_config(steps=2), tmp_path, progress=False)
+    trainer.fit(sinks.MemorySink())
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2 and "framework" in state and "crop" in state
