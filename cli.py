@@ -119,6 +119,107 @@ def train(
 
 
 # --- paramcrop data ----------------------------------------------------------------------------
+study_app = typer.Typer(help="Optuna studies over crops, frameworks, backbones and adversarial strength; "
+                        "every trial an MLflow run.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+STORAGE_HELP = ("Optuna storage: a journal file (default ./paramcrop-studies.journal, safe for several local "
+                "workers) or an RDB URL such as postgresql://user:pass@host/db for workers on several hosts.")
+
+
+@study_app.command("run")
+def study_run(
+    spec: str = typer.Argument("quickstart", help="A built-in spec name (see `paramcrop study spec`) or a YAML file."),
+    name: Optional[str] = typer.Option(None, help="Study name (default: the spec's); the same name resumes it."),
+    n_trials: Optional[int] = typer.Option(None, min=1, help="Total finished trials wanted (default: the spec's, "
+                                           "else the grid size)."),
+    timeout: Optional[float] = typer.Option(None, min=1, help="Stop starting trials after this many seconds."),
+    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI or "
+                                               "sqlite:///mlflow.db]"),
+    data: Optional[str] = typer.Option(None, help="Data source for every trial (overrides the spec's)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    sets: list[str] = typer.Option([], "--set", help="Override a config key in every trial: --set steps=50."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Run (or resume) an Optuna study; every trial is a child MLflow run under the study's parent run.
+
+    Exit codes: 0 done, 1 no trial completed, 2 bad spec or arguments (nothing created), 130 Ctrl-C, 143 SIGTERM.
+    """
+    from paramcrop.config import ConfigError
+    from studies.spec import SpecError, load_spec
+
+    try:
+        loaded = load_spec(spec)
+        if name:
+            loaded.name = name
+        overrides = collect_overrides(sets, data=data, device=device)
+        if overrides:  # validate them on the spec's base config before anything is created
+            loaded.base_config().with_overrides(overrides)
+    except (SpecError, ConfigError) as exc:
+        raise fail(str(exc))
+    uri = check_tracking_uri(tracking_uri)
+
+    from studies.commands import run_study
+
+    raise typer.Exit(run_study(loaded, storage=storage, tracking_uri=uri, n_trials=n_trials, timeout=timeout,
+                               overrides=overrides, progress=progress))
+
+
+@study_app.command("list")
+def study_list(storage: Optional[str] = typer.Option(None, help=STORAGE_HELP)) -> None:
+    """The studies in the storage: trials by state and the best objective."""
+    from studies.commands import list_studies
+
+    raise typer.Exit(list_studies(storage))
+
+
+@study_app.command("show")
+def study_show(
+    name: str = typer.Argument(..., help="Study name."),
+    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
+    format: str = typer.Option("table", "--format", help="table, csv or json."),
+) -> None:
+    """One study's trials: number, state, params, objective, duration, MLflow run id."""
+    if format not in ("table", "csv", "json"):
+        raise fail(f"--format must be table, csv or json, got {format!r}")
+    from studies.commands import show_study
+
+    raise typer.Exit(show_study(name, storage, format))
+
+
+@study_app.command("spec")
+def study_spec(name: Optional[str] = typer.Argument(None, help="Built-in spec to print (omit to list them).")) -> None:
+    """Print a built-in study spec as YAML (copy it, edit it, run it with `paramcrop study run FILE`)."""
+    from studies.spec import SPEC_DIR, builtin_names
+
+    if name is None:
+        typer.echo("\n".join(builtin_names()))
+        return
+    if name not in builtin_names():
+        raise fail(f"no built-in spec {name!r}; built-in specs: {', '.join(builtin_names())}")
+    typer.echo((SPEC_DIR / f"{name}.yaml").read_text(), nl=False)
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; 127.0.0.1 keeps it private to this machine."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI or "
+                                               "sqlite:///mlflow.db]"),
+) -> None:
+    """Start the MLflow UI on the same tracking store (every run, param, metric and figure)."""
+    import subprocess
+    import sys
+
+    uri = check_tracking_uri(tracking_uri)
+    typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    try:
+        raise typer.Exit(subprocess.call(command))
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+
+
 data_app = typer.Typer(help="Build the embedded synthetic benchmark; check a video dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -158,8 +259,9 @@ def data_check(
                                  "(synthetic, folder:DIR, ucf101:ROOT[:SPLIT], hmdb51:ROOT[:SPLIT], kinetics:CSV:ROOT)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Cache folder for the synthetic benchmark."),
 ) -> None:
-    """Scan a dataset: readable videos per class, unreadable files with the reason, frame counts and
-    resolutions. Exit 0 when usable (broken files are reported, not fatal), 1 when not, 2 on bad input."""
+    """Scan a dataset: readable videos per class, unreadable files and why, frame counts, resolutions.
+
+    Exit 0 when usable (broken files are reported, not fatal), 1 when not, 2 on bad input."""
     from rich.console import Console
 
     from paramcrop.data import check_dataset, resolve_source
@@ -178,19 +280,19 @@ def data_check(
 # --- paramcrop analyze -------------------------------------------------------------------------
 analyze_app = typer.Typer(
     help="Plots and tables from tracked runs (MLflow only): a study (default: the most recent), "
-    "an experiment (--experiment) or any runs (--runs). Files go to --out [default: ./analysis-<study>/] "
+    "an experiment (--experiment) or any runs (--runs). Files go to --out (default: ./analysis-<study>/) "
     "as PNG + PDF + CSV and, for a study, to its parent run's artifacts (analysis/). "
     "Exit 2: unknown study/experiment/run/store or bad option; exit 1: no usable data.",
     no_args_is_help=True,
 )
 app.add_typer(analyze_app, name="analyze")
 
-_STUDY_HELP = "Study name (= MLflow experiment name). [default: the study whose parent run started last]"
+_STUDY_HELP = "Study name (= MLflow experiment name). (default: the study whose parent run started last)"
 _EXPERIMENT_HELP = "Analyse the finished runs of this MLflow experiment (name or id; repeatable) instead of a study."
 _RUNS_HELP = "Analyse these run ids (comma-separated; repeatable) instead of a study."
-_URI_HELP = "MLflow tracking URI. [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db]"
-_OUT_HELP = "Output folder. [default: ./analysis-<study or experiment>/, ./analysis-runs/ for --runs]"
-_OBJECTIVE_HELP = "Objective metric. [default: the study's paramcrop.objective tag, else eval/knn_top1]"
+_URI_HELP = "MLflow tracking URI. (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+_OUT_HELP = "Output folder. (default: ./analysis-<study or experiment>/, ./analysis-runs/ for --runs)"
+_OBJECTIVE_HELP = "Objective metric. (default: the study's paramcrop.objective tag, else eval/knn_top1)"
 _LOG_HELP = "Log the files as artifacts (analysis/) of the study's parent run."
 
 
@@ -214,8 +316,9 @@ def analyze_iou_curves(
     runs: list[str] = typer.Option([], "--runs", help=_RUNS_HELP),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help=_OUT_HELP),
-    x: str = typer.Option("progress", "--x", help="x axis: progress = step / (the run's steps param - 1), "
-                          "so runs of different lengths align on [0, 1]; or step."),
+    x: str = typer.Option("progress", "--x", help="x axis: progress = step / the run's last step (its steps param - 1, or "
+                          "its largest logged step if larger), so runs of different lengths align on [0, 1]; "
+                          "or step."),
     axes: str = typer.Option("xyt", "--axes", help="xyt (view/iou, view/center_distance), xy (spatial) or t (temporal)."),
     hue: list[str] = typer.Option([], "--hue", help="Also split configurations by this param, e.g. "
                                   "framework.name (repeatable). Always split: crop.method, crop.strength."),
@@ -227,8 +330,11 @@ def analyze_iou_curves(
                                          "(default: stop with an error naming them)."),
     log: bool = typer.Option(True, "--log/--no-log", help=_LOG_HELP),
 ) -> None:
-    """View IoU and center distance over training, mean and 95% t-interval over seeds/trials per crop
-    configuration, against the random-crop baseline (dashed). Writes iou-curves.png/.pdf/.csv."""
+    """View IoU and center distance over training against the random-crop baseline.
+
+    One line per crop configuration (crop.method x crop.strength, plus --hue params): the mean over
+    its runs (seeds/trials) with a 95% t-interval band. Writes iou-curves.png/.pdf and the plotted
+    data iou-curves.csv (mean, std, lower, upper, n per configuration and x), prints a summary."""
     from analysis.iou_curves import iou_curves
 
     _analysis(iou_curves, tracking_uri, study=study, experiments=experiment, run_ids=runs, out=out, x=x,
@@ -248,8 +354,10 @@ def analyze_strength(
     logx: bool = typer.Option(False, "--logx", help="Logarithmic (symlog) strength axis."),
     log: bool = typer.Option(True, "--log/--no-log", help=_LOG_HELP),
 ) -> None:
-    """Objective against adversarial strength (crop.strength) per framework, random crop as reference
-    lines. Writes strength.png/.pdf/.csv."""
+    """Objective against adversarial strength (crop.strength), per framework.
+
+    Mean and 95% t-interval over runs per strength; the random crop's mean as a dashed reference
+    line per framework. Writes strength.png/.pdf/.csv."""
     from analysis.strength import strength
 
     _analysis(strength, tracking_uri, study=study, experiments=experiment, run_ids=runs, out=out,
@@ -267,8 +375,9 @@ def analyze_table(
     level: float = typer.Option(0.95, "--level", help="Confidence level of the t-interval in table.csv."),
     log: bool = typer.Option(True, "--log/--no-log", help=_LOG_HELP),
 ) -> None:
-    """Framework x backbone x crop table of the objective (mean ± std over seeds, n). Writes
-    table.md, table.csv and a heatmap (table.png/.pdf)."""
+    """Framework x backbone x crop table of the objective (mean ± std over seeds, n).
+
+    Writes table.md, table.csv (with the 95% t-interval) and a heatmap table.png/.pdf."""
     from analysis.tables import table
 
     _analysis(table, tracking_uri, study=study, experiments=experiment, run_ids=runs, out=out,
@@ -277,18 +386,20 @@ def analyze_table(
 
 @analyze_app.command("importance")
 def analyze_importance(
-    study: Optional[str] = typer.Option(None, "--study", help="Optuna study name. [default: the study whose "
-                                        "first trial started last]"),
+    study: Optional[str] = typer.Option(None, "--study", help="Optuna study name. (default: the study whose "
+                                        "first trial started last)"),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage: a journal file path or an RDB "
-                                          "URL. [default: ./paramcrop-studies.journal]"),
+                                          "URL. (default: ./paramcrop-studies.journal)"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder. [default: ./analysis-<study>/]"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder. (default: ./analysis-<study>/)"),
     seed: int = typer.Option(0, "--seed", help="Seed of the fANOVA importance evaluator."),
     log: bool = typer.Option(True, "--log/--no-log", help="Log the files to the MLflow study's parent run "
                              "when the tracking store has it."),
 ) -> None:
-    """Optuna parameter importances (fANOVA) and optimisation history of a study. Writes
-    importance.png/.pdf/.csv and optimization-history.png/.pdf/.csv."""
+    """Optuna parameter importances (fANOVA) and optimisation history of a study.
+
+    Reads the Optuna storage, not MLflow. Writes importance.png/.pdf/.csv and
+    optimization-history.png/.pdf/.csv."""
     from analysis.importance import importance
 
     _analysis(importance, tracking_uri, study=study, storage=storage, out=out, seed=seed, log=log)
@@ -298,11 +409,12 @@ def analyze_importance(
 def analyze_crops(
     run: str = typer.Option(..., "--run", help="MLflow run id."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder. [default: ./analysis-<experiment>/]"),
-    cols: Optional[int] = typer.Option(None, "--cols", help="Images per row. [default: up to 3]"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder. (default: ./analysis-<experiment>/)"),
+    cols: Optional[int] = typer.Option(None, "--cols", help="Images per row. (default: up to 3)"),
 ) -> None:
-    """A run's crop visualisations (PNG artifacts under crops/) assembled into one figure,
-    crops-<run id>.png/.pdf (+ .csv listing the images)."""
+    """A run's crop visualisations (PNG artifacts under crops/) in one figure.
+
+    Writes crops-<run id[:8]>.png/.pdf and a .csv listing the images in order of step."""
     from analysis.crops import crops
 
     _analysis(crops, tracking_uri, run_id=run, out=out, cols=cols)

@@ -21,9 +21,24 @@ MAX_PARAM_LENGTH = 6000
 
 def client_for(tracking_uri: str | None = None):
     """An ``MlflowClient`` on ``tracking_uri`` (default: :func:`paramcrop.sinks.default_tracking_uri`)."""
+    import logging
+
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri or sinks.default_tracking_uri())
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables" chatter
+    uri = tracking_uri or sinks.default_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    # Several local workers starting at once would race MLflow's table creation and migrations
+    # ("No such constraint", alembic errors): create the store under an inter-process lock.
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    with open(db.parent / f".{db.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    return client
 
 
 def git_commit() -> str | None:
@@ -141,8 +156,12 @@ def terminate_on_sigterm() -> Iterator[None]:
 
 @contextlib.contextmanager
 def tracked_run(client, experiment_id: str, run_name: str, tags: Mapping[str, str],
-                parent_run_id: str | None = None, run_id: str | None = None) -> Iterator[MlflowSink]:
-    """Open (or reopen, with ``run_id``) a run; end it FINISHED, FAILED or KILLED whatever happens."""
+                parent_run_id: str | None = None, run_id: str | None = None,
+                benign: tuple[type[BaseException], ...] = ()) -> Iterator[MlflowSink]:
+    """Open (or reopen, with ``run_id``) a run; end it FINISHED, FAILED or KILLED whatever happens.
+
+    Exceptions of the ``benign`` types (e.g. a pruned trial) end the run FINISHED and propagate.
+    """
     all_tags = dict(tags)
     if parent_run_id:
         all_tags[sinks.PARENT_RUN_TAG] = parent_run_id
@@ -154,6 +173,10 @@ def tracked_run(client, experiment_id: str, run_name: str, tags: Mapping[str, st
     sink = MlflowSink(client, run_id)
     try:
         yield sink
+    except benign:
+        sink.flush()
+        _retry(client.set_terminated, run_id, status="FINISHED")
+        raise
     except KeyboardInterrupt:
         sink.flush()
         _retry(client.set_tag, run_id, sinks.TAG_FAILURE, "interrupted (Ctrl-C or SIGTERM)")

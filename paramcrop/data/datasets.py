@@ -1,0 +1,124 @@
+"""Clip datasets over video records: :class:`TrainClips` (random windows) and :class:`EvalClips`
+(evenly spaced windows, labelled).
+
+Construction probes every file (:func:`.video.probe_video`): unreadable ones are left out and listed
+in ``skipped`` as ``(path, reason)``; ``len()`` counts readable videos; a dataset with nothing
+readable raises ``ValueError``. A file that passes the probe but fails later while decoding is
+warned about and replaced by the next readable video (and, in the main process, added to
+``skipped``). Datasets hold paths and metadata only and open a decord reader per item, so they
+pickle into DataLoader workers.
+
+A window is ``frames`` frames ``stride`` apart; a video shorter than the window loops
+(:func:`.video.window_indices`). Frames are decoded with the short side at ``size`` (decord
+resizes while decoding) and center-cropped to ``size x size``.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from .sources import VideoRecord
+from .video import UnreadableVideo, read_frames, scan_videos, window_indices, window_span
+
+
+class _Clips(Dataset):
+    """The scan, the decoding of windows and the fallback for videos that fail after the scan."""
+
+    def __init__(self, records: Sequence[VideoRecord], frames: int, stride: int, size: int) -> None:
+        if min(frames, stride, size) < 1:
+            raise ValueError(f"frames, stride and size must be >= 1, got {frames}, {stride}, {size}")
+        records = list(records)
+        if not records:
+            raise ValueError("no videos given (empty train or test list)")
+        infos, self.skipped = scan_videos([r.path for r in records])
+        readable = [(r, info) for r, info in zip(records, infos) if info is not None]
+        if not readable:
+            examples = "; ".join(f"{path}: {reason}" for path, reason in self.skipped[:3])
+            raise ValueError(f"none of the {len(records)} videos is readable ({examples})")
+        self.records = [r for r, _ in readable]
+        self.infos = [info for _, info in readable]
+        self.frames, self.stride, self.size = frames, stride, size
+        self.span = window_span(frames, stride)
+        self._broken: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _windows(self, video: int, starts: Sequence[int]) -> torch.Tensor:
+        """Windows starting at ``starts`` of video ``video``: ``uint8 (K, 3, T, S, S)``."""
+        info = self.infos[video]
+        indices = np.concatenate([window_indices(info.frames, self.frames, self.stride, s) for s in starts])
+        array = read_frames(self.records[video].path, info, indices, self.size)
+        clips = array.reshape(len(starts), self.frames, self.size, self.size, 3)
+        # numpy's transpose copy: torch's permute().contiguous() is ~40x slower on a busy CPU
+        return torch.from_numpy(np.ascontiguousarray(clips.transpose(0, 4, 1, 2, 3)))
+
+    def _item(self, video: int, index: int):
+        raise NotImplementedError
+
+    def __iter__(self):
+        # finite, although __getitem__ accepts indices past the end (see TrainClips)
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, index: int):
+        for offset in range(len(self)):
+            video = (index + offset) % len(self)
+            if video in self._broken:
+                continue
+            try:
+                return self._item(video, index)
+            except UnreadableVideo as bad:
+                warnings.warn(f"skipping a video that fails to decode: {bad}", RuntimeWarning)
+                self._broken.add(video)
+                if get_worker_info() is None:
+                    self.skipped.append((bad.path, bad.reason))
+        raise RuntimeError(f"none of the {len(self)} videos could be decoded")
+
+
+class TrainClips(_Clips):
+    """Unlabelled training clips: item ``i`` is ``uint8 (3, frames, size, size)`` RGB, one window of
+    video ``i % len(self)`` at a random position.
+
+    The position comes from a generator seeded with ``(seed, i, n, b)``: ``n`` counts earlier draws
+    of item ``i`` in this process (so a sampler repeating ``0..len-1`` gets new windows each epoch)
+    and ``b`` is the DataLoader's base seed inside a worker (the same for all its workers, drawn from
+    the loader's generator or torch's RNG; 0 outside workers). A sampler may pass indices past the
+    end, e.g. ``epoch * len(self) + i``: each is drawn once, so the windows depend on ``seed``, the
+    index and ``b`` only, and a resumed run sees the same ones.
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], frames: int, stride: int, size: int, seed: int = 0) -> None:
+        super().__init__(records, frames, stride, size)
+        self.seed = seed
+        self._draws: Counter[int] = Counter()
+
+    def _item(self, video: int, index: int) -> torch.Tensor:
+        worker = get_worker_info()
+        base_seed = worker.seed - worker.id if worker is not None else 0
+        rng = np.random.default_rng([self.seed, index, self._draws[index], base_seed])
+        self._draws[index] += 1
+        start = int(rng.integers(0, max(self.infos[video].frames - self.span, 0) + 1))
+        return self._windows(video, [start])[0]
+
+
+class EvalClips(_Clips):
+    """Labelled evaluation clips: item ``i`` is ``(uint8 (K, 3, frames, size, size), label)`` with
+    K = ``clips_per_video`` windows evenly spaced from the first to the last possible start."""
+
+    def __init__(
+        self, records: Sequence[VideoRecord], frames: int, stride: int, size: int, clips_per_video: int = 1
+    ) -> None:
+        if clips_per_video < 1:
+            raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
+        super().__init__(records, frames, stride, size)
+        self.clips_per_video = clips_per_video
+
+    def _item(self, video: int, index: int) -> tuple[torch.Tensor, int]:
+        last_start = max(self.infos[video].frames - self.span, 0)
+        starts = np.linspace(0, last_start, self.clips_per_video).round().astype(int)
+        return self._windows(video, starts), self.records[video].label

@@ -1,0 +1,256 @@
+"""The embedded benchmark (SPEC 5): moving shapes rendered from a seed and written as H.264 MP4.
+
+A class is a (shape, motion) pair, e.g. ``circle_right``; the default 2 shapes x 4 motions gives
+8 classes. Colours, object size, speed, start position and a smooth two-colour background texture
+are random per video, so no single cue but shape + direction of motion identifies the class.
+The object stays inside the frame and crosses 60-100% of the room it has over the video, i.e. at
+the default 64 px / 40 frames it moves 8-17 px in 16 frames: visible in an 8-frame view at stride 2.
+
+Default: 8 classes x 32 videos (24 train + 8 test per class), 40 frames of 64x64 at 25 fps;
+generated in a few seconds on one core, and ``TrainClips(frames=16, stride=2, size=64)`` reads
+it without resizing.
+
+Cache layout: ``<cache root>/synthetic-v<GENERATOR_VERSION>-<config hash>/`` holding
+``train/<class>/<index>.mp4``, ``test/<class>/<index>.mp4`` (so ``folder:`` can read it too) and
+``manifest.json``, written last. The cache root is ``cache_dir`` if given, else ``$PARAMCROP_CACHE``,
+else the platform cache folder (``~/.cache/paramcrop`` on Linux). Generation writes into a hidden
+temporary folder beside the target and renames it at the end, so an interrupted run leaves nothing
+that is later taken for a dataset; bump :data:`GENERATOR_VERSION` whenever the output changes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .sources import DatasetSpec, VideoRecord
+from .video import write_mp4
+
+GENERATOR_VERSION = 1
+MANIFEST = "manifest.json"
+CACHE_ENV = "PARAMCROP_CACHE"
+SHAPES = ("circle", "triangle", "square", "cross")
+MOTIONS = {  # name -> (dx, dy) in image coordinates (y points down)
+    "right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1),
+    "down_right": (1, 1), "up_left": (-1, -1), "down_left": (-1, 1), "up_right": (1, -1),
+}
+FPS = 25
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Size and seed of the benchmark; classes = ``shapes`` x ``motions`` (first ones of
+    :data:`SHAPES` and :data:`MOTIONS`)."""
+
+    seed: int = 0
+    shapes: int = 2
+    motions: int = 4
+    videos_per_class: int = 32
+    frames: int = 40
+    size: int = 64
+    test_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.shapes <= len(SHAPES), f"shapes must be 1..{len(SHAPES)}"),
+            (1 <= self.motions <= len(MOTIONS), f"motions must be 1..{len(MOTIONS)}"),
+            (self.videos_per_class >= 1, "videos_per_class must be >= 1"),
+            (self.frames >= 2, "frames must be >= 2"),
+            (self.size >= 16 and self.size % 2 == 0, "size must be even (yuv420p) and >= 16"),
+            (0 <= self.test_fraction < 1, "test_fraction must be in [0, 1)"),
+        ]
+        errors = [message for ok, message in checks if not ok]
+        if errors:
+            raise ValueError(f"bad synthetic config {self}: " + "; ".join(errors))
+
+    @classmethod
+    def from_options(cls, text: str) -> "SyntheticConfig":
+        """Parse ``"key=value,..."`` (the part after ``synthetic:``); empty gives the default."""
+        defaults = cls()
+        values: dict[str, int | float] = {}
+        for item in filter(None, text.split(",")):
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if key not in {f.name for f in dataclasses.fields(cls)}:
+                names = ", ".join(f.name for f in dataclasses.fields(cls))
+                raise ValueError(f"unknown synthetic option {key!r}; valid: {names}")
+            try:
+                values[key] = type(getattr(defaults, key))(value)
+            except ValueError:
+                expected = type(getattr(defaults, key)).__name__
+                raise ValueError(f"synthetic option {key}={value!r}: expected a value of type {expected}") from None
+        return cls(**values)
+
+    @property
+    def classes(self) -> list[str]:
+        return [f"{shape}_{motion}" for shape in SHAPES[: self.shapes] for motion in list(MOTIONS)[: self.motions]]
+
+    @property
+    def test_per_class(self) -> int:
+        """Videos per class in the test split (the last ones by index)."""
+        wanted = round(self.videos_per_class * self.test_fraction)
+        return min(max(wanted, 1 if self.test_fraction > 0 else 0), self.videos_per_class - 1)
+
+    @property
+    def dirname(self) -> str:
+        """``synthetic-v<version>-<hash of the config>``: any change gives a new folder."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return f"synthetic-v{GENERATOR_VERSION}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One video's random draw: ``centers (T, 2)`` as (x, y) pixels, ``radius`` of the shape in
+    pixels, object ``color (3,)`` and ``background (S, S, 3)``, both float 0-255."""
+
+    shape: str
+    centers: np.ndarray
+    radius: float
+    color: np.ndarray
+    background: np.ndarray
+
+
+def _smooth_noise(rng: np.random.Generator, cells: int, size: int) -> np.ndarray:
+    """``(size, size)`` bilinear upsampling of a random ``(cells + 1)^2`` grid, values in [0, 1]."""
+    position = (np.arange(size) + 0.5) * cells / size
+    low = np.minimum(position.astype(int), cells - 1)
+    weights = np.zeros((size, cells + 1))
+    weights[np.arange(size), low] = 1 - (position - low)
+    weights[np.arange(size), low + 1] = position - low
+    return weights @ rng.random((cells + 1, cells + 1)) @ weights.T
+
+
+def sample_scene(config: SyntheticConfig, label: int, index: int) -> Scene:
+    """The random draw of video ``index`` of class ``label``; depends only on (seed, label, index)."""
+    rng = np.random.default_rng([config.seed, label, index])
+    size, frames = config.size, config.frames
+    shape = SHAPES[label // config.motions]
+    direction = np.array(list(MOTIONS.values())[label % config.motions], dtype=float)
+    radius = rng.uniform(0.15, 0.22) * size
+    displacement = direction * rng.uniform(0.6, 1.0) * (size - 2 * radius)
+    low = radius + np.maximum(0, -displacement)
+    high = size - radius - np.maximum(0, displacement)
+    start = rng.uniform(low, high)
+    centers = start + displacement * np.linspace(0, 1, frames)[:, None]
+    texture = 0.7 * _smooth_noise(rng, 4, size) + 0.3 * _smooth_noise(rng, 12, size)
+    texture = (texture - texture.min()) / (np.ptp(texture) + 1e-9)
+    color_a, color_b = rng.uniform(0, 255, (2, 3))
+    background = color_a + (color_b - color_a) * texture[..., None]
+    # Object colour: of 16 random candidates, the one farthest from both background colours.
+    candidates = rng.uniform(0, 255, (16, 3))
+    distance = np.minimum(np.linalg.norm(candidates - color_a, axis=1), np.linalg.norm(candidates - color_b, axis=1))
+    return Scene(shape, centers, radius, candidates[distance.argmax()], background)
+
+
+def _signed_distance(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Signed distance (approximate outside corners) to ``shape`` in units of its radius."""
+    ax, ay = np.abs(x), np.abs(y)
+    if shape == "circle":
+        return np.hypot(x, y) - 1
+    if shape == "square":
+        return np.maximum(ax, ay) - 0.8
+    if shape == "cross":
+        return np.minimum(np.maximum(ax - 1, ay - 0.35), np.maximum(ax - 0.35, ay - 1))
+    # triangle pointing up, circumradius 1.2, centred in its bounding box (y from -0.9 to 0.9):
+    # three half-planes at inradius 0.6
+    y = y - 0.3
+    return np.maximum(y, np.maximum(-0.5 * y + 0.866 * x, -0.5 * y - 0.866 * x)) - 0.6
+
+
+def render(scene: Scene) -> np.ndarray:
+    """The frames of ``scene``: ``uint8 (T, S, S, 3)`` RGB, shape edges anti-aliased over one pixel."""
+    size = scene.background.shape[0]
+    pixel = np.arange(size) + 0.5
+    x = (pixel[None, None, :] - scene.centers[:, 0, None, None]) / scene.radius
+    y = (pixel[None, :, None] - scene.centers[:, 1, None, None]) / scene.radius
+    alpha = np.clip(0.5 - _signed_distance(scene.shape, x, y) * scene.radius, 0, 1)[..., None]
+    frames = scene.background * (1 - alpha) + scene.color * alpha
+    return np.rint(frames).astype(np.uint8)
+
+
+def cache_root(cache_dir: Path | str | None = None) -> Path:
+    """``cache_dir``, else ``$PARAMCROP_CACHE``, else the platform cache folder + ``/paramcrop``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "paramcrop"
+
+
+def build_synthetic(config: SyntheticConfig, target: Path, *, progress: bool = True) -> None:
+    """Render and encode every video into a temporary folder beside ``target``, write the manifest
+    last and rename the folder to ``target``. If another process finished ``target`` first, keep its copy."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not (target / MANIFEST).is_file():
+        raise ValueError(f"{target} exists but has no {MANIFEST} (an incomplete copy?); delete it and retry")
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        partial.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+        videos = []
+        n_train = config.videos_per_class - config.test_per_class
+        with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
+            task = bar.add_task("Generating synthetic videos", total=len(config.classes) * config.videos_per_class)
+            for label, name in enumerate(config.classes):
+                for index in range(config.videos_per_class):
+                    split = "train" if index < n_train else "test"
+                    relative = f"{split}/{name}/{index:04d}.mp4"
+                    (partial / relative).parent.mkdir(parents=True, exist_ok=True)
+                    write_mp4(partial / relative, render(sample_scene(config, label, index)), fps=FPS)
+                    videos.append({"path": relative, "label": label, "split": split})
+                    bar.advance(task)
+        manifest = {
+            "generator_version": GENERATOR_VERSION,
+            "config": dataclasses.asdict(config),
+            "classes": config.classes,
+            "videos": videos,
+        }
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        try:
+            os.rename(partial, target)
+        except OSError:
+            if not (target / MANIFEST).is_file():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def load_synthetic(directory: Path) -> DatasetSpec:
+    """The :class:`DatasetSpec` of a finished benchmark folder (from its manifest)."""
+    manifest = json.loads((directory / MANIFEST).read_text())
+    if manifest["generator_version"] != GENERATOR_VERSION:
+        raise ValueError(
+            f"{directory} was made by synthetic generator v{manifest['generator_version']}, this is v{GENERATOR_VERSION}"
+        )
+    spec = DatasetSpec(list(manifest["classes"]))
+    for video in manifest["videos"]:
+        (spec.train if video["split"] == "train" else spec.test).append(
+            VideoRecord(directory / video["path"], video["label"])
+        )
+    return spec
+
+
+def ensure_synthetic(
+    config: SyntheticConfig = SyntheticConfig(), cache_dir: Path | str | None = None, *, progress: bool = True
+) -> DatasetSpec:
+    """The benchmark for ``config`` from the cache (:func:`cache_root`), generated first if missing."""
+    target = cache_root(cache_dir) / config.dirname
+    if not (target / MANIFEST).is_file():
+        build_synthetic(config, target, progress=progress)
+    return load_synthetic(target)

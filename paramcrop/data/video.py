@@ -1,0 +1,180 @@
+"""Video file I/O: probing and clip decoding with decord, writing H.264 MP4 with PyAV.
+
+decord reports broken input with ``RuntimeError`` *or* ``decord._ffi.base.DECORDError`` (which
+is not a ``RuntimeError``), and a video without frames with an ``AssertionError``;
+:data:`DECODE_ERRORS` catches all three. Readers are opened per call and never stored, so
+everything here is safe in DataLoader worker processes.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import decord
+import numpy as np
+from decord._ffi.base import DECORDError
+
+DECODE_ERRORS = (RuntimeError, DECORDError, AssertionError)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a probe learned about a readable video: frame count and native resolution."""
+
+    frames: int
+    height: int
+    width: int
+
+
+class UnreadableVideo(Exception):
+    """A file that cannot be used as a video; ``reason`` says why in a few words."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def _reader(path: Path, height: int = -1, width: int = -1) -> decord.VideoReader:
+    # -1: native size. One decoding thread: parallelism comes from DataLoader workers.
+    return decord.VideoReader(str(path), width=width, height=height, num_threads=1)
+
+
+def _reason(error: Exception) -> str:
+    """decord's error in a few words (its messages carry a timestamp and a C++ source location)."""
+    text = str(error).strip()
+    if text.startswith("Error reading"):
+        return "cannot be opened as a video (not one, truncated or corrupt)"
+    if "cannot find video stream" in text:
+        return "no decodable video stream (none, or one without frames)"
+    if "Failed to seek" in text:
+        return "its first frame cannot be decoded"
+    line = text.splitlines()[0] if text else type(error).__name__
+    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", line)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (where FFmpeg and decord print their own errors) for a moment."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """Open ``path`` with decord and decode its first frame; raise :class:`UnreadableVideo` if that fails."""
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableVideo(path, "file not found")
+    if not path.is_file():
+        raise UnreadableVideo(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise UnreadableVideo(path, "empty file (0 bytes)")
+    try:
+        with _quiet_stderr():
+            reader = _reader(path)
+            height, width, _ = reader[0].shape  # right even where decord_width_ok(width) is False
+    except DECODE_ERRORS as error:
+        raise UnreadableVideo(path, _reason(error)) from None
+    return VideoInfo(frames=len(reader), height=height, width=width)
+
+
+def scan_videos(
+    paths: Sequence[Path], *, progress: bool = False
+) -> tuple[list[VideoInfo | None], list[tuple[Path, str]]]:
+    """Probe every path in order: ``(infos, skipped)``, ``infos[i]`` is None where ``paths[i]`` is unreadable
+    and ``skipped`` lists ``(path, reason)`` for those."""
+    from rich.progress import track
+
+    infos: list[VideoInfo | None] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in track(paths, description="Scanning videos", disable=not progress, transient=True):
+        try:
+            infos.append(probe_video(path))
+        except UnreadableVideo as bad:
+            infos.append(None)
+            skipped.append((bad.path, bad.reason))
+    return infos, skipped
+
+
+def window_indices(num_frames: int, frames: int, stride: int, start: int) -> np.ndarray:
+    """Frame indices ``(frames,)`` of the window ``start, start + stride, ...``.
+
+    Short-video rule: indices past the last frame wrap around to the start (the video loops),
+    as in mmaction2's default, so a video shorter than ``(frames - 1) * stride + 1`` still gives
+    a full clip.
+    """
+    return (start + stride * np.arange(frames)) % num_frames
+
+
+def window_span(frames: int, stride: int) -> int:
+    """Number of source frames a window of ``frames`` frames at ``stride`` covers."""
+    return (frames - 1) * stride + 1
+
+
+def decord_width_ok(width: int) -> bool:
+    """False for the output widths (16, 24, 48, 72, ...) that decord 0.6 mangles: FFmpeg pads RGB rows
+    to ``3 * ceil(width / 32) * 32`` bytes, and when that is a multiple of ``width`` decord takes the
+    padding for extra channels, so frames come out ``(H, W, 4)`` and ``get_batch`` fails."""
+    padded = -(-width // 32) * 32
+    return padded == width or 3 * padded % width != 0
+
+
+def decode_size(info: VideoInfo, short_side: int) -> tuple[int, int]:
+    """``(height, width)`` to decode at: the short side scaled to ``short_side``, aspect ratio kept,
+    bumped by a pixel or two where the width would hit :func:`decord_width_ok`."""
+    side = short_side
+    while True:
+        if info.height <= info.width:
+            height, width = side, max(side, round(info.width * side / info.height))
+        else:
+            height, width = max(side, round(info.height * side / info.width)), side
+        if decord_width_ok(width):
+            return height, width
+        side += 1
+
+
+def read_frames(path: Path, info: VideoInfo, indices: Iterable[int], short_side: int) -> np.ndarray:
+    """Decode frames ``indices`` of ``path`` at short side ``short_side`` (resized by decord while
+    decoding) and center-crop them: ``uint8 (len(indices), short_side, short_side, 3)`` RGB.
+
+    Raises :class:`UnreadableVideo` when decoding fails.
+    """
+    height, width = decode_size(info, short_side)
+    try:
+        reader = _reader(path, height, width)
+        batch = reader.get_batch(list(indices)).asnumpy()
+    except DECODE_ERRORS as error:
+        raise UnreadableVideo(Path(path), f"decoding failed: {_reason(error)}") from None
+    top, left = (height - short_side) // 2, (width - short_side) // 2
+    return batch[:, top : top + short_side, left : left + short_side]
+
+
+def write_mp4(path: Path, frames: np.ndarray, *, fps: int = 25, qp: int = 18) -> None:
+    """Write ``uint8 (T, H, W, 3)`` RGB frames as H.264 (libx264, yuv420p) MP4; H and W must be even.
+
+    The output is the same bytes on every run: one encoder thread and a constant quantiser ``qp``
+    (x264's multi-threading and its rate control's macroblock tree both made a few percent of
+    encodes differ from run to run on a busy machine).
+    """
+    _, height, width, _ = frames.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"yuv420p needs even frame sizes, got {width}x{height}")
+    import av
+
+    with av.open(os.fspath(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"qp": str(qp), "preset": "veryfast", "threads": "1"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())

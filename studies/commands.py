@@ -1,0 +1,160 @@
+"""What the ``paramcrop study`` commands print: the run summary, the study list, one study's trials."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from studies.spec import StudySpec
+from studies.storage import redact
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _storage(storage: str | None):
+    from studies.storage import open_storage
+
+    return open_storage(storage)
+
+
+def run_study(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_trials: int | None,
+              timeout: float | None, overrides: dict[str, Any], progress: bool) -> int:
+    """Run the study and print its summary; returns the exit code (see ``paramcrop study run --help``)."""
+    import optuna
+
+    from studies.runner import StudyOptions, StudyRunner
+    from studies.storage import DEFAULT_STORAGE
+
+    options = StudyOptions(storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, timeout=timeout,
+                           overrides=overrides or None, progress=progress)
+    try:
+        runner = StudyRunner(spec, options, console)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return 2
+    console.print(f"[bold]study {spec.name}[/]: {spec.description.strip()}")
+    console.print(f"  {spec.grid_size() if spec.sampler == 'grid' else runner.target()} trials wanted "
+                  f"({spec.sampler} sampler), {runner.finished_count()} finished already; storage "
+                  f"{redact(storage or DEFAULT_STORAGE)}, MLflow {tracking_uri}")
+    resume = f"paramcrop study run {spec.name if storage is None else '...'}"
+    try:
+        runner.run()
+    except KeyboardInterrupt as exc:
+        sigterm = "SIGTERM" in str(exc)
+        err.print(f"[yellow]interrupted[/]: the running trial is marked FAIL and its run KILLED. Finished trials "
+                  f"are kept; resume with the same command ({resume}).")
+        return 143 if sigterm else 130
+    print_summary(runner, tracking_uri)
+    complete = runner.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return 0 if complete else 1
+
+
+def print_summary(runner, tracking_uri: str) -> None:
+    from collections import Counter
+
+    study, spec = runner.study, runner.spec
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name for t in trials)
+    table = Table(title=f"study {spec.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    table.add_column("trial", justify="right")
+    table.add_column("state")
+    table.add_column("params")
+    for o in spec.objectives:
+        table.add_column(o.metric, justify="right")
+    for t in trials:
+        values = t.values or [None] * len(spec.objectives)
+        table.add_row(str(t.number), t.state.name, _params(t.params),
+                      *("" if v is None else f"{v:.4f}" for v in values))
+    console.print(table)
+    if len(spec.objectives) == 1 and states.get("COMPLETE"):
+        best = study.best_trial
+        console.print(f"[bold green]best[/]: trial {best.number}, {spec.objectives[0].metric} = {best.value:.4f} "
+                      f"({_params(best.params)})")
+    uri_flag = "" if tracking_uri == "sqlite:///mlflow.db" else f" --tracking-uri {tracking_uri}"
+    console.print(f"analyse:  paramcrop analyze iou-curves --study {spec.name}{uri_flag}")
+    console.print(f"browse:   paramcrop ui{uri_flag}   (MLflow experiment {spec.name!r})")
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k.removeprefix('variant:')}={v}" for k, v in params.items())
+
+
+def list_studies(storage: str | None) -> int:
+    import optuna
+
+    try:
+        summaries = optuna.get_all_study_summaries(_storage(storage), include_best_trial=False)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return 2
+    if not summaries:
+        console.print("no studies yet: run `paramcrop study run`")
+        return 0
+    table = Table(title="studies")
+    for col in ("name", "trials", "complete", "pruned", "failed", "running", "started"):
+        table.add_column(col)
+    for s in summaries:
+        study = optuna.load_study(study_name=s.study_name, storage=_storage(storage))
+        trials = study.get_trials(deepcopy=False)
+        count = lambda state: str(sum(t.state.name == state for t in trials))  # noqa: E731
+        started = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else ""
+        table.add_row(s.study_name, str(len(trials)), count("COMPLETE"), count("PRUNED"), count("FAIL"),
+                      count("RUNNING"), started)
+    console.print(table)
+    return 0
+
+
+def trial_rows(study) -> list[dict[str, Any]]:
+    """One dict per trial: number, state, params, values, duration (s), MLflow run id."""
+    from studies.runner import RUN_ATTR
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
+            t.datetime_start else None
+        rows.append({"number": t.number, "state": t.state.name, "params": dict(t.params),
+                     "values": t.values, "duration_s": duration, "mlflow_run_id": t.user_attrs.get(RUN_ATTR)})
+    return rows
+
+
+def show_study(name: str, storage: str | None, fmt: str) -> int:
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=_storage(storage))
+    except KeyError:
+        known = [s.study_name for s in optuna.get_all_study_summaries(_storage(storage), include_best_trial=False)]
+        err.print(f"[red]error:[/] no study {name!r} in this storage; known studies: {', '.join(known) or '(none)'}")
+        return 2
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return 2
+    rows = trial_rows(study)
+    if fmt == "json":
+        print(json.dumps(rows, indent=2, default=str))
+    elif fmt == "csv":
+        buffer = io.StringIO()
+        param_names = sorted({k for r in rows for k in r["params"]})
+        writer = csv.writer(buffer)
+        writer.writerow(["number", "state", *param_names, "values", "duration_s", "mlflow_run_id"])
+        for r in rows:
+            values = "" if r["values"] is None else ";".join(f"{v:.6g}" for v in r["values"])
+            writer.writerow([r["number"], r["state"], *(r["params"].get(k, "") for k in param_names), values,
+                             "" if r["duration_s"] is None else f"{r['duration_s']:.1f}", r["mlflow_run_id"] or ""])
+        print(buffer.getvalue(), end="")
+    else:
+        table = Table(title=f"study {name}")
+        for col in ("trial", "state", "params", "objective", "duration", "MLflow run"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            values = "" if r["values"] is None else ", ".join(f"{v:.4f}" for v in r["values"])
+            duration = "" if r["duration_s"] is None else f"{r['duration_s']:.0f} s"
+            table.add_row(str(r["number"]), r["state"], _params(r["params"]), values, duration,
+                          r["mlflow_run_id"] or "")
+        console.print(table)
+    return 0
