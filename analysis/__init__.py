@@ -1,0 +1,13 @@
+"""Analyses of tracked runs: read MLflow into pandas, plot, tabulate.
+
+``analysis/`` reads MLflow only (any tracking URI), so it works on study trials and on
+``paramcrop train`` runs alike. Heavy libraries (mlflow, matplotlib, seaborn, optuna, scipy)
+are imported inside functions so that importing this package is instant.
+
+Modules: ``store`` (tracking-URI default, client), ``load`` (runs and metric histories as
+tidy frames), ``stats`` (t-intervals), ``plots`` (paper style, labels, atomic outputs),
+``iou_curves``, ``strength``, ``tables``, ``importance``, ``crops``.
+"""
+from analysis.errors import AnalysisError, NoDataError, NotFoundError
+
+__all__ = ["AnalysisError", "NoDataError", "NotFoundError"]

@@ -124,9 +124,25 @@ class TrainConfig:
             set_dotted(data, key, value)
         return TrainConfig.from_dict(data)
 
+    def resolved(self) -> dict[str, Any]:
+        """The config as a dict with every component's constructor defaults filled in, so that a
+        run records e.g. ``crop.strength`` even when it was left at its default."""
+        from paramcrop.augment import ClipAugment
+        from paramcrop.backbones import BACKBONES
+        from paramcrop.crops import CROPS
+        from paramcrop.frameworks import FRAMEWORKS
+
+        data = self.to_dict()
+        for section, registry, n_positional in (("crop", CROPS, 1), ("framework", FRAMEWORKS, 1),
+                                                 ("backbone", BACKBONES, 0)):
+            name, params = self.component(section)
+            data[section] = {_COMPONENT_KEYS[section]: name, **registry.defaults(name, n_positional), **params}
+        data["augment"] = {**_init_defaults(ClipAugment), **self.augment}
+        return data
+
     def flatten(self) -> dict[str, Any]:
-        """Dotted key -> value for every leaf (MLflow params, tables)."""
-        return flatten(self.to_dict())
+        """Dotted key -> value for every leaf, component defaults included (MLflow params, tables)."""
+        return flatten(self.resolved())
 
     # --- validation ----------------------------------------------------------------------
     def validate(self) -> None:
@@ -182,6 +198,17 @@ class TrainConfig:
                 raise ConfigError(f"{section}.{name_key}: {exc}") from None
             _check_keys(section, params, registry.valid_keys(name, n_positional), f" for {section} {name!r}")
         _check_keys("augment", self.augment, _init_keys(ClipAugment))
+        # the crop and the augmentation are cheap to build: build them to check their values too
+        from paramcrop.crops import create_crop
+
+        name, params = self.component("crop")
+        for section, build in (("crop", lambda: create_crop(name, (self.view.frames, self.view.size, self.view.size),
+                                                            **params)),
+                               ("augment", lambda: ClipAugment(**self.augment))):
+            try:
+                build()
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{section}: {exc}") from None
 
     def component(self, section: str) -> tuple[str, dict[str, Any]]:
         """``(name, constructor kwargs)`` of the ``crop``, ``framework`` or ``backbone`` section."""
@@ -197,6 +224,12 @@ def _init_keys(cls: type) -> list[str]:
     import inspect
 
     return [p for p in inspect.signature(cls).parameters if p != "self"]
+
+
+def _init_defaults(cls: type) -> dict[str, Any]:
+    import inspect
+
+    return {n: p.default for n, p in inspect.signature(cls).parameters.items() if p.default is not p.empty}
 
 
 def _check_keys(section: str, params: Mapping[str, Any], valid: list[str], what: str = "") -> None:

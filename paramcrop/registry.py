@@ -48,6 +48,11 @@ class Registry(Generic[T]):
         params = list(inspect.signature(self.get(name)).parameters.values())[n_positional:]
         return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
+    def defaults(self, name: str, n_positional: int = 0) -> dict[str, Any]:
+        """Keyword arguments of ``name`` that have defaults, with those defaults."""
+        params = list(inspect.signature(self.get(name)).parameters.values())[n_positional:]
+        return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
     def create(self, name: str, *args: Any, **kwargs: Any) -> T:
         """Build ``name`` with ``kwargs``; unknown keys raise ``ValueError`` listing the valid ones."""
         fn = self.get(name)

@@ -1,5 +1,9 @@
 """Shared test helpers."""
-import torch
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as cli.py does: set before torch loads OpenMP
+
+import torch  # noqa: E402
 
 
 def assert_cubes_inside(cubes: torch.Tensor, tol: float = 1e-6) -> None:

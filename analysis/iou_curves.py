@@ -1,0 +1,347 @@
+"""``paramcrop analyze iou-curves``: view IoU and center distance along training, per crop
+configuration, against the random-crop baseline.
+
+Definitions (the CSV holds exactly what is plotted):
+
+- **Configuration**: the distinct values of ``crop.method`` x ``crop.strength`` (plus every
+  ``--hue`` param); runs that differ only otherwise (seed, trial) are its repetitions. The
+  random-crop baseline is the configurations with ``crop.method == "random"``.
+- **Values per step**: when a step was logged twice, the last value (by time) counts; NaN
+  values are dropped.
+- **x = progress** (default): ``step / D``. The trainer numbers steps ``0 .. S-1`` where ``S``
+  is the run's ``steps`` param, so ``D = max(S - 1, largest logged step)``: a complete run goes
+  from 0 to exactly 1, a run stopped early ends before 1, and a producer that numbers steps
+  ``1 .. S`` also ends at 1. Without a ``steps`` param, ``D`` is the run's largest logged step
+  (of the plotted metrics); ``D = 0`` counts as 1. The grid is ``--points`` (default 101)
+  evenly spaced values 0, 0.01, ..., 1.
+- **x = step**: the grid is ``--points`` integer steps evenly spaced between the smallest
+  and largest logged step of all plotted runs (rounded, duplicates removed).
+- **Alignment**: each run's curve is linearly interpolated at the grid points inside its own
+  logged range (no extrapolation; exact where a grid point is a logged point). A run adds
+  nothing to grid points outside its range.
+- **Mean and band**: at each grid point, over the ``n`` runs of the configuration that have
+  a value there: mean and the 95 % Student-t interval (:mod:`analysis.stats`); ``n = 1``
+  gives no band. Rows with ``n = 0`` are not plotted and not in the CSV.
+- **Summary table**: per configuration, the mean at the first, middle (grid point nearest
+  the midpoint of the first and last) and last plotted grid point of each metric, and the
+  objective (each run's final value of the metric the study's ``paramcrop.objective`` tag
+  names, default ``eval/knn_top1``) as mean ± std (n).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis import plots
+from analysis.errors import NoDataError, NotFoundError
+from analysis.load import Selection, column, last_per_step, load_histories, require_metrics, select
+from analysis.plots import BASELINE_METHOD, P_CROP, P_STEPS, P_STRENGTH
+from analysis.report import Report
+from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
+from paramcrop import sinks
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+    from mlflow import MlflowClient
+
+AXES_METRICS = {
+    "xyt": (sinks.VIEW_IOU, sinks.VIEW_CENTER_DISTANCE),
+    "xy": (sinks.VIEW_IOU_XY, sinks.VIEW_CENTER_DISTANCE_XY),
+    "t": (sinks.VIEW_IOU_T, sinks.VIEW_CENTER_DISTANCE_T),
+}
+AXES_WORDS = {"xyt": "spatio-temporal", "xy": "spatial", "t": "temporal"}
+X_MODES = ("progress", "step")
+STEM = "iou-curves"
+
+
+def metric_label(metric: str) -> str:
+    """Y-axis label with its unit."""
+    for axes, (iou, distance) in AXES_METRICS.items():
+        if metric == iou:
+            return f"View IoU, {AXES_WORDS[axes]} (0–1)"
+        if metric == distance:
+            return f"Center distance, {AXES_WORDS[axes]}\n(normalised coords, clip = [−1, 1])"
+    return metric
+
+
+def x_label(x: str) -> str:
+    return "Training progress (fraction of steps)" if x == "progress" else "Training step"
+
+
+# --- data ----------------------------------------------------------------------------------
+def configurations(runs: pd.DataFrame, hue: Sequence[str] = ()) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run: ``run_id``, the key params (``crop.method``, ``crop.strength``, hue
+    params), ``baseline``, ``configuration`` (the label), ``order`` (plotting order: baseline
+    first, then by method, strength and hue values). Returns the frame and the key columns."""
+    keys = [P_CROP, P_STRENGTH] + [h for h in dict.fromkeys(hue) if h not in (P_CROP, P_STRENGTH)]
+    known = sorted(c[len("params."):] for c in runs.columns if c.startswith("params."))
+    unknown = [h for h in hue if f"params.{h}" not in runs.columns]
+    if unknown:
+        raise NotFoundError(f"--hue {', '.join(unknown)}: no such param in these runs. "
+                            f"Params: {', '.join(known) or 'none'}")
+    frame = pd.DataFrame({"run_id": runs["run_id"].to_numpy()})
+    for key in keys:
+        frame[key] = column(runs, f"params.{key}").to_numpy()
+    frame["baseline"] = frame[P_CROP] == BASELINE_METHOD
+
+    def label(row) -> str:
+        parts = [plots.crop_label(row[P_CROP], row[P_STRENGTH])]
+        parts += [plots.param_label(h, row[h]) for h in keys[2:]]
+        return ", ".join(parts)
+
+    frame["configuration"] = frame.apply(label, axis=1) if len(frame) else pd.Series(dtype=object)
+    distinct = frame.drop_duplicates("configuration")
+
+    def sort_key(row):
+        return (not row["baseline"], plots._sort_key(row[P_CROP]),
+                *(plots._sort_key(row[k]) for k in keys[1:]))
+
+    ordered = sorted(distinct.to_dict("records"), key=sort_key)
+    order = {r["configuration"]: i for i, r in enumerate(ordered)}
+    frame["order"] = frame["configuration"].map(order)
+    return frame, keys
+
+
+def align(history: pd.DataFrame, runs: pd.DataFrame, x: str = "progress") -> tuple[pd.DataFrame, list[str]]:
+    """Histories with an ``x`` column (see module doc); returns ``(frame, notes)``."""
+    if x not in X_MODES:
+        raise NotFoundError(f"--x must be one of {', '.join(X_MODES)}, got {x!r}")
+    h = last_per_step(history).dropna(subset=["value"]).copy()
+    notes: list[str] = []
+    if x == "step":
+        h["x"] = h["step"].astype(float)
+        return h, notes
+    max_step = h.groupby("run_id")["step"].max()
+    steps = pd.Series(plots.numeric(column(runs, f"params.{P_STEPS}")).to_numpy(), index=runs["run_id"])
+    denom = {}
+    for rid, top in max_step.items():
+        planned = steps.get(rid, np.nan)
+        if planned == planned and planned >= 1:
+            if top > planned:
+                notes.append(f"run {rid} logged step {top}, beyond its steps param ({planned:g}); "
+                             "its progress is step / largest logged step")
+            d = max(planned - 1, float(top))
+        else:
+            d = float(top)
+        denom[rid] = d if d > 0 else 1.0
+    h["x"] = h["step"] / h["run_id"].map(denom)
+    return h, notes
+
+
+def grid_for(aligned: pd.DataFrame, x: str, points: int) -> np.ndarray:
+    if points < 2:
+        raise NotFoundError(f"--points must be at least 2, got {points}")
+    if x == "progress":
+        return np.linspace(0.0, 1.0, points)
+    return np.unique(np.round(np.linspace(aligned["x"].min(), aligned["x"].max(), points)))
+
+
+def interpolate(aligned: pd.DataFrame, grid: np.ndarray) -> pd.DataFrame:
+    """Each (run, metric) curve at the grid points inside its logged range:
+    ``run_id, metric, x, value``."""
+    parts = []
+    tol = 1e-9 * max(1.0, float(np.abs(grid).max()))
+    for (rid, metric), g in aligned.groupby(["run_id", "metric"], sort=False):
+        g = g.sort_values("x")
+        xs, ys = g["x"].to_numpy(float), g["value"].to_numpy(float)
+        inside = grid[(grid >= xs[0] - tol) & (grid <= xs[-1] + tol)]
+        if inside.size == 0:
+            continue
+        parts.append(pd.DataFrame({"run_id": rid, "metric": metric, "x": inside,
+                                   "value": np.interp(inside, xs, ys)}))
+    if not parts:
+        return pd.DataFrame(columns=["run_id", "metric", "x", "value"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def curves(selection_runs: pd.DataFrame, history: pd.DataFrame, metrics: Sequence[str],
+           x: str = "progress", hue: Sequence[str] = (), points: int = 101,
+           level: float = 0.95) -> tuple[pd.DataFrame, list[str]]:
+    """The plotted data: one row per (metric, configuration, x) with ``n, mean, std, lower,
+    upper``; columns ``metric, configuration, baseline, <key params>, <x>, n, mean, std,
+    lower, upper``. Returns ``(frame, notes)``."""
+    configs, keys = configurations(selection_runs, hue)
+    aligned, notes = align(history[history["metric"].isin(metrics)], selection_runs, x)
+    grid = grid_for(aligned, x, points)
+    values = interpolate(aligned, grid).merge(configs, on="run_id")
+    stats = grouped_interval(values, ["metric", "configuration", "x"], "value", level)
+    info = configs.drop(columns="run_id").drop_duplicates("configuration")
+    out = stats.merge(info, on="configuration")
+    out["metric_order"] = out["metric"].map({m: i for i, m in enumerate(metrics)})
+    out = out.sort_values(["metric_order", "order", "x"], kind="stable").reset_index(drop=True)
+    out = out.rename(columns={"x": x})
+    return out[["metric", "configuration", "baseline", *keys, x, *STAT_COLUMNS]], notes
+
+
+def summary(data: pd.DataFrame, selection_runs: pd.DataFrame, metrics: Sequence[str], x: str,
+            objective: str, hue: Sequence[str] = ()) -> pd.DataFrame:
+    """Per configuration: runs, each metric's mean at start / middle / end, the objective."""
+    configs, _ = configurations(selection_runs, hue)
+    rows = []
+    short = {m: ("IoU" if "iou" in m else "dist") for m in metrics}
+    for label, group in configs.sort_values("order", kind="stable").groupby("configuration", sort=False):
+        row = {"configuration": label, "runs": len(group)}
+        for metric in metrics:
+            d = data[(data["configuration"] == label) & (data["metric"] == metric)]
+            xs = d[x].to_numpy(float)
+            if xs.size == 0:
+                start = mid = end = np.nan
+            else:
+                mid_i = int(np.argmin(np.abs(xs - (xs[0] + xs[-1]) / 2)))
+                start, mid, end = (float(d["mean"].iloc[i]) for i in (0, mid_i, -1))
+            row.update({f"{short[metric]} start": start, f"{short[metric]} mid": mid,
+                        f"{short[metric]} end": end})
+        vals = plots.numeric(column(selection_runs[selection_runs["run_id"].isin(group["run_id"])],
+                                    f"metrics.{objective}")).dropna()
+        if vals.empty:
+            row[objective] = "–"
+        elif len(vals) == 1:
+            row[objective] = f"{vals.iloc[0]:.3f} (n=1)"
+        else:
+            row[objective] = f"{vals.mean():.3f} ± {vals.std(ddof=1):.3f} (n={len(vals)})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def display_summary(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """The summary as short strings: ``0.81 → 0.76 → 0.71`` per metric."""
+    out = table[["configuration", "runs"]].copy()
+    for metric in metrics:
+        short = "IoU" if "iou" in metric else "dist"
+        out[metric] = [" → ".join("–" if v != v else f"{v:.2f}" for v in vals) for vals in
+                     table[[f"{short} start", f"{short} mid", f"{short} end"]].to_numpy(float)]
+    out["objective"] = table.iloc[:, -1]
+    return out
+
+
+# --- figure --------------------------------------------------------------------------------
+def _draw(ax, data: pd.DataFrame, metric: str, x: str, colours: dict) -> None:
+    d = data[data["metric"] == metric]
+    for label, g in d.groupby("configuration", sort=False):
+        baseline = bool(g["baseline"].iloc[0])
+        colour = colours[label]
+        ax.plot(g[x], g["mean"], color=colour, linestyle="--" if baseline else "-",
+                linewidth=1.6 if baseline else 1.4, label=label, zorder=3 if baseline else 2)
+        band = g.dropna(subset=["lower", "upper"])
+        if not band.empty:
+            ax.fill_between(band[x], band["lower"], band["upper"], color=colour,
+                            alpha=0.15 if baseline else 0.2, linewidth=0, zorder=1)
+    ax.set_xlabel(x_label(x))
+    ax.set_ylabel(metric_label(metric))
+    if x == "progress":
+        ax.set_xlim(0, 1)
+    if "iou" in metric.split("/")[-1]:
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, 0.0) if lo >= -0.05 else lo, min(hi, 1.02) if hi <= 1.05 else hi)
+
+
+def _colours(data: pd.DataFrame) -> dict:
+    labels = list(dict.fromkeys(data["configuration"]))
+    baseline = set(data.loc[data["baseline"], "configuration"])
+    others = [lab for lab in labels if lab not in baseline]
+    pal = plots.palette(len(others))
+    colours = {lab: pal[i] for i, lab in enumerate(others)}
+    colours.update({lab: plots.BASELINE_COLOUR for lab in baseline})
+    return colours
+
+
+def figures(data: pd.DataFrame, metrics: Sequence[str], x: str, title: str, separate: bool = False,
+            level: float = 0.95, stem: str = STEM) -> list[tuple[str, "Figure"]]:
+    """``[(file stem, figure)]``: one figure with a panel per metric, or one per metric.
+    Build and save inside :func:`analysis.plots.paper_style`."""
+    from matplotlib.lines import Line2D
+
+    colours = _colours(data)
+    labels = list(dict.fromkeys(data["configuration"]))
+    baseline = set(data.loc[data["baseline"], "configuration"])
+    handles = [Line2D([], [], color=colours[lab], linestyle="--" if lab in baseline else "-",
+                      linewidth=1.6 if lab in baseline else 1.4) for lab in labels]
+    legend_title = f"Mean over runs, {level:.0%} CI shaded"
+    ncol = len(labels) if len(labels) <= 4 else 3
+    out = []
+    groups = [[m] for m in metrics] if separate else [list(metrics)]
+    for group in groups:
+        width = plots.PANEL_WIDTH_IN * len(group) + (0.2 if len(group) > 1 else 0)
+        ncol_g = ncol if len(group) > 1 else min(len(labels), 2)
+        rows_g = -(-len(labels) // ncol_g)
+        fig = plots.new_figure(width, plots.PANEL_HEIGHT_IN + 0.45 + 0.17 * rows_g)
+        axes = fig.subplots(1, len(group), squeeze=False)[0]
+        for ax, metric in zip(axes, group):
+            _draw(ax, data, metric, x, colours)
+        fig.suptitle(title)
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncol_g, frameon=False,
+                   title=legend_title)
+        name = stem if not separate else f"{stem}-{group[0].split('/')[-1].replace('_', '-')}"
+        out.append((name, fig))
+    return out
+
+
+# --- the command ---------------------------------------------------------------------------
+def iou_curves(
+    tracking_uri: str | None = None,
+    study: str | None = None,
+    experiments: Sequence[str] | None = None,
+    run_ids: Sequence[str] | None = None,
+    out: Path | None = None,
+    x: str = "progress",
+    axes: str = "xyt",
+    hue: Sequence[str] = (),
+    separate: bool = False,
+    points: int = 101,
+    level: float = 0.95,
+    objective: str | None = None,
+    log: bool = True,
+    skip_incomplete: bool = False,
+    client: "MlflowClient | None" = None,
+) -> Report:
+    """Compute, plot, write and (for a study) log the IoU / center-distance curves."""
+    from analysis.store import open_client
+
+    if axes not in AXES_METRICS:
+        raise NotFoundError(f"--axes must be one of {', '.join(AXES_METRICS)}, got {axes!r}")
+    if x not in X_MODES:
+        raise NotFoundError(f"--x must be one of {', '.join(X_MODES)}, got {x!r}")
+    check_level(level)
+    client = client or open_client(tracking_uri)
+    sel: Selection = select(client, study, experiments, run_ids, objective)
+    metrics = list(AXES_METRICS[axes])
+    require_metrics(
+        sel, metrics,
+        "the curves need the per-step view metrics that training logs for every crop method "
+        "(runs from another tool, or runs that failed before their first logged step, lack them)",
+        skip=skip_incomplete,
+    )
+    history = load_histories(client, sel.run_ids, metrics)
+    data, notes = curves(sel.runs, history, metrics, x, hue, points, level)
+    if data.empty:
+        raise NoDataError(f"no logged points of {', '.join(metrics)} fall on the plotting grid")
+    report = Report(f"iou-curves ({sel.kind} {sel.name})", notes=sel.notes + notes)
+    if not data["baseline"].any():
+        where = f"experiment {sel.name!r}" if sel.kind != "runs" else "the given runs"
+        report.warnings.append(
+            f"no random-crop baseline in {sel.kind} {sel.name!r} (no run with {P_CROP}=random); "
+            "plotting without it. To add one: include `random` in the study's crop.method "
+            f"choices and resume the study, or log a `paramcrop train` run with {P_CROP}=random "
+            f"into {where}, or pass a baseline run's id together with these via --runs."
+        )
+    what = {"study": "Study", "experiment": "Experiment", "runs": "Runs"}[sel.kind]
+    title = (f"{what} {sel.name}: view disparity during training" if sel.kind != "runs"
+             else f"{len(sel.runs)} runs: view disparity during training")
+    if axes != "xyt":
+        title += f" ({AXES_WORDS[axes]})"
+    stem = STEM if axes == "xyt" else f"{STEM}-{axes}"
+    table = summary(data, sel.runs, metrics, x, sel.objective, hue)
+    with plots.paper_style():
+        figs = figures(data, metrics, x, title, separate, level, stem)
+        writers = {}
+        for name, fig in figs:
+            writers.update(plots.figure_writers(fig, name))
+        writers[f"{stem}.csv"] = plots.csv_writer(data)
+        plots.publish(report, client, sel, out, writers, log)
+    report.tables.append((f"{sel.name}: view metrics at start → middle → end of training (x = {x}), "
+                          f"objective {sel.objective} (mean ± std, n runs)", display_summary(table, metrics)))
+    report.data.update(curves=data, summary=table, selection=sel)
+    return report

@@ -1,0 +1,163 @@
+"""``paramcrop analyze table``: the objective per framework x backbone x crop configuration.
+
+Each run counts once with its final value of the objective metric (the study's
+``paramcrop.objective`` tag, default ``eval/knn_top1``, or ``--objective``). Per cell:
+``n``, ``mean``, ``std`` (sample, ``ddof=1``; NaN for ``n = 1``) and the 95 % t-interval
+(:mod:`analysis.stats`). Written as ``table.csv`` (tidy, one row per cell), ``table.md``
+(rows framework · backbone, columns crop configuration, cells ``mean ± std (n=k)``) and a
+heatmap of the means (``table.png``, ``table.pdf``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis import plots
+from analysis.errors import NoDataError
+from analysis.load import Selection, column, select
+from analysis.plots import P_BACKBONE, P_CROP, P_FRAMEWORK, P_STRENGTH
+from analysis.report import Report
+from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlflow import MlflowClient
+
+KEYS = [P_FRAMEWORK, P_BACKBONE, P_CROP, P_STRENGTH]
+
+
+def objective_values(sel: Selection, keys: Sequence[str] = KEYS) -> tuple[pd.DataFrame, list[str]]:
+    """``run_id, <keys>, objective`` for the runs that have a final objective value."""
+    runs = sel.runs
+    frame = pd.DataFrame({"run_id": runs["run_id"].to_numpy()})
+    for key in keys:
+        frame[key] = column(runs, f"params.{key}").to_numpy()
+    frame["objective"] = plots.numeric(column(runs, f"metrics.{sel.objective}")).to_numpy(dtype=float)
+    missing = frame["objective"].isna()
+    notes = []
+    if missing.all():
+        logged = sorted({c[len("metrics."):] for c in runs.columns if c.startswith("metrics.")})
+        raise NoDataError(
+            f"no run of {sel.name!r} has a value of the objective {sel.objective!r}. Metrics "
+            f"logged: {', '.join(logged) or 'none'}; choose one with --objective METRIC."
+        )
+    if missing.any():
+        notes.append(f"{int(missing.sum())} run(s) without {sel.objective} left out: "
+                     + ", ".join(frame.loc[missing, "run_id"]))
+    return frame[~missing].reset_index(drop=True), notes
+
+
+def crop_order(frame: pd.DataFrame) -> list[str]:
+    """Crop labels: baseline first, then by method and numeric strength."""
+    pairs = frame[[P_CROP, P_STRENGTH]].drop_duplicates().to_dict("records")
+    pairs.sort(key=lambda r: (r[P_CROP] != plots.BASELINE_METHOD, plots._sort_key(r[P_CROP]),
+                              plots._sort_key(r[P_STRENGTH])))
+    return list(dict.fromkeys(plots.crop_label(r[P_CROP], r[P_STRENGTH]) for r in pairs))
+
+
+def objective_table(values: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """One row per (framework, backbone, crop method, strength): ``crop`` label and stats."""
+    table = grouped_interval(values, KEYS, "objective", level)
+    table.insert(4, "crop", [plots.crop_label(m, s) for m, s in zip(table[P_CROP], table[P_STRENGTH])])
+    order = {lab: i for i, lab in enumerate(crop_order(table))}
+    table["_o"] = table["crop"].map(order)
+    table["_f"] = table[P_FRAMEWORK].map(plots._sort_key)
+    table["_b"] = table[P_BACKBONE].map(plots._sort_key)
+    table = table.sort_values(["_f", "_b", "_o"], kind="stable").drop(columns=["_o", "_f", "_b"])
+    return table.reset_index(drop=True)[KEYS + ["crop"] + STAT_COLUMNS]
+
+
+def cell_text(mean: float, std: float, n: int) -> str:
+    if n == 0 or mean != mean:
+        return "–"
+    if n == 1 or std != std:
+        return f"{mean:.3f} (n={n})"
+    return f"{mean:.3f} ± {std:.3f} (n={n})"
+
+
+def row_label(framework, backbone) -> str:
+    return f"{plots.param_label(P_FRAMEWORK, framework)} · {plots.param_label(P_BACKBONE, backbone)}"
+
+
+def wide(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows framework · backbone, columns crop labels, cells :func:`cell_text`."""
+    t = table.assign(row=[row_label(f, b) for f, b in zip(table[P_FRAMEWORK], table[P_BACKBONE])],
+                     cell=[cell_text(m, s, n) for m, s, n in zip(table["mean"], table["std"], table["n"])])
+    out = t.pivot(index="row", columns="crop", values="cell")
+    out = out.reindex(index=list(dict.fromkeys(t["row"])), columns=crop_order(table)).fillna("–")
+    out.index.name = "framework · backbone"
+    out.columns.name = None
+    return out
+
+
+def markdown(table: pd.DataFrame, title: str, objective: str, level: float) -> str:
+    w = wide(table)
+    header = [w.index.name] + list(w.columns)
+    lines = [f"# {title}", "",
+             f"Objective `{objective}`: mean ± sample std over runs (seeds/trials), n runs per cell. "
+             f"table.csv also holds the {level:.0%} t-interval.", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * len(w.columns)) + "|"]
+    lines += ["| " + " | ".join([idx] + list(r)) + " |" for idx, r in zip(w.index, w.to_numpy())]
+    return "\n".join(lines) + "\n"
+
+
+def heatmap(table: pd.DataFrame, title: str, objective: str):
+    import seaborn as sns
+
+    t = table.assign(row=[row_label(f, b) for f, b in zip(table[P_FRAMEWORK], table[P_BACKBONE])])
+    means = t.pivot(index="row", columns="crop", values="mean").reindex(
+        index=list(dict.fromkeys(t["row"])), columns=crop_order(table))
+    stds = t.pivot(index="row", columns="crop", values="std").reindex_like(means)
+    annot = np.vectorize(lambda m, s: "" if m != m else (f"{m:.3f}" if s != s else f"{m:.3f}\n±{s:.3f}"),
+                         otypes=[object])(means.to_numpy(float), stds.to_numpy(float))
+    ncols, nrows = means.shape[1], means.shape[0]
+    width = plots.PANEL_WIDTH_IN if ncols <= 3 else min(2 * plots.PANEL_WIDTH_IN, 1.5 + 0.9 * ncols)
+    fig = plots.new_figure(width, 1.3 + 0.45 * nrows)
+    ax = fig.subplots()
+    sns.heatmap(means, annot=annot, fmt="", cmap="viridis", ax=ax, linewidths=0.5, linecolor="white",
+                cbar_kws={"label": objective}, annot_kws={"fontsize": plots.FONT_PT})
+    ax.grid(False)
+    ax.tick_params(length=0)
+    ax.set_xlabel("Crop")
+    ax.set_ylabel("Framework · backbone")
+    ax.tick_params(axis="x", rotation=30)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+    ax.tick_params(axis="y", rotation=0)
+    fig.suptitle(title)
+    return fig
+
+
+def table(
+    tracking_uri: str | None = None,
+    study: str | None = None,
+    experiments: Sequence[str] | None = None,
+    run_ids: Sequence[str] | None = None,
+    out: Path | None = None,
+    objective: str | None = None,
+    level: float = 0.95,
+    log: bool = True,
+    client: "MlflowClient | None" = None,
+) -> Report:
+    from analysis.store import open_client
+
+    check_level(level)
+    client = client or open_client(tracking_uri)
+    sel = select(client, study, experiments, run_ids, objective)
+    values, notes = objective_values(sel)
+    tab = objective_table(values, level)
+    what = {"study": "Study", "experiment": "Experiment", "runs": "Runs"}[sel.kind]
+    title = f"{what} {sel.name}: {sel.objective}" if sel.kind != "runs" else f"{len(sel.runs)} runs: {sel.objective}"
+    report = Report(f"table ({sel.kind} {sel.name})", notes=sel.notes + notes)
+    md = markdown(tab, title, sel.objective, level)
+    with plots.paper_style():
+        fig = heatmap(tab, title, sel.objective)
+        writers = {"table.csv": plots.csv_writer(tab), "table.md": plots.text_writer(md),
+                   **plots.figure_writers(fig, "table")}
+        plots.publish(report, client, sel, out, writers, log)
+    shown = wide(tab).reset_index()
+    report.tables.append((f"{sel.name}: {sel.objective}, mean ± std (n)", shown))
+    report.data.update(table=tab, selection=sel)
+    return report
