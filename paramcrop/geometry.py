@@ -85,7 +85,7 @@ def cube_to_theta(cubes: Tensor) -> Tensor:
 def crop_video_reference(video: Tensor, cubes: Tensor, size: Sequence[int]) -> Tensor:
     """``crop_video`` through ``F.affine_grid`` + ``F.grid_sample`` (SPEC 3.1's definition)."""
     t, h, w = _check_size(size)
-    x = video if video.is_floating_point() else video.float()
+    x = video if video.is_floating_point() else video.float()  # grid_sample needs a float input
     theta = cube_to_theta(cubes).to(x.dtype)
     grid = F.affine_grid(theta, [x.shape[0], x.shape[1], t, h, w], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -160,19 +160,34 @@ def crop_video(video: Tensor, cubes: Tensor, size: Sequence[int]) -> Tensor:
         ``grid_sample(video, affine_grid(cube_to_theta(cubes)), mode="bilinear",
         padding_mode="border", align_corners=False)`` (:func:`crop_video_reference`).
 
-    The crop is axis-aligned, so trilinear sampling separates into three 1-D two-tap passes
-    (time, then height, then width), the first two gathering whole rows; measured faster than
-    ``grid_sample`` on CPU (``benchmarks/crop.py``). On CUDA the fused ``grid_sample`` kernel
-    is used.
+    Two exact implementations; the faster one for the case is used (``benchmarks/crop.py``):
+    for uint8 clips on CPU without a gradient to the cubes (random and CVRL crops), the separable
+    form :func:`crop_video_separable`, which converts to float only the frames it needs (0.55-0.6x
+    the time of ``grid_sample``); otherwise the fused ``grid_sample`` kernel (float input: a tie;
+    with a gradient to the cubes, as for ParamCrop, its single-pass grid gradient is as fast as
+    back-propagating through three separable passes; on CUDA it is one kernel launch).
     """
+    _check_crop_args(video, cubes, size)
+    separable = video.dtype == torch.uint8 and not video.is_cuda and not (cubes.requires_grad and
+                                                                            torch.is_grad_enabled())
+    return (crop_video_separable if separable else crop_video_reference)(video, cubes, size)
+
+
+def _check_crop_args(video: Tensor, cubes: Tensor, size: Sequence[int]) -> None:
     if video.dim() != 5:
         raise ValueError(f"video must be (B, C, T, H, W), got shape {tuple(video.shape)}")
     _check_cubes(cubes)
     if cubes.shape[:-1] != video.shape[:1]:
         raise ValueError(f"cubes must be (B, 6) with B = {video.shape[0]}, got {tuple(cubes.shape)}")
+    _check_size(size)
+
+
+def crop_video_separable(video: Tensor, cubes: Tensor, size: Sequence[int]) -> Tensor:
+    """:func:`crop_video` as three separable 1-D two-tap passes (time, height, width), the first
+    two gathering whole contiguous rows. Differentiable with respect to ``cubes`` (and ``video``);
+    uint8 input is converted only after the temporal pass has picked the frames it needs."""
+    _check_crop_args(video, cubes, size)
     t, h, w = _check_size(size)
-    if video.is_cuda:
-        return crop_video_reference(video, cubes, (t, h, w))
     dtype = video.dtype if video.is_floating_point() else torch.float32
     cubes = cubes.to(dtype)
     B, C, T, H, W = video.shape

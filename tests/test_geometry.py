@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from paramcrop import center_distance, crop_video, cube_to_theta, view_iou
-from paramcrop.geometry import crop_video_reference, view_disparity
+from paramcrop.geometry import crop_video_reference, crop_video_separable, view_disparity
 
 N = 48  # grid cells per axis for voxel counting
 
@@ -129,12 +129,13 @@ def random_valid_cubes(n, generator=None, low=0.15):
     return torch.cat([center, half], -1)
 
 
+@pytest.mark.parametrize("implementation", [crop_video, crop_video_separable])
 @pytest.mark.parametrize("size", [(5, 7, 6), (8, 16, 16), (12, 20, 9)])
-def test_crop_video_equals_grid_sample_in_value_and_gradient(size):
+def test_crop_video_equals_grid_sample_in_value_and_gradient(size, implementation):
     g = torch.Generator().manual_seed(sum(size))
     video = torch.rand(3, 2, 10, 17, 13, generator=g)
     cubes = random_valid_cubes(3, g).requires_grad_()
-    ours = crop_video(video, cubes, size)
+    ours = implementation(video, cubes, size)
     ref = crop_video_reference(video, cubes, size)
     assert ours.shape == (3, 2) + size
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
@@ -143,6 +144,15 @@ def test_crop_video_equals_grid_sample_in_value_and_gradient(size):
     (g_ref,) = torch.autograd.grad((ref * upstream).sum(), cubes)
     rel = (g_ours - g_ref).abs().max() / g_ref.abs().max()
     assert rel < 1e-4
+
+
+def test_crop_video_without_cube_gradient_uses_the_separable_form_and_matches():
+    g = torch.Generator().manual_seed(11)
+    video = torch.randint(0, 256, (4, 3, 9, 15, 14), dtype=torch.uint8, generator=g)
+    cubes = random_valid_cubes(4, g)
+    out = crop_video(video, cubes, (4, 6, 7))
+    torch.testing.assert_close(out, crop_video_separable(video, cubes, (4, 6, 7)), rtol=0, atol=0)
+    torch.testing.assert_close(out, crop_video_reference(video, cubes, (4, 6, 7)), rtol=0, atol=1e-3)
 
 
 def test_crop_video_reference_is_plain_grid_sample():
@@ -159,10 +169,11 @@ def test_crop_video_reference_is_plain_grid_sample():
     torch.testing.assert_close(crop_video(video, cubes, (4, 5, 6)), want, rtol=0, atol=1e-5)
 
 
-def test_crop_video_identity_cube_returns_input():
+@pytest.mark.parametrize("implementation", [crop_video, crop_video_separable, crop_video_reference])
+def test_crop_video_identity_cube_returns_input(implementation):
     video = torch.rand(2, 3, 7, 9, 11)
     full = torch.tensor([[0.0, 0, 0, 1, 1, 1]] * 2)
-    torch.testing.assert_close(crop_video(video, full, (7, 9, 11)), video, rtol=0, atol=1e-6)
+    torch.testing.assert_close(implementation(video, full, (7, 9, 11)), video, rtol=0, atol=1e-6)
 
 
 def test_crop_video_uint8_gives_float32_on_0_255_scale():
@@ -178,7 +189,7 @@ def test_crop_video_uint8_gives_float32_on_0_255_scale():
 def test_crop_video_single_frame_and_float64():
     video = torch.rand(1, 1, 1, 5, 5, dtype=torch.float64)
     cubes = torch.tensor([[0.1, -0.2, 0.0, 0.5, 0.6, 1.0]], dtype=torch.float64, requires_grad=True)
-    out = crop_video(video, cubes, (3, 4, 4))
+    out = crop_video_separable(video, cubes, (3, 4, 4))
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, crop_video_reference(video, cubes, (3, 4, 4)))
 
