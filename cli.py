@@ -56,8 +56,8 @@ def collect_overrides(sets: list[str], **flags) -> dict:
 
     overrides = dict(parse_override(s) for s in sets)
     dotted = {"data": "data.source", "backbone": "backbone.name", "framework": "framework.name",
-              "crop": "crop.method", "strength": "crop.strength", "steps": "steps", "batch_size": "batch_size",
-              "seed": "seed", "device": "device"}
+              "head": "head.name", "crop": "crop.method", "strength": "crop.strength", "steps": "steps",
+              "batch_size": "batch_size", "seed": "seed", "device": "device"}
     overrides.update({dotted[k]: v for k, v in flags.items() if v is not None})
     return overrides
 
@@ -89,6 +89,11 @@ def train(
     backbone: Optional[str] = typer.Option(None, help="tiny3d, r3d_18, mc3_18, r2plus1d_18, s3d. [default: tiny3d]"),
     framework: Optional[str] = typer.Option(None, help="simclr, moco, byol. [default: simclr]"),
     crop: Optional[str] = typer.Option(None, help="Crop method: random, cvrl, paramcrop. [default: paramcrop]"),
+    head: Optional[str] = typer.Option(None, help="Projection head: mlp, cate (augmentation-aware, CATE); its "
+                                       "settings via --set head.depth=2 etc. [default: mlp]"),
+    objective: list[str] = typer.Option([], "--objective", help="Add a loss term: region (soft region contrast), "
+                                        "order (local-global temporal order); repeatable or comma-separated. Weight "
+                                        "1 unless set: --set objectives.region=0.5."),
     strength: Optional[float] = typer.Option(None, help="Adversarial strength lambda of a learned crop (>= 0)."),
     steps: Optional[int] = typer.Option(None, help="Training steps. [default: 300]"),
     batch_size: Optional[int] = typer.Option(None, help="Clips per step. [default: 32]"),
@@ -107,9 +112,9 @@ def train(
 
     try:
         base = TrainConfig.from_yaml(config.read_text()) if config else TrainConfig()
-        overrides = collect_overrides(sets, data=data, backbone=backbone, framework=framework, crop=crop,
+        overrides = collect_overrides(sets, data=data, backbone=backbone, framework=framework, head=head, crop=crop,
                                       strength=strength, steps=steps, batch_size=batch_size, seed=seed, device=device)
-        cfg = base.with_overrides(overrides)
+        cfg = base.with_overrides(overrides).with_objectives(objective)
     except OSError as exc:
         raise fail(f"cannot read the config file: {exc}")
     except ConfigError as exc:

@@ -2,8 +2,10 @@
 
 One schema serves ``paramcrop train`` (YAML + ``--set key=value``) and every study trial (the
 spec's fixed config + the sampled params, dotted keys alike). The sections ``crop``,
-``framework``, ``backbone`` and ``augment`` are open dicts: their keys are the constructor
-arguments of the chosen component, checked against its registry in :meth:`TrainConfig.validate`.
+``framework``, ``backbone``, ``head`` and ``augment`` are open dicts: their keys are the
+constructor arguments of the chosen component, checked against its registry in
+:meth:`TrainConfig.validate`. ``objectives`` holds the weights of the extra loss terms (0 = off),
+plain numbers so that a study can switch or tune them like any other key.
 """
 from __future__ import annotations
 
@@ -63,6 +65,21 @@ class EvalConfig:
 
 
 @dataclass
+class ObjectivesConfig:
+    """Extra loss terms added to the framework's loss (:mod:`paramcrop.objectives`, SPEC 3.6):
+    each name is the term's weight, 0 = off; the other keys are the terms' settings."""
+
+    region: float = 0.0  # soft spatio-temporal region contrast
+    order: float = 0.0  # local-global temporal order
+    region_temperature: float = 0.2
+    order_bins: int = 4  # temporal position bins of a local view within the global view
+
+
+OBJECTIVE_NAMES = ("region", "order")
+"""The weight keys of :class:`ObjectivesConfig`, i.e. the objectives ``paramcrop train --objective`` knows."""
+
+
+@dataclass
 class TrainConfig:
     """One self-supervised pretraining run. See ``paramcrop train --help`` and docs/DESIGN.md."""
 
@@ -72,6 +89,8 @@ class TrainConfig:
     augment: dict = field(default_factory=dict)
     framework: dict = field(default_factory=lambda: {"name": "simclr"})
     backbone: dict = field(default_factory=lambda: {"name": "tiny3d"})
+    head: dict = field(default_factory=lambda: {"name": "mlp"})  # projection head (paramcrop.heads)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     steps: int = 300
@@ -110,8 +129,8 @@ class TrainConfig:
     def with_overrides(self, overrides: Mapping[str, Any]) -> "TrainConfig":
         """A copy with dotted keys set (``{"crop.strength": 0.5}``).
 
-        Component names (``crop.method``, ``framework.name``, ``backbone.name``) are applied
-        first; a changed name starts its section afresh, so ``crop.method=random`` drops
+        Component names (``crop.method``, ``framework.name``, ``backbone.name``, ``head.name``) are
+        applied first; a changed name starts its section afresh, so ``crop.method=random`` drops
         ParamCrop-only keys such as ``crop.strength``.
         """
         data = self.to_dict()
@@ -124,6 +143,19 @@ class TrainConfig:
             set_dotted(data, key, value)
         return TrainConfig.from_dict(data)
 
+    def with_objectives(self, names: list[str]) -> "TrainConfig":
+        """A copy with the named objectives switched on: weight 1.0 unless they already have one.
+
+        ``names`` entries may be comma lists (``["region,order"]``); an unknown name raises
+        :class:`ConfigError` listing the valid ones.
+        """
+        requested = [n.strip() for entry in names for n in entry.split(",") if n.strip()]
+        unknown = sorted(set(requested) - set(OBJECTIVE_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown objective(s) {', '.join(unknown)}; "
+                              f"valid objectives: {', '.join(OBJECTIVE_NAMES)}")
+        return self.with_overrides({f"objectives.{n}": 1.0 for n in requested if getattr(self.objectives, n) == 0})
+
     def resolved(self) -> dict[str, Any]:
         """The config as a dict with every component's constructor defaults filled in, so that a
         run records e.g. ``crop.strength`` even when it was left at its default."""
@@ -131,10 +163,11 @@ class TrainConfig:
         from paramcrop.backbones import BACKBONES
         from paramcrop.crops import CROPS
         from paramcrop.frameworks import FRAMEWORKS
+        from paramcrop.heads import HEADS
 
         data = self.to_dict()
-        for section, registry, n_positional in (("crop", CROPS, 1), ("framework", FRAMEWORKS, 1),
-                                                 ("backbone", BACKBONES, 0)):
+        for section, registry, n_positional in (("crop", CROPS, 1), ("framework", FRAMEWORKS, 2),
+                                                 ("backbone", BACKBONES, 0), ("head", HEADS, 3)):
             name, params = self.component(section)
             data[section] = {_COMPONENT_KEYS[section]: name, **registry.defaults(name, n_positional), **params}
         data["augment"] = {**_init_defaults(ClipAugment), **self.augment}
@@ -151,6 +184,7 @@ class TrainConfig:
         from paramcrop.backbones import BACKBONES
         from paramcrop.crops import CROPS
         from paramcrop.frameworks import FRAMEWORKS
+        from paramcrop.heads import HEADS, create_head
 
         positive = {
             "data.frames": self.data.frames, "data.stride": self.data.stride, "data.size": self.data.size,
@@ -165,15 +199,19 @@ class TrainConfig:
             "data.workers": self.data.workers, "eval.every": self.eval.every, "optim.warmup_steps":
             self.optim.warmup_steps, "optim.weight_decay": self.optim.weight_decay,
             "optim.grad_clip": self.optim.grad_clip, "checkpoint_every": self.checkpoint_every,
-            "visualize_at": self.visualize_at,
+            "visualize_at": self.visualize_at, "objectives.region": self.objectives.region,
+            "objectives.order": self.objectives.order,
         }
         for key, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
         for key, value in (("optim.lr", self.optim.lr), ("optim.generator_lr", self.optim.generator_lr),
-                           ("eval.knn_temperature", self.eval.knn_temperature)):
+                           ("eval.knn_temperature", self.eval.knn_temperature),
+                           ("objectives.region_temperature", self.objectives.region_temperature)):
             if not value > 0:
                 raise ConfigError(f"{key} must be > 0, got {value}")
+        if self.objectives.order_bins < 2:
+            raise ConfigError(f"objectives.order_bins must be >= 2, got {self.objectives.order_bins}")
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2 for contrastive learning, got {self.batch_size}")
         if self.view.size > self.data.size or self.view.frames > self.data.frames:
@@ -186,7 +224,8 @@ class TrainConfig:
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for section, registry, name_key, n_positional in (
-            ("crop", CROPS, "method", 1), ("framework", FRAMEWORKS, "name", 1), ("backbone", BACKBONES, "name", 0)
+            ("crop", CROPS, "method", 1), ("framework", FRAMEWORKS, "name", 2), ("backbone", BACKBONES, "name", 0),
+            ("head", HEADS, "name", 3),
         ):
             params = dict(getattr(self, section))
             name = params.pop(name_key, None)
@@ -198,26 +237,28 @@ class TrainConfig:
                 raise ConfigError(f"{section}.{name_key}: {exc}") from None
             _check_keys(section, params, registry.valid_keys(name, n_positional), f" for {section} {name!r}")
         _check_keys("augment", self.augment, _init_keys(ClipAugment))
-        # the crop and the augmentation are cheap to build: build them to check their values too
+        # the crop, the augmentation and the head are cheap to build: build them to check their values too
         from paramcrop.crops import create_crop
 
         name, params = self.component("crop")
+        head_name, head_params = self.component("head")
         for section, build in (("crop", lambda: create_crop(name, (self.view.frames, self.view.size, self.view.size),
                                                             **params)),
-                               ("augment", lambda: ClipAugment(**self.augment))):
+                               ("augment", lambda: ClipAugment(**self.augment)),
+                               ("head", lambda: create_head(head_name, 1, 1, 1, **head_params))):
             try:
                 build()
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"{section}: {exc}") from None
 
     def component(self, section: str) -> tuple[str, dict[str, Any]]:
-        """``(name, constructor kwargs)`` of the ``crop``, ``framework`` or ``backbone`` section."""
+        """``(name, constructor kwargs)`` of the ``crop``, ``framework``, ``backbone`` or ``head`` section."""
         params = dict(getattr(self, section))
         return params.pop(_COMPONENT_KEYS[section]), params
 
 
 # --- helpers ------------------------------------------------------------------------------
-_COMPONENT_KEYS = {"crop": "method", "framework": "name", "backbone": "name"}
+_COMPONENT_KEYS = {"crop": "method", "framework": "name", "backbone": "name", "head": "name"}
 
 
 def _init_keys(cls: type) -> list[str]:

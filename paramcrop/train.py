@@ -1,9 +1,15 @@
-"""One self-supervised pretraining run: crop -> augment -> framework, evaluated on frozen features.
+"""One self-supervised pretraining run: crop -> augment -> framework (+ objectives), evaluated on frozen features.
 
 The loop reports to a :class:`~paramcrop.sinks.MetricsSink` and knows nothing of MLflow or
 Optuna. With a learned crop, one backward pass serves both sides: the backbone's optimiser
 descends the loss, and the generator's optimiser steps on gradients that the reversal layer
 has already negated and scaled by lambda, so it ascends the same loss.
+
+The framework also receives each view's augmentation vector (cube, flip, relative shift;
+:func:`paramcrop.heads.augmentation_vectors`) for heads that use it. The loss is the
+framework's loss plus the switched-on objectives (:mod:`paramcrop.objectives`) times their
+weights; ``train/loss`` logs that total, ``train/region_loss`` / ``train/order_loss`` each term
+unweighted. Objectives that are off cost nothing.
 """
 from __future__ import annotations
 
@@ -23,7 +29,10 @@ from torch.utils.data import DataLoader, Sampler
 from paramcrop import sinks
 from paramcrop.augment import ClipAugment
 from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.frameworks.base import pool
 from paramcrop.geometry import view_disparity
+from paramcrop.heads import HeadSpec, augmentation_vectors
+from paramcrop.objectives import ORDER_LOSS, REGION_LOSS, RegionContrast, TemporalOrder, global_view
 
 # the Kinetics statistics that torchvision's video models use
 MEAN = (0.43216, 0.394666, 0.37645)
@@ -137,9 +146,17 @@ class Trainer:
         self.crop = create_crop(crop_name, (cfg.view.frames, cfg.view.size, cfg.view.size), **crop_kw).to(self.device)
         self.augment = ClipAugment(**cfg.augment)
         fw_name, fw_kw = cfg.component("framework")
-        self.framework = create_framework(fw_name, backbone, **fw_kw).to(self.device)
+        self.framework = create_framework(fw_name, backbone, HeadSpec(*cfg.component("head")), **fw_kw).to(self.device)
+        obj = cfg.objectives
+        self.objectives = nn.ModuleDict()  # the switched-on extra loss terms, by metric name
+        if obj.region > 0:
+            self.objectives[REGION_LOSS] = RegionContrast(backbone.feature_dim, temperature=obj.region_temperature)
+        if obj.order > 0:
+            self.objectives[ORDER_LOSS] = TemporalOrder(backbone.feature_dim, bins=obj.order_bins)
+        self.objectives.to(self.device)
+        self.objective_weights = {REGION_LOSS: obj.region, ORDER_LOSS: obj.order}
 
-        params = [p for p in self.framework.parameters() if p.requires_grad]
+        params = [p for m in (self.framework, self.objectives) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         gen_params = list(self.crop.parameters())
@@ -159,6 +176,7 @@ class Trainer:
         state = {
             "step": self.step,
             "framework": self.framework.state_dict(),
+            "objectives": self.objectives.state_dict(),
             "crop": self.crop.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -185,6 +203,7 @@ class Trainer:
         """Restore a checkpoint; ``weights_only=True``: loading never executes code."""
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.framework.load_state_dict(state["framework"])
+        self.objectives.load_state_dict(state["objectives"])
         self.crop.load_state_dict(state["crop"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -216,15 +235,35 @@ class Trainer:
                             generator=torch.Generator().manual_seed(self.cfg.seed))
         return iter(loader)
 
+    def objective_terms(self, clips: Tensor, views: "Views", flips: tuple[Tensor, Tensor],  # noqa: F821
+                        maps: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        """The switched-on objectives' unweighted values by metric name (empty, and free, when none is on).
+
+        ``clips (B, 3, T, H, W)`` raw; ``flips``: the views' flip flags ``(B,)``; ``maps``: the
+        framework's online feature maps of the two views.
+        """
+        terms = {}
+        if REGION_LOSS in self.objectives:
+            terms[REGION_LOSS] = self.objectives[REGION_LOSS](*maps, views.cubes1, views.cubes2, *flips)
+        if ORDER_LOSS in self.objectives:
+            x, cubes = global_view(clips, self.crop.size)
+            x, _ = self.augment(x / 255.0)
+            features = self.framework.backbone(to_input(x))  # the objective's one extra backbone pass
+            terms[ORDER_LOSS] = self.objectives[ORDER_LOSS](features, [pool(m) for m in maps],
+                                                            [views.cubes1, views.cubes2], cubes)
+        return terms
+
     def train_step(self, clips: Tensor) -> tuple[Tensor, dict[str, Tensor], "Views"]:  # noqa: F821
-        """One optimisation step on raw clips ``(B, 3, T, H, W)``; returns (loss, view metrics, views)."""
+        """One optimisation step on raw clips ``(B, 3, T, H, W)``; returns (loss, metrics, views)."""
         cfg = self.cfg
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             views = self.crop(clips, self.step)
-            x1, _ = self.augment(views.x1 / 255.0)
-            x2, _ = self.augment(views.x2 / 255.0)
-            out = self.framework(to_input(x1), to_input(x2))
-        loss = out.loss
+            x1, aug1 = self.augment(views.x1 / 255.0)
+            x2, aug2 = self.augment(views.x2 / 255.0)
+            vectors = augmentation_vectors(views.cubes1, views.cubes2, aug1.flip, aug2.flip)
+            out = self.framework(to_input(x1), to_input(x2), *vectors)
+            terms = self.objective_terms(clips, views, (aug1.flip, aug2.flip), out.maps)
+        loss = out.loss + sum(self.objective_weights[name] * value for name, value in terms.items())
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.step}: lower optim.lr, "
                                      f"check the data, or use precision=fp32")
@@ -241,7 +280,7 @@ class Trainer:
         self.framework.update_targets()
         with torch.no_grad():
             disparity = view_disparity(views.cubes1.detach().float(), views.cubes2.detach().float())
-        return loss.detach(), {**disparity, **out.metrics}, views
+        return loss.detach(), {**disparity, **out.metrics, **{k: v.detach() for k, v in terms.items()}}, views
 
     def fit(self, sink: sinks.MetricsSink, resume: bool = False, until: int | None = None) -> TrainResult:
         """Train to ``cfg.steps``. With ``resume``, continue from ``run_dir``'s checkpoint when it has

@@ -74,8 +74,8 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     trainer = Trainer(tiny_config(steps=5), tmp_path, progress=False)
     forward = trainer.framework.forward
 
-    def poisoned(x1, x2):
-        out = forward(x1, x2)
+    def poisoned(*views):
+        out = forward(*views)
         out.loss = out.loss * float("nan")
         return out
 

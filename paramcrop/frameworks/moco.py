@@ -1,0 +1,102 @@
+"""MoCo v2 (Chen et al., arXiv 2003.04297): momentum key encoder, queue of negatives, InfoNCE.
+
+Symmetrised: the query of view 1 is contrasted with the key of view 2 and the query of view 2
+with the key of view 1; the loss is the mean of the two. Keys come from the momentum (target)
+backbone and projector under ``torch.no_grad`` and, after the loss, both views' keys enter the
+FIFO queue (in training mode only).
+
+How views reach a learned crop: each view is a query once and a key once. The key branch is
+stop-gradient, as in MoCo, so the gradient to a view's crop flows only through its query (online)
+branch; the crop generator thus maximises exactly the loss that the online network minimises.
+
+Defaults and why: ``momentum = 0.99`` (MoCo uses 0.999 over hundreds of thousands of steps; runs
+of this suite are a few thousand steps, where 0.99, MoCo v3's value, lets the keys keep up),
+``temperature = 0.2`` (MoCo v2), ``queue_size = 4096`` (a few dozen batches of keys: fresh
+enough for fast-changing short runs), ``hidden_dim = 512``, ``out_dim = 128`` (MoCo v2's head
+output). The queue starts as random unit vectors, as in MoCo, so it works before ``queue_size``
+keys have been enqueued. Single device: no shuffle-BN (the key batch-norm sees the key batch).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from paramcrop.frameworks.base import (
+    FRAMEWORKS, POS_SIM, FrameworkOutput, MomentumFramework, encode_pair, feature_dim_of, float32_loss, mean_cosine,
+)
+from paramcrop.heads import MLP_HEAD, HeadSpec, check_positive
+
+
+@float32_loss
+def moco_infonce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
+    """InfoNCE of queries against their keys (positives) and the queue (negatives).
+
+    ``q, k (N, D)``: queries and keys (row ``i`` of each from the same clip), any norm and dtype
+    (L2-normalised in float32 here); the caller detaches ``k``. ``queue (K, D)``: negatives with
+    unit-norm rows. Returns the mean over the ``N`` queries of the cross-entropy of logits
+    ``[q.k, q.queue^T] / temperature`` with the positive at index 0 (a float32 scalar).
+    """
+    if q.ndim != 2 or q.shape != k.shape or queue.ndim != 2 or queue.shape[1] != q.shape[1]:
+        raise ValueError(
+            f"q and k must be (N, D) and queue (K, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(queue.shape)}"
+        )
+    check_positive("temperature", temperature)
+    q = F.normalize(q.float(), dim=1)
+    k = F.normalize(k.float(), dim=1)
+    positive = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
+    negatives = q @ queue.float().T  # (N, K)
+    logits = torch.cat([positive, negatives], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+@FRAMEWORKS.register("moco")
+class MoCo(MomentumFramework):
+    """MoCo v2 on ``backbone`` (see the module docstring for the defaults).
+
+    Buffers: ``queue (queue_size, out_dim)`` of unit-norm keys and ``queue_ptr``, the index of the
+    oldest key (the next to be overwritten).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: HeadSpec = MLP_HEAD,
+        temperature: float = 0.2,
+        momentum: float = 0.99,
+        queue_size: int = 4096,
+        hidden_dim: int = 512,
+        out_dim: int = 128,
+    ) -> None:
+        check_positive("temperature", temperature)
+        check_positive("queue_size", queue_size, integer=True)
+        super().__init__(backbone, head.build(feature_dim_of(backbone), hidden_dim, out_dim), momentum, "momentum")
+        self.temperature = float(temperature)
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, out_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor) -> None:
+        """FIFO: ``keys (M, D)`` (unit norm) replace the oldest entries; if ``M > queue_size`` only
+        the last ``queue_size`` keys are kept. The pointer advances by ``M`` (mod ``queue_size``)."""
+        size = self.queue.shape[0]
+        m = keys.shape[0]
+        ptr = int(self.queue_ptr)
+        kept = keys[-size:]
+        index = (ptr + m - kept.shape[0] + torch.arange(kept.shape[0], device=keys.device)) % size
+        self.queue[index] = kept.to(self.queue.dtype)
+        self.queue_ptr.fill_((ptr + m) % size)
+
+    def forward(self, x1: Tensor, x2: Tensor, aug1: Tensor | None = None,
+                aug2: Tensor | None = None) -> FrameworkOutput:
+        """Views ``x1, x2 (B, 3, T, H, W)`` (augmentation vectors ``aug1, aug2``) -> symmetrised InfoNCE;
+        enqueues both views' keys when training."""
+        (q1, maps1), (q2, maps2) = encode_pair(self.online_with_maps, x1, x2, aug1, aug2)
+        k1, k2 = encode_pair(self.target, x1, x2, aug1, aug2)
+        queue = self.queue.clone()  # the loss keeps it for backward; enqueue changes the buffer in place
+        loss = 0.5 * (
+            moco_infonce_loss(q1, k2, queue, self.temperature) + moco_infonce_loss(q2, k1, queue, self.temperature)
+        )
+        if self.training:
+            self.enqueue(F.normalize(torch.cat([k1, k2]).float(), dim=1))
+        return FrameworkOutput(loss, {POS_SIM: mean_cosine(q1, q2)}, (maps1, maps2))

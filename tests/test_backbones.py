@@ -1,0 +1,98 @@
+"""Backbones (SPEC 3.7): shapes, minimum inputs, validation; every backbone x framework pair trains."""
+import pytest
+import torch
+
+from paramcrop.backbones import BACKBONES, create_backbone
+from paramcrop.frameworks import FRAMEWORKS, MomentumFramework, create_framework
+
+FEATURE_DIMS = {"tiny3d": 256, "r3d_18": 512, "mc3_18": 512, "r2plus1d_18": 512, "s3d": 1024}
+MIN_INPUT = {"tiny3d": (4, 16), "r3d_18": (8, 16), "mc3_18": (1, 16), "r2plus1d_18": (8, 16), "s3d": (6, 17)}
+
+
+def test_registry_lists_every_backbone():
+    assert BACKBONES.names() == sorted(FEATURE_DIMS)
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_DIMS))
+def test_shapes_and_check_input_at_the_minimum(name):
+    torch.manual_seed(0)
+    backbone = create_backbone(name).eval()
+    frames, size = MIN_INPUT[name]
+    assert backbone.feature_dim == FEATURE_DIMS[name]
+    backbone.check_input(frames, size)  # the minimum itself is accepted
+    x = torch.randn(2, 3, frames, size, size)
+    with torch.no_grad():
+        fmap = backbone.forward_features(x)
+        feats = backbone(x)
+    assert fmap.shape == (2, FEATURE_DIMS[name], 1, 1, 1)  # the minimum reduces to one cell
+    assert feats.shape == (2, FEATURE_DIMS[name])
+    torch.testing.assert_close(feats, fmap.flatten(1))
+    for too_small in ((frames - 1, size), (frames, size - 1)):
+        with pytest.raises(ValueError, match=rf"{name}.*at least {frames} frames and {size}x{size}"):
+            backbone.check_input(*too_small)
+
+
+@pytest.mark.parametrize("frames, size", [(4, 17), (6, 16)])
+def test_s3d_below_the_minimum_fails(frames, size):
+    """Just below the minimum the forward pass fails (5 frames: see the backbones.py docstring)."""
+    backbone = create_backbone("s3d").eval()
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        backbone(torch.randn(1, 3, frames, size, size))
+
+
+def test_tiny3d_width_and_feature_map():
+    backbone = create_backbone("tiny3d", width=8).eval()
+    assert backbone.feature_dim == 64
+    with torch.no_grad():
+        assert backbone.forward_features(torch.randn(1, 3, 8, 48, 48)).shape == (1, 64, 2, 3, 3)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="width"):
+            create_backbone("tiny3d", width=bad)
+
+
+def test_unknown_names_and_keys_list_the_valid_ones():
+    with pytest.raises(ValueError, match="valid backbones: mc3_18, r2plus1d_18, r3d_18, s3d, tiny3d"):
+        create_backbone("resnet50")
+    with pytest.raises(ValueError, match="'width'.*valid keys: \\(none\\)"):
+        create_backbone("r3d_18", width=2)
+    backbone = create_backbone("tiny3d", width=4)
+    with pytest.raises(ValueError, match="valid frameworks: byol, moco, simclr"):
+        create_framework("swav", backbone)
+    with pytest.raises(ValueError, match="'queue_size'.*valid keys: temperature, hidden_dim, out_dim"):
+        create_framework("simclr", backbone, queue_size=16)
+
+
+def _snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS.names()))
+@pytest.mark.parametrize("name", sorted(FEATURE_DIMS))
+def test_every_pair_trains_two_steps(name, framework):
+    torch.manual_seed(0)
+    fw = create_framework(framework, create_backbone(name))
+    assert fw.backbone.feature_dim == FEATURE_DIMS[name]
+    trainable = [p for p in fw.parameters() if p.requires_grad]
+    targets = [fw.target_backbone, fw.target_projector] if isinstance(fw, MomentumFramework) else []
+    target_ids = {id(p) for t in targets for p in t.parameters()}
+    assert target_ids.isdisjoint(map(id, trainable))
+    assert target_ids | {id(p) for p in trainable} == {id(p) for p in fw.parameters()}
+    opt = torch.optim.SGD(trainable, lr=0.05)
+    before = [p.detach().clone() for p in trainable]
+    frames, size = MIN_INPUT[name]
+    for _ in range(2):
+        x1, x2 = torch.randn(2, 2, 3, frames, size, size)
+        out = fw(x1, x2)
+        assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+        assert all(isinstance(v, float) for v in out.metrics.values())
+        opt.zero_grad()
+        out.loss.backward()
+        frozen = [_snapshot(t) for t in targets]
+        opt.step()
+        for t, snap in zip(targets, frozen):  # the optimiser never moves a target network ...
+            assert all(torch.equal(p, s) for p, s in zip(t.parameters(), snap))
+        fw.update_targets()
+        for t, snap in zip(targets, frozen):  # ... update_targets does
+            assert any(not torch.equal(p, s) for p, s in zip(t.parameters(), snap))
+    unchanged = [i for i, (p, b) in enumerate(zip(trainable, before)) if torch.equal(p, b)]
+    assert not unchanged, f"{len(unchanged)} of {len(trainable)} trainable tensors did not change"
