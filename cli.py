@@ -385,7 +385,7 @@ def analyze_table(
     level: float = typer.Option(0.95, "--level", help="Confidence level of the t-interval in table.csv."),
     log: bool = typer.Option(True, "--log/--no-log", help=_LOG_HELP),
 ) -> None:
-    """Framework x backbone x crop table of the objective (mean ± std over seeds, n).
+    """Framework x backbone x head x objectives x crop table of the objective (mean ± std over seeds, n).
 
     Writes table.md, table.csv (with the 95% t-interval) and a heatmap table.png/.pdf."""
     from analysis.tables import table

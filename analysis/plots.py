@@ -29,6 +29,11 @@ P_CROP = "crop.method"
 P_STRENGTH = "crop.strength"
 P_FRAMEWORK = "framework.name"
 P_BACKBONE = "backbone.name"
+P_HEAD = "head.name"
+P_REGION = "objectives.region"  # objective weights: 0 = off
+P_ORDER = "objectives.order"
+P_OBJECTIVES = (P_REGION, P_ORDER)
+DEFAULT_HEAD = "mlp"  # what a run without a head.name param used
 P_SEED = "seed"
 P_STEPS = "steps"
 BASELINE_METHOD = "random"
@@ -45,7 +50,9 @@ FRAMEWORK_NAMES = {"simclr": "SimCLR", "moco": "MoCo v2", "mocov2": "MoCo v2", "
                    "byol": "BYOL"}
 BACKBONE_NAMES = {"tiny3d": "Tiny3D", "r3d_18": "R3D-18", "mc3_18": "MC3-18",
                   "r2plus1d_18": "R(2+1)D-18", "s3d": "S3D"}
+HEAD_NAMES = {"mlp": "MLP", "cate": "CATE"}
 BASELINE_LABEL = "Random crop (baseline)"
+NO_OBJECTIVES = "none"
 
 
 def _missing(value) -> bool:
@@ -60,6 +67,26 @@ def crop_label(method, strength=None) -> str:
     return name if _missing(strength) else f"{name}, λ={strength}"
 
 
+def head_label(name) -> str:
+    """``"MLP"``, ``"CATE"``; a run without a head param used the MLP head."""
+    name = DEFAULT_HEAD if _missing(name) else name
+    return HEAD_NAMES.get(name, str(name))
+
+
+def objectives_label(weights: Mapping[str, float]) -> str:
+    """The extra objectives that are on, by name: ``"none"``, ``"region"``, ``"order"``,
+    ``"region+order"``; a weight other than 1 is shown, ``"region=0.5+order"``.
+    ``weights``: objective param (``objectives.region``) -> weight (missing or 0 = off)."""
+    on = []
+    for param in P_OBJECTIVES:
+        w = weights.get(param)
+        w = 0.0 if _missing(w) else float(w)
+        if w != 0:
+            name = param.split(".", 1)[1]
+            on.append(name if w == 1 else f"{name}={w:g}")
+    return "+".join(on) or NO_OBJECTIVES
+
+
 def param_label(param: str, value) -> str:
     """A varied parameter in words: framework and backbone names, else ``param=value``."""
     if _missing(value):
@@ -70,6 +97,8 @@ def param_label(param: str, value) -> str:
         return BACKBONE_NAMES.get(value, str(value))
     if param == P_CROP:
         return crop_label(value)
+    if param == P_HEAD:
+        return f"{head_label(value)} head"
     return f"{param}={value}"
 
 

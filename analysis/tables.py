@@ -1,11 +1,18 @@
-"""``paramcrop analyze table``: the objective per framework x backbone x crop configuration.
+"""``paramcrop analyze table``: the objective per configuration: framework x backbone x head x
+extra objectives x crop.
 
 Each run counts once with its final value of the objective metric (the study's
-``paramcrop.objective`` tag, default ``eval/knn_top1``, or ``--objective``). Per cell:
-``n``, ``mean``, ``std`` (sample, ``ddof=1``; NaN for ``n = 1``) and the 95 % t-interval
-(:mod:`analysis.stats`). Written as ``table.csv`` (tidy, one row per cell), ``table.md``
-(rows framework · backbone, columns crop configuration, cells ``mean ± std (n=k)``) and a
-heatmap of the means (``table.png``, ``table.pdf``).
+``paramcrop.objective`` tag, default ``eval/knn_top1``, or ``--objective``). A configuration is
+the run's ``framework.name``, ``backbone.name``, ``head.name``, objective weights
+``objectives.region`` and ``objectives.order`` (0 = off), ``crop.method`` and ``crop.strength``;
+a run without a head or objective param (older runs) counts as head ``mlp``, objectives off.
+Per cell: ``n``, ``mean``, ``std`` (sample, ``ddof=1``; NaN for ``n = 1``) and the 95 %
+t-interval (:mod:`analysis.stats`). Written as ``table.csv`` (tidy, one row per configuration;
+the ``objectives`` column names the objectives that are on: ``none``, ``region``, ``order``,
+``region+order``, with the weight when it is not 1, ``region=0.5``), ``table.md`` (rows
+framework · backbone, head, objectives; columns crop configuration; cells ``mean ± std (n=k)``)
+and a heatmap of the means (``table.png``, ``table.pdf``; head and objectives are part of the row
+labels when they vary, else named in the title when not the default).
 """
 from __future__ import annotations
 
@@ -18,22 +25,32 @@ import pandas as pd
 from analysis import plots
 from analysis.errors import NoDataError
 from analysis.load import Selection, column, select
-from analysis.plots import P_BACKBONE, P_CROP, P_FRAMEWORK, P_STRENGTH
+from analysis.plots import P_BACKBONE, P_CROP, P_FRAMEWORK, P_HEAD, P_OBJECTIVES, P_ORDER, P_REGION, P_STRENGTH
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
 
-KEYS = [P_FRAMEWORK, P_BACKBONE, P_CROP, P_STRENGTH]
+KEYS = [P_FRAMEWORK, P_BACKBONE, P_CROP, P_STRENGTH, P_HEAD, P_REGION, P_ORDER]
+PARAM_DEFAULTS = {P_HEAD: plots.DEFAULT_HEAD, P_REGION: 0.0, P_ORDER: 0.0}
+"""What a run without the param used (runs logged before heads and objectives existed)."""
+OBJECTIVES = "objectives"
+"""Column of the readable objectives label (:func:`analysis.plots.objectives_label`)."""
 
 
 def objective_values(sel: Selection, keys: Sequence[str] = KEYS) -> tuple[pd.DataFrame, list[str]]:
-    """``run_id, <keys>, objective`` for the runs that have a final objective value."""
+    """``run_id, <keys>, objective`` for the runs that have a final objective value; params a run
+    lacks take their :data:`PARAM_DEFAULTS`, objective weights are floats."""
     runs = sel.runs
     frame = pd.DataFrame({"run_id": runs["run_id"].to_numpy()})
     for key in keys:
-        frame[key] = column(runs, f"params.{key}").to_numpy()
+        values = column(runs, f"params.{key}")
+        if key in P_OBJECTIVES:
+            values = plots.numeric(values).fillna(PARAM_DEFAULTS[key]).astype(float)
+        elif key in PARAM_DEFAULTS:
+            values = values.where(values.notna(), PARAM_DEFAULTS[key])
+        frame[key] = values.to_numpy()
     frame["objective"] = plots.numeric(column(runs, f"metrics.{sel.objective}")).to_numpy(dtype=float)
     missing = frame["objective"].isna()
     notes = []
@@ -57,16 +74,30 @@ def crop_order(frame: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(plots.crop_label(r[P_CROP], r[P_STRENGTH]) for r in pairs))
 
 
+def objectives_labels(table: pd.DataFrame) -> list[str]:
+    """:func:`analysis.plots.objectives_label` of each row's objective weights."""
+    return [plots.objectives_label(dict(zip(P_OBJECTIVES, w))) for w in zip(*(table[p] for p in P_OBJECTIVES))]
+
+
+def _objectives_key(region: float, order: float) -> tuple:
+    """none, region, order, region+order; then by weight."""
+    return (int(region != 0) + int(order != 0), region == 0, region, order)
+
+
 def objective_table(values: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """One row per (framework, backbone, crop method, strength): ``crop`` label and stats."""
+    """One row per configuration (:data:`KEYS`): the ``objectives`` and ``crop`` labels and stats,
+    sorted by framework, backbone, head (MLP first), objectives (none first), crop (baseline first)."""
     table = grouped_interval(values, KEYS, "objective", level)
-    table.insert(4, "crop", [plots.crop_label(m, s) for m, s in zip(table[P_CROP], table[P_STRENGTH])])
+    table[OBJECTIVES] = objectives_labels(table)
+    table["crop"] = [plots.crop_label(m, s) for m, s in zip(table[P_CROP], table[P_STRENGTH])]
     order = {lab: i for i, lab in enumerate(crop_order(table))}
     table["_o"] = table["crop"].map(order)
     table["_f"] = table[P_FRAMEWORK].map(plots._sort_key)
     table["_b"] = table[P_BACKBONE].map(plots._sort_key)
-    table = table.sort_values(["_f", "_b", "_o"], kind="stable").drop(columns=["_o", "_f", "_b"])
-    return table.reset_index(drop=True)[KEYS + ["crop"] + STAT_COLUMNS]
+    table["_h"] = [(h != plots.DEFAULT_HEAD, plots._sort_key(h)) for h in table[P_HEAD]]
+    table["_j"] = [_objectives_key(r, o) for r, o in zip(table[P_REGION], table[P_ORDER])]
+    table = table.sort_values(["_f", "_b", "_h", "_j", "_o"], kind="stable")
+    return table.reset_index(drop=True)[KEYS + [OBJECTIVES, "crop"] + STAT_COLUMNS]
 
 
 def cell_text(mean: float, std: float, n: int) -> str:
@@ -81,32 +112,61 @@ def row_label(framework, backbone) -> str:
     return f"{plots.param_label(P_FRAMEWORK, framework)} · {plots.param_label(P_BACKBONE, backbone)}"
 
 
+ROW_NAMES = ["framework · backbone", "head", OBJECTIVES]
+
+
+def _rows(table: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(framework · backbone, head label, objectives label) of each row of ``table``."""
+    return list(zip([row_label(f, b) for f, b in zip(table[P_FRAMEWORK], table[P_BACKBONE])],
+                    [plots.head_label(h) for h in table[P_HEAD]], table[OBJECTIVES]))
+
+
 def wide(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows framework · backbone, columns crop labels, cells :func:`cell_text`."""
-    t = table.assign(row=[row_label(f, b) for f, b in zip(table[P_FRAMEWORK], table[P_BACKBONE])],
+    """Rows (framework · backbone, head, objectives), columns crop labels, cells :func:`cell_text`."""
+    rows = _rows(table)
+    t = table.assign(_r=[r[0] for r in rows], _h=[r[1] for r in rows], _j=[r[2] for r in rows],
                      cell=[cell_text(m, s, n) for m, s, n in zip(table["mean"], table["std"], table["n"])])
-    out = t.pivot(index="row", columns="crop", values="cell")
-    out = out.reindex(index=list(dict.fromkeys(t["row"])), columns=crop_order(table)).fillna("–")
-    out.index.name = "framework · backbone"
+    out = t.pivot(index=["_r", "_h", "_j"], columns="crop", values="cell")
+    index = pd.MultiIndex.from_tuples(list(dict.fromkeys(rows)), names=["_r", "_h", "_j"])
+    out = out.reindex(index=index, columns=crop_order(table)).fillna("–")
+    out.index.names = ROW_NAMES
     out.columns.name = None
     return out
 
 
 def markdown(table: pd.DataFrame, title: str, objective: str, level: float) -> str:
     w = wide(table)
-    header = [w.index.name] + list(w.columns)
+    header = list(w.index.names) + list(w.columns)
     lines = [f"# {title}", "",
              f"Objective `{objective}`: mean ± sample std over runs (seeds/trials), n runs per cell. "
-             f"table.csv also holds the {level:.0%} t-interval.", "",
-             "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * len(w.columns)) + "|"]
-    lines += ["| " + " | ".join([idx] + list(r)) + " |" for idx, r in zip(w.index, w.to_numpy())]
+             f"Head: the projection head; objectives: the extra loss terms that are on (weight shown when "
+             f"not 1). table.csv also holds the {level:.0%} t-interval.", "",
+             "| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * w.index.nlevels + [":---:"] * len(w.columns)) + "|"]
+    lines += ["| " + " | ".join(list(idx) + list(r)) + " |" for idx, r in zip(w.index, w.to_numpy())]
     return "\n".join(lines) + "\n"
+
+
+def heatmap_rows(table: pd.DataFrame) -> tuple[list[str], str, str]:
+    """Row labels of the heatmap, its y-axis label and a title suffix: head and objectives are
+    part of the rows when they vary; when constant they are named in the title unless default."""
+    rows = _rows(table)
+    heads, objs = {r[1] for r in rows}, {r[2] for r in rows}
+    vary_h, vary_j = len(heads) > 1, len(objs) > 1
+    obj_text = {o: ("no objectives" if o == plots.NO_OBJECTIVES else o) for o in objs}
+    labels = [" · ".join([r[0]] + ([f"{r[1]} head"] if vary_h else []) + ([obj_text[r[2]]] if vary_j else []))
+              for r in rows]
+    ylabel = " · ".join(["Framework · backbone"] + (["head"] if vary_h else []) + (["objectives"] if vary_j else []))
+    constant = ([f"{h} head" for h in heads if not vary_h and h != plots.head_label(plots.DEFAULT_HEAD)]
+                + [o for o in objs if not vary_j and o != plots.NO_OBJECTIVES])
+    return labels, ylabel, f" ({', '.join(constant)})" if constant else ""
 
 
 def heatmap(table: pd.DataFrame, title: str, objective: str):
     import seaborn as sns
 
-    t = table.assign(row=[row_label(f, b) for f, b in zip(table[P_FRAMEWORK], table[P_BACKBONE])])
+    labels, ylabel, suffix = heatmap_rows(table)
+    t = table.assign(row=labels)
     means = t.pivot(index="row", columns="crop", values="mean").reindex(
         index=list(dict.fromkeys(t["row"])), columns=crop_order(table))
     stds = t.pivot(index="row", columns="crop", values="std").reindex_like(means)
@@ -114,6 +174,8 @@ def heatmap(table: pd.DataFrame, title: str, objective: str):
                          otypes=[object])(means.to_numpy(float), stds.to_numpy(float))
     ncols, nrows = means.shape[1], means.shape[0]
     width = plots.PANEL_WIDTH_IN if ncols <= 3 else min(2 * plots.PANEL_WIDTH_IN, 1.5 + 0.9 * ncols)
+    label_in = 0.06 * max(len(r) for r in labels)  # long row labels (head, objectives) must not squeeze the cells
+    width = max(width, min(2 * plots.PANEL_WIDTH_IN, label_in + 0.9 + 0.6 * ncols))
     fig = plots.new_figure(width, 1.3 + 0.45 * nrows)
     ax = fig.subplots()
     sns.heatmap(means, annot=annot, fmt="", cmap="viridis", ax=ax, linewidths=0.5, linecolor="white",
@@ -121,12 +183,12 @@ def heatmap(table: pd.DataFrame, title: str, objective: str):
     ax.grid(False)
     ax.tick_params(length=0)
     ax.set_xlabel("Crop")
-    ax.set_ylabel("Framework · backbone")
+    ax.set_ylabel(ylabel)
     ax.tick_params(axis="x", rotation=30)
     for label in ax.get_xticklabels():
         label.set_horizontalalignment("right")
     ax.tick_params(axis="y", rotation=0)
-    fig.suptitle(title)
+    fig.suptitle(title + suffix)
     return fig
 
 

@@ -76,6 +76,17 @@ def gather(x: Tensor) -> Tensor:
     return torch.cat(parts, 0)
 
 
+def average_gradients(params) -> None:
+    """All-reduce and average the gradients of ``params`` over ranks (those without a gradient on
+    every rank are skipped consistently: a learned crop has none while lambda = 0)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
 def shard(indices: list[int], dist_info: DistInfo) -> list[int]:
     """This rank's contiguous slice of a global batch of indices (rank order = gather order)."""
     per_rank = len(indices) // dist_info.world_size

@@ -44,11 +44,7 @@ from torch import Tensor, nn
 from paramcrop.frameworks.base import float32_loss
 from paramcrop.geometry import FULL_CUBE, crop_video, view_iou
 from paramcrop.heads import check_positive, mlp
-
-REGION_LOSS = "train/region_loss"
-"""Metric: the (unweighted) soft region contrast loss."""
-ORDER_LOSS = "train/order_loss"
-"""Metric: the (unweighted) temporal order cross-entropy."""
+from paramcrop.sinks import ORDER_LOSS, REGION_LOSS  # metric names; re-exported for the trainer
 
 
 # --- soft spatio-temporal region contrast ------------------------------------------------------

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 from paramcrop import sinks
 from paramcrop.augment import ClipAugment
 from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.distributed import DistInfo, average_gradients, init_from_env, shard
 from paramcrop.frameworks.base import pool
 from paramcrop.geometry import view_disparity
 from paramcrop.heads import HeadSpec, augmentation_vectors
@@ -86,15 +87,19 @@ def normalize_clips(x: Tensor) -> Tensor:
 class EpochBatches(Sampler[list[int]]):
     """Endless shuffled batches, reproducible from ``(seed, step)``: epoch ``e`` uses the
     permutation seeded by ``(seed, e)``, so a resumed run sees exactly the batches it would
-    have seen (no decoding of skipped batches)."""
+    have seen (no decoding of skipped batches). Under torchrun, ``batch_size`` is the global
+    batch and each rank gets its contiguous slice."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0,
+                 dist_info: DistInfo = DistInfo()) -> None:
         if n < batch_size:
             raise ConfigError(
-                f"the training set has {n} readable videos, fewer than batch_size={batch_size}: lower batch_size"
+                f"the training set has {n} readable videos, fewer than the global batch of {batch_size}: lower "
+                f"batch_size"
             )
         self.n, self.batch_size, self.seed, self.start_step = n, batch_size, seed, start_step
         self.per_epoch = n // batch_size
+        self.dist_info = dist_info
 
     def __iter__(self) -> Iterator[list[int]]:
         step = self.start_step
@@ -102,7 +107,8 @@ class EpochBatches(Sampler[list[int]]):
             epoch, offset = divmod(step, self.per_epoch)
             perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
             for b in range(offset, self.per_epoch):
-                yield [epoch * self.n + int(i) for i in perm[b * self.batch_size:(b + 1) * self.batch_size]]
+                batch = [epoch * self.n + int(i) for i in perm[b * self.batch_size:(b + 1) * self.batch_size]]
+                yield shard(batch, self.dist_info)  # this rank's slice of the global batch
                 step += 1
 
     def __len__(self) -> int:  # endless; DataLoader only needs it for its own len()
@@ -128,6 +134,10 @@ class Trainer:
         self.sink: sinks.MetricsSink = sinks.MemorySink()
         self.progress, self.on_eval = progress, on_eval
         self.device = resolve_device(cfg.device)
+        self.dist = init_from_env(self.device.type)  # a single process unless launched by torchrun
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
         self.autocast = (cfg.precision == "bf16") or (cfg.precision == "auto" and self.device.type == "cuda")
         seed_everything(cfg.seed)
 
@@ -155,6 +165,13 @@ class Trainer:
             self.objectives[ORDER_LOSS] = TemporalOrder(backbone.feature_dim, bins=obj.order_bins)
         self.objectives.to(self.device)
         self.objective_weights = {REGION_LOSS: obj.region, ORDER_LOSS: obj.order}
+        # Under torchrun the framework is wrapped in DDP; the generator and the objectives' small
+        # heads have their gradients averaged explicitly (the generator has none while lambda = 0,
+        # which DDP's reducer does not allow).
+        self.model: nn.Module = self.framework
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.framework, device_ids=device_ids)
 
         params = [p for m in (self.framework, self.objectives) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -228,7 +245,8 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------
     def _loader(self) -> Iterator[Tensor]:
-        sampler = EpochBatches(len(self.train_set), self.cfg.batch_size, self.cfg.seed, start_step=self.step)
+        sampler = EpochBatches(len(self.train_set), self.cfg.batch_size * self.dist.world_size, self.cfg.seed,
+                               start_step=self.step, dist_info=self.dist)
         # its own generator: creating the iterator must not draw from the global RNG (resume equality)
         loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.data.workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=self.cfg.data.workers > 0,
@@ -261,7 +279,7 @@ class Trainer:
             x1, aug1 = self.augment(views.x1 / 255.0)
             x2, aug2 = self.augment(views.x2 / 255.0)
             vectors = augmentation_vectors(views.cubes1, views.cubes2, aug1.flip, aug2.flip)
-            out = self.framework(to_input(x1), to_input(x2), *vectors)
+            out = self.model(to_input(x1), to_input(x2), *vectors)
             terms = self.objective_terms(clips, views, (aug1.flip, aug2.flip), out.maps)
         loss = out.loss + sum(self.objective_weights[name] * value for name, value in terms.items())
         if not torch.isfinite(loss):
@@ -271,6 +289,8 @@ class Trainer:
         if self.gen_optimizer is not None:
             self.gen_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.dist.enabled:
+            average_gradients([*self.crop.parameters(), *self.objectives.parameters()])
         if cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.optim.grad_clip)
         self.optimizer.step()
@@ -285,7 +305,10 @@ class Trainer:
     def fit(self, sink: sinks.MetricsSink, resume: bool = False, until: int | None = None) -> TrainResult:
         """Train to ``cfg.steps``. With ``resume``, continue from ``run_dir``'s checkpoint when it has
         one (metrics continue at the step where they stopped); otherwise log params and config.
-        ``until`` stops early at that step with a checkpoint and no final evaluation (as if preempted)."""
+        ``until`` stops early at that step with a checkpoint and no final evaluation (as if preempted).
+        Under torchrun only rank 0 reports, evaluates, visualises and writes checkpoints."""
+        if not self.dist.is_main:
+            sink, self.progress, self.on_eval = sinks.MemorySink(), False, None
         self.sink = sink
         checkpoint = self.run_dir / CHECKPOINT_NAME
         if resume and checkpoint.exists():
@@ -325,7 +348,7 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     elapsed = time.perf_counter() - interval_start
                     last = {sinks.TRAIN_LOSS: float(loss_sum) / loss_n, sinks.TRAIN_LR: self.scheduler.get_last_lr()[0],
-                            sinks.TRAIN_CLIPS_PER_S: loss_n * cfg.batch_size / max(elapsed, 1e-9),
+                            sinks.TRAIN_CLIPS_PER_S: loss_n * cfg.batch_size * self.dist.world_size / max(elapsed, 1e-9),
                             sinks.TRAIN_LAMBDA: self.crop.strength_at(step),
                             **{k: float(v) for k, v in metrics.items()}}
                     self.sink.log_metrics(last, step)
@@ -333,18 +356,20 @@ class Trainer:
                     bar.update(task, status=f"loss {last[sinks.TRAIN_LOSS]:.3f}  iou {last[sinks.VIEW_IOU]:.2f}  "
                                             f"{last[sinks.TRAIN_CLIPS_PER_S]:.0f} clips/s")
                     loss_sum, loss_n, interval_start = torch.zeros(()), 0, time.perf_counter()
-                if step in vis_steps:
+                main = self.dist.is_main
+                if main and step in vis_steps:
                     self._visualize(clips, views, step)
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                if main and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
-                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
+                if main and cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
                     eval_metrics = self._evaluate_and_report()
                     self.framework.train()
                 bar.update(task, completed=self.step)
-        self.save_checkpoint()
-        if self.step == cfg.steps:
-            eval_metrics = self._evaluate_and_report()
-        self._write_trajectory(history)
+        if self.dist.is_main:
+            self.save_checkpoint()
+            if self.step == cfg.steps:
+                eval_metrics = self._evaluate_and_report()
+            self._write_trajectory(history)
         return TrainResult(steps=self.step, seconds=time.perf_counter() - start_time, final_metrics=last,
                            eval_metrics=eval_metrics, run_dir=self.run_dir, skipped_videos=self.skipped)
 

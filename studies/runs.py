@@ -5,18 +5,27 @@ import sys
 from pathlib import Path
 
 from paramcrop import sinks
-from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.config import OBJECTIVE_NAMES, ConfigError, TrainConfig
 from studies.tracking import client_for, get_or_create_experiment, run_tags, terminate_on_sigterm, tracked_run
 
 RUN_ID_FILE = "mlflow_run_id.txt"
 
 
 def run_name(cfg: TrainConfig) -> str:
-    """A readable run name: crop (and strength), framework, backbone, seed."""
+    """A readable run name (and run folder): crop (and strength), framework, backbone, then the
+    head when it is not ``mlp`` and each extra objective that is on (its weight when not 1), seed:
+    ``paramcrop-l1-simclr-tiny3d-cate-region-order0.5-s0``."""
     crop = cfg.crop["method"]
     if "strength" in cfg.crop:
         crop += f"-l{cfg.crop['strength']:g}"
-    return f"{crop}-{cfg.framework['name']}-{cfg.backbone['name']}-s{cfg.seed}"
+    parts = [crop, cfg.framework["name"], cfg.backbone["name"]]
+    if cfg.head["name"] != "mlp":
+        parts.append(cfg.head["name"])
+    for objective in OBJECTIVE_NAMES:
+        weight = getattr(cfg.objectives, objective)
+        if weight > 0:
+            parts.append(objective if weight == 1 else f"{objective}{weight:g}")
+    return "-".join([*parts, f"s{cfg.seed}"])
 
 
 def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_dir: Path | None = None,
@@ -39,6 +48,9 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
+    if not trainer.dist.is_main:  # under torchrun only rank 0 talks to MLflow
+        trainer.fit(sinks.MemorySink(), resume=resume)
+        return 0
     client = client_for(tracking_uri)
     experiment_id = get_or_create_experiment(client, experiment)
     tags = {sinks.TAG_ROLE: "train", **run_tags(cfg.flatten())}

@@ -443,6 +443,65 @@ def test_table_aggregates(store, tmp_path):
         assert (out / name).stat().st_size > 3000
 
 
+def test_table_groups_by_head_and_objectives(tmp_path):
+    """Runs differing only by head or extra objectives are separate cells; runs without those
+    params count as head mlp, objectives off (so they join the explicit mlp / 0-weight runs)."""
+    s = Store(tmp_path / "store")
+    eid, parent = s.study("heads")
+    base = {"crop.method": "random", "framework.name": "simclr", "backbone.name": "tiny3d", "steps": 100}
+    groups = [  # (extra params, objective values)
+        ({}, [0.30, 0.34]),
+        ({"head.name": "mlp", "objectives.region": "0.0", "objectives.order": "0.0"}, [0.38]),
+        ({"head.name": "cate"}, [0.40, 0.44]),
+        ({"objectives.region": "1.0", "objectives.order": "0.0"}, [0.50, 0.54, 0.49]),
+        ({"objectives.order": "1.0"}, [0.45, 0.47]),
+        ({"objectives.region": "1.0", "objectives.order": "1.0"}, [0.60]),
+        ({"objectives.region": "0.5"}, [0.52]),
+        ({"head.name": "cate", "objectives.region": "1.0", "objectives.order": "1.0"}, [0.70, 0.74]),
+    ]
+    for extra, objs in groups:
+        for seed, v in enumerate(objs):
+            s.run(eid, parent, {**base, **extra, "seed": seed}, final={sinks.EVAL_KNN_TOP1: v})
+    out = tmp_path / "table"
+    result = cli_run(["analyze", "table", "--study", "heads", "--tracking-uri", s.uri, "--out", str(out), "--no-log"])
+    assert result.exit_code == 0, result.output
+    data = pd.read_csv(out / "table.csv")
+    # by hand: (head, objectives label) -> n, mean, sample std (NaN for n = 1), in table order
+    expected = [
+        ("mlp", "none", 3, 0.34, 0.04),  # 0.30, 0.34 (no params) and 0.38 (explicit defaults)
+        ("mlp", "region=0.5", 1, 0.52, math.nan),  # the same objective at another weight: its own cell
+        ("mlp", "region", 3, 0.51, math.sqrt(0.0007)),  # deviations -0.01, 0.03, -0.02
+        ("mlp", "order", 2, 0.46, math.sqrt(0.0002)),
+        ("mlp", "region+order", 1, 0.60, math.nan),
+        ("cate", "none", 2, 0.42, math.sqrt(0.0008)),
+        ("cate", "region+order", 2, 0.72, math.sqrt(0.0008)),
+    ]
+    assert list(zip(data["head.name"], data["objectives"])) == [e[:2] for e in expected]
+    for (_, _, n, mean, std), (_, r) in zip(expected, data.iterrows()):
+        assert r["n"] == n and r["mean"] == pytest.approx(mean, abs=1e-12)
+        assert (math.isnan(std) and math.isnan(r["std"])) or r["std"] == pytest.approx(std, abs=1e-12)
+    assert set(data["objectives.region"]) == {0.0, 0.5, 1.0} and set(data["objectives.order"]) == {0.0, 1.0}
+    md = (out / "table.md").read_text()
+    assert "| framework · backbone | head | objectives | Random crop (baseline) |" in md
+    assert "| SimCLR · Tiny3D | MLP | none | 0.340 ± 0.040 (n=3) |" in md
+    assert "| SimCLR · Tiny3D | MLP | region | 0.510 ± 0.026 (n=3) |" in md
+    assert "| SimCLR · Tiny3D | MLP | region+order | 0.600 (n=1) |" in md
+    assert "| SimCLR · Tiny3D | CATE | region+order | 0.720 ± 0.028 (n=2) |" in md
+
+    from analysis.load import select
+    from analysis.tables import heatmap_rows, objective_table, objective_values
+
+    tab = objective_table(objective_values(select(s.client, study="heads"))[0])
+    labels, ylabel, suffix = heatmap_rows(tab)
+    assert labels[0] == "SimCLR · Tiny3D · MLP head · no objectives"
+    assert labels[-1] == "SimCLR · Tiny3D · CATE head · region+order"
+    assert ylabel == "Framework · backbone · head · objectives" and suffix == ""
+    only_cate = tab[tab["head.name"] == "cate"].iloc[1:]
+    assert heatmap_rows(only_cate) == (["SimCLR · Tiny3D"], "Framework · backbone", " (CATE head, region+order)")
+    for name in ("table.png", "table.pdf"):
+        assert (out / name).stat().st_size > 3000
+
+
 def test_strength(store, tmp_path):
     out = tmp_path / "strength"
     result = cli_run(["analyze", "strength", "--study", "grid", "--tracking-uri", store.uri, "--out", str(out), "--no-log"])

@@ -59,3 +59,29 @@ def test_single_process_gather_is_identity_and_shard_slices():
     assert gather_with_grad(x) is x and gather(x) is x
     assert shard(list(range(8)), DistInfo(rank=1, world_size=2)) == [4, 5, 6, 7]
     assert shard(list(range(8)), DistInfo()) == list(range(8))
+
+
+def test_paramcrop_train_under_torchrun_two_cpu_processes(tmp_path):
+    """2 gloo ranks train together; only rank 0 talks to MLflow: one run, FINISHED, with its metrics."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PARAMCROP_CACHE": str(Path(__file__).parent.parent / ".cache" / "test-synthetic")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cli",
+               "train", "--data", "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2",
+               "--device", "cpu", "--steps", "3", "--batch-size", "4", "--crop", "paramcrop", "--no-progress",
+               "--set", "data.size=32", "--set", "view.size=32", "--set", "log_every=1", "--set", "visualize_at=0",
+               "--set", "eval.linear=false", "--set", "eval.retrieval=false", "--experiment", "ddp"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    history = client.get_metric_history(runs[0].info.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    assert "eval/knn_top1" in runs[0].data.metrics

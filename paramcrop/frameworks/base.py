@@ -28,8 +28,7 @@ from paramcrop.registry import Registry
 
 FRAMEWORKS: Registry["Framework"] = Registry("framework")
 
-POS_SIM = "train/pos_sim"
-"""Metric: mean cosine similarity of the two views' online embeddings (every framework logs it)."""
+from paramcrop.sinks import POS_SIM  # mean cosine of the two views' online embeddings (every framework logs it)
 
 LossFn = TypeVar("LossFn", bound=Callable[..., Tensor])
 

@@ -14,7 +14,8 @@ of this suite are a few thousand steps, where 0.99, MoCo v3's value, lets the ke
 ``temperature = 0.2`` (MoCo v2), ``queue_size = 4096`` (a few dozen batches of keys: fresh
 enough for fast-changing short runs), ``hidden_dim = 512``, ``out_dim = 128`` (MoCo v2's head
 output). The queue starts as random unit vectors, as in MoCo, so it works before ``queue_size``
-keys have been enqueued. Single device: no shuffle-BN (the key batch-norm sees the key batch).
+keys have been enqueued. Under torchrun every rank enqueues all ranks' keys, so the queues stay
+identical. No shuffle-BN (the key batch-norm sees its own rank's key batch).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from paramcrop.distributed import gather
 from paramcrop.frameworks.base import (
     FRAMEWORKS, POS_SIM, FrameworkOutput, MomentumFramework, encode_pair, feature_dim_of, float32_loss, mean_cosine,
 )
@@ -98,5 +100,5 @@ class MoCo(MomentumFramework):
             moco_infonce_loss(q1, k2, queue, self.temperature) + moco_infonce_loss(q2, k1, queue, self.temperature)
         )
         if self.training:
-            self.enqueue(F.normalize(torch.cat([k1, k2]).float(), dim=1))
+            self.enqueue(gather(F.normalize(torch.cat([k1, k2]).float(), dim=1)))  # all ranks' keys
         return FrameworkOutput(loss, {POS_SIM: mean_cosine(q1, q2)}, (maps1, maps2))

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from paramcrop.frameworks.base import (
     FRAMEWORKS, POS_SIM, Framework, FrameworkOutput, encode_pair, feature_dim_of, float32_loss, mean_cosine,
 )
+from paramcrop.distributed import gather_with_grad
 from paramcrop.heads import MLP_HEAD, HeadSpec, check_positive
 
 
@@ -59,5 +60,6 @@ class SimCLR(Framework):
                 aug2: Tensor | None = None) -> FrameworkOutput:
         """Views ``x1, x2 (B, 3, T, H, W)`` (augmentation vectors ``aug1, aug2``) -> NT-Xent of their projections."""
         (z1, maps1), (z2, maps2) = encode_pair(self.online_with_maps, x1, x2, aug1, aug2)
-        loss = nt_xent_loss(z1, z2, self.temperature)
+        # under torchrun, negatives come from every rank (a gather that keeps gradients)
+        loss = nt_xent_loss(gather_with_grad(z1), gather_with_grad(z2), self.temperature)
         return FrameworkOutput(loss, {POS_SIM: mean_cosine(z1, z2)}, (maps1, maps2))
