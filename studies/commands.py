@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from studies.spec import StudySpec
@@ -22,33 +23,51 @@ def _storage(storage: str | None):
     return open_storage(storage)
 
 
+def _no_journal(storage: str | None) -> bool:
+    """A journal file that does not exist yet: list/show must not create it."""
+    from pathlib import Path
+
+    from studies.storage import DEFAULT_STORAGE, is_journal
+
+    storage = storage or DEFAULT_STORAGE
+    return is_journal(storage) and not Path(storage.removeprefix("journal:")).exists()
+
+
 def run_study(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_trials: int | None,
               timeout: float | None, overrides: dict[str, Any], progress: bool) -> int:
-    """Run the study and print its summary; returns the exit code (see ``paramcrop study run --help``)."""
+    """Run the study and print its summary; returns the exit code (see ``paramcrop study run --help``):
+    0 done, 1 no trial completed or the tracking store stayed down, 2 bad input (nothing created),
+    130 SIGINT, 143 SIGTERM."""
     import optuna
 
-    from studies.runner import StudyOptions, StudyRunner
+    from studies.runner import StudyOptions, StudyRunner, resume_command
     from studies.storage import DEFAULT_STORAGE
+    from studies.tracking import TrackingUnavailable
 
     options = StudyOptions(storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, timeout=timeout,
                            overrides=overrides or None, progress=progress)
     try:
         runner = StudyRunner(spec, options, console)
-    except ValueError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        return 2
+    except (ValueError, TrackingUnavailable) as exc:  # bad input (nothing created), or the store went away
+        err.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False)
+        return 2 if isinstance(exc, ValueError) else 1
     console.print(f"[bold]study {spec.name}[/]: {spec.description.strip()}")
     console.print(f"  {spec.grid_size() if spec.sampler == 'grid' else runner.target()} trials wanted "
                   f"({spec.sampler} sampler), {runner.finished_count()} finished already; storage "
-                  f"{redact(storage or DEFAULT_STORAGE)}, MLflow {tracking_uri}")
-    resume = f"paramcrop study run {spec.name if storage is None else '...'}"
+                  f"{redact(storage or DEFAULT_STORAGE)}, MLflow {redact(tracking_uri)}", highlight=False)
     try:
         runner.run()
     except KeyboardInterrupt as exc:
         sigterm = "SIGTERM" in str(exc)
-        err.print(f"[yellow]interrupted[/]: the running trial is marked FAIL and its run KILLED. Finished trials "
-                  f"are kept; resume with the same command ({resume}).")
+        err.print(f"[yellow]{'terminated (SIGTERM)' if sigterm else 'interrupted (SIGINT)'}[/]: a trial that was "
+                  f"running is marked FAIL, its MLflow run KILLED, and it is queued again to resume from its last "
+                  f"checkpoint. Finished trials are kept. Resume with: {escape(resume_command())}", highlight=False)
         return 143 if sigterm else 130
+    except TrackingUnavailable as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}.\nThe study stopped (every further trial would wait for "
+                  f"the tracking store); the trials' results are kept in the study storage. When the store is "
+                  f"back, resume with: {escape(resume_command())}", highlight=False)
+        return 1
     print_summary(runner, tracking_uri)
     complete = runner.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return 0 if complete else 1
@@ -75,7 +94,7 @@ def print_summary(runner, tracking_uri: str) -> None:
         best = study.best_trial
         console.print(f"[bold green]best[/]: trial {best.number}, {spec.objectives[0].metric} = {best.value:.4f} "
                       f"({_params(best.params)})")
-    uri_flag = "" if tracking_uri == "sqlite:///mlflow.db" else f" --tracking-uri {tracking_uri}"
+    uri_flag = "" if tracking_uri == "sqlite:///mlflow.db" else f" --tracking-uri {redact(tracking_uri)}"
     console.print(f"analyse:  paramcrop analyze iou-curves --study {spec.name}{uri_flag}")
     console.print(f"browse:   paramcrop ui{uri_flag}   (MLflow experiment {spec.name!r})")
 
@@ -87,10 +106,14 @@ def _params(params: dict[str, Any]) -> str:
 def list_studies(storage: str | None) -> int:
     import optuna
 
+    if _no_journal(storage):
+        console.print(f"no studies yet in {storage or 'paramcrop-studies.journal'}: run `paramcrop study run`")
+        return 0
     try:
-        summaries = optuna.get_all_study_summaries(_storage(storage), include_best_trial=False)
+        opened = _storage(storage)
+        summaries = optuna.get_all_study_summaries(opened, include_best_trial=False)
     except ValueError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False)
         return 2
     if not summaries:
         console.print("no studies yet: run `paramcrop study run`")
@@ -99,7 +122,7 @@ def list_studies(storage: str | None) -> int:
     for col in ("name", "trials", "complete", "pruned", "failed", "running", "started"):
         table.add_column(col)
     for s in summaries:
-        study = optuna.load_study(study_name=s.study_name, storage=_storage(storage))
+        study = optuna.load_study(study_name=s.study_name, storage=opened)
         trials = study.get_trials(deepcopy=False)
         count = lambda state: str(sum(t.state.name == state for t in trials))  # noqa: E731
         started = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else ""
@@ -125,6 +148,10 @@ def trial_rows(study) -> list[dict[str, Any]]:
 def show_study(name: str, storage: str | None, fmt: str) -> int:
     import optuna
 
+    if _no_journal(storage):
+        err.print(f"[red]error:[/] no study {name!r}: {escape(storage or 'paramcrop-studies.journal')} does not exist",
+                  highlight=False)
+        return 2
     try:
         study = optuna.load_study(study_name=name, storage=_storage(storage))
     except KeyError:
@@ -132,7 +159,7 @@ def show_study(name: str, storage: str | None, fmt: str) -> int:
         err.print(f"[red]error:[/] no study {name!r} in this storage; known studies: {', '.join(known) or '(none)'}")
         return 2
     except ValueError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False)
         return 2
     rows = trial_rows(study)
     if fmt == "json":

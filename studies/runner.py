@@ -5,13 +5,32 @@ worker that creates the Optuna study, so exactly one exists however many workers
 child run per trial. Trial and run point at each other: the trial's user attribute
 ``mlflow_run_id`` and the run's tags ``paramcrop.study`` / ``paramcrop.trial``.
 
-Resume: the same name and storage continue the study. Finished trials are never re-run; the
-grid sampler continues where it stopped. A trial left RUNNING by a dead worker misses its
-heartbeats, is marked FAIL by the next worker, its run ended FAILED, and it is retried (up to
-``MAX_RETRY`` times) from its checkpoint when it has one.
+Before anything is created, the first trial's data is checked (a clip longer than every video
+is refused), the tracking store must answer and the study storage must open: bad input creates
+nothing (exit 2).
+
+Resume: the same name and storage continue the study. Finished trials are never re-run.
+
+- A worker that dies (SIGKILL, OOM, lost host) leaves its trial RUNNING; it stops sending
+  heartbeats (every ``spec.heartbeat`` s) and after three missed ones any worker marks it FAIL,
+  ends its MLflow run FAILED and queues a retry (up to ``MAX_RETRY`` times per trial).
+- SIGINT / SIGTERM stop the running trial at the end of its current step with a checkpoint (a
+  second signal stops at once): the trial is FAIL, its run KILLED, and a retry is queued.
+- A retry is a new trial (and a new MLflow run) with the same parameters that works in the
+  original trial's folder, so it resumes from the last checkpoint; its run gets the earlier
+  attempt's metrics for the steps before the checkpoint, so its history is complete and each
+  step appears once.
+- Workers never start a grid point that another worker is running: a worker with nothing left
+  to start waits for the running trials (retrying any whose worker dies) and exits when the
+  study is done.
 """
 from __future__ import annotations
 
+import csv
+import itertools
+import logging
+import shlex
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,23 +38,34 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from paramcrop import sinks
-from paramcrop.train import Trainer
+from paramcrop.train import CHECKPOINT_NAME, Trainer
 from studies.spec import StudySpec
-from studies.storage import open_storage, redact
-from studies.tracking import client_for, get_or_create_experiment, run_tags, terminate_on_sigterm, tracked_run
+from studies.storage import HEARTBEAT_ATTR, open_storage, redact
+from studies.tracking import (SPOOL_PREFIX, GracefulStop, MlflowSink, TrackingUnavailable, call, check_reachable,
+                              client_for, get_or_create_experiment, replay_spool, run_tags, tracked_run)
 
-MAX_RETRY = 2
+MAX_RETRY = 2  # retries of a trial whose worker died (interrupted trials are always retried)
 PARENT_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment_id"
 RUN_ATTR = "mlflow_run_id"
+PREVIOUS_RUN_ATTR = "mlflow_previous_run_id"  # a retry: the run of the attempt it resumes
 SPEC_ATTR = "spec"
+LOST_ATTR = "paramcrop:lost"  # system attr: how many times this trial's workers died
 RUNS_ROOT = Path("paramcrop-runs")
+SKIPPED_ARTIFACT = "skipped_videos.csv"
+TAG_RETRY_OF = "paramcrop.retry_of"  # trial number of the attempt a retry continues
+TAG_RESUMED_AT = "paramcrop.resumed_at_step"  # the checkpoint step it resumed from
+LOCAL_TRACKING = ("sqlite:", "file:")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# an interrupted trial is reported by the runner: no traceback from Optuna's "Trial N failed" warning
+logging.getLogger("optuna.study._optimize").addFilter(
+    lambda record: not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)))
 
 
 @dataclass
@@ -49,6 +79,38 @@ class StudyOptions:
     overrides: dict[str, Any] | None = None  # dotted config overrides for every trial
     progress: bool = True
     runs_root: Path = RUNS_ROOT
+
+
+class DuplicateGridPoint(RuntimeError):
+    """A grid point that another worker took at the same moment."""
+
+
+class TrialTrainer(Trainer):
+    """The trainer plus two things a study trial needs between steps: the metrics logged so far go
+    to MLflow before each checkpoint is written (so a retry can copy them), and a stop requested
+    by SIGINT/SIGTERM is taken at a step boundary, where a checkpoint is consistent."""
+
+    stop: GracefulStop | None = None
+    stopped_at_boundary = False
+
+    def train_step(self, clips):
+        if self.stop is not None and self.stop.requested:
+            self.stopped_at_boundary = True
+            self.stop.check()
+        return super().train_step(clips)
+
+    def save_checkpoint(self) -> Path:
+        if isinstance(self.sink, MlflowSink):
+            self.sink.flush(block=False)  # never stalls training: what fails stays queued
+        return super().save_checkpoint()
+
+
+def resume_command() -> str:
+    """The command line to resume with (passwords redacted)."""
+    args = sys.argv[1:]
+    if args[:2] == ["study", "run"]:
+        return "paramcrop " + " ".join(shlex.quote(redact(a)) for a in args)
+    return "the same `paramcrop study run` command"
 
 
 def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
@@ -77,10 +139,50 @@ class StudyRunner:
     def __init__(self, spec: StudySpec, options: StudyOptions, console: Console | None = None) -> None:
         self.spec, self.options = spec, options
         self.console = console or Console()
-        self.client = client_for(options.tracking_uri)
+        self.stop = GracefulStop()
+        self.tracking_down: TrackingUnavailable | None = None
+        self.check_data()  # each raises ValueError naming the problem, before anything is created
+        uri = options.tracking_uri or sinks.default_tracking_uri()
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).parent.is_dir():
+            raise ValueError(f"cannot create the MLflow store {uri}: its folder does not exist")
+        if not uri.startswith(LOCAL_TRACKING):  # a server or database: it must answer (creates nothing)
+            self.client = self._client(uri)
+            check_reachable(self.client)
         self.storage = open_storage(options.storage, heartbeat=spec.heartbeat, on_stale=self._on_stale)
-        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        if uri.startswith(LOCAL_TRACKING):  # a local store is created here, after the storage opened
+            self.client = self._client(uri)
         self.study, self.parent_run_id, self.experiment_id = self._create_or_join()
+        self._replay_spools()
+
+    @staticmethod
+    def _client(uri: str):
+        try:
+            return client_for(uri)
+        except ValueError:
+            raise
+        except Exception as exc:  # e.g. an MLflow database URI that cannot be reached
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"cannot open the MLflow tracking store {redact(uri)}: {redact(first)[:300]}") from None
+
+    def check_data(self) -> None:
+        """Every distinct (data source, clip frames, stride) of the space must have a video that holds
+        one clip; the first one long enough ends the check (one probe, usually)."""
+        from paramcrop.data import resolve_source
+        from paramcrop.data.datasets import check_window_fits
+
+        spec, overrides = self.spec, self.options.overrides or {}
+        base = spec.base_config().with_overrides(overrides)
+        combos = {(base.data.source, base.data.frames, base.data.stride)}
+        flat = base.flatten()
+        for values in itertools.islice(spec._points(spec.dimensions, flat, {}), 512):
+            cfg = spec.config_for(values)[0].with_overrides(overrides)
+            combos.add((cfg.data.source, cfg.data.frames, cfg.data.stride))
+        for source, frames, stride in sorted(combos, key=str):
+            try:
+                dataset = resolve_source(source)
+                check_window_fits(dataset.train, frames, stride)
+            except (ValueError, OSError) as exc:
+                raise ValueError(f"data {source!r}: {exc}") from None
 
     # --- study, experiment and parent run -------------------------------------------------------
     def _create_or_join(self) -> tuple[optuna.Study, str, str]:
@@ -96,7 +198,7 @@ class StudyRunner:
                                  f"give a new --name, or run the same spec to resume it")
             return study, *self._wait_for_parent(study)
         experiment_id = get_or_create_experiment(self.client, spec.name)
-        parent = self.client.create_run(experiment_id, run_name=spec.name, tags={
+        parent = call(self.client.create_run, experiment_id, run_name=spec.name, tags={
             sinks.TAG_ROLE: "study", sinks.TAG_STUDY: spec.name,
             sinks.TAG_OBJECTIVE: ",".join(o.metric for o in spec.objectives),
             **{k: v for k, v in run_tags({}).items() if k in (sinks.TAG_VERSION, sinks.TAG_GIT_COMMIT)},
@@ -105,7 +207,7 @@ class StudyRunner:
         spec_path = self.options.runs_root / spec.name / "study.yaml"
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(spec.to_yaml())
-        self.client.log_artifact(parent_id, str(spec_path))
+        call(self.client.log_artifact, parent_id, str(spec_path))
         study.set_user_attr(SPEC_ATTR, spec.to_yaml())
         study.set_user_attr(EXPERIMENT_ATTR, experiment_id)
         study.set_user_attr(PARENT_ATTR, parent_id)
@@ -117,54 +219,191 @@ class StudyRunner:
         while True:
             attrs = optuna.load_study(study_name=self.spec.name, storage=self.storage).user_attrs
             if PARENT_ATTR in attrs:
-                self.client.update_run(attrs[PARENT_ATTR], status="RUNNING")
+                call(self.client.update_run, attrs[PARENT_ATTR], status="RUNNING")
                 return attrs[PARENT_ATTR], attrs[EXPERIMENT_ATTR]
             if time.monotonic() > deadline:
                 raise RuntimeError(f"study {self.spec.name!r} has no MLflow parent run after {timeout:.0f} s")
             time.sleep(0.5)
 
-    # --- trials ----------------------------------------------------------------------------------
-    def _on_stale(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """A trial whose worker died: end its run FAILED, then retry it (Optuna's retry callback)."""
+    def _replay_spools(self) -> None:
+        """Send what earlier trials could not (the tracking store was down when they ended)."""
+        for path in sorted((self.options.runs_root / self.spec.name).glob(f"*/{SPOOL_PREFIX}*.json")):
+            try:
+                run_id = replay_spool(self.client, path)
+            except Exception as exc:  # noqa: BLE001 - keep the file for the next attempt
+                self.console.print(f"[yellow]could not send {path} yet: {exc}[/]")
+            else:
+                self.console.print(f"sent {path.name} to MLflow run {run_id} (spooled while the tracking store "
+                                   f"was down)")
+
+    # --- retries -----------------------------------------------------------------------------------
+    def _on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """A trial whose worker died: end its run FAILED, then queue a retry (at most ``MAX_RETRY``)."""
         run_id = trial.user_attrs.get(RUN_ATTR)
+        reason = f"worker died (no heartbeat for {3 * self.spec.heartbeat} s)"
         if run_id:
-            self.client.set_tag(run_id, sinks.TAG_FAILURE, "worker died (heartbeat lost)")
-            self.client.set_tag(run_id, sinks.TAG_TRIAL_STATE, "FAIL")
-            self.client.set_terminated(run_id, status="FAILED")
-        self.console.print(f"[yellow]trial {trial.number} lost its worker (no heartbeat): marked FAIL, retrying[/]")
-        self.retry(study, trial)
+            try:
+                call(self.client.set_tag, run_id, sinks.TAG_FAILURE, reason)
+                call(self.client.set_tag, run_id, sinks.TAG_TRIAL_STATE, "FAIL")
+                call(self.client.set_terminated, run_id, status="FAILED")
+            except Exception as exc:  # noqa: BLE001 - the retry matters more than the old run's status
+                self.console.print(f"[yellow]could not end run {run_id} of trial {trial.number}: {exc}[/]")
+        retried = self._requeue(study, trial, lost=True)
+        what = f"queued retry trial {retried}" if retried is not None else f"not retried again ({MAX_RETRY} retries)"
+        self.console.print(f"[yellow]trial {trial.number} lost its worker (no heartbeat for "
+                           f"{3 * self.spec.heartbeat} s): marked FAIL, {what}[/]")
+
+    def _requeue(self, study: optuna.Study, trial: FrozenTrial, lost: bool) -> int | None:
+        """Queue a retry of ``trial`` (a WAITING trial with its params and grid point); returns its
+        number, or None when a trial whose workers keep dying has had ``MAX_RETRY`` retries."""
+        attrs = {k: v for k, v in trial.system_attrs.items() if k != HEARTBEAT_ATTR}
+        attrs.setdefault("failed_trial", trial.number)  # the original: its folder holds the checkpoint
+        attrs["retry_history"] = [*attrs.get("retry_history", []), trial.number]
+        if lost:
+            attrs[LOST_ATTR] = attrs.get(LOST_ATTR, 0) + 1
+            if attrs[LOST_ATTR] > MAX_RETRY:
+                return None
+        user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (RUN_ATTR, PREVIOUS_RUN_ATTR)}
+        if trial.user_attrs.get(RUN_ATTR):
+            user_attrs[PREVIOUS_RUN_ATTR] = trial.user_attrs[RUN_ATTR]
+        study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=trial.params,
+                                            distributions=trial.distributions, user_attrs=user_attrs,
+                                            system_attrs=attrs))
+        return max(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
     def trial_dir(self, trial: optuna.Trial) -> Path:
         """Checkpoint folder; a retried trial reuses its original's, so it resumes from there."""
         origin = trial.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
         return self.options.runs_root / self.spec.name / f"trial-{origin if origin is not None else trial.number:04d}"
 
+    # --- one trial ---------------------------------------------------------------------------------
     def objective(self, trial: optuna.Trial) -> float | list[float]:
+        """Train one trial in its MLflow run. An interrupted trial (SIGINT/SIGTERM at any point) is
+        queued again before the interrupt propagates, so resuming the study finishes it."""
+        try:
+            return self._objective(trial)
+        except KeyboardInterrupt:
+            frozen = trial.study._storage.get_trial(trial._trial_id)
+            retry = self._requeue(trial.study, frozen, lost=False)
+            self.console.print(f"[yellow]trial {trial.number} interrupted: FAIL, its run KILLED; queued again as "
+                               f"trial {retry} (it resumes from {self.trial_dir(trial)})[/]")
+            raise
+
+    def _objective(self, trial: optuna.Trial) -> float | list[float]:
         spec, console = self.spec, self.console
+        frozen = trial.study._storage.get_trial(trial._trial_id)
+        self._check_not_taken(trial.study, frozen)
         cfg, overrides = spec.sample(trial)
         if self.options.overrides:
             cfg = cfg.with_overrides(self.options.overrides)
         shown = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "(no search space)"
-        console.rule(f"[bold]trial {trial.number}[/]  {shown}")
+        history = frozen.system_attrs.get("retry_history", [])
+        console.rule(f"[bold]trial {trial.number}[/]  {shown}" + (f"  (retry of trial {history[-1]})" if history
+                                                                   else ""))
         run_dir = self.trial_dir(trial)
+        checkpoint = run_dir / CHECKPOINT_NAME
+        # only a retry resumes: a fresh trial never trusts a checkpoint it did not write
+        resume_step = _checkpoint_step(checkpoint) if history and checkpoint.exists() else None
         on_eval = self._pruning_hook(trial) if spec.pruner != "none" else None
-        trainer = Trainer(cfg, run_dir, progress=self.options.progress, on_eval=on_eval)
+        trainer = TrialTrainer(cfg, run_dir, progress=self.options.progress, on_eval=on_eval)
+        trainer.stop = self.stop
         tags = {sinks.TAG_ROLE: "trial", sinks.TAG_STUDY: spec.name, sinks.TAG_TRIAL: str(trial.number),
                 sinks.TAG_TRIAL_STATE: "RUNNING", **run_tags(cfg.flatten())}
-        with tracked_run(self.client, self.experiment_id, f"trial-{trial.number}", tags,
-                         parent_run_id=self.parent_run_id, benign=(optuna.TrialPruned,)) as sink:
-            trial.set_user_attr(RUN_ATTR, sink.run_id)
-            try:
-                result = trainer.fit(sink, resume=(run_dir / "checkpoint.pt").exists())
-                values = [_metric_value(o.metric, result) for o in spec.objectives]
-            except optuna.TrialPruned:
-                sink.set_tags({sinks.TAG_TRIAL_STATE: "PRUNED", sinks.TAG_PRUNED: "true"})
+        if history:
+            tags[TAG_RETRY_OF] = str(history[-1])
+        if resume_step is not None:
+            tags[TAG_RESUMED_AT] = str(resume_step)
+        values: list[float] | None = None
+        sink: MlflowSink | None = None
+        try:
+            with tracked_run(self.client, self.experiment_id, f"trial-{trial.number}", tags,
+                             parent_run_id=self.parent_run_id, benign=(optuna.TrialPruned,),
+                             spool_dir=run_dir) as sink:
+                trial.set_user_attr(RUN_ATTR, sink.run_id)
+                if resume_step is not None:
+                    self._continue_history(sink, cfg, run_dir, frozen.user_attrs.get(PREVIOUS_RUN_ATTR), resume_step)
+                self._log_skipped(sink, trainer, run_dir)
+                try:
+                    self.stop.deferring = True
+                    result = trainer.fit(sink, resume=resume_step is not None)
+                    self.stop.deferring = False
+                    values = [_metric_value(o.metric, result) for o in spec.objectives]
+                except optuna.TrialPruned:
+                    sink.set_tags({sinks.TAG_TRIAL_STATE: "PRUNED", sinks.TAG_PRUNED: "true"})
+                    raise
+                except KeyboardInterrupt:
+                    if trainer.stopped_at_boundary:
+                        trainer.save_checkpoint()  # the last step is complete: the retry continues from it
+                    sink.set_tags({sinks.TAG_TRIAL_STATE: "FAIL"})
+                    raise
+                except BaseException:
+                    sink.set_tags({sinks.TAG_TRIAL_STATE: "FAIL"})
+                    raise
+                finally:
+                    self.stop.deferring = False
+                    self._log_skipped(sink, trainer, run_dir)
+                sink.set_tags({sinks.TAG_TRIAL_STATE: "COMPLETE"})
+        except TrackingUnavailable as exc:
+            if sink is None:  # not even the run could be created: the trial never started
+                self._requeue(trial.study, frozen, lost=False)
+            self._tracking_stopped(trial.study, exc)
+            if values is None:
                 raise
-            except BaseException:
-                sink.set_tags({sinks.TAG_TRIAL_STATE: "FAIL"})
-                raise
-            sink.set_tags({sinks.TAG_TRIAL_STATE: "COMPLETE"})
+        except BaseException:
+            if sink is not None and sink.unavailable is not None:
+                self._tracking_stopped(trial.study, sink.unavailable)
+            raise
         return values[0] if len(values) == 1 else values
+
+    def _check_not_taken(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        """Two workers that ask for the last free grid point at the same moment would both get it
+        (Optuna's grid sampler then re-runs a point); the later one stops before running anything."""
+        grid_id = frozen.system_attrs.get("grid_id")
+        if grid_id is None or "failed_trial" in frozen.system_attrs:
+            return
+        for other in study.get_trials(deepcopy=False):
+            if other.number < frozen.number and other.system_attrs.get("grid_id") == grid_id and \
+                    other.state != TrialState.FAIL:
+                raise DuplicateGridPoint(f"grid point {grid_id} is taken by trial {other.number} (two workers asked "
+                                         f"at once); nothing was run")
+
+    def _tracking_stopped(self, study: optuna.Study, exc: TrackingUnavailable) -> None:
+        self.tracking_down = exc
+        study.stop()
+
+    def _continue_history(self, sink: MlflowSink, cfg, run_dir: Path, previous_run: str | None, step: int) -> None:
+        """A retry resuming at ``step``: params and config (``fit`` logs them only for a fresh run),
+        the earlier crop images, and the earlier attempt's metrics for the steps before ``step``."""
+        sink.log_params(cfg.flatten())
+        for path in [run_dir / "config.yaml"]:
+            if path.exists():
+                sink.log_artifact(path)
+        for path in sorted((run_dir / "crops").glob("*.png")):
+            sink.log_artifact(path, "crops")
+        if previous_run:
+            try:
+                metrics = call(self.client.get_run, previous_run).data.metrics
+                for key in metrics:
+                    sink.queue_metrics(m for m in call(self.client.get_metric_history, previous_run, key)
+                                       if m.step < step)
+            except Exception as exc:  # noqa: BLE001 - the retry itself must go on
+                self.console.print(f"[yellow]could not copy the metrics of run {previous_run}: {exc}[/]")
+        sink.flush(block=False)
+
+    def _log_skipped(self, sink: MlflowSink, trainer: Trainer, run_dir: Path) -> None:
+        """``skipped_videos.csv`` (split, path, reason) of the files the datasets could not read."""
+        rows = [("train", p, r) for p, r in trainer.train_set.skipped]
+        if len(trainer.eval_sets) > 1:
+            rows += [("test", p, r) for p, r in trainer.eval_sets[1].skipped]
+        path = run_dir / SKIPPED_ARTIFACT
+        if not rows or (path.exists() and path.read_text().count("\n") == len(rows) + 1):
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["split", "path", "reason"])
+            writer.writerows((split, str(p), reason) for split, p, reason in rows)
+        sink.log_artifact(path)
 
     def _pruning_hook(self, trial: optuna.Trial):
         metric = self.spec.objectives[0].metric
@@ -179,37 +418,80 @@ class StudyRunner:
 
     # --- the loop ----------------------------------------------------------------------------------
     def finished_count(self) -> int:
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        states = (TrialState.COMPLETE, TrialState.PRUNED)
         return len(self.study.get_trials(deepcopy=False, states=states))
 
     def target(self) -> int:
         return self.options.n_trials or self.spec.n_trials or self.spec.grid_size()
 
-    def run(self) -> None:
-        """Run trials until the study has :meth:`target` finished trials (or the grid is done)."""
-        target = self.target()
-        if self.finished_count() >= target:
-            self.console.print(f"study {self.spec.name!r} already has {self.finished_count()} finished trials "
-                               f"(target {target}): nothing to do")
-            return
-        callbacks = [optuna.study.MaxTrialsCallback(target, states=(optuna.trial.TrialState.COMPLETE,
-                                                                     optuna.trial.TrialState.PRUNED)),
-                     self._report]
-        timeout = self.options.timeout or self.spec.timeout
-        try:
-            with terminate_on_sigterm():
-                self.study.optimize(self.objective, timeout=timeout, callbacks=callbacks, catch=(Exception,),
-                                    gc_after_trial=True)
-        finally:
-            self.client.set_terminated(self.parent_run_id, status="FINISHED")
+    def _work(self) -> tuple[bool, int]:
+        """(is there a trial this worker may start, how many trials run elsewhere). A grid point that
+        another worker runs is never started twice; a queued retry always may be."""
+        trials = self.study.get_trials(deepcopy=False)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        if any(t.state == TrialState.WAITING for t in trials):
+            return True, running
+        if self.spec.sampler == "grid":
+            taken = {t.system_attrs.get("grid_id") for t in trials}
+            return len(taken - {None}) < self.spec.grid_size(), running
+        finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        return finished + running < self.target(), running
 
-    def _report(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def run(self) -> None:
+        """Run trials until the study has :meth:`target` finished trials (or the grid is done).
+
+        Raises ``KeyboardInterrupt`` (SIGINT) or :class:`~studies.tracking.RunInterrupted` (SIGTERM)
+        after the running trial was stopped, and :class:`TrackingUnavailable` when the tracking
+        store stayed down (the study stops: every further trial would wait for it)."""
+        target = self.target()
+        timeout = self.options.timeout or self.spec.timeout
+        deadline = time.monotonic() + timeout if timeout else None
+        waiting_shown = False
+        try:
+            if self.finished_count() >= target:
+                self.console.print(f"study {self.spec.name!r} already has {self.finished_count()} finished trials "
+                                   f"(target {target}): nothing to do")
+                return
+            with self.stop.installed():
+                while self.finished_count() < target and (deadline is None or time.monotonic() < deadline):
+                    has_work, running = self._work()
+                    if not has_work:
+                        if not running:  # the grid is done, but some points failed
+                            failed = len(self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+                            self.console.print(f"no grid point left to start: {failed} trial(s) failed and are not "
+                                               f"run again (`paramcrop study show {self.spec.name}` says why)")
+                            break
+                        if not waiting_shown:
+                            self.console.print(f"waiting for {running} trial(s) running in other workers (a dead "
+                                               f"worker's trial is retried here after {3 * self.spec.heartbeat} s)")
+                            waiting_shown = True
+                        time.sleep(min(self.spec.heartbeat, 5))
+                        optuna.storages.fail_stale_trials(self.study)
+                        continue
+                    waiting_shown = False
+                    self.study.optimize(self.objective, n_trials=1, callbacks=[self._report], catch=(Exception,),
+                                        gc_after_trial=True)
+                    if self.tracking_down is not None:
+                        raise self.tracking_down
+                    self.stop.check()  # a signal that came during the final evaluation
+        finally:
+            if self.tracking_down is None:
+                try:
+                    call(self.client.set_terminated, self.parent_run_id, status="FINISHED", window=10.0)
+                except Exception as exc:  # noqa: BLE001
+                    self.console.print(f"[yellow]could not end the study's parent run: {exc}[/]")
+
+    def _report(self, study: optuna.Study, trial: FrozenTrial) -> None:
         state = trial.state.name
         value = "" if trial.values is None else ", ".join(f"{v:.4f}" for v in trial.values)
         line = f"trial {trial.number} {state} {value}"
-        if state == "FAIL":
+        if state == "FAIL" and self.tracking_down is None:
             run_id = trial.user_attrs.get(RUN_ATTR)
-            reason = self.client.get_run(run_id).data.tags.get(sinks.TAG_FAILURE, "") if run_id else ""
+            try:
+                reason = call(self.client.get_run, run_id, window=10.0).data.tags.get(sinks.TAG_FAILURE, "") \
+                    if run_id else ""
+            except Exception:  # noqa: BLE001
+                reason = ""
             line += f"[red] {reason}[/]"
         if len(self.spec.objectives) == 1:
             try:
@@ -217,6 +499,16 @@ class StudyRunner:
             except ValueError:
                 pass
         self.console.print(line)
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint was written at (memory-mapped: the weights are not read)."""
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:  # noqa: BLE001 - a torn or foreign file: the trainer starts afresh... or fails clearly
+        return None
 
 
 def describe_storage(storage: str | None) -> str:

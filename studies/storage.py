@@ -12,8 +12,10 @@ callback (retry) work for both.
 """
 from __future__ import annotations
 
+import random
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -23,8 +25,11 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+
 DEFAULT_STORAGE = "paramcrop-studies.journal"
 HEARTBEAT_ATTR = "paramcrop:heartbeat"
+CONNECT_TIMEOUT_S = 10
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
@@ -78,11 +83,30 @@ def open_storage(storage: str | None = None, *, heartbeat: int = 30,
     if is_journal(storage):
         path = Path(storage.removeprefix("journal:"))
         if not path.parent.exists():
-            raise ValueError(f"cannot create the study storage {str(path)!r}: folder {str(path.parent)!r} does not exist")
+            raise ValueError(f"cannot create the study storage {str(path)!r}: folder {str(path.parent)!r} does not "
+                             f"exist")
         return HeartbeatJournalStorage(str(path), heartbeat, grace, on_stale)
-    try:
-        return RDBStorage(storage, heartbeat_interval=heartbeat, grace_period=grace, failed_trial_callback=on_stale,
-                          engine_kwargs={"pool_pre_ping": True})
-    except Exception as exc:  # sqlalchemy errors: unreachable server, bad credentials, missing driver
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"cannot open the study storage {redact(storage)}: {redact(first)}") from None
+    engine_kwargs: dict = {"pool_pre_ping": True}
+    if storage.startswith(("postgresql", "mysql")):  # an unreachable host fails in seconds, not minutes
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    for attempt in range(5):
+        try:
+            return RDBStorage(storage, heartbeat_interval=heartbeat, grace_period=grace,
+                              heartbeat_stale_trial_callback=on_stale, engine_kwargs=engine_kwargs)
+        except Exception as exc:  # sqlalchemy errors: unreachable server, bad credentials, missing driver
+            if _creating_tables_race(exc) and attempt < 4:
+                time.sleep(0.2 + random.random())  # another worker is creating the tables: they exist soon
+                continue
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"cannot open the study storage {redact(storage)}: {redact(first)}") from None
+    raise AssertionError("unreachable")
+
+
+def _creating_tables_race(exc: Exception) -> bool:
+    """Workers starting together on an empty database all create Optuna's tables; all but one fail
+    with a unique violation ("duplicate key ... pg_type", "already exists")."""
+    import sqlalchemy.exc
+
+    text = str(exc).lower()
+    return isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) and (
+        "already exists" in text or "duplicate" in text)

@@ -4,11 +4,31 @@
 ``log_metric`` call costs ~6 ms on SQLite; a batch of 1,000 costs ~70 ms in all).
 :func:`tracked_run` opens a run and guarantees it ends FINISHED, FAILED (with the reason as a
 tag) or KILLED (Ctrl-C / SIGTERM): nothing is left RUNNING after the process ends normally.
+
+A tracking store that goes away (a server restarting, a network cut, SQLite "database is
+locked") loses nothing:
+
+- every call is retried with exponential backoff (0.5 s doubling to 15 s) for up to
+  ``$PARAMCROP_TRACKING_RETRY_S`` seconds (default 120); errors that a retry cannot fix (a bad
+  parameter value, an unknown run) are raised at once;
+- during training a failing write does not stop the run: what could not be sent stays queued in
+  the sink and goes out with the next write;
+- when the run ends, everything queued is sent, retrying for the whole window; if the store is
+  still down, the queue (metrics, params, tags, artifact paths, the final status) is written to a
+  *spool file* next to the run's checkpoint and :class:`TrackingUnavailable` says so.
+  :func:`replay_spool` sends a spool file later (``paramcrop study run`` does it when it resumes).
+
+For HTTP tracking servers MLflow's own request retries are turned down
+(``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0``, ``MLFLOW_HTTP_REQUEST_TIMEOUT=30`` unless set), so the
+window above is the one that counts (MLflow's default would retry each call for ~4 minutes).
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -17,6 +37,37 @@ from paramcrop import __version__, sinks
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits per request
 MAX_PARAM_LENGTH = 6000
+RETRY_ENV = "PARAMCROP_TRACKING_RETRY_S"
+DEFAULT_RETRY_S = 120.0
+SPOOL_PREFIX = "mlflow-pending-"
+# MLflow error codes that no retry can fix; everything else (connection errors, timeouts, 5xx,
+# 429, "database is locked") is transient
+PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
+                    "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED", "ENDPOINT_NOT_FOUND", "FEATURE_DISABLED",
+                    "NOT_IMPLEMENTED", "CUSTOMER_UNAUTHORIZED", "MALFORMED_REQUEST", "INVALID_REQUEST"}
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store could not be reached for the whole retry window."""
+
+
+def retry_window() -> float:
+    """Seconds a tracking call keeps retrying: ``$PARAMCROP_TRACKING_RETRY_S``, default 120."""
+    try:
+        return max(0.0, float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_S)))
+    except ValueError:
+        return DEFAULT_RETRY_S
+
+
+def redact(uri: str) -> str:
+    """``scheme://user:***@host/...``: a URI without its password, for messages."""
+    from studies.storage import redact as _redact
+
+    return _redact(uri)
+
+
+def tracking_uri_of(client) -> str:
+    return redact(str(getattr(client, "tracking_uri", None) or sinks.default_tracking_uri()))
 
 
 def client_for(tracking_uri: str | None = None):
@@ -27,6 +78,10 @@ def client_for(tracking_uri: str | None = None):
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables" chatter
     uri = tracking_uri or sinks.default_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        # our retry loop (with its window) replaces MLflow's ~4 minutes of retries per call
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     if not uri.startswith("sqlite:///"):
         return MlflowClient(uri)
     # Several local workers starting at once would race MLflow's table creation and migrations
@@ -34,11 +89,24 @@ def client_for(tracking_uri: str | None = None):
     import fcntl
 
     db = Path(uri.removeprefix("sqlite:///"))
+    if not db.parent.is_dir():
+        raise ValueError(f"cannot create the MLflow store {uri}: folder {str(db.parent)!r} does not exist")
     with open(db.parent / f".{db.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         client = MlflowClient(uri)
         client.search_experiments(max_results=1)
     return client
+
+
+def check_reachable(client, window: float = 10.0) -> None:
+    """Raise ``ValueError`` naming the (redacted) URI when the tracking store does not answer
+    within ``window`` seconds: checked before a study creates anything."""
+    try:
+        call(client.search_experiments, max_results=1, window=min(window, retry_window()), quiet=True)
+    except Exception as exc:  # TrackingUnavailable, or a permanent error (e.g. 404: not an MLflow server)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"cannot reach the MLflow tracking store {tracking_uri_of(client)}: {redact(first)[:300]}"
+                         ) from None
 
 
 def git_commit() -> str | None:
@@ -65,66 +133,203 @@ def run_tags(config_flat: Mapping[str, object]) -> dict[str, str]:
     return tags
 
 
-def _retry(fn, *args, attempts: int = 5, delay: float = 0.5, **kwargs):
-    """Call an MLflow client method, retrying with exponential backoff on transient errors."""
-    for attempt in range(attempts):
+def is_transient(exc: BaseException) -> bool:
+    """Whether a retry may help: connection errors, timeouts, 5xx / 429, a locked SQLite database."""
+    code = getattr(exc, "error_code", None)
+    if code is not None:
+        return code not in PERMANENT_ERRORS
+    if isinstance(exc, (OSError, TimeoutError)):
+        return True
+    module = type(exc).__module__ or ""
+    return module.startswith(("sqlalchemy", "requests", "urllib3", "sqlite3", "psycopg", "pymysql"))
+
+
+_warned_down: set[str] = set()
+
+
+def call(fn, *args, window: float | None = None, quiet: bool = False, **kwargs):
+    """``fn(*args, **kwargs)`` (an MLflow client method), retried with exponential backoff (0.5 s
+    doubling to 15 s) on transient errors for up to ``window`` seconds (default
+    :func:`retry_window`; 0 = one attempt). Permanent errors propagate at once; a store that stays
+    down raises :class:`TrackingUnavailable` naming the URI, the attempts and the last error."""
+    window = retry_window() if window is None else window
+    client = getattr(fn, "__self__", None)
+    start, delay, attempt = time.monotonic(), 0.5, 0
+    while True:
+        attempt += 1
         try:
-            return fn(*args, **kwargs)
-        except Exception:
-            if attempt == attempts - 1:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            if not is_transient(exc):
                 raise
-            time.sleep(delay * 2**attempt)
+            elapsed = time.monotonic() - start
+            uri = tracking_uri_of(client) if client is not None else "(unknown)"
+            first = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:300]
+            if elapsed + delay > window:
+                raise TrackingUnavailable(
+                    f"the MLflow tracking store {uri} did not answer for {elapsed:.0f} s ({attempt} attempt"
+                    f"{'s' if attempt > 1 else ''}; last error: {redact(first)})") from None
+            if not quiet and uri not in _warned_down:
+                _warned_down.add(uri)
+                print(f"warning: the MLflow tracking store {uri} is not answering ({redact(first)[:160]}); "
+                      f"retrying for up to {window:.0f} s", file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+        else:
+            if attempt > 1 and not quiet and client is not None and tracking_uri_of(client) in _warned_down:
+                _warned_down.discard(tracking_uri_of(client))
+                print(f"the MLflow tracking store {tracking_uri_of(client)} answers again (after "
+                      f"{time.monotonic() - start:.0f} s)", file=sys.stderr, flush=True)
+            return result
 
 
 class MlflowSink:
-    """A :class:`~paramcrop.sinks.MetricsSink` writing to one MLflow run, metrics batched."""
+    """A :class:`~paramcrop.sinks.MetricsSink` writing to one MLflow run, metrics batched.
 
-    def __init__(self, client, run_id: str, flush_every: int = MAX_METRICS) -> None:
+    Nothing is dropped when the store is down: during training (``block=False`` writes) what
+    fails stays queued and the next write tries again (at most every 10 s while the store is
+    down); :meth:`finish` sends the queue retrying for the whole window, then writes a spool file
+    (``spool_dir/mlflow-pending-<run id>.json``) if the store is still down.
+    """
+
+    def __init__(self, client, run_id: str, flush_every: int = MAX_METRICS, spool_dir: Path | None = None) -> None:
         self.client, self.run_id, self.flush_every = client, run_id, flush_every
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else None
         self._pending: list = []
+        self._params: dict[str, str] = {}
+        self._tags: dict[str, str] = {}
+        self._artifacts: list[tuple[str, str | None]] = []
+        self._down_until = 0.0  # monotonic time before which non-blocking writes do not try
+        self.unavailable: TrackingUnavailable | None = None  # set when finish() had to spool
+        self.spool_path: Path | None = None
 
+    # --- the MetricsSink interface: queue, then try to send -------------------------------
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
         if len(self._pending) >= self.flush_every:
-            self.flush()
-
-    def flush(self) -> None:
-        while self._pending:
-            chunk = self._pending[:MAX_METRICS]
-            _retry(self.client.log_batch, self.run_id, metrics=chunk)
-            del self._pending[:MAX_METRICS]
+            self.flush(block=False)
 
     def log_params(self, params: Mapping[str, object]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
-        for i in range(0, len(items), MAX_PARAMS):
-            _retry(self.client.log_batch, self.run_id, params=items[i:i + MAX_PARAMS])
+        self._params.update({k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()})
+        self.flush(block=False)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        for i in range(0, len(items), MAX_TAGS):
-            _retry(self.client.log_batch, self.run_id, tags=items[i:i + MAX_TAGS])
+        self._tags.update({k: str(v) for k, v in tags.items()})
+        self.flush(block=False)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        _retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
+        self._artifacts.append((str(path), artifact_path))
+        self.flush(block=False)
+
+    def queue_metrics(self, metrics) -> None:
+        """Queue ``mlflow.entities.Metric`` objects as they are (timestamps and steps kept)."""
+        self._pending.extend(metrics)
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending) + len(self._params) + len(self._tags) + len(self._artifacts)
+
+    def flush(self, block: bool = True) -> None:
+        """Send everything queued. ``block``: retry for the whole window (raise
+        :class:`TrackingUnavailable` after it); else one attempt, keeping what fails queued."""
+        if not block and time.monotonic() < self._down_until:
+            return
+        try:
+            self._drain(None if block else 0.0)
+        except TrackingUnavailable:
+            if block:
+                raise
+            self._down_until = time.monotonic() + 10.0
+
+    def _drain(self, window: float | None) -> None:
+        from mlflow.entities import Param, RunTag
+
+        while self._params:
+            chunk = dict(list(self._params.items())[:MAX_PARAMS])
+            call(self.client.log_batch, self.run_id, params=[Param(k, v) for k, v in chunk.items()], window=window)
+            for k in chunk:
+                del self._params[k]
+        while self._pending:
+            call(self.client.log_batch, self.run_id, metrics=self._pending[:MAX_METRICS], window=window)
+            del self._pending[:MAX_METRICS]
+        while self._tags:
+            chunk = dict(list(self._tags.items())[:MAX_TAGS])
+            call(self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in chunk.items()], window=window)
+            for k in chunk:
+                del self._tags[k]
+        while self._artifacts:
+            path, artifact_path = self._artifacts[0]
+            if Path(path).exists():
+                call(self.client.log_artifact, self.run_id, path, artifact_path, window=window)
+            self._artifacts.pop(0)
+
+    # --- the end of the run ---------------------------------------------------------------
+    def finish(self, status: str, reason: str | None = None, window: float | None = None) -> None:
+        """Send the queue and end the run with ``status``; if the store stays down for ``window``
+        seconds (or the wait is interrupted), spool everything to disk (see :func:`replay_spool`)
+        and set :attr:`unavailable` (the caller decides whether to raise it, see :func:`tracked_run`).
+        A ``KeyboardInterrupt`` while waiting spools too, then propagates."""
+        if reason:
+            self._tags[sinks.TAG_FAILURE] = reason[:5000]
+        end_time = int(time.time() * 1000)
+        try:
+            self._drain(window)
+            call(self.client.set_terminated, self.run_id, status=status, end_time=end_time, window=window)
+        except (TrackingUnavailable, KeyboardInterrupt) as exc:
+            self.spool_path = self._spool(status, end_time)
+            kept = (f"everything the run logged is kept in {self.spool_path} and is sent by the next "
+                    f"`paramcrop study run` of the same study (or studies.tracking.replay_spool)"
+                    if self.spool_path else "what was not sent is lost (no spool folder)")
+            self.unavailable = TrackingUnavailable(f"{exc}; {kept}" if isinstance(exc, TrackingUnavailable)
+                                                   else f"interrupted while waiting for the tracking store; {kept}")
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+
+    def _spool(self, status: str, end_time: int) -> Path | None:
+        if self.spool_dir is None:
+            return None
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        path = self.spool_dir / f"{SPOOL_PREFIX}{self.run_id}.json"
+        data = {"run_id": self.run_id, "tracking_uri": tracking_uri_of(self.client), "status": status,
+                "end_time": end_time, "params": self._params, "tags": self._tags, "artifacts": self._artifacts,
+                "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self._pending]}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+        return path
+
+
+def replay_spool(client, path: Path, window: float | None = None) -> str:
+    """Send a spool file written by :meth:`MlflowSink.finish` and end its run with the recorded
+    status; the file is deleted once everything is in. Returns the run id."""
+    from mlflow.entities import Metric
+
+    data = json.loads(Path(path).read_text())
+    sink = MlflowSink(client, data["run_id"])
+    sink._params, sink._tags = dict(data["params"]), dict(data["tags"])
+    sink._artifacts = [tuple(a) for a in data["artifacts"]]
+    sink._pending = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in data["metrics"]]
+    sink._drain(window)
+    call(client.set_terminated, data["run_id"], status=data["status"], end_time=data["end_time"], window=window)
+    Path(path).unlink()
+    return data["run_id"]
 
 
 def get_or_create_experiment(client, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
+    experiment = call(client.get_experiment_by_name, name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
+            call(client.restore_experiment, experiment.experiment_id)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return call(client.create_experiment, name)
+    except TrackingUnavailable:
+        raise
     except Exception:  # another worker created it first
-        experiment = client.get_experiment_by_name(name)
+        experiment = call(client.get_experiment_by_name, name)
         if experiment is None:
             raise
         return experiment.experiment_id
@@ -154,39 +359,93 @@ def terminate_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class GracefulStop:
+    """SIGINT / SIGTERM handling for a training loop that can stop at a step boundary.
+
+    Within :meth:`installed`, the first signal only sets :attr:`requested` while :attr:`deferring`
+    is true (the trainer checks it between steps and stops there, with a checkpoint); outside
+    training, or on a second signal, it raises ``KeyboardInterrupt`` (SIGINT) or
+    :class:`RunInterrupted` (SIGTERM) at once. Main thread only; elsewhere it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested: str | None = None  # "SIGINT" or "SIGTERM"
+        self.deferring = False
+
+    def _raise(self, name: str):
+        if name == "SIGTERM":
+            raise RunInterrupted("terminated (SIGTERM)")
+        raise KeyboardInterrupt("interrupted (SIGINT)")
+
+    def check(self) -> None:
+        """Raise the requested interrupt, if any (called by the trainer at a step boundary)."""
+        if self.requested:
+            self._raise(self.requested)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["GracefulStop"]:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+
+        main_pid = os.getpid()
+
+        def handler(signum, frame):
+            if os.getpid() != main_pid:  # a forked DataLoader worker (the terminal signals them all)
+                return  # the main process stops them
+            name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+            if self.deferring and not self.requested:
+                self.requested = name
+                print(f"\n{name}: stopping at the end of this training step, with a checkpoint "
+                      f"({'send it again' if name == 'SIGTERM' else 'Ctrl-C again'} to stop now)",
+                      file=sys.stderr, flush=True)
+                return
+            self.requested = self.requested or name
+            self._raise(name)
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
 @contextlib.contextmanager
 def tracked_run(client, experiment_id: str, run_name: str, tags: Mapping[str, str],
                 parent_run_id: str | None = None, run_id: str | None = None,
-                benign: tuple[type[BaseException], ...] = ()) -> Iterator[MlflowSink]:
+                benign: tuple[type[BaseException], ...] = (), spool_dir: Path | None = None) -> Iterator[MlflowSink]:
     """Open (or reopen, with ``run_id``) a run; end it FINISHED, FAILED or KILLED whatever happens.
 
     Exceptions of the ``benign`` types (e.g. a pruned trial) end the run FINISHED and propagate.
+    If the store is down when the run ends (see :meth:`MlflowSink.finish`), a run that succeeded
+    raises :class:`TrackingUnavailable` after the spool is written; a run that failed re-raises
+    its own error, with ``sink.unavailable`` set.
     """
     all_tags = dict(tags)
     if parent_run_id:
         all_tags[sinks.PARENT_RUN_TAG] = parent_run_id
     if run_id is None:
-        run = _retry(client.create_run, experiment_id, run_name=run_name, tags=all_tags)
+        run = call(client.create_run, experiment_id, run_name=run_name, tags=all_tags)
         run_id = run.info.run_id
     else:
-        _retry(client.update_run, run_id, status="RUNNING")
-    sink = MlflowSink(client, run_id)
+        call(client.update_run, run_id, status="RUNNING")
+    sink = MlflowSink(client, run_id, spool_dir=spool_dir)
     try:
         yield sink
     except benign:
-        sink.flush()
-        _retry(client.set_terminated, run_id, status="FINISHED")
+        sink.finish("FINISHED")
         raise
-    except KeyboardInterrupt:
-        sink.flush()
-        _retry(client.set_tag, run_id, sinks.TAG_FAILURE, "interrupted (Ctrl-C or SIGTERM)")
-        _retry(client.set_terminated, run_id, status="KILLED")
+    except KeyboardInterrupt as exc:
+        sink.finish("KILLED", str(exc) or "interrupted (Ctrl-C)", window=min(10.0, retry_window()))
         raise
     except BaseException as exc:
-        sink.flush()
-        _retry(client.set_tag, run_id, sinks.TAG_FAILURE, f"{type(exc).__name__}: {exc}"[:5000])
-        _retry(client.set_terminated, run_id, status="FAILED")
+        sink.finish("FAILED", f"{type(exc).__name__}: {exc}")
         raise
     else:
-        sink.flush()
-        _retry(client.set_terminated, run_id, status="FINISHED")
+        sink.finish("FINISHED")
+        if sink.unavailable is not None:
+            raise sink.unavailable

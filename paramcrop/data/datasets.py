@@ -23,7 +23,33 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from .sources import VideoRecord
-from .video import UnreadableVideo, read_frames, scan_videos, window_indices, window_span
+from .video import UnreadableVideo, probe_video, read_frames, scan_videos, window_indices, window_span
+
+
+def check_window_fits(records: Sequence[VideoRecord], frames: int, stride: int) -> None:
+    """Refuse a window (``frames`` frames ``stride`` apart) longer than *every* readable video.
+
+    Shorter videos loop (:func:`.video.window_indices`), which is fine for a few of them, but a
+    dataset where no video holds one window would train on looped clips only: a setting error.
+    Probes the videos in order and returns at the first one that is long enough (so usually after
+    one probe); raises ``ValueError`` naming the window, the longest video and the fix otherwise.
+    """
+    span = window_span(frames, stride)
+    longest, readable = 0, 0
+    for record in records:
+        try:
+            info = probe_video(record.path)
+        except UnreadableVideo:
+            continue
+        if info.frames >= span:
+            return
+        readable += 1
+        longest = max(longest, info.frames)
+    if not readable:
+        raise ValueError(f"none of the {len(records)} videos is readable")
+    raise ValueError(f"a clip of data.frames={frames} at data.stride={stride} spans {span} frames, longer than "
+                     f"every video ({readable} readable, the longest has {longest} frames): lower data.frames "
+                     f"or data.stride")
 
 
 class _Clips(Dataset):

@@ -79,6 +79,12 @@ def probe_video(path: Path) -> VideoInfo:
         raise UnreadableVideo(path, "not a regular file")
     if path.stat().st_size == 0:
         raise UnreadableVideo(path, "empty file (0 bytes)")
+    try:  # decord reports a file it may not open as "not a video"; say what it is
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise UnreadableVideo(path, "permission denied" if isinstance(error, PermissionError)
+                              else f"cannot be opened ({error.strerror or error})") from None
     try:
         with _quiet_stderr():
             reader = _reader(path)
