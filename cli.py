@@ -66,13 +66,13 @@ def check_tracking_uri(uri: str | None) -> str:
     """The tracking URI to use; an unknown scheme is refused before anything is created."""
     from urllib.parse import urlparse
 
-    from paramcrop.sinks import default_tracking_uri
+    from paramcrop.sinks import default_tracking_uri, redact_url
 
     uri = uri or default_tracking_uri()
     scheme = urlparse(uri).scheme.split("+")[0]
     known = {"", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks"}
     if scheme not in known:
-        raise fail(f"tracking URI {uri!r} has an unknown scheme {scheme!r}; use e.g. sqlite:///mlflow.db, "
+        raise fail(f"tracking URI {redact_url(uri)!r} has an unknown scheme {scheme!r}; use e.g. sqlite:///mlflow.db, "
                    f"http://host:5000 or postgresql://user@host/db")
     return uri
 
@@ -153,7 +153,8 @@ def study_run(
 ) -> None:
     """Run (or resume) an Optuna study; every trial is a child MLflow run under the study's parent run.
 
-    Exit codes: 0 done, 1 no trial completed, 2 bad spec or arguments (nothing created), 130 Ctrl-C, 143 SIGTERM.
+    Exit codes: 0 done, 1 no trial completed or the tracking store stayed down, 2 bad spec or arguments
+    (nothing created), 130 Ctrl-C, 143 SIGTERM.
     """
     from paramcrop.config import ConfigError
     from studies.spec import SpecError, load_spec
@@ -222,7 +223,9 @@ def ui(
     import sys
 
     uri = check_tracking_uri(tracking_uri)
-    typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
+    from paramcrop.sinks import redact_url
+
+    typer.echo(f"MLflow UI for {redact_url(uri)} at http://{host}:{port}  (Ctrl-C to stop)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     try:
         raise typer.Exit(subprocess.call(command))

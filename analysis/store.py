@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analysis.errors import AnalysisError, NotFoundError
+from paramcrop.sinks import redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -99,7 +100,8 @@ def open_optuna_storage(storage: str | None = None):
         try:
             return optuna.storages.RDBStorage(storage)
         except Exception as exc:  # noqa: BLE001 - Optuna/SQLAlchemy raise many kinds
-            raise AnalysisError(f"cannot open the Optuna storage {storage}: {exc}") from exc
+            raise AnalysisError(f"cannot open the Optuna storage {redact_url(storage)}: "
+                                f"{redact_url(str(exc))}") from None
     path = Path(storage)
     if not path.is_file():
         raise NotFoundError(

@@ -25,7 +25,7 @@ from _timing import compare  # noqa: E402
 from paramcrop.config import TrainConfig  # noqa: E402
 from paramcrop.train import Trainer  # noqa: E402
 
-TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"  # construction only
+TINY_SOURCE = "synthetic:videos_per_class=6,frames=40,size=32,shapes=2,motions=2"  # construction only
 VARIANTS = {"mlp": {}, "cate": {"head.name": "cate"}, "mlp+region": {"objectives.region": 1.0},
             "mlp+order": {"objectives.order": 1.0}}
 

@@ -33,7 +33,7 @@ from paramcrop import sinks  # noqa: E402
 from paramcrop.config import TrainConfig  # noqa: E402
 from paramcrop.train import Trainer, to_input  # noqa: E402
 
-TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"  # construction only
+TINY_SOURCE = "synthetic:videos_per_class=6,frames=40,size=32,shapes=2,motions=2"  # construction only
 
 
 def make_trainer(crop: str, backbone: str, batch: int, raw: tuple[int, int], view: tuple[int, int],

@@ -8,10 +8,16 @@ tracking conventions of SPEC section 4 and live here so that every producer and 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Mapping, Protocol, runtime_checkable
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: a bare `mlflow ui` here shows it all
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (``postgresql://user:***@host/db``), for messages and logs."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 def default_tracking_uri() -> str:

@@ -39,6 +39,8 @@ from paramcrop.objectives import ORDER_LOSS, REGION_LOSS, RegionContrast, Tempor
 MEAN = (0.43216, 0.394666, 0.37645)
 STD = (0.22803, 0.22145, 0.216989)
 CHECKPOINT_NAME = "checkpoint.pt"
+TRAJECTORY_NAME = "trajectory.csv"
+SKIPPED_NAME = "skipped_videos.csv"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,7 +56,7 @@ class TrainResult:
     final_metrics: dict[str, float]
     eval_metrics: dict[str, float]
     run_dir: Path
-    skipped_videos: list[tuple[Path, str]] = field(default_factory=list)
+    skipped_videos: list[tuple[str, Path, str]] = field(default_factory=list)  # (split, path, reason)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,6 +130,7 @@ class Trainer:
         from paramcrop.backbones import create_backbone
         from paramcrop.crops import create_crop
         from paramcrop.data import EvalClips, TrainClips, resolve_source
+        from paramcrop.data.datasets import check_window_fits
         from paramcrop.frameworks import create_framework
 
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -146,8 +149,8 @@ class Trainer:
         backbone.check_input(cfg.view.frames, cfg.view.size)
 
         dataset = resolve_source(cfg.data.source)
+        check_window_fits(dataset.train, cfg.data.frames, cfg.data.stride)  # refuse a clip longer than every video
         self.train_set = TrainClips(dataset.train, cfg.data.frames, cfg.data.stride, cfg.data.size, seed=cfg.seed)
-        self.skipped = list(self.train_set.skipped)
         eval_stride = max(1, cfg.data.stride * cfg.data.frames // cfg.view.frames)  # span of a whole raw clip
         self.eval_sets = [EvalClips(split, cfg.view.frames, eval_stride, cfg.view.size, cfg.eval.clips_per_video)
                           for split in (dataset.train, dataset.test)]
@@ -326,10 +329,9 @@ class Trainer:
 
         cfg = self.cfg
         start_time = time.perf_counter()
-        if self.skipped:
-            self.sink.log_metrics({sinks.DATA_SKIPPED: float(len(self.skipped))}, self.step)
+        self._report_skipped()
         vis_steps = {round(i * (cfg.steps - 1) / max(1, cfg.visualize_at - 1)) for i in range(cfg.visualize_at)}
-        history: list[dict[str, float]] = []
+        history = self._earlier_trajectory()  # a resumed run keeps the rows before its checkpoint
         last: dict[str, float] = {}
         eval_metrics: dict[str, float] = {}
         loss_sum, loss_n, interval_start = torch.zeros(()), 0, time.perf_counter()
@@ -370,8 +372,9 @@ class Trainer:
             if self.step == cfg.steps:
                 eval_metrics = self._evaluate_and_report()
             self._write_trajectory(history)
+            self._report_skipped()  # files that failed to decode during training too
         return TrainResult(steps=self.step, seconds=time.perf_counter() - start_time, final_metrics=last,
-                           eval_metrics=eval_metrics, run_dir=self.run_dir, skipped_videos=self.skipped)
+                           eval_metrics=eval_metrics, run_dir=self.run_dir, skipped_videos=self.skipped_videos())
 
     def _evaluate_and_report(self) -> dict[str, float]:
         metrics = self.evaluate()
@@ -388,8 +391,35 @@ class Trainer:
                         views.x2[0].detach(), path, title=f"{self.cfg.crop['method']} crop, step {step}")
         self.sink.log_artifact(path, "crops")
 
+    def skipped_videos(self) -> list[tuple[str, Path, str]]:
+        """``(split, path, reason)`` of every file the datasets could not read so far."""
+        return ([("train", p, r) for p, r in self.train_set.skipped]
+                + [("test", p, r) for p, r in self.eval_sets[1].skipped])
+
+    def _report_skipped(self) -> None:
+        """The count as ``data/skipped_videos`` and the list as ``skipped_videos.csv``, when either changed."""
+        rows = self.skipped_videos()
+        path = self.run_dir / SKIPPED_NAME
+        if not rows or (path.exists() and path.read_text().count("\n") == len(rows) + 1):
+            return
+        self.sink.log_metrics({sinks.DATA_SKIPPED: float(len(rows))}, self.step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["split", "path", "reason"])
+            writer.writerows((split, str(p), reason) for split, p, reason in rows)
+        self.sink.log_artifact(path)
+
+    def _earlier_trajectory(self) -> list[dict[str, float]]:
+        path = self.run_dir / TRAJECTORY_NAME
+        if self.step == 0 or not path.exists():
+            return []
+        with path.open(newline="") as fh:
+            rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+        return [{**row, "step": int(row["step"])} for row in rows if row["step"] < self.step]
+
     def _write_trajectory(self, history: list[dict[str, float]]) -> None:
-        path = self.run_dir / "trajectory.csv"
+        path = self.run_dir / TRAJECTORY_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         names = ["step", *sorted({k for row in history for k in row} - {"step"})]
         with path.open("w", newline="") as fh:

@@ -26,7 +26,6 @@ Resume: the same name and storage continue the study. Finished trials are never 
 """
 from __future__ import annotations
 
-import csv
 import itertools
 import logging
 import shlex
@@ -56,7 +55,6 @@ PREVIOUS_RUN_ATTR = "mlflow_previous_run_id"  # a retry: the run of the attempt 
 SPEC_ATTR = "spec"
 LOST_ATTR = "paramcrop:lost"  # system attr: how many times this trial's workers died
 RUNS_ROOT = Path("paramcrop-runs")
-SKIPPED_ARTIFACT = "skipped_videos.csv"
 TAG_RETRY_OF = "paramcrop.retry_of"  # trial number of the attempt a retry continues
 TAG_RESUMED_AT = "paramcrop.resumed_at_step"  # the checkpoint step it resumed from
 LOCAL_TRACKING = ("sqlite:", "file:")
@@ -322,7 +320,6 @@ class StudyRunner:
                 trial.set_user_attr(RUN_ATTR, sink.run_id)
                 if resume_step is not None:
                     self._continue_history(sink, cfg, run_dir, frozen.user_attrs.get(PREVIOUS_RUN_ATTR), resume_step)
-                self._log_skipped(sink, trainer, run_dir)
                 try:
                     self.stop.deferring = True
                     result = trainer.fit(sink, resume=resume_step is not None)
@@ -341,7 +338,6 @@ class StudyRunner:
                     raise
                 finally:
                     self.stop.deferring = False
-                    self._log_skipped(sink, trainer, run_dir)
                 sink.set_tags({sinks.TAG_TRIAL_STATE: "COMPLETE"})
         except TrackingUnavailable as exc:
             if sink is None:  # not even the run could be created: the trial never started
@@ -389,21 +385,6 @@ class StudyRunner:
             except Exception as exc:  # noqa: BLE001 - the retry itself must go on
                 self.console.print(f"[yellow]could not copy the metrics of run {previous_run}: {exc}[/]")
         sink.flush(block=False)
-
-    def _log_skipped(self, sink: MlflowSink, trainer: Trainer, run_dir: Path) -> None:
-        """``skipped_videos.csv`` (split, path, reason) of the files the datasets could not read."""
-        rows = [("train", p, r) for p, r in trainer.train_set.skipped]
-        if len(trainer.eval_sets) > 1:
-            rows += [("test", p, r) for p, r in trainer.eval_sets[1].skipped]
-        path = run_dir / SKIPPED_ARTIFACT
-        if not rows or (path.exists() and path.read_text().count("\n") == len(rows) + 1):
-            return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["split", "path", "reason"])
-            writer.writerows((split, str(p), reason) for split, p, reason in rows)
-        sink.log_artifact(path)
 
     def _pruning_hook(self, trial: optuna.Trial):
         metric = self.spec.objectives[0].metric

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from paramcrop import sinks
+from paramcrop.sinks import redact_url
 from paramcrop.config import OBJECTIVE_NAMES, ConfigError, TrainConfig
 from studies.tracking import client_for, get_or_create_experiment, run_tags, terminate_on_sigterm, tracked_run
 
@@ -70,7 +71,7 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
     out = Console()
     out.print(f"[bold green]done[/] in {result.seconds:.0f} s, {result.steps} steps: "
               + ", ".join(f"{k} {v:.3f}" for k, v in result.eval_metrics.items()))
-    out.print(f"MLflow run {sink.run_id} in experiment {experiment!r} at {tracking_uri}; browse: paramcrop ui")
+    out.print(f"MLflow run {sink.run_id} in experiment {experiment!r} at {redact_url(tracking_uri)}; browse: paramcrop ui")
     if result.skipped_videos:
         out.print(f"[yellow]{len(result.skipped_videos)} unreadable videos were skipped[/]")
     sys.stdout.flush()

@@ -13,7 +13,6 @@ callback (retry) work for both.
 from __future__ import annotations
 
 import random
-import re
 import time
 import warnings
 from pathlib import Path
@@ -25,17 +24,14 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from paramcrop.sinks import redact_url as redact
+
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
 
 DEFAULT_STORAGE = "paramcrop-studies.journal"
 HEARTBEAT_ATTR = "paramcrop:heartbeat"
 CONNECT_TIMEOUT_S = 10
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
-
-
-def redact(url: str) -> str:
-    """The URL without its password (``postgresql://user:***@host/db``), for messages and logs."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):

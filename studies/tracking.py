@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from paramcrop import __version__, sinks
+from paramcrop.sinks import redact_url as redact
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits per request
 MAX_PARAM_LENGTH = 6000
@@ -57,13 +58,6 @@ def retry_window() -> float:
         return max(0.0, float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_S)))
     except ValueError:
         return DEFAULT_RETRY_S
-
-
-def redact(uri: str) -> str:
-    """``scheme://user:***@host/...``: a URI without its password, for messages."""
-    from studies.storage import redact as _redact
-
-    return _redact(uri)
 
 
 def tracking_uri_of(client) -> str:

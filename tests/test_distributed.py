@@ -75,7 +75,7 @@ def test_paramcrop_train_under_torchrun_two_cpu_processes(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cli",
                "train", "--data", "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2",
                "--device", "cpu", "--steps", "3", "--batch-size", "4", "--crop", "paramcrop", "--no-progress",
-               "--set", "data.size=32", "--set", "view.size=32", "--set", "log_every=1", "--set", "visualize_at=0",
+               "--set", "data.size=32", "--set", "data.stride=1", "--set", "view.size=32", "--set", "log_every=1", "--set", "visualize_at=0",
                "--set", "eval.linear=false", "--set", "eval.retrieval=false", "--experiment", "ddp"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

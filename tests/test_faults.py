@@ -27,7 +27,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from paramcrop import sinks
-from studies.runner import PREVIOUS_RUN_ATTR, RUN_ATTR, SKIPPED_ARTIFACT, TAG_RESUMED_AT, TAG_RETRY_OF
+from paramcrop.train import SKIPPED_NAME as SKIPPED_ARTIFACT
+from studies.runner import PREVIOUS_RUN_ATTR, RUN_ATTR, TAG_RESUMED_AT, TAG_RETRY_OF
 from studies.storage import DEFAULT_STORAGE, open_storage
 from studies.tracking import SPOOL_PREFIX
 

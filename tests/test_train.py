@@ -18,7 +18,8 @@ def tiny_cache(tmp_path_factory):
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    base = {"data.source": TINY_SOURCE, "data.frames": 16, "data.size": 32, "view.frames": 8, "view.size": 32,
+    base = {"data.source": TINY_SOURCE, "data.frames": 16, "data.stride": 1, "data.size": 32,
+            "view.frames": 8, "view.size": 32,
             "batch_size": 8, "steps": 30, "log_every": 1, "visualize_at": 0, "optim.warmup_steps": 2,
             "eval.linear": False, "eval.retrieval": False, "augment.blur_p": 0.0}
     base.update(overrides)
