@@ -48,6 +48,9 @@ class CropMethod(nn.Module):
 
     def forward(self, clips: Tensor, step: int = 0) -> Views:
         cubes1, cubes2 = self.sample_cubes(clips.shape[0], clips.device, step)
+        if not clips.is_floating_point() and (clips.is_cuda or (torch.is_grad_enabled() and
+                                                                (cubes1.requires_grad or cubes2.requires_grad))):
+            clips = clips.float()  # crop_video takes the grid_sample path here: convert once for both views
         return Views(crop_video(clips, cubes1, self.size), crop_video(clips, cubes2, self.size), cubes1, cubes2)
 
 
