@@ -4,7 +4,8 @@
 
 16 clips of 3x16x128x128 cut to 8x64x64 (issue 2). Ratios < 1 mean crop_video is faster.
 Forward is timed with cubes that need no gradient (random/CVRL crops, evaluation), forward+backward
-with cubes that do (ParamCrop); the separable form's backward is shown to document the dispatch.
+with cubes that do (ParamCrop). On CPU crop_video is the separable form with an analytic backward to
+the cubes; the separable form differentiated by autograd is shown for comparison.
 """
 from __future__ import annotations
 

@@ -143,6 +143,21 @@ def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
     return y if n == B else x.index_copy(0, idx, y)
 
 
+def _on_subset(x: Tensor, mask: Tensor, fn) -> Tensor:
+    """``fn(x[i], i)`` for the clips ``i`` where ``mask (B,)`` is set, the other clips unchanged.
+
+    The whole batch goes straight through ``fn`` when every clip is selected, and ``x`` itself is
+    returned when none is; otherwise the subset is computed and put back with ``index_copy``.
+    """
+    idx = mask.nonzero().view(-1)
+    n = idx.numel()
+    if n == 0:
+        return x
+    if n == x.shape[0]:
+        return fn(x, slice(None))
+    return x.index_copy(0, idx, fn(x.index_select(0, idx), idx))
+
+
 class ClipAugment(nn.Module):
     """Appearance augmentation with one parameter set per clip (see module docstring).
 
@@ -200,19 +215,30 @@ class ClipAugment(nn.Module):
         )
 
     def apply(self, x: Tensor, p: AugmentParams) -> Tensor:
-        """Apply given parameters to ``x (B, 3, T, H, W)`` in [0, 1]."""
-        x = (x * _per_clip(p.brightness)).clamp(0, 1)
-        mean = _gray(x).mean(dim=(2, 3, 4), keepdim=True)  # one gray level per clip
-        x = (mean + (x - mean) * _per_clip(p.contrast)).clamp(0, 1)
-        gray = _gray(x)
-        x = (gray + (x - gray) * _per_clip(p.saturation)).clamp(0, 1)
-        if bool((p.hue != 0).any()):
-            x = adjust_hue(x, p.hue).clamp(0, 1)
-        x = torch.where(_per_clip(p.grayscale), _gray(x).expand_as(x), x)
-        x = torch.where(_per_clip(p.flip), x.flip(-1), x)
+        """Apply given parameters to ``x (B, 3, T, H, W)`` in [0, 1].
+
+        Each operation is computed only for the clips it changes (colour jitter where a factor is
+        not 1, hue where the shift is not 0, grayscale, flip, blur), the others passing through
+        unchanged; ``index_copy`` puts them back, so gradients flow to every clip.
+        """
+        jitter = (p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0)
+        x = _on_subset(x, jitter, lambda y, i: self._jitter(y, p.brightness[i], p.contrast[i], p.saturation[i],
+                                                            p.hue[i]))
+        x = _on_subset(x, p.grayscale, lambda y, i: _gray(y).expand_as(y))
+        x = _on_subset(x, p.flip, lambda y, i: y.flip(-1))
         if bool((p.blur_sigma > 0).any()):
             x = gaussian_blur(x, p.blur_sigma)
         return x
+
+    @staticmethod
+    def _jitter(x: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor, hue: Tensor) -> Tensor:
+        """Brightness, contrast, saturation, then hue (only where its shift is not 0)."""
+        x = (x * _per_clip(brightness)).clamp(0, 1)
+        mean = _gray(x).mean(dim=(2, 3, 4), keepdim=True)  # one gray level per clip
+        x = (mean + (x - mean) * _per_clip(contrast)).clamp(0, 1)
+        gray = _gray(x)
+        x = (gray + (x - gray) * _per_clip(saturation)).clamp(0, 1)
+        return _on_subset(x, hue != 0, lambda y, i: adjust_hue(y, hue[i]).clamp(0, 1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, AugmentParams]:
         params = self.sample(x.shape[0], x.shape[-2], x.device)

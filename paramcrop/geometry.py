@@ -119,10 +119,21 @@ def _interp_taps(center: Tensor, half: Tensor, n_in: int, n_out: int) -> tuple[T
     return i0, 1 - w1, w1
 
 
-def _interp_rows(x: Tensor, i0: Tensor, w0: Tensor, w1: Tensor, n_in: int) -> Tensor:
-    """Interpolate along dim 2 of ``x (B, P, n_in, Q)`` -> ``(B, P, n_out, Q)`` with per-sample taps.
+def _lerp(r0: Tensor, r1: Tensor, w1: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(r0 + (r1 - r0) * w1, r1 - r0)`` for the two freshly gathered taps, in ``dtype``.
 
-    Gathers whole contiguous rows with one ``index_select`` per tap (cheap, no expanded index).
+    Two passes over the data, in place in the two buffers (``w0 * r0 + w1 * r1`` would take three
+    and allocate; fresh large buffers cost page faults on CPU).
+    """
+    r0, r1 = r0.to(dtype), r1.to(dtype)
+    d = r1.sub_(r0)
+    return r0.addcmul_(d, w1), d
+
+
+def _rows_pair(x: Tensor, i0: Tensor, n_in: int) -> tuple[Tensor, Tensor]:
+    """Rows ``i0`` and ``i0 + 1`` along dim 2 of ``x (B, P, n_in, Q)``, each ``(B, P, n_out, Q)``.
+
+    One ``index_select`` of whole contiguous rows per tap (cheap, no expanded index).
     """
     B, P, _, Q = x.shape
     n_out = i0.shape[1]
@@ -130,20 +141,28 @@ def _interp_rows(x: Tensor, i0: Tensor, w0: Tensor, w1: Tensor, n_in: int) -> Te
     idx0 = (base + i0[:, None, :]).reshape(-1)
     idx1 = idx0 + (1 if n_in > 1 else 0)
     rows = x.reshape(B * P * n_in, Q)
-    r0 = rows.index_select(0, idx0).view(B, P, n_out, Q)
-    r1 = rows.index_select(0, idx1).view(B, P, n_out, Q)
-    if not r0.is_floating_point():
-        r0, r1 = r0.to(w0.dtype), r1.to(w0.dtype)
-    return r0 * w0[:, None, :, None] + r1 * w1[:, None, :, None]
+    return rows.index_select(0, idx0).view(B, P, n_out, Q), rows.index_select(0, idx1).view(B, P, n_out, Q)
 
 
-def _interp_last(x: Tensor, i0: Tensor, w0: Tensor, w1: Tensor, n_in: int) -> Tensor:
-    """Interpolate along the last dim of ``x (B, P, n_in)`` -> ``(B, P, n_out)`` (``gather``)."""
+def _last_pair(x: Tensor, i0: Tensor, n_in: int) -> tuple[Tensor, Tensor]:
+    """Entries ``i0`` and ``i0 + 1`` along the last dim of ``x (B, P, n_in)``, each ``(B, P, n_out)``."""
     B, P, _ = x.shape
     idx0 = i0[:, None, :].expand(B, P, i0.shape[1])
-    r0 = x.gather(2, idx0)
-    r1 = x.gather(2, idx0 + (1 if n_in > 1 else 0))
-    return r0 * w0[:, None, :] + r1 * w1[:, None, :]
+    return x.gather(2, idx0), x.gather(2, idx0 + (1 if n_in > 1 else 0))
+
+
+def _interp_rows(x: Tensor, i0: Tensor, w1: Tensor, n_in: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Interpolate along dim 2 of ``x (B, P, n_in, Q)`` -> ``(B, P, n_out, Q)`` with per-sample taps;
+    also returns the tap difference ``x[i0 + 1] - x[i0]`` (the derivative in the tap position)."""
+    r0, r1 = _rows_pair(x, i0, n_in)
+    return _lerp(r0, r1, w1[:, None, :, None], dtype)
+
+
+def _interp_last(x: Tensor, i0: Tensor, w1: Tensor, n_in: int) -> tuple[Tensor, Tensor]:
+    """Interpolate along the last dim of ``x (B, P, n_in)`` -> ``(B, P, n_out)`` (``gather``), and
+    the tap difference."""
+    r0, r1 = _last_pair(x, i0, n_in)
+    return _lerp(r0, r1, w1[:, None, :], x.dtype)
 
 
 def crop_video(video: Tensor, cubes: Tensor, size: Sequence[int]) -> Tensor:
@@ -161,16 +180,21 @@ def crop_video(video: Tensor, cubes: Tensor, size: Sequence[int]) -> Tensor:
         padding_mode="border", align_corners=False)`` (:func:`crop_video_reference`).
 
     Two exact implementations; the faster one for the case is used (``benchmarks/crop.py``):
-    for uint8 clips on CPU without a gradient to the cubes (random and CVRL crops), the separable
-    form :func:`crop_video_separable`, which converts to float only the frames it needs (0.55-0.6x
-    the time of ``grid_sample``); otherwise the fused ``grid_sample`` kernel (float input: a tie;
-    with a gradient to the cubes, as for ParamCrop, its single-pass grid gradient is as fast as
-    back-propagating through three separable passes; on CUDA it is one kernel launch).
+    for uint8 clips on CPU, the separable form (three 1-D two-tap passes, converting to float only
+    the frames it needs) with an analytic backward to the cubes only (:class:`_SeparableCrop`;
+    forward 0.55-0.6x and forward+backward well under half the time of ``grid_sample``);
+    otherwise the fused ``grid_sample`` kernel (float input: a tie; on CUDA it is one kernel
+    launch; a gradient to the video also goes through ``grid_sample``).
     """
     _check_crop_args(video, cubes, size)
-    separable = video.dtype == torch.uint8 and not video.is_cuda and not (cubes.requires_grad and
-                                                                            torch.is_grad_enabled())
-    return (crop_video_separable if separable else crop_video_reference)(video, cubes, size)
+    if video.dtype in _SEPARABLE_DTYPES and not video.is_cuda and not (video.requires_grad and
+                                                                       torch.is_grad_enabled()):
+        dtype = video.dtype if video.is_floating_point() else torch.float32
+        return _SeparableCrop.apply(video, cubes.to(dtype), _check_size(size))
+    return crop_video_reference(video, cubes, size)
+
+
+_SEPARABLE_DTYPES = (torch.uint8, torch.float32, torch.float64)
 
 
 def _check_crop_args(video: Tensor, cubes: Tensor, size: Sequence[int]) -> None:
@@ -192,10 +216,92 @@ def crop_video_separable(video: Tensor, cubes: Tensor, size: Sequence[int]) -> T
     cubes = cubes.to(dtype)
     B, C, T, H, W = video.shape
     cx, cy, ct, hx, hy, ht = cubes.unbind(-1)
-    # time: (B, C, T, H*W) -> (B, C, t, H*W)
-    x = _interp_rows(video.reshape(B, C, T, H * W), *_interp_taps(ct, ht, T, t), T)
-    # height: (B, C*t, H, W) -> (B, C*t, h, W)
-    x = _interp_rows(x.reshape(B, C * t, H, W), *_interp_taps(cy, hy, H, h), H)
-    # width: (B, C*t*h, W) -> (B, C*t*h, w)
-    x = _interp_last(x.reshape(B, C * t * h, W), *_interp_taps(cx, hx, W, w), W)
+    i0, _, w1 = _interp_taps(ct, ht, T, t)  # time: (B, C, T, H*W) -> (B, C, t, H*W)
+    x, _ = _interp_rows(video.reshape(B, C, T, H * W), i0, w1, T, dtype)
+    i0, _, w1 = _interp_taps(cy, hy, H, h)  # height: (B, C*t, H, W) -> (B, C*t, h, W)
+    x, _ = _interp_rows(x.reshape(B, C * t, H, W), i0, w1, H, dtype)
+    i0, _, w1 = _interp_taps(cx, hx, W, w)  # width: (B, C*t*h, W) -> (B, C*t*h, w)
+    x, _ = _interp_last(x.reshape(B, C * t * h, W), i0, w1, W)
     return x.reshape(B, C, t, h, w)
+
+
+def _pos_scales(center: Tensor, half: Tensor, n_in: int, n_out: int) -> tuple[Tensor, Tensor]:
+    """``d pos / d center`` and ``d pos / d half``, ``(B, n_out)`` each, zero where clamped."""
+    u = (torch.arange(n_out, device=center.device, dtype=center.dtype) * 2 + 1) / n_out - 1
+    pos = ((center[:, None] + half[:, None] * u + 1) * n_in - 1) / 2
+    d_center = ((pos > 0) & (pos < n_in - 1)).to(center.dtype) * (n_in / 2)
+    return d_center, d_center * u
+
+
+_CHUNK_ELEMENTS = 1 << 19  # clips per chunk: about this many floats (2 MiB) after the time pass
+
+
+def _chunks(B: int, per_clip: int) -> list[tuple[int, int]]:
+    """Batch slices for :class:`_SeparableCrop`: working in cache-sized chunks of clips keeps the
+    intermediates small, so they are reused from the allocator's heap instead of being fresh
+    (page-faulting) allocations and stay in cache between the passes."""
+    step = max(1, _CHUNK_ELEMENTS // max(per_clip, 1))
+    return [(b0, min(b0 + step, B)) for b0 in range(0, B, step)]
+
+
+class _SeparableCrop(torch.autograd.Function):
+    """The separable crop with an analytic gradient to the cubes only (the video gets none).
+
+    Per axis the output is ``w0 * x[i0] + w1 * x[i0 + 1]`` with ``w1 = pos - i0``, so
+    ``d out / d pos = x[i0 + 1] - x[i0]`` along that axis with the other two axes interpolated.
+    The backward recomputes the passes chunk by chunk, keeping each pass's tap difference
+    (time: then interpolated in height and width; height: then in width; width: as is), contracts
+    them with the upstream gradient, then ``d pos / d c = n / 2``, ``d pos / d h = n u / 2`` (zero
+    where the coordinate is clamped at the border). Nothing but the inputs is kept for it.
+    """
+
+    @staticmethod
+    def forward(ctx, video: Tensor, cubes: Tensor, size: tuple[int, int, int]) -> Tensor:
+        t, h, w = size
+        B, C, T, H, W = video.shape
+        dtype = cubes.dtype
+        cx, cy, ct, hx, hy, ht = cubes.unbind(-1)
+        it, _, wt = _interp_taps(ct, ht, T, t)
+        iy, _, wy = _interp_taps(cy, hy, H, h)
+        ix, _, wx = _interp_taps(cx, hx, W, w)
+        out = torch.empty(B, C * t * h, w, dtype=dtype, device=video.device)
+        for b0, b1 in _chunks(B, C * t * H * W):
+            n = b1 - b0
+            x, _ = _interp_rows(video[b0:b1].reshape(n, C, T, H * W), it[b0:b1], wt[b0:b1], T, dtype)
+            x, _ = _interp_rows(x.reshape(n, C * t, H, W), iy[b0:b1], wy[b0:b1], H, dtype)
+            r0, r1 = _last_pair(x.reshape(n, C * t * h, W), ix[b0:b1], W)
+            r0, r1 = r0.to(dtype), r1.to(dtype)
+            torch.addcmul(r0, r1.sub_(r0), wx[b0:b1, None, :], out=out[b0:b1])
+        if ctx.needs_input_grad[1]:
+            ctx.save_for_backward(video, cubes, it, iy, ix, wt, wy, wx)
+        return out.view(B, C, t, h, w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        video, cubes, it, iy, ix, wt, wy, wx = ctx.saved_tensors
+        B, C, T, H, W = video.shape
+        _, _, t, h, w = grad.shape
+        dtype = cubes.dtype
+        grad = grad.reshape(B, C * t * h, w)
+        gpos_x = cubes.new_empty(B, w)
+        gpos_y = cubes.new_empty(B, h)
+        gpos_t = cubes.new_empty(B, t)
+        for b0, b1 in _chunks(B, C * t * H * W):
+            n, g = b1 - b0, grad[b0:b1]
+            x, d_t = _interp_rows(video[b0:b1].reshape(n, C, T, H * W), it[b0:b1], wt[b0:b1], T, dtype)
+            x, d_y = _interp_rows(x.reshape(n, C * t, H, W), iy[b0:b1], wy[b0:b1], H, dtype)
+            e_t, _ = _interp_rows(d_t.reshape(n, C * t, H, W), iy[b0:b1], wy[b0:b1], H, dtype)
+            r0, r1 = _last_pair(x.reshape(n, C * t * h, W), ix[b0:b1], W)
+            torch.sum(r1.sub_(r0).mul_(g), 1, out=gpos_x[b0:b1])
+            e_y, _ = _interp_last(d_y.reshape(n, C * t * h, W), ix[b0:b1], wx[b0:b1], W)
+            torch.sum(e_y.mul_(g).view(n, C * t, h, w), (1, 3), out=gpos_y[b0:b1])
+            e_t, _ = _interp_last(e_t.reshape(n, C * t * h, W), ix[b0:b1], wx[b0:b1], W)
+            torch.sum(e_t.mul_(g).view(n, C, t, h * w), (1, 3), out=gpos_t[b0:b1])
+        cx, cy, ct, hx, hy, ht = cubes.unbind(-1)
+        grads = []
+        for gpos, (c, hh, n, m) in zip((gpos_x, gpos_y, gpos_t), ((cx, hx, W, w), (cy, hy, H, h), (ct, ht, T, t))):
+            s_c, s_h = _pos_scales(c, hh, n, m)
+            grads.append(((gpos * s_c).sum(1), (gpos * s_h).sum(1)))
+        grad_cubes = torch.stack([grads[0][0], grads[1][0], grads[2][0], grads[0][1], grads[1][1], grads[2][1]], -1)
+        return None, grad_cubes, None
+

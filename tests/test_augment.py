@@ -92,3 +92,46 @@ def test_probabilities_respected():
 def test_bad_arguments_name_themselves(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ClipAugment(**kwargs)
+
+
+def _apply_full_batch(x, p):
+    """ClipAugment.apply as every operation on the whole batch with per-clip factors (the form
+    before the per-subset computation), as the reference for it."""
+    from paramcrop.augment import _gray, _per_clip
+    x = (x * _per_clip(p.brightness)).clamp(0, 1)
+    mean = _gray(x).mean(dim=(2, 3, 4), keepdim=True)
+    x = (mean + (x - mean) * _per_clip(p.contrast)).clamp(0, 1)
+    gray = _gray(x)
+    x = (gray + (x - gray) * _per_clip(p.saturation)).clamp(0, 1)
+    if bool((p.hue != 0).any()):
+        x = adjust_hue(x, p.hue).clamp(0, 1)
+    x = torch.where(_per_clip(p.grayscale), _gray(x).expand_as(x), x)
+    x = torch.where(_per_clip(p.flip), x.flip(-1), x)
+    if bool((p.blur_sigma > 0).any()):
+        x = gaussian_blur(x, p.blur_sigma)
+    return x
+
+
+@pytest.mark.parametrize("case", ["random", "no_hue", "all_on", "no_jitter", "mixed_hue"])
+def test_subset_apply_equals_full_batch_in_value_and_gradient(case):
+    torch.manual_seed(3)
+    aug = ClipAugment()
+    x = torch.rand(9, 3, 4, 10, 12, dtype=torch.float64, requires_grad=True)
+    p = aug.sample(9, 10, x.device)
+    if case == "no_hue":
+        p.hue[:] = 0
+    elif case == "all_on":
+        p.grayscale[:], p.flip[:] = True, True
+        p.brightness[:] = 1.3
+    elif case == "no_jitter":
+        p.brightness[:], p.contrast[:], p.saturation[:], p.hue[:] = 1, 1, 1, 0
+        p.grayscale[:], p.flip[:] = False, False
+    elif case == "mixed_hue":
+        p.brightness[:] = 1.1
+        p.hue[::2] = 0
+    ours, ref = aug.apply(x, p), _apply_full_batch(x, p)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    upstream = torch.randn(ref.shape, dtype=ref.dtype)
+    (g_ours,) = torch.autograd.grad((ours * upstream).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * upstream).sum(), x)
+    torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=1e-12)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from paramcrop import center_distance, crop_video, cube_to_theta, view_iou
+from paramcrop import geometry
 from paramcrop.geometry import crop_video_reference, crop_video_separable, view_disparity
 
 N = 48  # grid cells per axis for voxel counting
@@ -201,3 +202,67 @@ def test_crop_video_rejects_bad_input():
         crop_video(torch.zeros(2, 1, 4, 4, 4), torch.zeros(3, 6), (2, 2, 2))
     with pytest.raises(ValueError, match="size"):
         crop_video(torch.zeros(2, 1, 4, 4, 4), torch.zeros(2, 6), (2, 0, 2))
+
+
+def border_cubes(n, generator, dtype=torch.float32):
+    """Random cubes, the first ones touching or crossing the clip's border (clamped coordinates)."""
+    cubes = random_valid_cubes(n, generator).to(dtype)
+    cubes[0] = torch.tensor([0.0, 0, 0, 1, 1, 1], dtype=dtype)  # the whole clip: edges on the border
+    cubes[1] = torch.tensor([0.3, -0.4, 0.2, 0.9, 0.8, 1.1], dtype=dtype)  # crosses it on every axis
+    cubes[2, :3] = 1 - cubes[2, 3:]  # touches the far border on every axis
+    return cubes
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk_elements", [None, 1])
+@pytest.mark.parametrize("size", [(5, 7, 6), (12, 20, 9), (1, 3, 4)])
+def test_analytic_cube_gradient_equals_grid_sample(dtype, chunk_elements, size, monkeypatch):
+    """crop_video's custom backward (separable, gradient to the cubes only) against grid_sample's,
+    with cubes on and across the border, one clip per chunk or the whole batch in one."""
+    if chunk_elements is not None:
+        monkeypatch.setattr(geometry, "_CHUNK_ELEMENTS", chunk_elements)
+    g = torch.Generator().manual_seed(sum(size) + 7)
+    if dtype == torch.uint8:
+        video = torch.randint(0, 256, (5, 2, 9, 13, 11), dtype=torch.uint8, generator=g)
+    else:
+        video = torch.rand(5, 2, 9, 13, 11, generator=g, dtype=dtype)
+    cdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    cubes = border_cubes(5, g, cdtype).requires_grad_()
+    ours = crop_video(video, cubes, size)
+    assert ours.grad_fn is not None and "_SeparableCrop" in type(ours.grad_fn).__name__
+    ref = crop_video_reference(video, cubes, size)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-3 if dtype == torch.uint8 else 1e-5)
+    upstream = torch.randn(ref.shape, generator=g, dtype=ref.dtype)
+    (g_ours,) = torch.autograd.grad((ours * upstream).sum(), cubes)
+    (g_ref,) = torch.autograd.grad((ref * upstream).sum(), cubes)
+    assert g_ours.dtype == cubes.dtype
+    rel = (g_ours - g_ref).abs().max() / g_ref.abs().max()
+    assert rel < (1e-10 if dtype == torch.float64 else 1e-4)
+    # the clamped axes of the whole-clip cube get no gradient to the center, like grid_sample's
+    (g_sep,) = torch.autograd.grad((crop_video_separable(video, cubes, size) * upstream).sum(), cubes)
+    torch.testing.assert_close(g_ours, g_sep, rtol=1e-4, atol=1e-4 * g_sep.abs().max().item())
+
+
+def test_analytic_cube_gradient_gradcheck_float64():
+    g = torch.Generator().manual_seed(21)
+    video = torch.rand(3, 2, 7, 9, 8, generator=g, dtype=torch.float64)
+    cubes = random_valid_cubes(3, g).double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda c: crop_video(video, c, (4, 5, 6)), (cubes,), eps=1e-7, atol=1e-6)
+
+
+def test_crop_video_with_video_gradient_and_float64_cubes():
+    """A video that needs a gradient goes through grid_sample; float64 cubes on a float32 clip
+    get a float64 gradient."""
+    g = torch.Generator().manual_seed(8)
+    video = torch.rand(2, 3, 6, 9, 11, generator=g).requires_grad_()
+    cubes = random_valid_cubes(2, g).requires_grad_()
+    (gv,) = torch.autograd.grad(crop_video(video, cubes, (4, 5, 6)).sum(), video)
+    (gv_ref,) = torch.autograd.grad(crop_video_reference(video, cubes, (4, 5, 6)).sum(), video)
+    torch.testing.assert_close(gv, gv_ref)
+    cubes64 = cubes.detach().double().requires_grad_()
+    out = crop_video(video.detach(), cubes64, (4, 5, 6))
+    assert out.dtype == torch.float32
+    (gc,) = torch.autograd.grad(out.sum(), cubes64)
+    assert gc.dtype == torch.float64
+    (gc_ref,) = torch.autograd.grad(crop_video_reference(video.detach(), cubes64, (4, 5, 6)).sum(), cubes64)
+    torch.testing.assert_close(gc, gc_ref.to(torch.float64), rtol=1e-4, atol=1e-4)
