@@ -43,11 +43,11 @@ class ViewConfig:
 class OptimConfig:
     """AdamW for the backbone and heads (warm-up + cosine); Adam for a learned crop's generator."""
 
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 20
     min_lr_ratio: float = 0.05  # the cosine ends at lr * min_lr_ratio
-    generator_lr: float = 2e-3
+    generator_lr: float = 2.5e-4  # scaled by lambda at each step (Adam would cancel the reversal scale)
     grad_clip: float = 0.0  # max global grad norm of the backbone side (0 = off)
 
 

@@ -3,7 +3,9 @@
 The loop reports to a :class:`~paramcrop.sinks.MetricsSink` and knows nothing of MLflow or
 Optuna. With a learned crop, one backward pass serves both sides: the backbone's optimiser
 descends the loss, and the generator's optimiser steps on gradients that the reversal layer
-has already negated and scaled by lambda, so it ascends the same loss.
+has already negated and scaled by lambda, so it ascends the same loss. The generator's Adam
+would cancel that scale, so its learning rate is ``optim.generator_lr * lambda(step)``: lambda
+sets the adversary's step size.
 
 The framework also receives each view's augmentation vector (cube, flip, relative shift;
 :func:`paramcrop.heads.augmentation_vectors`) for heads that use it. The loss is the
@@ -297,7 +299,13 @@ class Trainer:
         if cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.optim.grad_clip)
         self.optimizer.step()
-        if self.gen_optimizer is not None and self.crop.strength_at(self.step) > 0:
+        strength = self.crop.strength_at(self.step)
+        if self.gen_optimizer is not None and strength > 0:
+            # Adam divides out the scale of a gradient, so the reversal layer's lambda alone would
+            # leave the generator's steps unchanged (lambda 0.1 and 3 trained it identically):
+            # lambda also scales the generator's learning rate, so its step size is ~ lambda.
+            for group in self.gen_optimizer.param_groups:
+                group["lr"] = cfg.optim.generator_lr * strength
             self.gen_optimizer.step()
         self.scheduler.step()
         self.framework.update_targets()

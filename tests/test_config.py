@@ -7,7 +7,7 @@ def test_defaults_validate_and_flatten_to_dotted_keys():
     flat = TrainConfig().flatten()
     assert flat["crop.method"] == "paramcrop"
     assert flat["framework.name"] == "simclr" and flat["backbone.name"] == "tiny3d"
-    assert flat["data.source"] == "synthetic" and flat["optim.lr"] == pytest.approx(2e-3)
+    assert flat["data.source"] == "synthetic" and flat["optim.lr"] == pytest.approx(1e-3)
 
 
 def test_unknown_top_level_and_nested_keys_are_rejected_with_the_valid_ones():
