@@ -55,6 +55,20 @@ def test_generator_trains_only_when_lambda_positive(tmp_path, strength, moves):
     assert changed is moves
 
 
+def test_adversarial_strength_scales_the_generator_steps(tmp_path):
+    # Adam cancels the reversal layer's scale, so lambda must reach the generator's step size
+    # through its learning rate: lambda 0.1 and 1 used to train it identically.
+    moved = {}
+    for strength in (0.1, 1.0):
+        trainer = Trainer(tiny_config(**{"crop.method": "paramcrop", "crop.strength": strength, "steps": 3}),
+                          tmp_path / str(strength), progress=False)
+        before = torch.cat([p.detach().flatten().clone() for p in trainer.crop.parameters()])
+        trainer.fit(sinks.MemorySink())
+        after = torch.cat([p.detach().flatten() for p in trainer.crop.parameters()])
+        moved[strength] = (after - before).norm().item()
+    assert 5 < moved[1.0] / moved[0.1] < 20
+
+
 def test_same_seed_same_curve_and_resume_equals_straight_run(tmp_path):
     cfg = tiny_config(**{"crop.method": "paramcrop", "steps": 16, "eval.every": 0})
     straight, again = sinks.MemorySink(), sinks.MemorySink()
