@@ -238,22 +238,22 @@ class MlflowSink:
                 raise
             self._down_until = time.monotonic() + 10.0
 
+    def _drain_mapping(self, queued: dict, limit: int, field: str, entity, window: float | None) -> None:
+        """Send queued params or tags (``key -> value``) in batches of ``limit``; each is removed once sent."""
+        while queued:
+            chunk = dict(list(queued.items())[:limit])
+            call(self.client.log_batch, self.run_id, window=window, **{field: [entity(k, v) for k, v in chunk.items()]})
+            for k in chunk:
+                del queued[k]
+
     def _drain(self, window: float | None) -> None:
         from mlflow.entities import Param, RunTag
 
-        while self._params:
-            chunk = dict(list(self._params.items())[:MAX_PARAMS])
-            call(self.client.log_batch, self.run_id, params=[Param(k, v) for k, v in chunk.items()], window=window)
-            for k in chunk:
-                del self._params[k]
+        self._drain_mapping(self._params, MAX_PARAMS, "params", Param, window)
         while self._pending:
             call(self.client.log_batch, self.run_id, metrics=self._pending[:MAX_METRICS], window=window)
             del self._pending[:MAX_METRICS]
-        while self._tags:
-            chunk = dict(list(self._tags.items())[:MAX_TAGS])
-            call(self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in chunk.items()], window=window)
-            for k in chunk:
-                del self._tags[k]
+        self._drain_mapping(self._tags, MAX_TAGS, "tags", RunTag, window)
         while self._artifacts:
             path, artifact_path = self._artifacts[0]
             if Path(path).exists():
