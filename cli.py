@@ -6,9 +6,11 @@ Heavy libraries (torch, mlflow, optuna, seaborn) are imported inside the command
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -300,35 +302,67 @@ analyze_app = typer.Typer(
 )
 app.add_typer(analyze_app, name="analyze")
 
-_STUDY_HELP = "Study name (= MLflow experiment name). (default: the study whose parent run started last)"
-_EXPERIMENT_HELP = "Analyse the finished runs of this MLflow experiment (name or id; repeatable) instead of a study."
-_RUNS_HELP = "Analyse these run ids (comma-separated; repeatable) instead of a study."
 _URI_HELP = "MLflow tracking URI. (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
-_OUT_HELP = "Output folder. (default: ./analysis-<study or experiment>/, ./analysis-runs/ for --runs)"
-_OBJECTIVE_HELP = "Objective metric. (default: the study's paramcrop.objective tag, else eval/knn_top1)"
-_LOG_HELP = "Log the files as artifacts (analysis/) of the study's parent run."
+# The options that select tracked runs, shared by iou-curves, strength and table (analysis.load.RunQuery).
+StudyOption = Annotated[Optional[str], typer.Option(
+    "--study", help="Study name (= MLflow experiment name). (default: the study whose parent run started last)")]
+ExperimentOption = Annotated[Optional[list[str]], typer.Option(
+    "--experiment", help="Analyse the finished runs of this MLflow experiment (name or id; repeatable) "
+    "instead of a study.")]
+RunsOption = Annotated[Optional[list[str]], typer.Option(
+    "--runs", help="Analyse these run ids (comma-separated; repeatable) instead of a study.")]
+TrackingUriOption = Annotated[Optional[str], typer.Option("--tracking-uri", help=_URI_HELP)]
+OutOption = Annotated[Optional[Path], typer.Option(
+    "--out", help="Output folder. (default: ./analysis-<study or experiment>/, ./analysis-runs/ for --runs)")]
+ObjectiveOption = Annotated[Optional[str], typer.Option(
+    "--objective", help="Objective metric. (default: the study's paramcrop.objective tag, else eval/knn_top1)")]
+LogOption = Annotated[bool, typer.Option(
+    "--log/--no-log", help="Log the files as artifacts (analysis/) of the study's parent run.")]
 
 
-def _analysis(fn, tracking_uri: Optional[str] = None, **kwargs) -> None:
+_RUN_QUERY_OPTIONS = {"study": (StudyOption, None), "experiment": (ExperimentOption, None),
+                      "runs": (RunsOption, None), "tracking_uri": (TrackingUriOption, None),
+                      "out": (OutOption, None), "objective": (ObjectiveOption, None), "log": (LogOption, True)}
+
+
+def run_query_command(fn):
+    """Decorator of the analyze commands that read tracked runs: their options are the shared
+    run-selection options (:data:`_RUN_QUERY_OPTIONS`, first in ``--help``) and ``fn``'s own;
+    ``fn`` receives the shared ones as its first argument, an :class:`analysis.load.RunQuery`."""
+    own = list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+              for name, (annotation, default) in _RUN_QUERY_OPTIONS.items()]
+
+    @functools.wraps(fn)
+    def command(**kwargs):
+        from analysis.load import RunQuery
+
+        q = {name: kwargs.pop(name) for name in _RUN_QUERY_OPTIONS}
+        query = RunQuery(study=q["study"], experiments=tuple(q["experiment"] or ()), run_ids=tuple(q["runs"] or ()),
+                         objective=q["objective"], tracking_uri=check_tracking_uri(q["tracking_uri"]),
+                         out=q["out"], log=q["log"])
+        return fn(query, **kwargs)
+
+    command.__signature__ = inspect.Signature(shared + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own])
+    return command
+
+
+def _analysis(fn, *args, **kwargs) -> None:
     """Run one analysis; AnalysisError -> message on stderr and its exit status (2 or 1)."""
     from analysis.errors import AnalysisError
     from analysis.report import print_report
 
-    uri = check_tracking_uri(tracking_uri)
     try:
-        report = fn(tracking_uri=uri, **kwargs)
+        report = fn(*args, **kwargs)
     except AnalysisError as exc:
         raise fail(str(exc), exc.exit_code)
     print_report(report)
 
 
 @analyze_app.command("iou-curves")
+@run_query_command
 def analyze_iou_curves(
-    study: Optional[str] = typer.Option(None, "--study", help=_STUDY_HELP),
-    experiment: list[str] = typer.Option([], "--experiment", help=_EXPERIMENT_HELP),
-    runs: list[str] = typer.Option([], "--runs", help=_RUNS_HELP),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help=_OUT_HELP),
+    query,
     x: str = typer.Option("progress", "--x", help="x axis: progress = step / the run's last step (its steps param - 1, or "
                           "its largest logged step if larger), so runs of different lengths align on [0, 1]; "
                           "or step."),
@@ -338,10 +372,8 @@ def analyze_iou_curves(
     separate: bool = typer.Option(False, "--separate", help="One figure per metric instead of one with two panels."),
     points: int = typer.Option(101, "--points", help="Grid points along x (runs are interpolated onto them)."),
     level: float = typer.Option(0.95, "--level", help="Confidence level of the t-interval band over runs."),
-    objective: Optional[str] = typer.Option(None, "--objective", help=_OBJECTIVE_HELP),
     skip_incomplete: bool = typer.Option(False, "--skip-incomplete", help="Skip runs without the view metrics "
                                          "(default: stop with an error naming them)."),
-    log: bool = typer.Option(True, "--log/--no-log", help=_LOG_HELP),
 ) -> None:
     """View IoU and center distance over training against the random-crop baseline.
 
@@ -350,51 +382,38 @@ def analyze_iou_curves(
     data iou-curves.csv (mean, std, lower, upper, n per configuration and x), prints a summary."""
     from analysis.iou_curves import iou_curves
 
-    _analysis(iou_curves, tracking_uri, study=study, experiments=experiment, run_ids=runs, out=out, x=x,
-              axes=axes, hue=hue, separate=separate, points=points, level=level, objective=objective,
-              log=log, skip_incomplete=skip_incomplete)
+    _analysis(iou_curves, query, x=x, axes=axes, hue=hue, separate=separate, points=points, level=level,
+              skip_incomplete=skip_incomplete)
 
 
 @analyze_app.command("strength")
+@run_query_command
 def analyze_strength(
-    study: Optional[str] = typer.Option(None, "--study", help=_STUDY_HELP),
-    experiment: list[str] = typer.Option([], "--experiment", help=_EXPERIMENT_HELP),
-    runs: list[str] = typer.Option([], "--runs", help=_RUNS_HELP),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help=_OUT_HELP),
-    objective: Optional[str] = typer.Option(None, "--objective", help=_OBJECTIVE_HELP),
+    query,
     level: float = typer.Option(0.95, "--level", help="Confidence level of the error bars (t-interval over runs)."),
     logx: bool = typer.Option(False, "--logx", help="Logarithmic (symlog) strength axis."),
-    log: bool = typer.Option(True, "--log/--no-log", help=_LOG_HELP),
 ) -> None:
-    """Objective against adversarial strength (crop.strength), per framework.
+    """Objective against adversarial strength (crop.strength), per framework, head and objectives.
 
     Mean and 95% t-interval over runs per strength; the random crop's mean as a dashed reference
-    line per framework. Writes strength.png/.pdf/.csv."""
+    line per setting. Writes strength.png/.pdf/.csv."""
     from analysis.strength import strength
 
-    _analysis(strength, tracking_uri, study=study, experiments=experiment, run_ids=runs, out=out,
-              objective=objective, level=level, logx=logx, log=log)
+    _analysis(strength, query, level=level, logx=logx)
 
 
 @analyze_app.command("table")
+@run_query_command
 def analyze_table(
-    study: Optional[str] = typer.Option(None, "--study", help=_STUDY_HELP),
-    experiment: list[str] = typer.Option([], "--experiment", help=_EXPERIMENT_HELP),
-    runs: list[str] = typer.Option([], "--runs", help=_RUNS_HELP),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help=_OUT_HELP),
-    objective: Optional[str] = typer.Option(None, "--objective", help=_OBJECTIVE_HELP),
+    query,
     level: float = typer.Option(0.95, "--level", help="Confidence level of the t-interval in table.csv."),
-    log: bool = typer.Option(True, "--log/--no-log", help=_LOG_HELP),
 ) -> None:
     """Framework x backbone x head x objectives x crop table of the objective (mean ± std over seeds, n).
 
     Writes table.md, table.csv (with the 95% t-interval) and a heatmap table.png/.pdf."""
     from analysis.tables import table
 
-    _analysis(table, tracking_uri, study=study, experiments=experiment, run_ids=runs, out=out,
-              objective=objective, level=level, log=log)
+    _analysis(table, query, level=level)
 
 
 @analyze_app.command("importance")
@@ -415,7 +434,8 @@ def analyze_importance(
     optimization-history.png/.pdf/.csv."""
     from analysis.importance import importance
 
-    _analysis(importance, tracking_uri, study=study, storage=storage, out=out, seed=seed, log=log)
+    _analysis(importance, tracking_uri=check_tracking_uri(tracking_uri), study=study, storage=storage, out=out,
+              seed=seed, log=log)
 
 
 @analyze_app.command("crops")
@@ -430,7 +450,7 @@ def analyze_crops(
     Writes crops-<run id[:8]>.png/.pdf and a .csv listing the images in order of step."""
     from analysis.crops import crops
 
-    _analysis(crops, tracking_uri, run_id=run, out=out, cols=cols)
+    _analysis(crops, tracking_uri=check_tracking_uri(tracking_uri), run_id=run, out=out, cols=cols)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ Definitions (the CSV holds exactly what is plotted):
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -37,7 +36,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.errors import NoDataError, NotFoundError
-from analysis.load import Selection, column, last_per_step, load_histories, require_metrics, select
+from analysis.load import RunQuery, column, last_per_step, load_histories, require_metrics
 from analysis.plots import BASELINE_METHOD, P_CROP, P_STEPS, P_STRENGTH
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
@@ -96,8 +95,8 @@ def configurations(runs: pd.DataFrame, hue: Sequence[str] = ()) -> tuple[pd.Data
     distinct = frame.drop_duplicates("configuration")
 
     def sort_key(row):
-        return (not row["baseline"], plots._sort_key(row[P_CROP]),
-                *(plots._sort_key(row[k]) for k in keys[1:]))
+        return (not row["baseline"], plots.sort_key(row[P_CROP]),
+                *(plots.sort_key(row[k]) for k in keys[1:]))
 
     ordered = sorted(distinct.to_dict("records"), key=sort_key)
     order = {r["configuration"]: i for i, r in enumerate(ordered)}
@@ -281,32 +280,23 @@ def figures(data: pd.DataFrame, metrics: Sequence[str], x: str, title: str, sepa
 
 # --- the command ---------------------------------------------------------------------------
 def iou_curves(
-    tracking_uri: str | None = None,
-    study: str | None = None,
-    experiments: Sequence[str] | None = None,
-    run_ids: Sequence[str] | None = None,
-    out: Path | None = None,
+    query: RunQuery,
     x: str = "progress",
     axes: str = "xyt",
     hue: Sequence[str] = (),
     separate: bool = False,
     points: int = 101,
     level: float = 0.95,
-    objective: str | None = None,
-    log: bool = True,
     skip_incomplete: bool = False,
     client: "MlflowClient | None" = None,
 ) -> Report:
     """Compute, plot, write and (for a study) log the IoU / center-distance curves."""
-    from analysis.store import open_client
-
     if axes not in AXES_METRICS:
         raise NotFoundError(f"--axes must be one of {', '.join(AXES_METRICS)}, got {axes!r}")
     if x not in X_MODES:
         raise NotFoundError(f"--x must be one of {', '.join(X_MODES)}, got {x!r}")
     check_level(level)
-    client = client or open_client(tracking_uri)
-    sel: Selection = select(client, study, experiments, run_ids, objective)
+    client, sel = query.resolve(client)
     metrics = list(AXES_METRICS[axes])
     require_metrics(
         sel, metrics,
@@ -327,11 +317,7 @@ def iou_curves(
             f"choices and resume the study, or log a `paramcrop train` run with {P_CROP}=random "
             f"into {where}, or pass a baseline run's id together with these via --runs."
         )
-    what = {"study": "Study", "experiment": "Experiment", "runs": "Runs"}[sel.kind]
-    title = (f"{what} {sel.name}: view disparity during training" if sel.kind != "runs"
-             else f"{len(sel.runs)} runs: view disparity during training")
-    if axes != "xyt":
-        title += f" ({AXES_WORDS[axes]})"
+    title = sel.title("view disparity during training" + (f" ({AXES_WORDS[axes]})" if axes != "xyt" else ""))
     stem = STEM if axes == "xyt" else f"{STEM}-{axes}"
     table = summary(data, sel.runs, metrics, x, sel.objective, hue)
     with plots.paper_style():
@@ -340,7 +326,7 @@ def iou_curves(
         for name, fig in figs:
             writers.update(plots.figure_writers(fig, name))
         writers[f"{stem}.csv"] = plots.csv_writer(data)
-        plots.publish(report, client, sel, out, writers, log)
+        plots.publish(report, client, sel, query.out, writers, query.log)
     report.tables.append((f"{sel.name}: view metrics at start → middle → end of training (x = {x}), "
                           f"objective {sel.objective} (mean ± std, n runs)", display_summary(table, metrics)))
     report.data.update(curves=data, summary=table, selection=sel)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
@@ -64,6 +65,37 @@ class Selection:
     @property
     def run_ids(self) -> list[str]:
         return list(self.runs["run_id"])
+
+    def title(self, subject: str) -> str:
+        """Figure title: ``Study <name>: <subject>``, ``Experiment <name>: ...``, ``<n> runs: ...``."""
+        if self.kind == "runs":
+            return f"{len(self.runs)} runs: {subject}"
+        return f"{self.kind.capitalize()} {self.name}: {subject}"
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    """What an MLflow-based analysis reads and where it writes: the options that ``analyze
+    iou-curves``, ``strength`` and ``table`` share.
+
+    At most one of ``study``, ``experiments`` and ``run_ids`` (none = the most recent study, see
+    the module doc); ``objective`` overrides the study's objective metric; ``out`` is the output
+    folder (default ``./analysis-<name>/``); ``log`` logs the files to a study's parent run."""
+
+    study: str | None = None
+    experiments: Sequence[str] = ()
+    run_ids: Sequence[str] = ()
+    objective: str | None = None
+    tracking_uri: str | None = None
+    out: Path | None = None
+    log: bool = True
+
+    def resolve(self, client: "MlflowClient | None" = None) -> tuple["MlflowClient", Selection]:
+        """``(client, selection)``: opens the tracking store unless ``client`` is given."""
+        from analysis.store import open_client
+
+        client = client or open_client(self.tracking_uri)
+        return client, select(client, self.study, self.experiments, self.run_ids, self.objective)
 
 
 # --- runs ----------------------------------------------------------------------------------

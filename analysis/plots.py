@@ -87,6 +87,17 @@ def objectives_label(weights: Mapping[str, float]) -> str:
     return "+".join(on) or NO_OBJECTIVES
 
 
+def objectives_words(label: str) -> str:
+    """An :func:`objectives_label` for a legend or row label: ``"none"`` -> ``"no objectives"``."""
+    return "no objectives" if label == NO_OBJECTIVES else label
+
+
+def legend_width_in(chars: int) -> float:
+    """Figure width (inches) that fits a one-column legend entry of ``chars`` characters at
+    :data:`FONT_PT` beside its handle."""
+    return 0.9 + 0.062 * chars
+
+
 def param_label(param: str, value) -> str:
     """A varied parameter in words: framework and backbone names, else ``param=value``."""
     if _missing(value):
@@ -117,16 +128,22 @@ def numeric(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values, errors="coerce")
 
 
-def _sort_key(value):
+def sort_key(value):
+    """Sort key of a param value: numbers by value first, then strings (missing = "")."""
     try:
         return (0, float(value), "")
     except (TypeError, ValueError):
         return (1, 0.0, "" if _missing(value) else str(value))
 
 
-def sort_values_naturally(values) -> list:
-    """Numbers by value first, then strings, missing last."""
-    return sorted(values, key=_sort_key)
+def head_sort_key(name):
+    """The default (MLP) head first, then by name."""
+    return (name != DEFAULT_HEAD, sort_key(name))
+
+
+def objectives_sort_key(region: float, order: float) -> tuple:
+    """Objective weights: none, region, order, region+order; then by weight."""
+    return (int(region != 0) + int(order != 0), region == 0, region, order)
 
 
 # --- style ---------------------------------------------------------------------------------

@@ -1,74 +1,94 @@
 """``paramcrop analyze strength``: the objective against the adversarial strength λ.
 
-Runs with a numeric ``crop.strength`` param are grouped by framework, crop method and
-strength; each group's final objective values give ``n, mean, std`` and the 95 %
-t-interval (:mod:`analysis.stats`), drawn as points with error bars joined by lines, one
-line per framework (and crop method when several have a strength). The random-crop runs
-(``crop.method == random``) of each framework give a horizontal dashed reference line at
-their mean objective. ``strength.csv`` holds the plotted rows, the references with
-``crop.method = random`` and an empty strength.
+Runs with a numeric ``crop.strength`` param are grouped by *setting* (framework, projection head
+and extra-objective weights, as in :mod:`analysis.tables`; runs without those params count as
+head ``mlp``, objectives off), crop method and strength; each group's final objective values give
+``n, mean, std`` and the 95 % t-interval (:mod:`analysis.stats`), drawn as points with error bars
+joined by lines, one colour per setting (and one line per crop method when several have a
+strength). The random-crop runs (``crop.method == random``) of each setting give a horizontal
+dashed reference line at their mean objective. Legends name the head and objectives only when
+they vary. ``strength.csv`` holds the plotted rows, the references with ``crop.method = random``
+and an empty strength.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from analysis import plots
 from analysis.errors import NoDataError
-from analysis.load import select
-from analysis.plots import BASELINE_METHOD, P_CROP, P_FRAMEWORK, P_STRENGTH
+from analysis.load import RunQuery
+from analysis.plots import BASELINE_METHOD, P_CROP, P_FRAMEWORK, P_HEAD, P_ORDER, P_REGION, P_STRENGTH
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
-from analysis.tables import objective_values
+from analysis.tables import OBJECTIVES, objective_values, objectives_labels
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
 
-KEYS = [P_FRAMEWORK, P_CROP, P_STRENGTH]
+SETTING = [P_FRAMEWORK, P_HEAD, P_REGION, P_ORDER]
+KEYS = SETTING + [P_CROP, P_STRENGTH]
+
+
+def _order(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows by framework, head (MLP first), objectives (none first), crop method, strength."""
+    key = [(plots.sort_key(r[P_FRAMEWORK]), plots.head_sort_key(r[P_HEAD]),
+            plots.objectives_sort_key(r[P_REGION], r[P_ORDER]), r[P_CROP] == BASELINE_METHOD,
+            plots.sort_key(r[P_CROP]), plots.sort_key(r[P_STRENGTH])) for _, r in frame.iterrows()]
+    return frame.iloc[sorted(range(len(frame)), key=key.__getitem__)]
 
 
 def strength_data(values: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Rows ``framework.name, crop.method, crop.strength (float), n, mean, std, lower, upper``:
-    first the strength groups, then the random-crop references per framework."""
+    """Rows ``framework.name, head.name, objectives.region, objectives.order, objectives,
+    crop.method, crop.strength (float), n, mean, std, lower, upper``: per setting, its strength
+    groups, then its random-crop reference (empty strength)."""
     v = values.copy()
     v[P_STRENGTH] = plots.numeric(v[P_STRENGTH])
-    swept = v[v[P_STRENGTH].notna()]
-    points = grouped_interval(swept, KEYS, "objective", level)
-    order = sorted(range(len(points)), key=lambda i: (plots._sort_key(points[P_FRAMEWORK].iloc[i]),
-                                                      plots._sort_key(points[P_CROP].iloc[i]),
-                                                      float(points[P_STRENGTH].iloc[i])))
-    points = points.iloc[order]
-    refs = grouped_interval(v[v[P_CROP] == BASELINE_METHOD], [P_FRAMEWORK, P_CROP], "objective", level)
+    points = grouped_interval(v[v[P_STRENGTH].notna()], KEYS, "objective", level)
+    refs = grouped_interval(v[v[P_CROP] == BASELINE_METHOD], SETTING + [P_CROP], "objective", level)
     refs[P_STRENGTH] = np.nan
-    out = pd.concat([points, refs[KEYS + STAT_COLUMNS]], ignore_index=True)
-    return out[KEYS + STAT_COLUMNS]
+    out = _order(pd.concat([points, refs[KEYS + STAT_COLUMNS]], ignore_index=True)).reset_index(drop=True)
+    out[OBJECTIVES] = objectives_labels(out)
+    return out[SETTING + [OBJECTIVES, P_CROP, P_STRENGTH] + STAT_COLUMNS]
+
+
+def setting_labels(data: pd.DataFrame) -> list[str]:
+    """Each row's setting in words: the framework, plus the head and the objectives when they
+    vary across ``data`` (``"SimCLR"``, ``"SimCLR, CATE head, region"``)."""
+    vary_head = data[P_HEAD].nunique() > 1
+    vary_objectives = data[OBJECTIVES].nunique() > 1
+    return [", ".join([plots.param_label(P_FRAMEWORK, fw)]
+                      + ([plots.param_label(P_HEAD, h)] if vary_head else [])
+                      + ([plots.objectives_words(j)] if vary_objectives else []))
+            for fw, h, j in zip(data[P_FRAMEWORK], data[P_HEAD], data[OBJECTIVES])]
 
 
 def figure(data: pd.DataFrame, title: str, objective: str, level: float, logx: bool = False):
+    data = data.assign(setting=setting_labels(data))
     swept = data[data[P_CROP] != BASELINE_METHOD]
     refs = data[data[P_CROP] == BASELINE_METHOD]
-    n_entries = swept.groupby([P_FRAMEWORK, P_CROP], dropna=False).ngroups + len(refs)
-    fig = plots.new_figure(plots.PANEL_WIDTH_IN, plots.PANEL_HEIGHT_IN + 0.45 + 0.17 * n_entries)
+    n_entries = swept.groupby(["setting", P_CROP], dropna=False).ngroups + len(refs)
+    longest = max(len(f"{plots.BASELINE_LABEL}, {s}") for s in data["setting"])
+    width = max(plots.PANEL_WIDTH_IN, plots.legend_width_in(longest))
+    fig = plots.new_figure(width, plots.PANEL_HEIGHT_IN + 0.45 + 0.17 * n_entries)
     ax = fig.subplots()
-    frameworks = list(dict.fromkeys(list(swept[P_FRAMEWORK]) + list(refs[P_FRAMEWORK])))
-    pal = plots.palette(len(frameworks))
-    colour = {fw: pal[i] for i, fw in enumerate(frameworks)}
+    settings = list(dict.fromkeys(data["setting"]))
+    pal = plots.palette(len(settings))
+    colour = dict(zip(settings, pal))
     markers = ["o", "s", "^", "D", "v"]
-    for j, ((fw, method), g) in enumerate(swept.groupby([P_FRAMEWORK, P_CROP], sort=False, dropna=False)):
-        name = plots.param_label(P_FRAMEWORK, fw)
-        label = f"{plots.crop_label(method)}, {name}"
+    for j, ((setting, method), g) in enumerate(swept.groupby(["setting", P_CROP], sort=False, dropna=False)):
         yerr = np.vstack([g["mean"] - g["lower"], g["upper"] - g["mean"]])
-        ax.errorbar(g[P_STRENGTH], g["mean"], yerr=np.nan_to_num(yerr), color=colour[fw],
-                    marker=markers[j % len(markers)], markersize=4, capsize=2.5, linewidth=1.4, label=label)
+        ax.errorbar(g[P_STRENGTH], g["mean"], yerr=np.nan_to_num(yerr), color=colour[setting],
+                    marker=markers[j % len(markers)], markersize=4, capsize=2.5, linewidth=1.4,
+                    label=f"{plots.crop_label(method)}, {setting}")
     for _, r in refs.iterrows():
-        ax.axhline(r["mean"], color=colour[r[P_FRAMEWORK]], linestyle="--", linewidth=1.2,
-                   label=f"{plots.BASELINE_LABEL}, {plots.param_label(P_FRAMEWORK, r[P_FRAMEWORK])}")
+        ax.axhline(r["mean"], color=colour[r["setting"]], linestyle="--", linewidth=1.2,
+                   label=f"{plots.BASELINE_LABEL}, {r['setting']}")
     if logx:
-        ax.set_xscale("symlog", linthresh=max(1e-3, float(swept[P_STRENGTH][swept[P_STRENGTH] > 0].min()
-                                                       if (swept[P_STRENGTH] > 0).any() else 1e-3)))
+        positive = swept[P_STRENGTH][swept[P_STRENGTH] > 0]
+        ax.set_xscale("symlog", linthresh=max(1e-3, float(positive.min()) if len(positive) else 1e-3))
     ax.set_xlabel("Adversarial strength λ (crop.strength)")
     ax.set_ylabel(f"{objective} (final)")
     fig.suptitle(title)
@@ -79,23 +99,11 @@ def figure(data: pd.DataFrame, title: str, objective: str, level: float, logx: b
     return fig
 
 
-def strength(
-    tracking_uri: str | None = None,
-    study: str | None = None,
-    experiments: Sequence[str] | None = None,
-    run_ids: Sequence[str] | None = None,
-    out: Path | None = None,
-    objective: str | None = None,
-    level: float = 0.95,
-    logx: bool = False,
-    log: bool = True,
-    client: "MlflowClient | None" = None,
-) -> Report:
-    from analysis.store import open_client
-
+def strength(query: RunQuery, level: float = 0.95, logx: bool = False,
+             client: "MlflowClient | None" = None) -> Report:
+    """Compute, plot, write and (for a study) log the objective-vs-strength figure."""
     check_level(level)
-    client = client or open_client(tracking_uri)
-    sel = select(client, study, experiments, run_ids, objective)
+    client, sel = query.resolve(client)
     strengths = plots.numeric(sel.runs.get(f"params.{P_STRENGTH}", pd.Series(dtype=object)))
     if strengths.notna().sum() == 0:
         raise NoDataError(
@@ -111,13 +119,13 @@ def strength(
     if data[data[P_CROP] == BASELINE_METHOD].empty:
         report.warnings.append(f"no random-crop runs ({P_CROP}=random) with {sel.objective} in "
                                f"{sel.name!r}: the figure has no reference line")
-    what = {"study": "Study", "experiment": "Experiment", "runs": "Runs"}[sel.kind]
-    title = f"{what} {sel.name}: {sel.objective} vs λ" if sel.kind != "runs" else f"{sel.objective} vs λ"
     with plots.paper_style():
-        fig = figure(data, title, sel.objective, level, logx)
+        fig = figure(data, sel.title(f"{sel.objective} vs λ"), sel.objective, level, logx)
         writers = {**plots.figure_writers(fig, "strength"), "strength.csv": plots.csv_writer(data)}
-        plots.publish(report, client, sel, out, writers, log)
-    shown = data.assign(**{P_FRAMEWORK: [plots.param_label(P_FRAMEWORK, f) for f in data[P_FRAMEWORK]]})
+        plots.publish(report, client, sel, query.out, writers, query.log)
+    shown = data.drop(columns=[P_REGION, P_ORDER]).assign(**{
+        P_FRAMEWORK: [plots.param_label(P_FRAMEWORK, f) for f in data[P_FRAMEWORK]],
+        P_HEAD: [plots.head_label(h) for h in data[P_HEAD]]})
     report.tables.append((f"{sel.name}: {sel.objective} per strength (references: random crop)", shown))
     report.data.update(strength=data, selection=sel)
     return report

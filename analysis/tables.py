@@ -16,7 +16,6 @@ labels when they vary, else named in the title when not the default).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -24,7 +23,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.errors import NoDataError
-from analysis.load import Selection, column, select
+from analysis.load import RunQuery, Selection, column
 from analysis.plots import P_BACKBONE, P_CROP, P_FRAMEWORK, P_HEAD, P_OBJECTIVES, P_ORDER, P_REGION, P_STRENGTH
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
@@ -69,19 +68,14 @@ def objective_values(sel: Selection, keys: Sequence[str] = KEYS) -> tuple[pd.Dat
 def crop_order(frame: pd.DataFrame) -> list[str]:
     """Crop labels: baseline first, then by method and numeric strength."""
     pairs = frame[[P_CROP, P_STRENGTH]].drop_duplicates().to_dict("records")
-    pairs.sort(key=lambda r: (r[P_CROP] != plots.BASELINE_METHOD, plots._sort_key(r[P_CROP]),
-                              plots._sort_key(r[P_STRENGTH])))
+    pairs.sort(key=lambda r: (r[P_CROP] != plots.BASELINE_METHOD, plots.sort_key(r[P_CROP]),
+                              plots.sort_key(r[P_STRENGTH])))
     return list(dict.fromkeys(plots.crop_label(r[P_CROP], r[P_STRENGTH]) for r in pairs))
 
 
 def objectives_labels(table: pd.DataFrame) -> list[str]:
     """:func:`analysis.plots.objectives_label` of each row's objective weights."""
     return [plots.objectives_label(dict(zip(P_OBJECTIVES, w))) for w in zip(*(table[p] for p in P_OBJECTIVES))]
-
-
-def _objectives_key(region: float, order: float) -> tuple:
-    """none, region, order, region+order; then by weight."""
-    return (int(region != 0) + int(order != 0), region == 0, region, order)
 
 
 def objective_table(values: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
@@ -92,10 +86,10 @@ def objective_table(values: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     table["crop"] = [plots.crop_label(m, s) for m, s in zip(table[P_CROP], table[P_STRENGTH])]
     order = {lab: i for i, lab in enumerate(crop_order(table))}
     table["_o"] = table["crop"].map(order)
-    table["_f"] = table[P_FRAMEWORK].map(plots._sort_key)
-    table["_b"] = table[P_BACKBONE].map(plots._sort_key)
-    table["_h"] = [(h != plots.DEFAULT_HEAD, plots._sort_key(h)) for h in table[P_HEAD]]
-    table["_j"] = [_objectives_key(r, o) for r, o in zip(table[P_REGION], table[P_ORDER])]
+    table["_f"] = table[P_FRAMEWORK].map(plots.sort_key)
+    table["_b"] = table[P_BACKBONE].map(plots.sort_key)
+    table["_h"] = table[P_HEAD].map(plots.head_sort_key)
+    table["_j"] = [plots.objectives_sort_key(r, o) for r, o in zip(table[P_REGION], table[P_ORDER])]
     table = table.sort_values(["_f", "_b", "_h", "_j", "_o"], kind="stable")
     return table.reset_index(drop=True)[KEYS + [OBJECTIVES, "crop"] + STAT_COLUMNS]
 
@@ -153,8 +147,7 @@ def heatmap_rows(table: pd.DataFrame) -> tuple[list[str], str, str]:
     rows = _rows(table)
     heads, objs = {r[1] for r in rows}, {r[2] for r in rows}
     vary_h, vary_j = len(heads) > 1, len(objs) > 1
-    obj_text = {o: ("no objectives" if o == plots.NO_OBJECTIVES else o) for o in objs}
-    labels = [" · ".join([r[0]] + ([f"{r[1]} head"] if vary_h else []) + ([obj_text[r[2]]] if vary_j else []))
+    labels = [" · ".join([r[0]] + ([f"{r[1]} head"] if vary_h else []) + ([plots.objectives_words(r[2])] if vary_j else []))
               for r in rows]
     ylabel = " · ".join(["Framework · backbone"] + (["head"] if vary_h else []) + (["objectives"] if vary_j else []))
     constant = ([f"{h} head" for h in heads if not vary_h and h != plots.head_label(plots.DEFAULT_HEAD)]
@@ -170,8 +163,9 @@ def heatmap(table: pd.DataFrame, title: str, objective: str):
     means = t.pivot(index="row", columns="crop", values="mean").reindex(
         index=list(dict.fromkeys(t["row"])), columns=crop_order(table))
     stds = t.pivot(index="row", columns="crop", values="std").reindex_like(means)
-    annot = np.vectorize(lambda m, s: "" if m != m else (f"{m:.3f}" if s != s else f"{m:.3f}\n±{s:.3f}"),
-                         otypes=[object])(means.to_numpy(float), stds.to_numpy(float))
+    annot = np.array([["" if np.isnan(m) else f"{m:.3f}" if np.isnan(s) else f"{m:.3f}\n±{s:.3f}"
+                       for m, s in zip(mrow, srow)] for mrow, srow in zip(means.to_numpy(float), stds.to_numpy(float))],
+                     dtype=object)
     ncols, nrows = means.shape[1], means.shape[0]
     width = plots.PANEL_WIDTH_IN if ncols <= 3 else min(2 * plots.PANEL_WIDTH_IN, 1.5 + 0.9 * ncols)
     label_in = 0.06 * max(len(r) for r in labels)  # long row labels (head, objectives) must not squeeze the cells
@@ -192,33 +186,20 @@ def heatmap(table: pd.DataFrame, title: str, objective: str):
     return fig
 
 
-def table(
-    tracking_uri: str | None = None,
-    study: str | None = None,
-    experiments: Sequence[str] | None = None,
-    run_ids: Sequence[str] | None = None,
-    out: Path | None = None,
-    objective: str | None = None,
-    level: float = 0.95,
-    log: bool = True,
-    client: "MlflowClient | None" = None,
-) -> Report:
-    from analysis.store import open_client
-
+def table(query: RunQuery, level: float = 0.95, client: "MlflowClient | None" = None) -> Report:
+    """Compute, write and (for a study) log the objective table and its heatmap."""
     check_level(level)
-    client = client or open_client(tracking_uri)
-    sel = select(client, study, experiments, run_ids, objective)
+    client, sel = query.resolve(client)
     values, notes = objective_values(sel)
     tab = objective_table(values, level)
-    what = {"study": "Study", "experiment": "Experiment", "runs": "Runs"}[sel.kind]
-    title = f"{what} {sel.name}: {sel.objective}" if sel.kind != "runs" else f"{len(sel.runs)} runs: {sel.objective}"
+    title = sel.title(sel.objective)
     report = Report(f"table ({sel.kind} {sel.name})", notes=sel.notes + notes)
     md = markdown(tab, title, sel.objective, level)
     with plots.paper_style():
         fig = heatmap(tab, title, sel.objective)
         writers = {"table.csv": plots.csv_writer(tab), "table.md": plots.text_writer(md),
                    **plots.figure_writers(fig, "table")}
-        plots.publish(report, client, sel, out, writers, log)
+        plots.publish(report, client, sel, query.out, writers, query.log)
     shown = wide(tab).reset_index()
     report.tables.append((f"{sel.name}: {sel.objective}, mean ± std (n)", shown))
     report.data.update(table=tab, selection=sel)

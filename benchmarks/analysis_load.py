@@ -122,9 +122,10 @@ def main() -> None:
                   f"({len(other):,} points)")
         if args.plot:
             from analysis.iou_curves import iou_curves
+            from analysis.load import RunQuery
 
             t0 = time.perf_counter()
-            iou_curves(study=STUDY, out=Path(tmp) / "out", client=client, log=False)
+            iou_curves(RunQuery(study=STUDY, out=Path(tmp) / "out", log=False), client=client)
             print(f"iou-curves end to end (2 metrics, figure, files): {time.perf_counter() - t0:.2f} s")
         print(f"load total (open + select + all histories): {total:.2f} s -> {'OK' if total < 10 else 'TOO SLOW'} (< 10 s)")
 

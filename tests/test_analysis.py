@@ -515,6 +515,47 @@ def test_strength(store, tmp_path):
     assert (out / "strength.png").exists() and (out / "strength.pdf").exists()
 
 
+def test_strength_groups_by_head_and_objectives(tmp_path):
+    """Runs of another head or other objectives are their own line and reference, never averaged
+    in; their legend names the head and objectives (they vary here)."""
+    s = Store(tmp_path / "store")
+    eid, parent = s.study("heads")
+    base = {"framework.name": "simclr", "backbone.name": "tiny3d", "steps": 100}
+    groups = {  # (head, region weight, crop, strength) -> objective values
+        ("mlp", None, "random", None): [0.30, 0.32],
+        ("mlp", None, "paramcrop", "1.0"): [0.50, 0.54],
+        ("cate", None, "random", None): [0.40],
+        ("cate", None, "paramcrop", "1.0"): [0.70, 0.74, 0.72],
+        ("mlp", "1.0", "paramcrop", "1.0"): [0.60],
+    }
+    for (head, region, crop, lam), objs in groups.items():
+        for seed, v in enumerate(objs):
+            params = {**base, "head.name": head, "crop.method": crop, "seed": seed}
+            params.update({"crop.strength": lam} if lam else {})
+            params.update({"objectives.region": region} if region else {})
+            s.run(eid, parent, params, final={sinks.EVAL_KNN_TOP1: v})
+    out = tmp_path / "strength"
+    result = cli_run(["analyze", "strength", "--study", "heads", "--tracking-uri", s.uri, "--out", str(out),
+                      "--no-log"])
+    assert result.exit_code == 0, result.output
+    data = pd.read_csv(out / "strength.csv")
+    # in order: per setting (mlp/none, mlp/region, cate/none) its strength points, then its reference
+    expected = [("mlp", "none", "paramcrop", [0.50, 0.54]), ("mlp", "none", "random", [0.30, 0.32]),
+                ("mlp", "region", "paramcrop", [0.60]),
+                ("cate", "none", "paramcrop", [0.70, 0.74, 0.72]), ("cate", "none", "random", [0.40])]
+    assert list(zip(data["head.name"], data["objectives"], data["crop.method"])) == [e[:3] for e in expected]
+    for (*_, values), (_, r) in zip(expected, data.iterrows()):
+        n, mean, lo, hi = ci(values)
+        assert r["n"] == n and r["mean"] == pytest.approx(mean, abs=1e-12)
+        assert (math.isnan(lo) and math.isnan(r["lower"])) or r["lower"] == pytest.approx(lo, abs=1e-12)
+
+    from analysis.strength import setting_labels
+
+    assert setting_labels(data)[:4] == ["SimCLR, MLP head, no objectives", "SimCLR, MLP head, no objectives",
+                                        "SimCLR, MLP head, region", "SimCLR, CATE head, no objectives"]
+    assert setting_labels(data[data["objectives"] == "none"]) == ["SimCLR, MLP head"] * 2 + ["SimCLR, CATE head"] * 2
+
+
 def test_strength_without_strength_param(store, tmp_path):
     result = cli_run(["analyze", "strength", "--study", "noview", "--tracking-uri", store.uri,
                       "--out", str(tmp_path / "o")])
