@@ -5,7 +5,7 @@ and extra-objective weights, as in :mod:`analysis.tables`; runs without those pa
 head ``mlp``, objectives off), crop method and strength; each group's final objective values give
 ``n, mean, std`` and the 95 % t-interval (:mod:`analysis.stats`), drawn as points with error bars
 joined by lines, one colour per setting (and one line per crop method when several have a
-strength). The random-crop runs (``crop.method == random``) of each setting give a horizontal
+strength), series dodged sideways a little so that their bars stay visible. The random-crop runs (``crop.method == random``) of each setting give a horizontal
 dashed reference line at their mean objective. Legends name the head and objectives only when
 they vary. ``strength.csv`` holds the plotted rows, the references with ``crop.method = random``
 and an empty strength.
@@ -65,6 +65,16 @@ def setting_labels(data: pd.DataFrame) -> list[str]:
             for fw, h, j in zip(data[P_FRAMEWORK], data[P_HEAD], data[OBJECTIVES])]
 
 
+def dodge(x: np.ndarray, j: int, m: int, all_x: pd.Series, logx: bool) -> np.ndarray:
+    """Series ``j`` of ``m`` shifted sideways so that error bars at the same strength do not hide
+    each other: by 1.5 % of the strength range per series (2 % of a decade on a log axis)."""
+    offset = j - (m - 1) / 2
+    if logx:
+        return x * 10 ** (0.02 * offset)
+    span = float(all_x.max() - all_x.min()) or 1.0
+    return x + 0.015 * span * offset
+
+
 def figure(data: pd.DataFrame, title: str, objective: str, level: float, logx: bool = False):
     data = data.assign(setting=setting_labels(data))
     swept = data[data[P_CROP] != BASELINE_METHOD]
@@ -78,9 +88,11 @@ def figure(data: pd.DataFrame, title: str, objective: str, level: float, logx: b
     pal = plots.palette(len(settings))
     colour = dict(zip(settings, pal))
     markers = ["o", "s", "^", "D", "v"]
-    for j, ((setting, method), g) in enumerate(swept.groupby(["setting", P_CROP], sort=False, dropna=False)):
+    series = swept.groupby(["setting", P_CROP], sort=False, dropna=False)
+    for j, ((setting, method), g) in enumerate(series):
         yerr = np.vstack([g["mean"] - g["lower"], g["upper"] - g["mean"]])
-        ax.errorbar(g[P_STRENGTH], g["mean"], yerr=np.nan_to_num(yerr), color=colour[setting],
+        x = dodge(g[P_STRENGTH].to_numpy(float), j, series.ngroups, swept[P_STRENGTH], logx)
+        ax.errorbar(x, g["mean"], yerr=np.nan_to_num(yerr), color=colour[setting],
                     marker=markers[j % len(markers)], markersize=4, capsize=2.5, linewidth=1.4,
                     label=f"{plots.crop_label(method)}, {setting}")
     for _, r in refs.iterrows():
@@ -89,6 +101,12 @@ def figure(data: pd.DataFrame, title: str, objective: str, level: float, logx: b
     if logx:
         positive = swept[P_STRENGTH][swept[P_STRENGTH] > 0]
         ax.set_xscale("symlog", linthresh=max(1e-3, float(positive.min()) if len(positive) else 1e-3))
+    strengths = np.unique(swept[P_STRENGTH].to_numpy(float))
+    if len(strengths) <= 4:  # ticks at the measured strengths only (dodged points sit beside them)
+        ax.set_xticks(strengths, [f"{v:g}" for v in strengths])
+    if len(strengths) == 1 and not logx:  # one strength: keep the dodged points close to it
+        pad = 0.1 * max(abs(strengths[0]), 1.0)
+        ax.set_xlim(strengths[0] - pad, strengths[0] + pad)
     ax.set_xlabel("Adversarial strength λ (crop.strength)")
     ax.set_ylabel(f"{objective} (final)")
     fig.suptitle(title)
