@@ -294,8 +294,8 @@ def data_check(
 
 # --- paramcrop analyze -------------------------------------------------------------------------
 analyze_app = typer.Typer(
-    help="Plots and tables from tracked runs (MLflow only): a study (default: the most recent), "
-    "an experiment (--experiment) or any runs (--runs). Files go to --out (default: ./analysis-<study>/) "
+    help="Plots and tables from tracked runs in MLflow (importance: from the Optuna storage): a study "
+    "(default: the most recent), an experiment (--experiment) or any runs (--runs). Files go to --out (default: ./analysis-<study>/) "
     "as PNG + PDF + CSV and, for a study, to its parent run's artifacts (analysis/). "
     "Exit 2: unknown study/experiment/run/store or bad option; exit 1: no usable data.",
     no_args_is_help=True,

@@ -53,7 +53,9 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation on frozen features: after training and every ``every`` steps (0 = end only)."""
+    """Evaluation (:mod:`paramcrop.evaluation`): on frozen features after training and every
+    ``every`` steps (0 = end only; the online kNN learning curve), which never changes the training
+    itself; fine-tuning of a copy of the backbone for ``finetune_steps`` steps at the end (0 = off)."""
 
     every: int = 0
     knn_k: int = 20
@@ -62,6 +64,8 @@ class EvalConfig:
     retrieval: bool = True
     clips_per_video: int = 1
     batch_size: int = 64
+    finetune_steps: int = 0
+    finetune_lr: float = 1e-3
 
 
 @dataclass
@@ -123,8 +127,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    def to_yaml(self, resolved: bool = False) -> str:
+        """The config as YAML (:meth:`from_yaml` reads it back); ``resolved`` fills in every
+        component's defaults (:meth:`resolved`), as a run records it."""
+        return yaml.safe_dump(self.resolved() if resolved else self.to_dict(), sort_keys=False)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "TrainConfig":
         """A copy with dotted keys set (``{"crop.strength": 0.5}``).
@@ -196,7 +202,8 @@ class TrainConfig:
             if value < 1:
                 raise ConfigError(f"{key} must be >= 1, got {value}")
         non_negative = {
-            "data.workers": self.data.workers, "eval.every": self.eval.every, "optim.warmup_steps":
+            "data.workers": self.data.workers, "eval.every": self.eval.every,
+            "eval.finetune_steps": self.eval.finetune_steps, "optim.warmup_steps":
             self.optim.warmup_steps, "optim.weight_decay": self.optim.weight_decay,
             "optim.grad_clip": self.optim.grad_clip, "checkpoint_every": self.checkpoint_every,
             "visualize_at": self.visualize_at, "objectives.region": self.objectives.region,
@@ -207,6 +214,7 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
         for key, value in (("optim.lr", self.optim.lr), ("optim.generator_lr", self.optim.generator_lr),
                            ("eval.knn_temperature", self.eval.knn_temperature),
+                           ("eval.finetune_lr", self.eval.finetune_lr),
                            ("objectives.region_temperature", self.objectives.region_temperature)):
             if not value > 0:
                 raise ConfigError(f"{key} must be > 0, got {value}")

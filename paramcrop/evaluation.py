@@ -1,4 +1,5 @@
-"""Evaluation on frozen backbone features (SPEC 3.8): weighted kNN, linear probe, retrieval.
+"""Evaluation (SPEC 3.8): on frozen backbone features weighted kNN, linear probe and retrieval;
+supervised fine-tuning of a copy of the backbone where a run asks for it.
 
 Features are one L2-normalised vector per video: each of the K clips of a video is embedded
 and L2-normalised, the K vectors are averaged and the mean is L2-normalised again, so every
@@ -8,7 +9,9 @@ similarity and return accuracies / recalls in [0, 1].
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Sequence
+import copy
+import math
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,16 +56,8 @@ def extract_features(
     feats: list[Tensor] = []
     labels: list[Tensor] = []
     try:
-        for clips, y in loader:
-            if clips.dim() == 5:
-                clips = clips.unsqueeze(1)
-            if clips.dim() != 6:
-                raise ValueError(
-                    f"loader: clips must be (B, K, 3, T, H, W), got shape {tuple(clips.shape)}"
-                )
+        for clips, y in _video_batches(loader):
             b, k = clips.shape[:2]
-            if y.shape != (b,):
-                raise ValueError(f"loader: labels must have shape ({b},), got {tuple(y.shape)}")
             x = normalize(clips.to(device, non_blocking=True).flatten(0, 1).float())
             z = F.normalize(backbone(x).float(), dim=1)  # (B*K, D)
             feats.append(F.normalize(z.view(b, k, -1).mean(dim=1), dim=1).cpu())
@@ -70,9 +65,24 @@ def extract_features(
     finally:
         for m, training in modes:
             m.training = training
-    if not feats:
-        raise ValueError("loader: yielded no batches")
     return torch.cat(feats), torch.cat(labels)
+
+
+def _video_batches(loader: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
+    """``loader``'s batches as ``(clips (B, K, 3, T, H, W), labels (B,))``, a ``(B, 3, T, H, W)``
+    batch read as K = 1; ``ValueError`` for other shapes or a loader without batches."""
+    empty = True
+    for clips, y in loader:
+        empty = False
+        if clips.dim() == 5:
+            clips = clips.unsqueeze(1)
+        if clips.dim() != 6:
+            raise ValueError(f"loader: clips must be (B, K, 3, T, H, W), got shape {tuple(clips.shape)}")
+        if y.shape != clips.shape[:1]:
+            raise ValueError(f"loader: labels must have shape ({clips.shape[0]},), got {tuple(y.shape)}")
+        yield clips, y
+    if empty:
+        raise ValueError("loader: yielded no batches")
 
 
 # --- shared helpers --------------------------------------------------------------------
@@ -279,6 +289,79 @@ def retrieval_recall(
 
 
 # --- all metrics -----------------------------------------------------------------------
+
+
+# --- fine-tuning -----------------------------------------------------------------------
+
+
+def finetune(
+    backbone: nn.Module,
+    batches: Iterator[tuple[Tensor, Tensor]],
+    *,
+    num_classes: int,
+    steps: int,
+    device: torch.device | str,
+    normalize: Callable[[Tensor], Tensor],
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    warmup_fraction: float = 0.1,
+) -> nn.Sequential:
+    """Supervised fine-tuning of a copy of ``backbone`` (``backbone`` itself is left as it is).
+
+    A new linear classifier on the copy's pooled features ``(B, backbone.feature_dim)``; ``steps``
+    AdamW steps of cross-entropy on ``batches`` (``uint8 (B, 3, T, H, W)`` clips, ``(B,)`` labels),
+    the learning rate warmed up linearly over the first ``warmup_fraction`` of the steps, then
+    cosine-decayed towards 0. Returns ``nn.Sequential(backbone copy, classifier)`` in eval mode,
+    mapping normalised clips to logits ``(B, num_classes)``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes: must be >= 2, got {num_classes!r}")
+    if not lr > 0:
+        raise ValueError(f"lr: must be > 0, got {lr!r}")
+    model = nn.Sequential(copy.deepcopy(backbone), nn.Linear(backbone.feature_dim, num_classes)).to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    warmup = max(1, round(warmup_fraction * steps))
+
+    def lr_factor(step: int) -> float:  # for the step about to be taken, 0-based
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    with torch.enable_grad():
+        for _ in range(steps):
+            clips, labels = next(batches)
+            logits = model(normalize(clips.to(device, non_blocking=True).float()))
+            loss = F.cross_entropy(logits, labels.to(device).long())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_videos(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    *,
+    device: torch.device | str,
+    normalize: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, Tensor]:
+    """Predicted classes and labels ``long (N,)`` of every video of ``loader`` (batches as in
+    :func:`extract_features`) by a classifier ``model`` (normalised clips -> logits): a video's
+    class is the argmax of its clips' softmax averaged over its K clips. Both on the CPU."""
+    preds: list[Tensor] = []
+    labels: list[Tensor] = []
+    for clips, y in _video_batches(loader):
+        b, k = clips.shape[:2]
+        logits = model(normalize(clips.to(device, non_blocking=True).flatten(0, 1).float())).float()
+        preds.append(logits.softmax(dim=1).view(b, k, -1).mean(dim=1).argmax(dim=1).cpu())
+        labels.append(y.long().cpu())
+    return torch.cat(preds), torch.cat(labels)
 
 
 def evaluate(

@@ -180,11 +180,11 @@ def crop_video(video: Tensor, cubes: Tensor, size: Sequence[int]) -> Tensor:
         padding_mode="border", align_corners=False)`` (:func:`crop_video_reference`).
 
     Two exact implementations; the faster one for the case is used (``benchmarks/crop.py``):
-    for uint8 clips on CPU, the separable form (three 1-D two-tap passes, converting to float only
-    the frames it needs) with an analytic backward to the cubes only (:class:`_SeparableCrop`;
-    forward 0.55-0.6x and forward+backward well under half the time of ``grid_sample``);
-    otherwise the fused ``grid_sample`` kernel (float input: a tie; on CUDA it is one kernel
-    launch; a gradient to the video also goes through ``grid_sample``).
+    for CPU clips (uint8, float32, float64) without a gradient to the video, the separable form
+    (three 1-D two-tap passes; uint8 is converted to float only for the frames it needs) with an
+    analytic backward to the cubes only (:class:`_SeparableCrop`; 0.33-0.55x the time of
+    ``grid_sample``, forward or forward+backward); otherwise (CUDA: one fused kernel launch; a
+    gradient to the video) ``grid_sample``.
     """
     _check_crop_args(video, cubes, size)
     if video.dtype in _SEPARABLE_DTYPES and not video.is_cuda and not (video.requires_grad and

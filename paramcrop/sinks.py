@@ -47,6 +47,8 @@ VIEW_METRICS = (
 )
 EVAL_KNN_TOP1 = "eval/knn_top1"
 EVAL_LINEAR_TOP1 = "eval/linear_top1"
+EVAL_FINETUNE_TOP1 = "eval/finetune_top1"
+"""Top-1 of a fine-tuned copy of the backbone (only when ``eval.finetune_steps`` > 0, at the end)."""
 DATA_SKIPPED = "data/skipped_videos"
 
 # --- tag keys --------------------------------------------------------------------------

@@ -153,9 +153,10 @@ class Trainer:
         dataset = resolve_source(cfg.data.source)
         check_window_fits(dataset.train, cfg.data.frames, cfg.data.stride)  # refuse a clip longer than every video
         self.train_set = TrainClips(dataset.train, cfg.data.frames, cfg.data.stride, cfg.data.size, seed=cfg.seed)
-        eval_stride = max(1, cfg.data.stride * cfg.data.frames // cfg.view.frames)  # span of a whole raw clip
-        self.eval_sets = [EvalClips(split, cfg.view.frames, eval_stride, cfg.view.size, cfg.eval.clips_per_video)
+        self.eval_stride = max(1, cfg.data.stride * cfg.data.frames // cfg.view.frames)  # span of a whole raw clip
+        self.eval_sets = [EvalClips(split, cfg.view.frames, self.eval_stride, cfg.view.size, cfg.eval.clips_per_video)
                           for split in (dataset.train, dataset.test)]
+        self.num_classes = len(dataset.classes)
 
         crop_name, crop_kw = cfg.component("crop")
         self.crop = create_crop(crop_name, (cfg.view.frames, cfg.view.size, cfg.view.size), **crop_kw).to(self.device)
@@ -239,14 +240,41 @@ class Trainer:
         self.step = int(state["step"])
 
     # --- evaluation --------------------------------------------------------------------------
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, final: bool = True) -> dict[str, float]:
+        """The evaluation metrics of the backbone now (:func:`paramcrop.evaluation.evaluate`), plus
+        ``eval/finetune_top1`` when ``final`` and ``eval.finetune_steps`` > 0. Runs on a forked
+        RNG: evaluating never changes the training's random stream, so ``eval.every`` changes no
+        training result."""
         from paramcrop.evaluation import evaluate
 
-        workers = self.cfg.data.workers
-        loaders = [DataLoader(ds, batch_size=self.cfg.eval.batch_size, num_workers=workers) for ds in self.eval_sets]
         e = self.cfg.eval
-        return evaluate(self.framework.backbone, loaders[0], loaders[1], device=self.device, normalize=normalize_clips,
-                        knn_k=e.knn_k, knn_temperature=e.knn_temperature, linear=e.linear, retrieval=e.retrieval)
+        loaders = [DataLoader(ds, batch_size=e.batch_size, num_workers=self.cfg.data.workers) for ds in self.eval_sets]
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            metrics = evaluate(self.framework.backbone, loaders[0], loaders[1], device=self.device,
+                               normalize=normalize_clips, knn_k=e.knn_k, knn_temperature=e.knn_temperature,
+                               linear=e.linear, retrieval=e.retrieval)
+            if final and e.finetune_steps > 0:
+                metrics[sinks.EVAL_FINETUNE_TOP1] = self.finetune_top1(loaders[1])
+        return metrics
+
+    def finetune_top1(self, test_loader: DataLoader) -> float:
+        """Test top-1 of a copy of the backbone fine-tuned with labels for ``eval.finetune_steps``
+        steps of ``batch_size`` train clips (the evaluation clips' geometry at random positions, no
+        other augmentation) at ``eval.finetune_lr``; the run's backbone is not changed."""
+        from paramcrop.data import TrainClips
+        from paramcrop.evaluation import finetune, predict_videos
+
+        cfg = self.cfg
+        train = TrainClips(self.eval_sets[0].records, cfg.view.frames, self.eval_stride, cfg.view.size,
+                           seed=cfg.seed, labelled=True)
+        batches = DataLoader(train, batch_sampler=EpochBatches(len(train), cfg.batch_size, cfg.seed),
+                             num_workers=cfg.data.workers, generator=torch.Generator().manual_seed(cfg.seed))
+        torch.manual_seed(cfg.seed)  # the classifier's initial weights (the RNG is forked by evaluate)
+        model = finetune(self.framework.backbone, iter(batches), num_classes=self.num_classes,
+                         steps=cfg.eval.finetune_steps, device=self.device, normalize=normalize_clips,
+                         lr=cfg.eval.finetune_lr, weight_decay=cfg.optim.weight_decay)
+        pred, labels = predict_videos(model, test_loader, device=self.device, normalize=normalize_clips)
+        return (pred == labels).float().mean().item()
 
     # --- the loop ------------------------------------------------------------------------------
     def _loader(self) -> Iterator[Tensor]:
@@ -328,7 +356,7 @@ class Trainer:
             sink.log_params(self.cfg.flatten())
             config_path = self.run_dir / "config.yaml"
             config_path.parent.mkdir(parents=True, exist_ok=True)
-            config_path.write_text(self.cfg.to_yaml())
+            config_path.write_text(self.cfg.to_yaml(resolved=True))  # every default spelled out
             sink.log_artifact(config_path)
         return self._run(self.cfg.steps if until is None else min(until, self.cfg.steps))
 
@@ -372,7 +400,7 @@ class Trainer:
                 if main and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if main and cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
-                    eval_metrics = self._evaluate_and_report()
+                    eval_metrics = self._evaluate_and_report(final=False)
                     self.framework.train()
                 bar.update(task, completed=self.step)
         if self.dist.is_main:
@@ -384,8 +412,8 @@ class Trainer:
         return TrainResult(steps=self.step, seconds=time.perf_counter() - start_time, final_metrics=last,
                            eval_metrics=eval_metrics, run_dir=self.run_dir, skipped_videos=self.skipped_videos())
 
-    def _evaluate_and_report(self) -> dict[str, float]:
-        metrics = self.evaluate()
+    def _evaluate_and_report(self, final: bool = True) -> dict[str, float]:
+        metrics = self.evaluate(final)
         self.sink.log_metrics(metrics, self.step)
         if self.on_eval is not None:
             self.on_eval(self.step, metrics)

@@ -5,9 +5,10 @@ worker that creates the Optuna study, so exactly one exists however many workers
 child run per trial. Trial and run point at each other: the trial's user attribute
 ``mlflow_run_id`` and the run's tags ``paramcrop.study`` / ``paramcrop.trial``.
 
-Before anything is created, the first trial's data is checked (a clip longer than every video
-is refused), the tracking store must answer and the study storage must open: bad input creates
-nothing (exit 2).
+Before anything is created, the space is checked (:meth:`StudyRunner.preflight`: a clip longer
+than every video, a view smaller than the backbone accepts, a missing device are refused), the
+tracking store must answer and the study storage must open: bad input creates nothing (exit 2).
+A trial whose configuration still cannot be built ends its run FAILED with the reason.
 
 Resume: the same name and storage continue the study. Finished trials are never re-run.
 
@@ -44,8 +45,8 @@ from paramcrop import sinks
 from paramcrop.train import CHECKPOINT_NAME, Trainer
 from studies.spec import StudySpec
 from studies.storage import HEARTBEAT_ATTR, open_storage, redact
-from studies.tracking import (SPOOL_PREFIX, GracefulStop, MlflowSink, TrackingUnavailable, call, check_reachable,
-                              client_for, get_or_create_experiment, replay_spool, run_tags, tracked_run)
+from studies.tracking import (SPOOL_PREFIX, GracefulStop, MlflowSink, TrackingUnavailable, call, check_tracking_store,
+                              get_or_create_experiment, open_tracking_store, replay_spool, run_tags, tracked_run)
 
 MAX_RETRY = 2  # retries of a trial whose worker died (interrupted trials are always retried)
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -57,8 +58,6 @@ LOST_ATTR = "paramcrop:lost"  # system attr: how many times this trial's workers
 RUNS_ROOT = Path("paramcrop-runs")
 TAG_RETRY_OF = "paramcrop.retry_of"  # trial number of the attempt a retry continues
 TAG_RESUMED_AT = "paramcrop.resumed_at_step"  # the checkpoint step it resumed from
-LOCAL_TRACKING = ("sqlite:", "file:")
-
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 # an interrupted trial is reported by the runner: no traceback from Optuna's "Trial N failed" warning
@@ -139,48 +138,38 @@ class StudyRunner:
         self.console = console or Console()
         self.stop = GracefulStop()
         self.tracking_down: TrackingUnavailable | None = None
-        self.check_data()  # each raises ValueError naming the problem, before anything is created
+        self.preflight()  # each raises ValueError naming the problem, before anything is created
         uri = options.tracking_uri or sinks.default_tracking_uri()
-        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).parent.is_dir():
-            raise ValueError(f"cannot create the MLflow store {uri}: its folder does not exist")
-        if not uri.startswith(LOCAL_TRACKING):  # a server or database: it must answer (creates nothing)
-            self.client = self._client(uri)
-            check_reachable(self.client)
+        check_tracking_store(uri)  # creates nothing
         self.storage = open_storage(options.storage, heartbeat=spec.heartbeat, on_stale=self._on_stale)
-        if uri.startswith(LOCAL_TRACKING):  # a local store is created here, after the storage opened
-            self.client = self._client(uri)
+        self.client = open_tracking_store(uri)  # a local store is created here, after the storage opened
         self.study, self.parent_run_id, self.experiment_id = self._create_or_join()
         self._replay_spools()
 
-    @staticmethod
-    def _client(uri: str):
-        try:
-            return client_for(uri)
-        except ValueError:
-            raise
-        except Exception as exc:  # e.g. an MLflow database URI that cannot be reached
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ValueError(f"cannot open the MLflow tracking store {redact(uri)}: {redact(first)[:300]}") from None
-
-    def check_data(self) -> None:
-        """Every distinct (data source, clip frames, stride) of the space must have a video that holds
-        one clip; the first one long enough ends the check (one probe, usually)."""
+    def preflight(self) -> None:
+        """What would make every trial of a configuration fail, checked once per distinct value over
+        the space (its first 512 points): the data holds one clip (a probe of the first video long
+        enough), the backbone accepts the view size, the device exists."""
+        from paramcrop.backbones import create_backbone
         from paramcrop.data import resolve_source
         from paramcrop.data.datasets import check_window_fits
+        from paramcrop.train import resolve_device
 
         spec, overrides = self.spec, self.options.overrides or {}
         base = spec.base_config().with_overrides(overrides)
-        combos = {(base.data.source, base.data.frames, base.data.stride)}
-        flat = base.flatten()
-        for values in itertools.islice(spec._points(spec.dimensions, flat, {}), 512):
-            cfg = spec.config_for(values)[0].with_overrides(overrides)
-            combos.add((cfg.data.source, cfg.data.frames, cfg.data.stride))
-        for source, frames, stride in sorted(combos, key=str):
+        configs = [base] + [spec.config_for(values)[0].with_overrides(overrides)
+                            for values in itertools.islice(spec._points(spec.dimensions, base.flatten(), {}), 512)]
+        for source, frames, stride in sorted({(c.data.source, c.data.frames, c.data.stride) for c in configs}, key=str):
             try:
-                dataset = resolve_source(source)
-                check_window_fits(dataset.train, frames, stride)
+                check_window_fits(resolve_source(source).train, frames, stride)
             except (ValueError, OSError) as exc:
                 raise ValueError(f"data {source!r}: {exc}") from None
+        backbones = {(repr(c.component("backbone")), c.view.frames, c.view.size): c for c in configs}
+        for c in backbones.values():
+            name, kwargs = c.component("backbone")
+            create_backbone(name, **kwargs).check_input(c.view.frames, c.view.size)
+        for device in sorted({c.device for c in configs}):
+            resolve_device(device)
 
     # --- study, experiment and parent run -------------------------------------------------------
     def _create_or_join(self) -> tuple[optuna.Study, str, str]:
@@ -303,8 +292,6 @@ class StudyRunner:
         # only a retry resumes: a fresh trial never trusts a checkpoint it did not write
         resume_step = _checkpoint_step(checkpoint) if history and checkpoint.exists() else None
         on_eval = self._pruning_hook(trial) if spec.pruner != "none" else None
-        trainer = TrialTrainer(cfg, run_dir, progress=self.options.progress, on_eval=on_eval)
-        trainer.stop = self.stop
         tags = {sinks.TAG_ROLE: "trial", sinks.TAG_STUDY: spec.name, sinks.TAG_TRIAL: str(trial.number),
                 sinks.TAG_TRIAL_STATE: "RUNNING", **run_tags(cfg.flatten())}
         if history:
@@ -318,18 +305,25 @@ class StudyRunner:
                              parent_run_id=self.parent_run_id, benign=(optuna.TrialPruned,),
                              spool_dir=run_dir) as sink:
                 trial.set_user_attr(RUN_ATTR, sink.run_id)
+                trainer: TrialTrainer | None = None
                 if resume_step is not None:
                     self._continue_history(sink, cfg, run_dir, frozen.user_attrs.get(PREVIOUS_RUN_ATTR), resume_step)
                 try:
+                    # built inside the run: a configuration that cannot be built ends it FAILED with the reason
+                    trainer = TrialTrainer(cfg, run_dir, progress=self.options.progress, on_eval=on_eval)
+                    trainer.stop = self.stop
                     self.stop.deferring = True
                     result = trainer.fit(sink, resume=resume_step is not None)
                     self.stop.deferring = False
                     values = [_metric_value(o.metric, result) for o in spec.objectives]
+                    logged = {**result.final_metrics, **result.eval_metrics}
+                    sink.log_metrics({o.metric: v for o, v in zip(spec.objectives, values) if o.metric not in logged},
+                                     result.steps)  # an objective such as train/seconds is a run metric too
                 except optuna.TrialPruned:
                     sink.set_tags({sinks.TAG_TRIAL_STATE: "PRUNED", sinks.TAG_PRUNED: "true"})
                     raise
                 except KeyboardInterrupt:
-                    if trainer.stopped_at_boundary:
+                    if trainer is not None and trainer.stopped_at_boundary:
                         trainer.save_checkpoint()  # the last step is complete: the retry continues from it
                     sink.set_tags({sinks.TAG_TRIAL_STATE: "FAIL"})
                     raise

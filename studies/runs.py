@@ -7,7 +7,8 @@ from pathlib import Path
 from paramcrop import sinks
 from paramcrop.sinks import redact_url
 from paramcrop.config import OBJECTIVE_NAMES, ConfigError, TrainConfig
-from studies.tracking import client_for, get_or_create_experiment, run_tags, terminate_on_sigterm, tracked_run
+from studies.tracking import (TrackingUnavailable, check_tracking_store, get_or_create_experiment, open_tracking_store,
+                              run_tags, terminate_on_sigterm, tracked_run)
 
 RUN_ID_FILE = "mlflow_run_id.txt"
 
@@ -45,15 +46,20 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
         console.print(f"[red]error:[/] nothing to resume in {run_dir} (no {RUN_ID_FILE}); drop --resume to start anew")
         return 2
     try:
+        check_tracking_store(tracking_uri)  # creates nothing; before the (possibly long) build
         trainer = Trainer(cfg, run_dir, progress=progress)
+        if trainer.dist.is_main:  # under torchrun only rank 0 talks to MLflow
+            client = open_tracking_store(tracking_uri)
+            experiment_id = get_or_create_experiment(client, experiment)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    if not trainer.dist.is_main:  # under torchrun only rank 0 talks to MLflow
+    except TrackingUnavailable as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    if not trainer.dist.is_main:
         trainer.fit(sinks.MemorySink(), resume=resume)
         return 0
-    client = client_for(tracking_uri)
-    experiment_id = get_or_create_experiment(client, experiment)
     tags = {sinks.TAG_ROLE: "train", **run_tags(cfg.flatten())}
     previous = run_id_path.read_text().strip() if resume else None
     try:

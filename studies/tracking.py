@@ -92,6 +92,32 @@ def client_for(tracking_uri: str | None = None):
     return client
 
 
+LOCAL_TRACKING = ("sqlite:", "file:")
+"""Tracking URI prefixes of stores that live in local files (created on first use)."""
+
+
+def check_tracking_store(uri: str) -> None:
+    """Raise ``ValueError`` naming the (redacted) URI, creating nothing, when the tracking store
+    cannot work: a local SQLite file whose folder does not exist, a server or database that does
+    not answer. Checked before a study or a training run builds anything."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).parent.is_dir():
+        raise ValueError(f"cannot create the MLflow store {redact(uri)}: its folder does not exist")
+    if not uri.startswith(LOCAL_TRACKING):
+        check_reachable(open_tracking_store(uri))
+
+
+def open_tracking_store(uri: str):
+    """:func:`client_for` ``uri``; any failure to open it (e.g. a database URI that cannot be
+    reached) as a ``ValueError`` naming the redacted URI."""
+    try:
+        return client_for(uri)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the store's driver raises
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"cannot open the MLflow tracking store {redact(uri)}: {redact(first)[:300]}") from None
+
+
 def check_reachable(client, window: float = 10.0) -> None:
     """Raise ``ValueError`` naming the (redacted) URI when the tracking store does not answer
     within ``window`` seconds: checked before a study creates anything."""

@@ -1,9 +1,24 @@
-"""Shared test helpers."""
+"""Shared test helpers and fixtures."""
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as cli.py does: set before torch loads OpenMP
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
+
+TEST_SYNTHETIC_CACHE = Path(__file__).parent.parent / ".cache" / "test-synthetic"
+"""Where the tests' tiny synthetic benchmarks are written once and reused (gitignored)."""
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch):
+    """A fresh working directory with its own MLflow store (``./mlflow.db``) and the shared
+    synthetic-data cache: what a user's ``paramcrop`` commands see in an empty folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PARAMCROP_CACHE", str(TEST_SYNTHETIC_CACHE))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
 
 
 def assert_cubes_inside(cubes: torch.Tensor, tol: float = 1e-6) -> None:

@@ -1,6 +1,8 @@
 import pytest
+import yaml
 
 from paramcrop.config import ConfigError, TrainConfig, parse_override
+from paramcrop.crops import CROPS
 
 
 def test_defaults_validate_and_flatten_to_dotted_keys():
@@ -53,6 +55,10 @@ def test_overrides_and_component_switch():
 def test_yaml_round_trip_and_override_parsing():
     cfg = TrainConfig().with_overrides({"framework.name": "moco", "seed": 3})
     assert TrainConfig.from_yaml(cfg.to_yaml()) == cfg
+    # the resolved form (a run's config.yaml) spells out every default and reads back to itself
+    resolved = TrainConfig().to_yaml(resolved=True)
+    assert yaml.safe_load(resolved)["crop"] == {"method": "paramcrop", **CROPS.defaults("paramcrop", 1)}
+    assert TrainConfig.from_yaml(resolved).to_yaml(resolved=True) == resolved
     assert parse_override("crop.strength=0.5") == ("crop.strength", 0.5)
     assert parse_override("data.source=folder:/x") == ("data.source", "folder:/x")
     assert parse_override("crop.area=[0.3, 1]") == ("crop.area", [0.3, 1])

@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import TEST_SYNTHETIC_CACHE
 from paramcrop.distributed import DistInfo, gather, gather_with_grad, shard
 from paramcrop.frameworks.simclr import nt_xent_loss
 
@@ -65,13 +66,12 @@ def test_paramcrop_train_under_torchrun_two_cpu_processes(tmp_path):
     """2 gloo ranks train together; only rank 0 talks to MLflow: one run, FINISHED, with its metrics."""
     import subprocess
     import sys
-    from pathlib import Path
 
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "PARAMCROP_CACHE": str(Path(__file__).parent.parent / ".cache" / "test-synthetic")}
+           "PARAMCROP_CACHE": str(TEST_SYNTHETIC_CACHE)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cli",
                "train", "--data", "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2",
                "--device", "cpu", "--steps", "3", "--batch-size", "4", "--crop", "paramcrop", "--no-progress",

@@ -226,6 +226,70 @@ def test_evaluate_returns_the_named_metrics():
     assert only_knn == {EVAL_KNN_TOP1: 1.0}
 
 
+# --- fine-tuning -------------------------------------------------------------------------
+
+
+class ColourMix(nn.Module):
+    """Trainable stub backbone: a 3 x 3 linear map of a clip's mean colour, (B, 3)."""
+
+    feature_dim = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.mix(x.mean(dim=(2, 3, 4)))
+
+
+def coloured_batches(n: int, seed: int):
+    """Endless batches of 8 clips uint8 (8, 3, 2, 4, 4) of class c = the channel lit brightest."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        labels = torch.randint(0, 3, (8,), generator=g)
+        clips = torch.randint(0, 60, (8, 3, 2, 4, 4), generator=g, dtype=torch.uint8)
+        clips[torch.arange(8), labels] += 150
+        yield clips, labels
+
+
+def test_finetune_learns_the_task_on_a_copy_and_leaves_the_backbone_alone():
+    torch.manual_seed(0)
+    backbone = ColourMix()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    model = ev.finetune(backbone, coloured_batches(8, seed=1), num_classes=3, steps=150, device="cpu",
+                        normalize=lambda x: x / 255, lr=0.05, weight_decay=0.0)
+    assert not model.training and model[0] is not backbone
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+    clips, labels = next(coloured_batches(8, seed=2))
+    loader = DataLoader(TensorDataset(clips, labels), batch_size=3)
+    pred, out_labels = ev.predict_videos(model, loader, device="cpu", normalize=lambda x: x / 255)
+    assert out_labels.tolist() == labels.tolist() and pred.tolist() == labels.tolist()
+    untrained = nn.Sequential(ColourMix(), nn.Linear(3, 3)).eval()
+    chance, _ = ev.predict_videos(untrained, loader, device="cpu", normalize=lambda x: x / 255)
+    assert chance.tolist() != labels.tolist()  # the task is not solved without the training
+
+
+class FirstTwoChannels(nn.Module):
+    """Stub classifier: the logits of a clip are its mean values of channels 0 and 1."""
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3, 4))[:, :2]
+
+
+def test_predict_videos_averages_the_clips_softmax_as_a_naive_loop_does():
+    # video 0: clip logits (10, 0), (0, 3), (0, 3): softmax mean picks 1, the logit mean would pick 0
+    # video 1: (6, 0), (0, 1), (0, 1): softmax mean picks 0, a majority vote of the clips would pick 1
+    clips = coloured_clips([[(0, 10), (1, 3), (1, 3)], [(0, 6), (1, 1), (1, 1)]]).float()
+    labels = torch.tensor([1, 0])
+    pred, _ = ev.predict_videos(FirstTwoChannels(), DataLoader(TensorDataset(clips, labels), batch_size=1),
+                                device="cpu", normalize=lambda x: x)
+    naive = []
+    for video in clips:
+        probs = [torch.softmax(clip.mean(dim=(1, 2, 3))[:2], dim=0) for clip in video]
+        naive.append(int(torch.stack(probs).mean(dim=0).argmax()))
+    assert pred.tolist() == naive == [1, 0]
+
+
 # --- argument validation ---------------------------------------------------------------
 
 X, Y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
@@ -250,6 +314,11 @@ X, Y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
         (lambda: ev.retrieval_recall(X, Y, X, Y, ks=(1, 0)), "ks"),
         (lambda: ev.retrieval_recall(X, Y, X, Y[:5]), "test_labels"),
         (lambda: ev.extract_features(MeanColour(), [], device="cpu", normalize=lambda x: x), "loader"),
+        (lambda: ev.finetune(ColourMix(), iter([]), num_classes=3, steps=0, device="cpu", normalize=lambda x: x),
+         "steps"),
+        (lambda: ev.finetune(ColourMix(), iter([]), num_classes=1, steps=5, device="cpu", normalize=lambda x: x),
+         "num_classes"),
+        (lambda: ev.predict_videos(MeanColour(), [], device="cpu", normalize=lambda x: x), "loader"),
     ],
 )
 def test_invalid_arguments_raise_value_error_naming_them(call, name):

@@ -50,14 +50,6 @@ def tiny_spec(name, config=None, **extra):
     return spec
 
 
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PARAMCROP_CACHE", str(REPO / ".cache" / "test-synthetic"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return tmp_path
-
-
 def write_spec(workdir: Path, spec: dict) -> Path:
     path = workdir / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -439,6 +431,39 @@ def test_a_clip_longer_than_every_video_is_refused(workdir):
     assert "spans 31 frames, longer than every video" in " ".join(result.output.split())
     assert "the longest has 24 frames" in " ".join(result.output.split())
     _nothing_created(workdir)
+
+
+@pytest.mark.parametrize("config,space,message", [
+    ({}, {"view.size": {"type": "categorical", "choices": [32, 12]}},
+     "backbone 'tiny3d' needs clips of at least 4 frames and 16x16 pixels, got 8 frames of 12x12"),
+    pytest.param({"device": "cuda"}, {}, "CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_a_space_point_that_cannot_run_is_refused(workdir, config, space, message):
+    """Checked over the whole space before anything exists, not discovered trial after trial."""
+    spec = tiny_spec("cannot-run", config, search_space={**CROPS, **space})
+    result = CliRunner().invoke(app, ["study", "run", str(write_spec(workdir, spec))])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    _nothing_created(workdir)
+
+
+def test_a_trial_that_cannot_be_built_ends_its_run_failed_with_the_reason(workdir, monkeypatch):
+    import studies.runner as runner
+
+    def refuse(self, cfg, *args, **kwargs):
+        raise RuntimeError(f"cannot build {cfg.crop['method']}")
+
+    monkeypatch.setattr(runner.TrialTrainer, "__init__", refuse)
+    CliRunner().invoke(app, ["study", "run", str(write_spec(workdir, tiny_spec("unbuildable")))])
+    study, client, runs = load("unbuildable", workdir)
+    assert {t.params["variant:crop"] for t in study.trials} == {"random", "paramcrop"}
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.FAIL
+        run = client.get_run(trial.user_attrs[RUN_ATTR])
+        assert run.info.status == "FAILED" and run.data.tags[sinks.TAG_TRIAL_STATE] == "FAIL"
+        assert run.data.tags[sinks.TAG_FAILURE] == f"RuntimeError: cannot build {trial.params['variant:crop']}"
+    assert_one_run_per_trial(study, runs)
 
 
 @pytest.mark.parametrize("option,value,message", [

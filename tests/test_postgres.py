@@ -20,8 +20,7 @@ from cli import app
 from paramcrop import sinks
 from studies.runner import RUN_ATTR
 from studies.storage import open_storage, redact
-from test_faults import (Worker, assert_one_run_per_trial, by_role, grid_points, load, tiny_spec,  # noqa: F401
-                         workdir, write_spec)
+from test_faults import Worker, assert_one_run_per_trial, by_role, grid_points, load, tiny_spec, write_spec
 
 PG_URL = os.environ.get("PARAMCROP_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(not PG_URL, reason="no PostgreSQL server: set PARAMCROP_TEST_POSTGRES_URL="

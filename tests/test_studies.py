@@ -33,14 +33,6 @@ def tiny_spec(name="tiny", **extra):
     return spec
 
 
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch, tmp_path_factory):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PARAMCROP_CACHE", str(Path(__file__).parent.parent / ".cache" / "test-synthetic"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return tmp_path
-
-
 def write_spec(path: Path, spec: dict) -> Path:
     path.write_text(yaml.safe_dump(spec))
     return path

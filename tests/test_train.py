@@ -85,6 +85,22 @@ def test_same_seed_same_curve_and_resume_equals_straight_run(tmp_path):
                                torch.tensor(losses(straight)), rtol=1e-4, atol=1e-5)
 
 
+def test_periodic_evaluation_and_finetuning_change_no_training_result(tmp_path):
+    """The online kNN every 2 steps and the final fine-tuning run on a forked RNG and a copy of
+    the backbone: the loss curve and the frozen-feature metrics equal those of a plain run."""
+    cfg = tiny_config(**{"crop.method": "paramcrop", "steps": 6})
+    plain, watched = sinks.MemorySink(), sinks.MemorySink()
+    result = train(cfg, plain, tmp_path / "plain", progress=False)
+    watched_cfg = cfg.with_overrides({"eval.every": 2, "eval.finetune_steps": 4})
+    watched_result = train(watched_cfg, watched, tmp_path / "watched", progress=False)
+    assert losses(watched) == losses(plain)
+    assert [s for s, _ in watched.series(sinks.EVAL_KNN_TOP1)] == [2, 4, 6]  # the learning curve
+    assert watched_result.eval_metrics[sinks.EVAL_KNN_TOP1] == result.eval_metrics[sinks.EVAL_KNN_TOP1]
+    assert 0 <= watched_result.eval_metrics[sinks.EVAL_FINETUNE_TOP1] <= 1
+    assert [s for s, _ in watched.series(sinks.EVAL_FINETUNE_TOP1)] == [6]  # at the end only
+    assert sinks.EVAL_FINETUNE_TOP1 not in result.eval_metrics
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     trainer = Trainer(tiny_config(steps=5), tmp_path, progress=False)
     forward = trainer.framework.forward

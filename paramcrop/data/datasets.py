@@ -107,8 +107,9 @@ class _Clips(Dataset):
 
 
 class TrainClips(_Clips):
-    """Unlabelled training clips: item ``i`` is ``uint8 (3, frames, size, size)`` RGB, one window of
-    video ``i % len(self)`` at a random position.
+    """Training clips: item ``i`` is ``uint8 (3, frames, size, size)`` RGB, one window of video
+    ``i % len(self)`` at a random position (with ``labelled``: the pair ``(clip, label)``, for
+    supervised fine-tuning).
 
     The position comes from a generator seeded with ``(seed, i, n, b)``: ``n`` counts earlier draws
     of item ``i`` in this process (so a sampler repeating ``0..len-1`` gets new windows each epoch)
@@ -118,18 +119,20 @@ class TrainClips(_Clips):
     index and ``b`` only, and a resumed run sees the same ones.
     """
 
-    def __init__(self, records: Sequence[VideoRecord], frames: int, stride: int, size: int, seed: int = 0) -> None:
+    def __init__(self, records: Sequence[VideoRecord], frames: int, stride: int, size: int, seed: int = 0,
+                 labelled: bool = False) -> None:
         super().__init__(records, frames, stride, size)
-        self.seed = seed
+        self.seed, self.labelled = seed, labelled
         self._draws: Counter[int] = Counter()
 
-    def _item(self, video: int, index: int) -> torch.Tensor:
+    def _item(self, video: int, index: int) -> torch.Tensor | tuple[torch.Tensor, int]:
         worker = get_worker_info()
         base_seed = worker.seed - worker.id if worker is not None else 0
         rng = np.random.default_rng([self.seed, index, self._draws[index], base_seed])
         self._draws[index] += 1
         start = int(rng.integers(0, max(self.infos[video].frames - self.span, 0) + 1))
-        return self._windows(video, [start])[0]
+        clip = self._windows(video, [start])[0]
+        return (clip, self.records[video].label) if self.labelled else clip
 
 
 class EvalClips(_Clips):
