@@ -142,17 +142,22 @@ def markdown(table: pd.DataFrame, title: str, objective: str, level: float) -> s
 
 
 def heatmap_rows(table: pd.DataFrame) -> tuple[list[str], str, str]:
-    """Row labels of the heatmap, its y-axis label and a title suffix: head and objectives are
-    part of the rows when they vary; when constant they are named in the title unless default."""
+    """Row labels of the heatmap, its y-axis label and a title suffix. Each of framework · backbone,
+    head and objectives is part of the rows when it varies; a constant one is named in the title
+    instead (head and objectives only when not the default), framework · backbone stays in the
+    rows when it is all that could label them."""
     rows = _rows(table)
-    heads, objs = {r[1] for r in rows}, {r[2] for r in rows}
-    vary_h, vary_j = len(heads) > 1, len(objs) > 1
-    labels = [" · ".join([r[0]] + ([f"{r[1]} head"] if vary_h else []) + ([plots.objectives_words(r[2])] if vary_j else []))
-              for r in rows]
-    ylabel = " · ".join(["Framework · backbone"] + (["head"] if vary_h else []) + (["objectives"] if vary_j else []))
-    constant = ([f"{h} head" for h in heads if not vary_h and h != plots.head_label(plots.DEFAULT_HEAD)]
-                + [o for o in objs if not vary_j and o != plots.NO_OBJECTIVES])
-    return labels, ylabel, f" ({', '.join(constant)})" if constant else ""
+    parts = [{r[i] for r in rows} for i in range(3)]
+    vary_h, vary_j = len(parts[1]) > 1, len(parts[2]) > 1
+    vary_fb = len(parts[0]) > 1 or not (vary_h or vary_j)
+    labels = [" · ".join(([r[0]] if vary_fb else []) + ([f"{r[1]} head"] if vary_h else [])
+                         + ([plots.objectives_words(r[2])] if vary_j else [])) for r in rows]
+    ylabel = " · ".join((["framework · backbone"] if vary_fb else []) + (["head"] if vary_h else [])
+                        + (["objectives"] if vary_j else []))
+    constant = (([rows[0][0]] if not vary_fb else [])
+                + [f"{h} head" for h in parts[1] if not vary_h and h != plots.head_label(plots.DEFAULT_HEAD)]
+                + [o for o in parts[2] if not vary_j and o != plots.NO_OBJECTIVES])
+    return labels, ylabel[0].upper() + ylabel[1:], f" ({', '.join(constant)})" if constant else ""
 
 
 def heatmap(table: pd.DataFrame, title: str, objective: str):

@@ -492,12 +492,15 @@ def test_table_groups_by_head_and_objectives(tmp_path):
     from analysis.tables import heatmap_rows, objective_table, objective_values
 
     tab = objective_table(objective_values(select(s.client, study="heads"))[0])
-    labels, ylabel, suffix = heatmap_rows(tab)
-    assert labels[0] == "SimCLR · Tiny3D · MLP head · no objectives"
-    assert labels[-1] == "SimCLR · Tiny3D · CATE head · region+order"
-    assert ylabel == "Framework · backbone · head · objectives" and suffix == ""
+    labels, ylabel, suffix = heatmap_rows(tab)  # one framework and backbone: named in the title
+    assert labels[0] == "MLP head · no objectives" and labels[-1] == "CATE head · region+order"
+    assert ylabel == "Head · objectives" and suffix == " (SimCLR · Tiny3D)"
     only_cate = tab[tab["head.name"] == "cate"].iloc[1:]
     assert heatmap_rows(only_cate) == (["SimCLR · Tiny3D"], "Framework · backbone", " (CATE head, region+order)")
+    two_frameworks = pd.concat([tab, tab.iloc[:1].assign(**{"framework.name": "moco"})], ignore_index=True)
+    labels, ylabel, suffix = heatmap_rows(two_frameworks)
+    assert labels[-1] == "MoCo v2 · Tiny3D · MLP head · no objectives" and suffix == ""
+    assert ylabel == "Framework · backbone · head · objectives"
     for name in ("table.png", "table.pdf"):
         assert (out / name).stat().st_size > 3000
 
