@@ -7,11 +7,13 @@ by global average pooling of its last feature map (:meth:`Backbone.forward_featu
 
 Minimum inputs (:meth:`Backbone.check_input`):
 
-- ``s3d``: 6 frames of 17x17, measured (torch 2.14.1, torchvision 0.29.1). Below 5 frames or
+- ``s3d``: 8 frames of 17x17, measured (torch 2.14.1, torchvision 0.29.1). Below 5 frames or
   17x17 the unpadded 2x2x2 max-pool before its last inception blocks gets an input smaller than
-  its kernel and the forward pass fails. Exactly 5 frames passes forward, but on CPU the backward
-  pass of the stem's 7x1x1 stride-2 temporal conv (oneDNN) corrupts the heap and crashes the
-  process for a 5-frame input (every other length from 1 to 64 is fine), hence 6.
+  its kernel and the forward pass fails. From 5 to 7 frames the forward pass works, but on CPU the
+  backward pass of the stem's 7x1x1 stride-2 temporal conv (oneDNN) is broken: at 5 frames it
+  corrupts the heap and crashes the process, at 6 and 7 its weight gradient is garbage that
+  changes from run to run (1e33 to inf, NaN after the next step), reading memory it never wrote.
+  From 8 frames on it is the same in every run (``tests/test_backbones.py``), hence 8.
 - The ResNets and ``tiny3d`` accept any size (every stride is padded), so their minimum is a
   sensible one: the total stride along each axis, i.e. the smallest input that the network
   reduces to a single cell without any strided stage working on a single cell of padding.
@@ -136,7 +138,7 @@ _register_resnet("r2plus1d_18", tv_video.r2plus1d_18, min_frames=8)
 def s3d() -> TorchvisionVideo:
     """torchvision ``s3d`` (random init, 1024-d features); its fixed 2x7x7 average pool is replaced
     by global average pooling, so inputs smaller than 16x224x224 work."""
-    return TorchvisionVideo("s3d", tv_video.s3d(weights=None).features, 1024, 6, 17)
+    return TorchvisionVideo("s3d", tv_video.s3d(weights=None).features, 1024, 8, 17)
 
 
 def create_backbone(name: str, **kwargs) -> Backbone:

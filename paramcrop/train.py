@@ -7,8 +7,8 @@ has already negated and scaled by lambda, so it ascends the same loss. The gener
 would cancel that scale, so its learning rate is ``optim.generator_lr * lambda(step)``: lambda
 sets the adversary's step size.
 
-The framework also receives each view's augmentation vector (cube, flip, relative shift;
-:func:`paramcrop.heads.augmentation_vectors`) for heads that use it. The loss is the
+The framework also receives each view's augmentation vector (cube, flip, relative shift), as the
+projection head's ``augmentation_inputs`` asks for it (the CATE head; the MLP head takes none). The loss is the
 framework's loss plus the switched-on objectives (:mod:`paramcrop.objectives`) times their
 weights; ``train/loss`` logs that total, ``train/region_loss`` / ``train/order_loss`` each term
 unweighted. Objectives that are off cost nothing.
@@ -34,7 +34,7 @@ from paramcrop.config import ConfigError, TrainConfig
 from paramcrop.distributed import DistInfo, average_gradients, init_from_env, shard
 from paramcrop.frameworks.base import pool
 from paramcrop.geometry import view_disparity
-from paramcrop.heads import HeadSpec, augmentation_vectors
+from paramcrop.heads import HeadSpec
 from paramcrop.objectives import ORDER_LOSS, REGION_LOSS, RegionContrast, TemporalOrder, global_view
 
 # the Kinetics statistics that torchvision's video models use
@@ -311,7 +311,7 @@ class Trainer:
             views = self.crop(clips, self.step)
             x1, aug1 = self.augment(views.x1 / 255.0)
             x2, aug2 = self.augment(views.x2 / 255.0)
-            vectors = augmentation_vectors(views.cubes1, views.cubes2, aug1.flip, aug2.flip)
+            vectors = self.framework.projector.augmentation_inputs(views.cubes1, views.cubes2, aug1.flip, aug2.flip)
             out = self.model(to_input(x1), to_input(x2), *vectors)
             terms = self.objective_terms(clips, views, (aug1.flip, aug2.flip), out.maps)
         loss = out.loss + sum(self.objective_weights[name] * value for name, value in terms.items())

@@ -50,7 +50,7 @@ class CropMethod(nn.Module):
         cubes1, cubes2 = self.sample_cubes(clips.shape[0], clips.device, step)
         if not clips.is_floating_point() and (clips.is_cuda or (torch.is_grad_enabled() and
                                                                 (cubes1.requires_grad or cubes2.requires_grad))):
-            clips = clips.float()  # float frames for the cube gradient (or CUDA's grid_sample): convert once for both views
+            clips = clips.float()  # the cube gradient (and CUDA's grid_sample) reads float frames: convert once
         return Views(crop_video(clips, cubes1, self.size), crop_video(clips, cubes2, self.size), cubes1, cubes2)
 
 
