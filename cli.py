@@ -25,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstring paragraphs are reflowed, not broken at the source's line ends
 )
 
 
@@ -320,31 +321,65 @@ LogOption = Annotated[bool, typer.Option(
     "--log/--no-log", help="Log the files as artifacts (analysis/) of the study's parent run.")]
 
 
-_RUN_QUERY_OPTIONS = {"study": (StudyOption, None), "experiment": (ExperimentOption, None),
-                      "runs": (RunsOption, None), "tracking_uri": (TrackingUriOption, None),
-                      "out": (OutOption, None), "objective": (ObjectiveOption, None), "log": (LogOption, True)}
+def shared_options(param: str, options: dict, build):
+    """Decorator factory for commands that share a group of options: ``options`` (name ->
+    (Annotated type, default)) are added to the command's own, before them in ``--help``, and the
+    command receives ``build(**their values)`` as its argument ``param``. Stackable."""
+    def decorate(fn):
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != param]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+                  for name, (annotation, default) in options.items()]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            values = {name: kwargs.pop(name) for name in options}
+            return fn(**{param: build(**values)}, **kwargs)
+
+        command.__signature__ = inspect.Signature(shared + own)
+        return command
+    return decorate
 
 
-def run_query_command(fn):
-    """Decorator of the analyze commands that read tracked runs: their options are the shared
-    run-selection options (:data:`_RUN_QUERY_OPTIONS`, first in ``--help``) and ``fn``'s own;
-    ``fn`` receives the shared ones as its first argument, an :class:`analysis.load.RunQuery`."""
-    own = list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-              for name, (annotation, default) in _RUN_QUERY_OPTIONS.items()]
+def _run_query(study, experiment, runs, tracking_uri, out, objective, log):
+    from analysis.load import RunQuery
 
-    @functools.wraps(fn)
-    def command(**kwargs):
-        from analysis.load import RunQuery
+    return RunQuery(study=study, experiments=tuple(experiment or ()), run_ids=tuple(runs or ()), objective=objective,
+                    tracking_uri=check_tracking_uri(tracking_uri), out=out, log=log)
 
-        q = {name: kwargs.pop(name) for name in _RUN_QUERY_OPTIONS}
-        query = RunQuery(study=q["study"], experiments=tuple(q["experiment"] or ()), run_ids=tuple(q["runs"] or ()),
-                         objective=q["objective"], tracking_uri=check_tracking_uri(q["tracking_uri"]),
-                         out=q["out"], log=q["log"])
-        return fn(query, **kwargs)
 
-    command.__signature__ = inspect.Signature(shared + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own])
-    return command
+run_query_command = shared_options("query", {
+    "study": (StudyOption, None), "experiment": (ExperimentOption, None), "runs": (RunsOption, None),
+    "tracking_uri": (TrackingUriOption, None), "out": (OutOption, None), "objective": (ObjectiveOption, None),
+    "log": (LogOption, True)}, _run_query)
+"""The analyze commands that read tracked runs: they get the run-selection options as ``query``,
+an :class:`analysis.load.RunQuery`."""
+
+
+def _curve_options(**values):
+    from analysis.iou_curves import CurveOptions
+
+    return CurveOptions(**values)
+
+
+curve_options_command = shared_options("curve", {
+    "x": (Annotated[str, typer.Option(
+        "--x", help="x axis: progress = step / the run's last step (its steps param - 1, or its largest logged "
+        "step if larger), so runs of different lengths align on [0, 1]; or step.")], "progress"),
+    "hue": (Annotated[list[str], typer.Option(
+        "--hue", help="Also split configurations by this param, e.g. framework.name (repeatable). Always split: "
+        "crop.method, crop.strength.")], []),
+    "separate": (Annotated[bool, typer.Option(
+        "--separate", help="One figure per metric instead of one with a panel each.")], False),
+    "points": (Annotated[int, typer.Option(
+        "--points", help="Grid points along x (runs are interpolated onto them).")], 101),
+    "level": (Annotated[float, typer.Option(
+        "--level", help="Confidence level of the t-interval band over runs.")], 0.95),
+    "skip_incomplete": (Annotated[bool, typer.Option(
+        "--skip-incomplete", help="Skip runs without the metrics (default: stop with an error naming them).")],
+        False)}, _curve_options)
+"""The curve commands (iou-curves, learning-curves): they get the drawing options as ``curve``,
+an :class:`analysis.iou_curves.CurveOptions`."""
 
 
 def _analysis(fn, *args, **kwargs) -> None:
@@ -361,19 +396,11 @@ def _analysis(fn, *args, **kwargs) -> None:
 
 @analyze_app.command("iou-curves")
 @run_query_command
+@curve_options_command
 def analyze_iou_curves(
     query,
-    x: str = typer.Option("progress", "--x", help="x axis: progress = step / the run's last step (its steps param - 1, or "
-                          "its largest logged step if larger), so runs of different lengths align on [0, 1]; "
-                          "or step."),
+    curve,
     axes: str = typer.Option("xyt", "--axes", help="xyt (view/iou, view/center_distance), xy (spatial) or t (temporal)."),
-    hue: list[str] = typer.Option([], "--hue", help="Also split configurations by this param, e.g. "
-                                  "framework.name (repeatable). Always split: crop.method, crop.strength."),
-    separate: bool = typer.Option(False, "--separate", help="One figure per metric instead of one with two panels."),
-    points: int = typer.Option(101, "--points", help="Grid points along x (runs are interpolated onto them)."),
-    level: float = typer.Option(0.95, "--level", help="Confidence level of the t-interval band over runs."),
-    skip_incomplete: bool = typer.Option(False, "--skip-incomplete", help="Skip runs without the view metrics "
-                                         "(default: stop with an error naming them)."),
 ) -> None:
     """View IoU and center distance over training against the random-crop baseline.
 
@@ -382,8 +409,25 @@ def analyze_iou_curves(
     data iou-curves.csv (mean, std, lower, upper, n per configuration and x), prints a summary."""
     from analysis.iou_curves import iou_curves
 
-    _analysis(iou_curves, query, x=x, axes=axes, hue=hue, separate=separate, points=points, level=level,
-              skip_incomplete=skip_incomplete)
+    _analysis(iou_curves, query, curve, axes=axes)
+
+
+@analyze_app.command("learning-curves")
+@run_query_command
+@curve_options_command
+def analyze_learning_curves(
+    query,
+    curve,
+    metric: list[str] = typer.Option(["eval/knn_top1"], "--metric", help="Metric to draw (repeatable), e.g. "
+                                     "eval/knn_top1 (the online kNN, logged every eval.every steps), train/loss."),
+) -> None:
+    """Metrics over training (default: the online kNN top-1) against the random-crop baseline.
+
+    Like iou-curves, for any logged metrics: one line per crop configuration, mean over runs with a
+    95% t-interval band. Writes learning-curves.png/.pdf/.csv, prints a summary."""
+    from analysis.iou_curves import learning_curves
+
+    _analysis(learning_curves, query, curve, metrics=metric)
 
 
 @analyze_app.command("strength")

@@ -1,5 +1,7 @@
 """``paramcrop analyze iou-curves``: view IoU and center distance along training, per crop
-configuration, against the random-crop baseline.
+configuration, against the random-crop baseline; ``paramcrop analyze learning-curves``: the same
+for any logged metrics (default the online kNN, ``eval/knn_top1``, logged every ``eval.every``
+steps).
 
 Definitions (the CSV holds exactly what is plotted):
 
@@ -29,6 +31,7 @@ Definitions (the CSV holds exactly what is plotted):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -63,7 +66,15 @@ def metric_label(metric: str) -> str:
             return f"View IoU, {AXES_WORDS[axes]} (0–1)"
         if metric == distance:
             return f"Center distance, {AXES_WORDS[axes]}\n(normalised coords, clip = [−1, 1])"
+    if metric == sinks.EVAL_KNN_TOP1:
+        return "kNN top-1 (online, 0–1)"
     return metric
+
+
+def _bounded(metric: str) -> bool:
+    """Whether the metric lives in [0, 1] (IoU, accuracies, recalls): its axis is kept inside."""
+    name = metric.split("/")[-1]
+    return metric.startswith("eval/") or "iou" in name
 
 
 def x_label(x: str) -> str:
@@ -180,7 +191,6 @@ def summary(data: pd.DataFrame, selection_runs: pd.DataFrame, metrics: Sequence[
     """Per configuration: runs, each metric's mean at start / middle / end, the objective."""
     configs, _ = configurations(selection_runs, hue)
     rows = []
-    short = {m: ("IoU" if "iou" in m else "dist") for m in metrics}
     for label, group in configs.sort_values("order", kind="stable").groupby("configuration", sort=False):
         row = {"configuration": label, "runs": len(group)}
         for metric in metrics:
@@ -191,8 +201,7 @@ def summary(data: pd.DataFrame, selection_runs: pd.DataFrame, metrics: Sequence[
             else:
                 mid_i = int(np.argmin(np.abs(xs - (xs[0] + xs[-1]) / 2)))
                 start, mid, end = (float(d["mean"].iloc[i]) for i in (0, mid_i, -1))
-            row.update({f"{short[metric]} start": start, f"{short[metric]} mid": mid,
-                        f"{short[metric]} end": end})
+            row.update({f"{metric} start": start, f"{metric} mid": mid, f"{metric} end": end})
         vals = plots.numeric(column(selection_runs[selection_runs["run_id"].isin(group["run_id"])],
                                     f"metrics.{objective}")).dropna()
         if vals.empty:
@@ -209,9 +218,8 @@ def display_summary(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame
     """The summary as short strings: ``0.81 → 0.76 → 0.71`` per metric."""
     out = table[["configuration", "runs"]].copy()
     for metric in metrics:
-        short = "IoU" if "iou" in metric else "dist"
         out[metric] = [" → ".join("–" if v != v else f"{v:.2f}" for v in vals) for vals in
-                     table[[f"{short} start", f"{short} mid", f"{short} end"]].to_numpy(float)]
+                       table[[f"{metric} start", f"{metric} mid", f"{metric} end"]].to_numpy(float)]
     out["objective"] = table.iloc[:, -1]
     return out
 
@@ -232,7 +240,7 @@ def _draw(ax, data: pd.DataFrame, metric: str, x: str, colours: dict) -> None:
     ax.set_ylabel(metric_label(metric))
     if x == "progress":
         ax.set_xlim(0, 1)
-    if "iou" in metric.split("/")[-1]:
+    if _bounded(metric):
         lo, hi = ax.get_ylim()
         ax.set_ylim(max(lo, 0.0) if lo >= -0.05 else lo, min(hi, 1.02) if hi <= 1.05 else hi)
 
@@ -278,37 +286,65 @@ def figures(data: pd.DataFrame, metrics: Sequence[str], x: str, title: str, sepa
     return out
 
 
-# --- the command ---------------------------------------------------------------------------
-def iou_curves(
-    query: RunQuery,
-    x: str = "progress",
-    axes: str = "xyt",
-    hue: Sequence[str] = (),
-    separate: bool = False,
-    points: int = 101,
-    level: float = 0.95,
-    skip_incomplete: bool = False,
-    client: "MlflowClient | None" = None,
-) -> Report:
+# --- the commands --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CurveOptions:
+    """How curves are drawn (the options ``iou-curves`` and ``learning-curves`` share; see the
+    module doc): the x axis, extra ``hue`` params, one figure per metric (``separate``), grid
+    ``points``, confidence ``level``, skipping runs without the metrics (``skip_incomplete``)."""
+
+    x: str = "progress"
+    hue: Sequence[str] = ()
+    separate: bool = False
+    points: int = 101
+    level: float = 0.95
+    skip_incomplete: bool = False
+
+
+def iou_curves(query: RunQuery, options: CurveOptions = CurveOptions(), axes: str = "xyt",
+               client: "MlflowClient | None" = None) -> Report:
     """Compute, plot, write and (for a study) log the IoU / center-distance curves."""
     if axes not in AXES_METRICS:
         raise NotFoundError(f"--axes must be one of {', '.join(AXES_METRICS)}, got {axes!r}")
-    if x not in X_MODES:
-        raise NotFoundError(f"--x must be one of {', '.join(X_MODES)}, got {x!r}")
-    check_level(level)
+    subject = "view disparity during training" + (f" ({AXES_WORDS[axes]})" if axes != "xyt" else "")
+    why = ("the curves need the per-step view metrics that training logs for every crop method (runs from "
+           "another tool, or runs that failed before their first logged step, lack them)")
+    return metric_curves(query, options, list(AXES_METRICS[axes]), STEM if axes == "xyt" else f"{STEM}-{axes}",
+                         subject, why, client)
+
+
+LEARNING_STEM = "learning-curves"
+
+
+def learning_curves(query: RunQuery, options: CurveOptions = CurveOptions(),
+                    metrics: Sequence[str] = (sinks.EVAL_KNN_TOP1,), client: "MlflowClient | None" = None) -> Report:
+    """Compute, plot, write and (for a study) log the curves of ``metrics`` (default the online kNN)."""
+    if not metrics:
+        raise NotFoundError("give at least one --metric")
+    why = ("Evaluation metrics such as eval/knn_top1 have a curve only in runs that evaluate during training: "
+           "set config.eval.every (the built-in specs use 50).")
+    return metric_curves(query, options, list(dict.fromkeys(metrics)), LEARNING_STEM, "learning curves", why, client)
+
+
+def metric_curves(query: RunQuery, options: CurveOptions, metrics: list[str], stem: str, subject: str, why: str,
+                  client: "MlflowClient | None" = None) -> Report:
+    """The curves of ``metrics`` per configuration (module doc): figures ``<stem>.png/.pdf``, the
+    plotted data ``<stem>.csv``, a summary table; ``why`` explains runs that lack the metrics."""
+    o = options
+    if o.x not in X_MODES:
+        raise NotFoundError(f"--x must be one of {', '.join(X_MODES)}, got {o.x!r}")
+    check_level(o.level)
     client, sel = query.resolve(client)
-    metrics = list(AXES_METRICS[axes])
-    require_metrics(
-        sel, metrics,
-        "the curves need the per-step view metrics that training logs for every crop method "
-        "(runs from another tool, or runs that failed before their first logged step, lack them)",
-        skip=skip_incomplete,
-    )
+    require_metrics(sel, metrics, why, skip=o.skip_incomplete)
     history = load_histories(client, sel.run_ids, metrics)
-    data, notes = curves(sel.runs, history, metrics, x, hue, points, level)
+    data, notes = curves(sel.runs, history, metrics, o.x, o.hue, o.points, o.level)
     if data.empty:
         raise NoDataError(f"no logged points of {', '.join(metrics)} fall on the plotting grid")
-    report = Report(f"iou-curves ({sel.kind} {sel.name})", notes=sel.notes + notes)
+    report = Report(f"{stem} ({sel.kind} {sel.name})", notes=sel.notes + notes)
+    steps = last_per_step(history).groupby(["metric", "run_id"])["step"].nunique()
+    for metric, single in (steps[steps < 2].groupby(level="metric")):
+        report.warnings.append(f"{len(single)} run(s) logged {metric} at one step only: a point, not a curve. "
+                               + why)
     if not data["baseline"].any():
         where = f"experiment {sel.name!r}" if sel.kind != "runs" else "the given runs"
         report.warnings.append(
@@ -317,17 +353,14 @@ def iou_curves(
             f"choices and resume the study, or log a `paramcrop train` run with {P_CROP}=random "
             f"into {where}, or pass a baseline run's id together with these via --runs."
         )
-    title = sel.title("view disparity during training" + (f" ({AXES_WORDS[axes]})" if axes != "xyt" else ""))
-    stem = STEM if axes == "xyt" else f"{STEM}-{axes}"
-    table = summary(data, sel.runs, metrics, x, sel.objective, hue)
+    table = summary(data, sel.runs, metrics, o.x, sel.objective, o.hue)
     with plots.paper_style():
-        figs = figures(data, metrics, x, title, separate, level, stem)
         writers = {}
-        for name, fig in figs:
+        for name, fig in figures(data, metrics, o.x, sel.title(subject), o.separate, o.level, stem):
             writers.update(plots.figure_writers(fig, name))
         writers[f"{stem}.csv"] = plots.csv_writer(data)
         plots.publish(report, client, sel, query.out, writers, query.log)
-    report.tables.append((f"{sel.name}: view metrics at start → middle → end of training (x = {x}), "
+    report.tables.append((f"{sel.name}: {', '.join(metrics)} at start → middle → end of training (x = {o.x}), "
                           f"objective {sel.objective} (mean ± std, n runs)", display_summary(table, metrics)))
     report.data.update(curves=data, summary=table, selection=sel)
     return report

@@ -348,6 +348,43 @@ def test_iou_curves_on_explicit_runs(store, tmp_path):
     assert set(data["configuration"]) == {"Random crop (baseline)"}
 
 
+# --- learning curves ---------------------------------------------------------------------------
+def test_learning_curves_of_the_online_knn_and_any_metric(tmp_path):
+    """kNN logged every 50 of 201 steps (progress = step / 200): hand means at 0.25 and 1.0, the
+    random-crop baseline dashed in the CSV; a run evaluated only at the end is one point, said so."""
+    s = Store(tmp_path / "store")
+    eid, parent = s.study("online")
+    knn = {("random", 0): [0.20, 0.25, 0.27, 0.30], ("random", 1): [0.22, 0.23, 0.29, 0.32],
+           ("paramcrop", 0): [0.30, 0.45, 0.50, 0.52], ("paramcrop", 1): [0.34, 0.41, 0.56, 0.58]}
+    for (crop, seed), values in knn.items():
+        params = {"crop.method": crop, "seed": seed, "steps": 201}
+        params.update({"crop.strength": "1.0"} if crop != "random" else {})
+        s.run(eid, parent, params, {sinks.EVAL_KNN_TOP1: list(zip((50, 100, 150, 200), values)),
+                                    sinks.TRAIN_LOSS: [(0, 5.0), (200, 3.0 + seed)]})
+    out = tmp_path / "lc"
+    result = cli_run(["analyze", "learning-curves", "--study", "online", "--tracking-uri", s.uri, "--out", str(out),
+                      "--no-log", "--metric", "eval/knn_top1", "--metric", "train/loss"])
+    assert result.exit_code == 0, result.output
+    assert "one step only" not in result.stderr
+    data = pd.read_csv(out / "learning-curves.csv")
+    knn_rows = data[data["metric"] == sinks.EVAL_KNN_TOP1]
+    pc = knn_rows[knn_rows["configuration"] == "ParamCrop, λ=1.0"].set_index("progress")
+    assert pc.loc[0.25, "mean"] == pytest.approx(0.32) and pc.loc[1.0, "mean"] == pytest.approx(0.55)
+    assert pc.index.min() == pytest.approx(0.25)  # no extrapolation before the first evaluation
+    base = knn_rows[knn_rows["baseline"]].set_index("progress")
+    assert base.loc[0.5, "mean"] == pytest.approx(0.24) and base.loc[0.5, "n"] == 2
+    loss = data[(data["metric"] == sinks.TRAIN_LOSS) & (data["configuration"] == "ParamCrop, λ=1.0")]
+    assert loss.set_index("progress").loc[0.5, "mean"] == pytest.approx(4.25)  # 5 -> 3.5 (mean of 3 and 4)
+    assert (out / "learning-curves.png").stat().st_size > 3000
+
+    s.run(eid, parent, {"crop.method": "random", "seed": 2, "steps": 201}, {sinks.EVAL_KNN_TOP1: [(200, 0.3)]})
+    result = cli_run(["analyze", "learning-curves", "--study", "online", "--tracking-uri", s.uri,
+                      "--out", str(tmp_path / "lc2"), "--no-log"])
+    assert result.exit_code == 0, result.output
+    assert "1 run(s) logged eval/knn_top1 at one step only" in " ".join(result.stderr.split())
+    assert "config.eval.every" in result.stderr
+
+
 # --- errors --------------------------------------------------------------------------------
 def test_unknown_study_lists_known_ones(store, tmp_path):
     out = tmp_path / "o"
@@ -569,7 +606,7 @@ def test_strength_without_strength_param(store, tmp_path):
 def test_help_lists_analyses():
     result = cli_run(["analyze", "--help"])
     assert result.exit_code == 0
-    for name in ("iou-curves", "strength", "table", "importance", "crops"):
+    for name in ("iou-curves", "learning-curves", "strength", "table", "importance", "crops"):
         assert re.search(rf"\b{name}\b", result.stdout)
 
 
