@@ -25,7 +25,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",  # docstring paragraphs are reflowed, not broken at the source's line ends
+    # docstring paragraphs are reflowed, not broken at the source's line ends (so no <placeholders>
+    # in help texts: markdown takes them for HTML tags; write them in capitals, ./analysis-STUDY/)
+    rich_markup_mode="markdown",
 )
 
 
@@ -106,7 +108,7 @@ def train(
                                                "or sqlite:///mlflow.db]"),
     experiment: str = typer.Option("paramcrop-train", help="MLflow experiment to record the run in."),
     run_dir: Optional[Path] = typer.Option(None, help="Folder for checkpoints and run files. "
-                                           "[default: paramcrop-runs/<experiment>/<run name>]"),
+                                           "[default: paramcrop-runs/EXPERIMENT/RUN-NAME]"),
     resume: bool = typer.Option(False, help="Continue the run in --run-dir from its checkpoint (same MLflow run)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -296,7 +298,7 @@ def data_check(
 # --- paramcrop analyze -------------------------------------------------------------------------
 analyze_app = typer.Typer(
     help="Plots and tables from tracked runs in MLflow (importance: from the Optuna storage): a study "
-    "(default: the most recent), an experiment (--experiment) or any runs (--runs). Files go to --out (default: ./analysis-<study>/) "
+    "(default: the most recent), an experiment (--experiment) or any runs (--runs). Files go to --out (default: ./analysis-STUDY/) "
     "as PNG + PDF + CSV and, for a study, to its parent run's artifacts (analysis/). "
     "Exit 2: unknown study/experiment/run/store or bad option; exit 1: no usable data.",
     no_args_is_help=True,
@@ -314,7 +316,7 @@ RunsOption = Annotated[Optional[list[str]], typer.Option(
     "--runs", help="Analyse these run ids (comma-separated; repeatable) instead of a study.")]
 TrackingUriOption = Annotated[Optional[str], typer.Option("--tracking-uri", help=_URI_HELP)]
 OutOption = Annotated[Optional[Path], typer.Option(
-    "--out", help="Output folder. (default: ./analysis-<study or experiment>/, ./analysis-runs/ for --runs)")]
+    "--out", help="Output folder. (default: ./analysis-STUDY/ or ./analysis-EXPERIMENT/, ./analysis-runs/ for --runs)")]
 ObjectiveOption = Annotated[Optional[str], typer.Option(
     "--objective", help="Objective metric. (default: the study's paramcrop.objective tag, else eval/knn_top1)")]
 LogOption = Annotated[bool, typer.Option(
@@ -467,7 +469,7 @@ def analyze_importance(
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage: a journal file path or an RDB "
                                           "URL. (default: ./paramcrop-studies.journal)"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder. (default: ./analysis-<study>/)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder. (default: ./analysis-STUDY/)"),
     seed: int = typer.Option(0, "--seed", help="Seed of the fANOVA importance evaluator."),
     log: bool = typer.Option(True, "--log/--no-log", help="Log the files to the MLflow study's parent run "
                              "when the tracking store has it."),
@@ -486,12 +488,13 @@ def analyze_importance(
 def analyze_crops(
     run: str = typer.Option(..., "--run", help="MLflow run id."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder. (default: ./analysis-<experiment>/)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder. (default: ./analysis-EXPERIMENT/)"),
     cols: Optional[int] = typer.Option(None, "--cols", help="Images per row. (default: up to 3)"),
 ) -> None:
     """A run's crop visualisations (PNG artifacts under crops/) in one figure.
 
-    Writes crops-<run id[:8]>.png/.pdf and a .csv listing the images in order of step."""
+    Writes crops-RUNID.png/.pdf (RUNID: the first 8 characters of the run id) and a .csv listing the images
+    in order of step."""
     from analysis.crops import crops
 
     _analysis(crops, tracking_uri=check_tracking_uri(tracking_uri), run_id=run, out=out, cols=cols)
