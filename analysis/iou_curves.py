@@ -341,7 +341,7 @@ def metric_curves(query: RunQuery, options: CurveOptions, metrics: list[str], st
     if data.empty:
         raise NoDataError(f"no logged points of {', '.join(metrics)} fall on the plotting grid")
     report = Report(f"{stem} ({sel.kind} {sel.name})", notes=sel.notes + notes)
-    steps = last_per_step(history).groupby(["metric", "run_id"])["step"].nunique()
+    steps = history.groupby(["metric", "run_id"])["step"].nunique()
     for metric, single in (steps[steps < 2].groupby(level="metric")):
         report.warnings.append(f"{len(single)} run(s) logged {metric} at one step only: a point, not a curve. "
                                + why)

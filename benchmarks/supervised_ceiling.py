@@ -45,8 +45,9 @@ def main() -> int:
     dataset = resolve_source(cfg.data.source)
     stride = max(1, cfg.data.stride * cfg.data.frames // cfg.view.frames)  # the trainer's evaluation stride
     train_set = TrainClips(dataset.train, cfg.view.frames, stride, cfg.view.size, seed=args.seed, labelled=True)
-    loaders = [DataLoader(EvalClips(split, cfg.view.frames, stride, cfg.view.size, e.clips_per_video),
-                          batch_size=e.batch_size) for split in (dataset.train, dataset.test)]
+    view = (cfg.view.frames, stride, cfg.view.size, e.clips_per_video)
+    loaders = [DataLoader(EvalClips(train_set.records, *view, infos=train_set.infos), batch_size=e.batch_size),
+               DataLoader(EvalClips(dataset.test, *view), batch_size=e.batch_size)]
     print(f"{len(train_set)} train / {len(loaders[1].dataset)} test videos, {len(dataset.classes)} classes, clips "
           f"{cfg.view.frames}x{cfg.view.size}x{cfg.view.size} at stride {stride}, tiny3d width {args.width}, "
           f"{args.steps} steps of batch {args.batch_size}", flush=True)

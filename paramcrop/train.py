@@ -154,8 +154,9 @@ class Trainer:
         check_window_fits(dataset.train, cfg.data.frames, cfg.data.stride)  # refuse a clip longer than every video
         self.train_set = TrainClips(dataset.train, cfg.data.frames, cfg.data.stride, cfg.data.size, seed=cfg.seed)
         self.eval_stride = max(1, cfg.data.stride * cfg.data.frames // cfg.view.frames)  # span of a whole raw clip
-        self.eval_sets = [EvalClips(split, cfg.view.frames, self.eval_stride, cfg.view.size, cfg.eval.clips_per_video)
-                          for split in (dataset.train, dataset.test)]
+        view = (cfg.view.frames, self.eval_stride, cfg.view.size, cfg.eval.clips_per_video)
+        self.eval_sets = [EvalClips(self.train_set.records, *view, infos=self.train_set.infos),  # scanned once
+                          EvalClips(dataset.test, *view)]
         self.num_classes = len(dataset.classes)
 
         crop_name, crop_kw = cfg.component("crop")
@@ -265,8 +266,8 @@ class Trainer:
         from paramcrop.evaluation import finetune, predict_videos
 
         cfg = self.cfg
-        train = TrainClips(self.eval_sets[0].records, cfg.view.frames, self.eval_stride, cfg.view.size,
-                           seed=cfg.seed, labelled=True)
+        train = TrainClips(self.train_set.records, cfg.view.frames, self.eval_stride, cfg.view.size, seed=cfg.seed,
+                           labelled=True, infos=self.train_set.infos)
         batches = DataLoader(train, batch_sampler=EpochBatches(len(train), cfg.batch_size, cfg.seed),
                              num_workers=cfg.data.workers, generator=torch.Generator().manual_seed(cfg.seed))
         torch.manual_seed(cfg.seed)  # the classifier's initial weights (the RNG is forked by evaluate)

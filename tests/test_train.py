@@ -101,6 +101,32 @@ def test_periodic_evaluation_and_finetuning_change_no_training_result(tmp_path):
     assert sinks.EVAL_FINETUNE_TOP1 not in result.eval_metrics
 
 
+def test_each_video_is_probed_once_for_training_evaluation_and_finetuning(tmp_path, monkeypatch):
+    """The train split is scanned once; its evaluation and fine-tuning datasets reuse that scan."""
+    from collections import Counter
+
+    import paramcrop.data.datasets as datasets
+    import paramcrop.data.video as video
+
+    probed: Counter = Counter()
+
+    def counting(path, *args, **kwargs):
+        probed[path] += 1
+        return probe(path, *args, **kwargs)
+
+    probe = video.probe_video
+    monkeypatch.setattr(video, "probe_video", counting)
+    monkeypatch.setattr(datasets, "probe_video", counting)
+    trainer = Trainer(tiny_config(**{"steps": 1, "eval.finetune_steps": 1}), tmp_path, progress=False)
+    trainer.finetune_top1(torch.utils.data.DataLoader(trainer.eval_sets[1], batch_size=8))
+    train_paths = [r.path for r in trainer.train_set.records]
+    # one scan, plus check_window_fits' probe of the first video (long enough: it stops there)
+    assert sum(probed[p] for p in train_paths) == len(train_paths) + 1
+    assert trainer.eval_sets[0].records == trainer.train_set.records
+    with pytest.raises(ValueError, match="infos must be the scan of the 16 records"):
+        datasets.TrainClips(trainer.train_set.records, 8, 1, 32, infos=trainer.train_set.infos[:-1])
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     trainer = Trainer(tiny_config(steps=5), tmp_path, progress=False)
     forward = trainer.framework.forward

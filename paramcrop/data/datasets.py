@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from .sources import VideoRecord
-from .video import UnreadableVideo, probe_video, read_frames, scan_videos, window_indices, window_span
+from .video import UnreadableVideo, VideoInfo, probe_video, read_frames, scan_videos, window_indices, window_span
 
 
 def check_window_fits(records: Sequence[VideoRecord], frames: int, stride: int) -> None:
@@ -53,15 +53,24 @@ def check_window_fits(records: Sequence[VideoRecord], frames: int, stride: int) 
 
 
 class _Clips(Dataset):
-    """The scan, the decoding of windows and the fallback for videos that fail after the scan."""
+    """The scan, the decoding of windows and the fallback for videos that fail after the scan.
 
-    def __init__(self, records: Sequence[VideoRecord], frames: int, stride: int, size: int) -> None:
+    ``infos``: the scan of ``records`` when another dataset over the same videos already made it
+    (pass its ``records`` and ``infos``): the videos are not probed again, nothing is skipped."""
+
+    def __init__(self, records: Sequence[VideoRecord], frames: int, stride: int, size: int,
+                 infos: Sequence[VideoInfo] | None = None) -> None:
         if min(frames, stride, size) < 1:
             raise ValueError(f"frames, stride and size must be >= 1, got {frames}, {stride}, {size}")
         records = list(records)
         if not records:
             raise ValueError("no videos given (empty train or test list)")
-        infos, self.skipped = scan_videos([r.path for r in records])
+        if infos is None:
+            infos, self.skipped = scan_videos([r.path for r in records])
+        elif len(infos) != len(records) or any(info is None for info in infos):
+            raise ValueError(f"infos must be the scan of the {len(records)} records, one readable video each")
+        else:
+            self.skipped = []
         readable = [(r, info) for r, info in zip(records, infos) if info is not None]
         if not readable:
             examples = "; ".join(f"{path}: {reason}" for path, reason in self.skipped[:3])
@@ -120,8 +129,8 @@ class TrainClips(_Clips):
     """
 
     def __init__(self, records: Sequence[VideoRecord], frames: int, stride: int, size: int, seed: int = 0,
-                 labelled: bool = False) -> None:
-        super().__init__(records, frames, stride, size)
+                 labelled: bool = False, infos: Sequence[VideoInfo] | None = None) -> None:
+        super().__init__(records, frames, stride, size, infos)
         self.seed, self.labelled = seed, labelled
         self._draws: Counter[int] = Counter()
 
@@ -140,11 +149,12 @@ class EvalClips(_Clips):
     K = ``clips_per_video`` windows evenly spaced from the first to the last possible start."""
 
     def __init__(
-        self, records: Sequence[VideoRecord], frames: int, stride: int, size: int, clips_per_video: int = 1
+        self, records: Sequence[VideoRecord], frames: int, stride: int, size: int, clips_per_video: int = 1,
+        infos: Sequence[VideoInfo] | None = None,
     ) -> None:
         if clips_per_video < 1:
             raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
-        super().__init__(records, frames, stride, size)
+        super().__init__(records, frames, stride, size, infos)
         self.clips_per_video = clips_per_video
 
     def _item(self, video: int, index: int) -> tuple[torch.Tensor, int]:
