@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -74,6 +75,30 @@ def gather(x: Tensor) -> Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, 0)
+
+
+@torch.no_grad()
+def shuffled_map(fn: Callable[..., tuple[Tensor, ...]], *xs: Tensor) -> tuple[Tensor, ...]:
+    """Apply ``fn`` to a shard of the randomly permuted global batch; outputs in this rank's order.
+
+    ``xs``: tensors ``(B, ...)`` (this rank's ``B`` samples, the same ``B`` on every rank). They are
+    gathered from all ranks (``(W * B, ...)``), permuted by ``torch.randperm(W * B)`` drawn from the
+    global CPU generator and broadcast from rank 0 (so every rank uses rank 0's), and rank ``r``
+    gets shuffled positions ``[r * B, (r + 1) * B)``; ``fn(*shard) -> (B, ...)`` tensors is applied,
+    its outputs are gathered, unshuffled, and this rank's own ``B`` rows returned: row ``i`` of each
+    output belongs to sample ``i`` of ``xs``. In one process this is ``fn`` on a permuted batch,
+    un-permuted. Without gradients (MoCo's shuffling BN for keys; the reference code's
+    ``_batch_shuffle_ddp`` and ``_batch_unshuffle_ddp``).
+    """
+    d = info()
+    b = xs[0].shape[0]
+    perm = torch.randperm(d.world_size * b).to(xs[0].device)  # the CPU generator: in the saved RNG state
+    if d.enabled:
+        dist.broadcast(perm, src=0)
+    mine = perm[d.rank * b:(d.rank + 1) * b]
+    outputs = fn(*(gather(x)[mine] for x in xs))
+    unshuffle = torch.argsort(perm)[d.rank * b:(d.rank + 1) * b]
+    return tuple(gather(out)[unshuffle] for out in outputs)
 
 
 def average_gradients(params) -> None:

@@ -15,7 +15,24 @@ of this suite are a few thousand steps, where 0.99, MoCo v3's value, lets the ke
 enough for fast-changing short runs), ``hidden_dim = 512``, ``out_dim = 128`` (MoCo v2's head
 output). The queue starts as random unit vectors, as in MoCo, so it works before ``queue_size``
 keys have been enqueued. Under torchrun every rank enqueues all ranks' keys, so the queues stay
-identical. No shuffle-BN (the key batch-norm sees its own rank's key batch).
+identical.
+
+Shuffling BN (MoCo, section 3.3): with batch-norm, a query and its positive key computed in the
+same batch share that batch's statistics, which the queue's negatives do not; the network can
+match a pair through that signature instead of its content. So in training, with
+``shuffle_bn_groups = G`` (default 2): each process's ``B`` clips are split into ``G`` contiguous
+groups and the online (query) branch encodes each group as its own batch-norm batch; the key
+branch encodes the same number of groups, but of a random permutation of the global batch
+(all ranks' clips gathered, permuted by ``torch.randperm`` from rank 0's CPU generator, each
+rank encoding its shard, keys gathered back and unshuffled: the reference code's shuffled
+all-gather), so a key's batch-norm statistics come from clips drawn at random from all
+``W x G`` groups, most of them not its query's group (on average ``1 / (W G)`` of its group mates
+share its query's group; in MoCo, with 8 GPUs, ``1 / 8``). Both views of a clip stay together,
+in one group (as :func:`~paramcrop.frameworks.base.encode_pair` encodes them). ``G`` is lowered
+to the largest divisor of ``B`` that leaves groups of at least 2 clips ("when the batch
+allows"); ``G = 1`` in one process, ``G = 0``, evaluation mode or networks without batch-norm
+encode the batch as one (no shuffle). Under torchrun ``G = 1`` is the reference code exactly
+(one group per GPU).
 """
 from __future__ import annotations
 
@@ -23,11 +40,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from paramcrop.distributed import gather
+from paramcrop import checks
+from paramcrop.distributed import gather, info, shuffled_map
 from paramcrop.frameworks.base import (
     FRAMEWORKS, POS_SIM, FrameworkOutput, MomentumFramework, encode_pair, feature_dim_of, float32_loss, mean_cosine,
 )
-from paramcrop.heads import MLP_HEAD, HeadSpec, check_positive
+from paramcrop.heads import MLP_HEAD, HeadSpec
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 @float32_loss
@@ -43,13 +63,35 @@ def moco_infonce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -
         raise ValueError(
             f"q and k must be (N, D) and queue (K, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(queue.shape)}"
         )
-    check_positive("temperature", temperature)
+    checks.positive("temperature", temperature)
     q = F.normalize(q.float(), dim=1)
     k = F.normalize(k.float(), dim=1)
     positive = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
     negatives = q @ queue.float().T  # (N, K)
     logits = torch.cat([positive, negatives], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def bn_groups(batch: int, groups: int) -> int:
+    """The largest ``g <= groups`` that splits ``batch`` clips into equal groups of at least 2 (1 if none)."""
+    return max((g for g in range(1, groups + 1) if batch % g == 0 and batch // g >= 2), default=1)
+
+
+def _cat(parts: list):
+    """Concatenate a list of equally nested tuples of ``(n_i, ...)`` tensors along dim 0, leaf by leaf."""
+    if isinstance(parts[0], Tensor):
+        return torch.cat(parts)
+    return tuple(_cat(list(leaves)) for leaves in zip(*parts))
+
+
+def encode_groups(encoder, groups: int, x1: Tensor, x2: Tensor, aug1: Tensor | None = None,
+                  aug2: Tensor | None = None):
+    """:func:`~paramcrop.frameworks.base.encode_pair` on each of ``groups`` contiguous groups of the
+    ``B`` clips (each group one batch-norm batch of both its views), outputs concatenated in clip order."""
+    if groups == 1:
+        return encode_pair(encoder, x1, x2, aug1, aug2)
+    split = [(None,) * groups if t is None else t.chunk(groups) for t in (x1, x2, aug1, aug2)]
+    return _cat([encode_pair(encoder, *group) for group in zip(*split)])
 
 
 @FRAMEWORKS.register("moco")
@@ -69,13 +111,25 @@ class MoCo(MomentumFramework):
         queue_size: int = 4096,
         hidden_dim: int = 512,
         out_dim: int = 128,
+        shuffle_bn_groups: int = 2,
     ) -> None:
-        check_positive("temperature", temperature)
-        check_positive("queue_size", queue_size, integer=True)
+        temperature = checks.positive("temperature", temperature)
+        checks.positive("queue_size", queue_size, integer=True)
+        shuffle_bn_groups = checks.non_negative("shuffle_bn_groups", shuffle_bn_groups, integer=True)
         super().__init__(backbone, head.build(feature_dim_of(backbone), hidden_dim, out_dim), momentum, "momentum")
-        self.temperature = float(temperature)
+        self.temperature = temperature
+        self.shuffle_bn_groups = shuffle_bn_groups
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, out_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def shuffle_groups(self, batch: int) -> int:
+        """Batch-norm groups per process for a local batch of ``batch`` clips: :func:`bn_groups` of
+        ``shuffle_bn_groups`` in training, 0 (no shuffle) when it is 0, in evaluation mode or
+        without batch-norm layers."""
+        has_bn = any(isinstance(m, BATCH_NORMS) for m in self.modules())
+        if not (self.training and has_bn and self.shuffle_bn_groups):
+            return 0
+        return bn_groups(batch, self.shuffle_bn_groups)
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
@@ -92,9 +146,14 @@ class MoCo(MomentumFramework):
     def forward(self, x1: Tensor, x2: Tensor, aug1: Tensor | None = None,
                 aug2: Tensor | None = None) -> FrameworkOutput:
         """Views ``x1, x2 (B, 3, T, H, W)`` (augmentation vectors ``aug1, aug2``) -> symmetrised InfoNCE;
-        enqueues both views' keys when training."""
-        (q1, maps1), (q2, maps2) = encode_pair(self.online_with_maps, x1, x2, aug1, aug2)
-        k1, k2 = encode_pair(self.target, x1, x2, aug1, aug2)
+        enqueues both views' keys when training. Shuffling BN in training (module docstring)."""
+        groups = self.shuffle_groups(x1.shape[0])
+        (q1, maps1), (q2, maps2) = encode_groups(self.online_with_maps, max(groups, 1), x1, x2, aug1, aug2)
+        if groups * info().world_size > 1:
+            inputs = (x1, x2) if aug1 is None else (x1, x2, aug1, aug2)
+            k1, k2 = shuffled_map(lambda *views: encode_groups(self.target, groups, *views), *inputs)
+        else:
+            k1, k2 = encode_pair(self.target, x1, x2, aug1, aug2)
         queue = self.queue.clone()  # the loss keeps it for backward; enqueue changes the buffer in place
         loss = 0.5 * (
             moco_infonce_loss(q1, k2, queue, self.temperature) + moco_infonce_loss(q2, k1, queue, self.temperature)
