@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from paramcrop import checks
+
 _LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
@@ -180,20 +182,15 @@ class ClipAugment(nn.Module):
         super().__init__()
         for name, value in (("strength", strength), ("brightness", brightness), ("contrast", contrast),
                             ("saturation", saturation)):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if not 0 <= hue * strength <= 0.5:
-            raise ValueError(f"hue * strength must be in [0, 0.5], got {hue * strength}")
+            checks.at_least(name, value, 0)
+        checks.in_range("hue * strength", checks.at_least("hue", hue, 0) * strength, 0, 0.5)
         for name, value in (("jitter_p", jitter_p), ("grayscale_p", grayscale_p), ("flip_p", flip_p),
                             ("blur_p", blur_p)):
-            if not 0 <= value <= 1:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
-        if len(blur_sigma) != 2 or not 0 < blur_sigma[0] <= blur_sigma[1]:
-            raise ValueError(f"blur_sigma must be a (min, max) pair with 0 < min <= max, got {blur_sigma}")
+            checks.in_range(name, value, 0, 1)
         self.brightness, self.contrast = brightness * strength, contrast * strength
         self.saturation, self.hue = saturation * strength, hue * strength
         self.jitter_p, self.grayscale_p, self.flip_p, self.blur_p = jitter_p, grayscale_p, flip_p, blur_p
-        self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
+        self.blur_sigma = checks.range_pair("blur_sigma", blur_sigma, 0, math.inf, low_open=True)
 
     def sample(self, batch: int, frame_size: int, device: torch.device) -> AugmentParams:
         """Draw the per-clip parameters; factors of 1 (shift 0) where jitter is not applied."""

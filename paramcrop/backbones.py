@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import video as tv_video
 
+from paramcrop import checks
 from paramcrop.registry import Registry
 
 BACKBONES: Registry["Backbone"] = Registry("backbone")
@@ -91,8 +92,7 @@ class Tiny3D(Backbone):
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive integer, got {width!r}")
+        checks.positive("width", width, integer=True)
         self.feature_dim = 8 * width
         self.features = nn.Sequential(
             _conv_bn_relu(3, width, (3, 3, 3), (1, 2, 2)),

@@ -27,11 +27,11 @@ def positive(name: str, value: object, integer: bool = False) -> float | int:
     return number
 
 
-def non_negative(name: str, value: object, integer: bool = False) -> float | int:
-    """``value >= 0`` (an ``int`` when ``integer``), returned as ``float`` (``int``)."""
-    number = _number(name, value, integer, ">= 0")
-    if not number >= 0:
-        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} >= 0, got {value!r}")
+def at_least(name: str, value: object, low: float, integer: bool = False) -> float | int:
+    """``value >= low`` (an ``int`` when ``integer``), returned as ``float`` (``int``)."""
+    number = _number(name, value, integer, f">= {low}")
+    if not number >= low:
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} >= {low}, got {value!r}")
     return number
 
 
@@ -47,13 +47,14 @@ def in_range(name: str, value: object, low: float, high: float, low_open: bool =
     return number
 
 
-def range_pair(name: str, pair: Sequence[float], low: float, high: float) -> tuple[float, float]:
-    """A ``(min, max)`` pair with ``low <= min <= max <= high``, returned as floats."""
-    valid = f"a (min, max) pair with {low} <= min <= max <= {high}"
+def range_pair(name: str, pair: Sequence[float], low: float, high: float,
+               low_open: bool = False) -> tuple[float, float]:
+    """A ``(min, max)`` pair with ``low <= min <= max <= high`` (``low < min`` when ``low_open``), as floats."""
+    valid = f"a (min, max) pair with {low} {'<' if low_open else '<='} min <= max <= {high}"
     try:
         lo, hi = (float(v) for v in pair if not isinstance(v, bool))
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be {valid}, got {pair!r}") from None
-    if not low <= lo <= hi <= high:
+    if not ((low < lo) if low_open else (low <= lo)) or not lo <= hi <= high:
         raise ValueError(f"{name} must be {valid}, got {tuple(pair)}")
     return lo, hi

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from paramcrop import checks
 from paramcrop.sinks import EVAL_KNN_TOP1, EVAL_LINEAR_TOP1
 
 RETRIEVAL_KS = (1, 5, 10)
@@ -144,10 +145,8 @@ def knn_predict(
     ``exp(sim / temperature)``; the class with the largest total wins (lowest index on a tie).
     ``k`` larger than N_train uses all train samples.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: must be an integer >= 1, got {k!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature: must be > 0, got {temperature!r}")
+    checks.positive("k", k, integer=True)
+    checks.positive("temperature", temperature)
     _check_split(train_feats, train_labels, "train")
     if test_feats.dim() != 2 or test_feats.shape[0] == 0 or test_feats.shape[1] != train_feats.shape[1]:
         raise ValueError(
@@ -224,12 +223,9 @@ def linear_probe_top1(
     which on a busy machine made a 500 x 256 probe take seconds instead of ~20 ms.
     """
     _check_inputs(train_feats, train_labels, test_feats, test_labels)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs: must be an integer >= 1, got {epochs!r}")
-    if not lr > 0:
-        raise ValueError(f"lr: must be > 0, got {lr!r}")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay: must be >= 0, got {weight_decay!r}")
+    checks.positive("epochs", epochs, integer=True)
+    checks.positive("lr", lr)
+    checks.at_least("weight_decay", weight_decay, 0)
     device = train_feats.device
     x_train = F.normalize(train_feats.detach().float(), dim=1)
     x_test = F.normalize(test_feats.detach().float().to(device), dim=1)
@@ -280,8 +276,10 @@ def retrieval_recall(
     """
     _check_inputs(train_feats, train_labels, test_feats, test_labels)
     ks = tuple(ks)
-    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-        raise ValueError(f"ks: must be a non-empty sequence of integers >= 1, got {ks!r}")
+    if not ks:
+        raise ValueError("ks must be a non-empty sequence of integers > 0, got ()")
+    for i, k in enumerate(ks):
+        checks.positive(f"ks[{i}]", k, integer=True)
     _, idx = _nearest(train_feats, test_feats, max(ks))
     match = train_labels.to(idx.device).long()[idx] == test_labels.to(idx.device).long()[:, None]
     hit_at = match.cummax(dim=1).values.float().mean(dim=0)  # (k_max,): hit within the first j+1
@@ -314,12 +312,9 @@ def finetune(
     cosine-decayed towards 0. Returns ``nn.Sequential(backbone copy, classifier)`` in eval mode,
     mapping normalised clips to logits ``(B, num_classes)``.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
-    if num_classes < 2:
-        raise ValueError(f"num_classes: must be >= 2, got {num_classes!r}")
-    if not lr > 0:
-        raise ValueError(f"lr: must be > 0, got {lr!r}")
+    checks.positive("steps", steps, integer=True)
+    checks.at_least("num_classes", num_classes, 2, integer=True)
+    checks.positive("lr", lr)
     model = nn.Sequential(copy.deepcopy(backbone), nn.Linear(backbone.feature_dim, num_classes)).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)

@@ -43,13 +43,13 @@ parameters that confuse the head. The head still sees the learned parameters' va
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from paramcrop import checks
 from paramcrop.registry import Registry
 
 HEADS: Registry[nn.Module] = Registry("head")
@@ -59,17 +59,10 @@ AUG_TOKENS: tuple[tuple[str, int], ...] = (("cube", 6), ("flip", 1), ("shift", 6
 AUG_DIM = sum(size for _, size in AUG_TOKENS)
 
 
-def check_positive(name: str, value: float, integer: bool = False) -> None:
-    """``ValueError`` naming ``name`` unless ``value`` is > 0 (and an int when ``integer``)."""
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
-        raise ValueError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
-
-
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Linear -> BatchNorm1d -> ReLU -> Linear: ``(N, in_dim) -> (N, out_dim)``."""
     for name, value in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
-        check_positive(name, value, integer=True)
+        checks.positive(name, value, integer=True)
     return nn.Sequential(
         nn.Linear(in_dim, hidden_dim, bias=False),
         nn.BatchNorm1d(hidden_dim),
@@ -126,7 +119,7 @@ class CATEHead(nn.Module):
             raise ValueError(f"reference must be true or false, got {reference!r}")
         self.reference = reference
         for name, value in (("in_dim", in_dim), ("depth", depth), ("width", width), ("heads", heads)):
-            check_positive(name, value, integer=True)
+            checks.positive(name, value, integer=True)
         if width % heads:
             raise ValueError(f"heads must divide width, got heads={heads} and width={width}")
         self.feature_token = nn.Linear(in_dim, width)
@@ -174,4 +167,4 @@ class HeadSpec:
 MLP_HEAD = HeadSpec()
 
 __all__ = ["AUG_DIM", "AUG_TOKENS", "CATEHead", "HEADS", "HeadSpec", "MLPHead", "MLP_HEAD", "augmentation_vectors",
-           "check_positive", "create_head", "mlp"]
+           "create_head", "mlp"]

@@ -43,7 +43,8 @@ from torch import Tensor, nn
 
 from paramcrop.frameworks.base import float32_loss
 from paramcrop.geometry import FULL_CUBE, crop_video, view_iou
-from paramcrop.heads import check_positive, mlp
+from paramcrop import checks
+from paramcrop.heads import mlp
 from paramcrop.sinks import ORDER_LOSS, REGION_LOSS  # metric names; re-exported for the trainer
 
 
@@ -100,7 +101,7 @@ def region_contrast_loss(f1: Tensor, f2: Tensor, weights: Tensor, temperature: f
             weights.shape != (f1.shape[0], f1.shape[1], f2.shape[1]):
         raise ValueError(f"f1 must be (B, N1, C), f2 (B, N2, C) and weights (B, N1, N2), got {tuple(f1.shape)}, "
                          f"{tuple(f2.shape)}, {tuple(weights.shape)}")
-    check_positive("temperature", temperature)
+    checks.positive("temperature", temperature)
     b, n1, c = f1.shape
     n2 = f2.shape[1]
     a1 = F.normalize(f1.float().reshape(b * n1, c), dim=1)
@@ -117,8 +118,7 @@ class RegionContrast(nn.Module):
 
     def __init__(self, in_dim: int, temperature: float = 0.2, hidden_dim: int = 256, out_dim: int = 128) -> None:
         super().__init__()
-        check_positive("temperature", temperature)
-        self.temperature = float(temperature)
+        self.temperature = checks.positive("temperature", temperature)
         self.projector = mlp(in_dim, hidden_dim, out_dim)
 
     def forward(self, maps1: Tensor, maps2: Tensor, cubes1: Tensor, cubes2: Tensor, flip1: Tensor,
@@ -144,7 +144,7 @@ def global_view(clips: Tensor, size: Sequence[int]) -> tuple[Tensor, Tensor]:
 def order_targets(local_cubes: Tensor, global_cubes: Tensor, bins: int) -> Tensor:
     """Bin of each local view's temporal center in its global view's span:
     ``(..., 6), (..., 6) -> (...)`` long in ``[0, bins)`` (centers outside the span are clamped)."""
-    check_positive("bins", bins, integer=True)
+    checks.positive("bins", bins, integer=True)
     start = global_cubes[..., 2] - global_cubes[..., 5]
     position = (local_cubes[..., 2] - start) / (2 * global_cubes[..., 5])  # 0 = global start, 1 = end
     return (position * bins).floor().clamp(0, bins - 1).long()
@@ -155,10 +155,7 @@ class TemporalOrder(nn.Module):
 
     def __init__(self, in_dim: int, bins: int = 4, hidden_dim: int = 256) -> None:
         super().__init__()
-        check_positive("bins", bins, integer=True)
-        if bins < 2:
-            raise ValueError(f"bins must be >= 2, got {bins}")
-        self.bins = int(bins)
+        self.bins = checks.at_least("bins", bins, 2, integer=True)
         self.classifier = mlp(2 * in_dim, hidden_dim, self.bins)
 
     def forward(self, global_features: Tensor, local_features: Sequence[Tensor], local_cubes: Sequence[Tensor],

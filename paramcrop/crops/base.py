@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from paramcrop.checks import range_pair
 from paramcrop.geometry import _check_size, crop_video
 from paramcrop.registry import Registry
 
@@ -59,11 +60,7 @@ def create_crop(name: str, size: Sequence[int], **params) -> CropMethod:
     return CROPS.create(name, size, **params)
 
 
-def check_range(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
-    """Validate a ``(min, max)`` range inside ``[low, high]``; ``ValueError`` names the argument."""
-    if len(value) != 2 or not (low <= value[0] <= value[1] <= high):
-        raise ValueError(f"{name} must be a (min, max) pair with {low} <= min <= max <= {high}, got {tuple(value)}")
-    return float(value[0]), float(value[1])
+check_range = range_pair  # the crops' name for :func:`paramcrop.checks.range_pair`
 
 
 def sample_spatial_extents(

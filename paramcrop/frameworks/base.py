@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from paramcrop import checks
 from paramcrop.registry import Registry
 
 FRAMEWORKS: Registry["Framework"] = Registry("framework")
@@ -54,12 +54,6 @@ def float32_loss(fn: LossFn) -> LossFn:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
-
-
-def check_momentum(name: str, value: float) -> None:
-    """``ValueError`` naming ``name`` unless ``0 <= value <= 1``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
 
 
 def feature_dim_of(backbone: nn.Module) -> int:
@@ -161,8 +155,7 @@ class MomentumFramework(Framework):
 
     def __init__(self, backbone: nn.Module, projector: nn.Module, tau: float, tau_name: str) -> None:
         super().__init__(backbone, projector)
-        check_momentum(tau_name, tau)
-        self.tau = float(tau)
+        self.tau = checks.in_range(tau_name, tau, 0, 1)
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(projector)
 

@@ -115,7 +115,7 @@ class MoCo(MomentumFramework):
     ) -> None:
         temperature = checks.positive("temperature", temperature)
         checks.positive("queue_size", queue_size, integer=True)
-        shuffle_bn_groups = checks.non_negative("shuffle_bn_groups", shuffle_bn_groups, integer=True)
+        shuffle_bn_groups = checks.at_least("shuffle_bn_groups", shuffle_bn_groups, 0, integer=True)
         super().__init__(backbone, head.build(feature_dim_of(backbone), hidden_dim, out_dim), momentum, "momentum")
         self.temperature = temperature
         self.shuffle_bn_groups = shuffle_bn_groups

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from paramcrop import checks
 from paramcrop.frameworks.base import (
     FRAMEWORKS, POS_SIM, Framework, FrameworkOutput, encode_pair, feature_dim_of, float32_loss, mean_cosine,
 )
 from paramcrop.distributed import gather_with_grad
-from paramcrop.heads import MLP_HEAD, HeadSpec, check_positive
+from paramcrop.heads import MLP_HEAD, HeadSpec
 
 
 @float32_loss
@@ -28,7 +29,7 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     """
     if z1.ndim != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be (N, D), got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    check_positive("temperature", temperature)
+    checks.positive("temperature", temperature)
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D)
     logits = z @ z.T / temperature  # (2N, 2N)
@@ -52,7 +53,7 @@ class SimCLR(Framework):
         self, backbone: nn.Module, head: HeadSpec = MLP_HEAD, temperature: float = 0.1, hidden_dim: int = 512,
         out_dim: int = 128,
     ) -> None:
-        check_positive("temperature", temperature)
+        checks.positive("temperature", temperature)
         super().__init__(backbone, head.build(feature_dim_of(backbone), hidden_dim, out_dim))
         self.temperature = float(temperature)
 
