@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from paramcrop.registry import constructor_defaults, constructor_keys
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key and the fix."""
@@ -176,7 +178,7 @@ class TrainConfig:
                                                  ("backbone", BACKBONES, 0), ("head", HEADS, 3)):
             name, params = self.component(section)
             data[section] = {_COMPONENT_KEYS[section]: name, **registry.defaults(name, n_positional), **params}
-        data["augment"] = {**_init_defaults(ClipAugment), **self.augment}
+        data["augment"] = {**constructor_defaults(ClipAugment), **self.augment}
         return data
 
     def flatten(self) -> dict[str, Any]:
@@ -244,7 +246,7 @@ class TrainConfig:
             except ValueError as exc:
                 raise ConfigError(f"{section}.{name_key}: {exc}") from None
             _check_keys(section, params, registry.valid_keys(name, n_positional), f" for {section} {name!r}")
-        _check_keys("augment", self.augment, _init_keys(ClipAugment))
+        _check_keys("augment", self.augment, constructor_keys(ClipAugment))
         # the crop, the augmentation and the head are cheap to build: build them to check their values too
         from paramcrop.crops import create_crop
 
@@ -267,18 +269,6 @@ class TrainConfig:
 
 # --- helpers ------------------------------------------------------------------------------
 _COMPONENT_KEYS = {"crop": "method", "framework": "name", "backbone": "name", "head": "name"}
-
-
-def _init_keys(cls: type) -> list[str]:
-    import inspect
-
-    return [p for p in inspect.signature(cls).parameters if p != "self"]
-
-
-def _init_defaults(cls: type) -> dict[str, Any]:
-    import inspect
-
-    return {n: p.default for n, p in inspect.signature(cls).parameters.items() if p.default is not p.empty}
 
 
 def _check_keys(section: str, params: Mapping[str, Any], valid: list[str], what: str = "") -> None:

@@ -2,6 +2,8 @@
 
 ``create`` validates keyword arguments against the constructor's signature, so an unknown
 name or an unknown key fails early with the list of valid ones instead of deep in training.
+:func:`constructor_keys` and :func:`constructor_defaults` are the one place that reads a
+constructor's signature (the registries and :mod:`paramcrop.config` use them).
 """
 from __future__ import annotations
 
@@ -9,6 +11,21 @@ import inspect
 from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def _parameters(fn: Callable[..., Any], n_positional: int) -> list[inspect.Parameter]:
+    return list(inspect.signature(fn).parameters.values())[n_positional:]
+
+
+def constructor_keys(fn: Callable[..., Any], n_positional: int = 0) -> list[str]:
+    """Keyword arguments ``fn`` (a class or factory) accepts once ``n_positional`` leading arguments
+    are given positionally, in signature order (``*args`` and ``**kwargs`` excluded)."""
+    return [p.name for p in _parameters(fn, n_positional) if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def constructor_defaults(fn: Callable[..., Any], n_positional: int = 0) -> dict[str, Any]:
+    """Those of :func:`constructor_keys` that have defaults, with the defaults."""
+    return {p.name: p.default for p in _parameters(fn, n_positional) if p.default is not inspect.Parameter.empty}
 
 
 class Registry(Generic[T]):
@@ -45,13 +62,11 @@ class Registry(Generic[T]):
     def valid_keys(self, name: str, n_positional: int = 0) -> list[str]:
         """Keyword arguments the constructor of ``name`` accepts once ``n_positional`` leading
         arguments are given positionally (e.g. the view size, the backbone)."""
-        params = list(inspect.signature(self.get(name)).parameters.values())[n_positional:]
-        return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        return constructor_keys(self.get(name), n_positional)
 
     def defaults(self, name: str, n_positional: int = 0) -> dict[str, Any]:
         """Keyword arguments of ``name`` that have defaults, with those defaults."""
-        params = list(inspect.signature(self.get(name)).parameters.values())[n_positional:]
-        return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        return constructor_defaults(self.get(name), n_positional)
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> T:
         """Build ``name`` with ``kwargs``; unknown keys raise ``ValueError`` listing the valid ones."""

@@ -35,3 +35,20 @@ def test_valid_values_come_back_converted():
     assert checks.in_range("p", 0, 0, 1) == 0.0 and checks.in_range("p", 1, 0, 1) == 1.0
     assert checks.range_pair("area", [0.2, 0.2], 0.001, 1) == (0.2, 0.2)
     assert check_range is checks.range_pair  # the crops' historical name
+
+
+def test_constructor_keys_and_defaults_are_the_registry_and_config_source():
+    from paramcrop.augment import ClipAugment
+    from paramcrop.config import TrainConfig
+    from paramcrop.frameworks import FRAMEWORKS, MoCo
+    from paramcrop.registry import constructor_defaults, constructor_keys
+
+    def factory(size, a, b=2, *rest, c=3, **extra):
+        return None
+
+    assert constructor_keys(factory, 1) == ["a", "b", "c"] and constructor_defaults(factory, 1) == {"b": 2, "c": 3}
+    assert FRAMEWORKS.valid_keys("moco", 2) == constructor_keys(MoCo, 2)
+    assert FRAMEWORKS.defaults("moco", 2)["shuffle_bn_groups"] == 2
+    resolved = TrainConfig().with_overrides({"framework.name": "moco"}).resolved()
+    assert resolved["framework"]["shuffle_bn_groups"] == 2
+    assert constructor_defaults(ClipAugment).keys() <= resolved["augment"].keys() and "flip_p" in constructor_keys(ClipAugment)
