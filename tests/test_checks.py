@@ -51,4 +51,5 @@ def test_constructor_keys_and_defaults_are_the_registry_and_config_source():
     assert FRAMEWORKS.defaults("moco", 2)["shuffle_bn_groups"] == 2
     resolved = TrainConfig().with_overrides({"framework.name": "moco"}).resolved()
     assert resolved["framework"]["shuffle_bn_groups"] == 2
-    assert constructor_defaults(ClipAugment).keys() <= resolved["augment"].keys() and "flip_p" in constructor_keys(ClipAugment)
+    assert constructor_defaults(ClipAugment).keys() <= resolved["augment"].keys()
+    assert "flip_p" in constructor_keys(ClipAugment)

@@ -159,7 +159,8 @@ def bn_moco(**params):
 def clips(n, seed=1):
     """Two views of ``n`` clips whose contents differ a lot from clip to clip (clip i is shifted by i)."""
     g = torch.Generator().manual_seed(seed)
-    shift = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1, 1) * torch.tensor([1.0, -0.5, 2.0]).view(1, 3, 1, 1, 1)
+    per_channel = torch.tensor([1.0, -0.5, 2.0]).view(1, 3, 1, 1, 1)
+    shift = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1, 1) * per_channel
     return (torch.randn(n, 3, 2, 4, 4, generator=g) * (1 + shift.abs()) + shift,
             torch.randn(n, 3, 2, 4, 4, generator=g) + shift)
 
