@@ -29,6 +29,7 @@ def test_optuna_trial_study_storage_and_trial_id(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask() on a heartbeat storage, on purpose
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_optuna_base_heartbeat_contract_of_the_journal_storage(tmp_path):
     """studies/storage.py: ``HeartbeatJournalStorage(JournalStorage, optuna.storages._heartbeat.BaseHeartbeat)``:
     Optuna must call its ``record_heartbeat`` while a trial runs and its ``_get_stale_trial_ids`` to fail stale
@@ -54,23 +55,35 @@ def test_optuna_base_heartbeat_contract_of_the_journal_storage(tmp_path):
 
 def test_optuna_optimize_logger_name():
     """studies/runner.py filters Optuna's "Trial N failed" traceback for an interrupted trial on the logger
-    ``optuna.study._optimize``."""
+    ``optuna.study._optimize``: Optuna must log failed trials there, and the filter must drop only interrupts."""
+    import studies.runner  # noqa: F401 - installs the filter
+
     records = []
     handler = logging.Handler()
     handler.emit = records.append
     logger = logging.getLogger("optuna.study._optimize")
+    level = logger.level
     logger.addHandler(handler)
-    try:
-        def interrupted(trial):
-            raise KeyboardInterrupt
+    logger.setLevel(logging.WARNING)
 
+    def failing(trial):
+        raise ValueError("boom")
+
+    def interrupted(trial):
+        raise KeyboardInterrupt
+
+    try:
+        optuna.create_study().optimize(failing, n_trials=1, catch=(ValueError,))
         with pytest.raises(KeyboardInterrupt):
             optuna.create_study().optimize(interrupted, n_trials=1)
     finally:
         logger.removeHandler(handler)
-    assert any(r.exc_info and isinstance(r.exc_info[1], KeyboardInterrupt) for r in records), (
+        logger.setLevel(level)
+    assert any(r.exc_info and isinstance(r.exc_info[1], ValueError) for r in records), (
         "Optuna no longer logs a failed trial on 'optuna.study._optimize': studies/runner.py's filter misses it and "
         "every interrupted study trial prints a KeyboardInterrupt traceback")
+    assert not any(r.exc_info and isinstance(r.exc_info[1], KeyboardInterrupt) for r in records), (
+        "studies/runner.py's filter on 'optuna.study._optimize' lets an interrupted trial's traceback through")
 
 
 def test_mlflow_client_tracking_client_store_and_sql_metric(tmp_path):
