@@ -126,3 +126,27 @@ def dof_name(value: str | Sequence[str] | None) -> str:
 
         value = ast.literal_eval(value)
     return parse_dof(value).name
+
+
+def parameterisation_name(dof=None, generator_input=None, coupling=None) -> str:
+    """A crop parameterisation in words: ``"spatial"``, ``"spatiotemporal, input none"``,
+    ``"temporal, coupling relative"``; defaults (``noise``, ``joint``) and missing values are left
+    out. Values may be config values or their MLflow param text."""
+    def given(value) -> bool:
+        return value is not None and value == value and str(value) not in ("", "None", "nan")
+
+    parts = [dof_name(dof if given(dof) else None)]
+    if given(generator_input) and generator_input != "noise":
+        parts.append(f"input {generator_input}")
+    if given(coupling) and coupling != "joint":
+        parts.append(f"coupling {coupling}")
+    return ", ".join(parts)
+
+
+def parameterisation_tag(config_flat) -> str:
+    """The ``paramcrop.crop_parameterisation`` tag of a flattened (resolved) config: the
+    :func:`parameterisation_name` of its ``crop.*`` keys; empty for a crop without ``crop.dof``."""
+    if "crop.dof" not in config_flat:
+        return ""
+    return parameterisation_name(config_flat["crop.dof"], config_flat.get("crop.generator_input"),
+                                 config_flat.get("crop.coupling"))
