@@ -370,3 +370,46 @@ def test_readme_own_loop_example_runs_and_trains_the_generator(monkeypatch):
     views = namespace["views"]
     assert views.x1.shape == (8, 3, 4, 16, 16)
     assert torch.equal(view_iou(views.cubes1, views.cubes2, axes="t"), torch.ones(8))  # dof="spatial"
+
+
+# --- searchable: specs, paramcrop train -----------------------------------------------------
+def test_parameterisation_spec_crosses_dof_with_learned_and_random_plus_the_learned_variants():
+    from studies.spec import load_spec
+
+    spec = load_spec("parameterisation")
+    spec.validate()
+    assert spec.grid_size() == 20 and spec.seeds == [0, 1]
+    crops = {}
+    for variant in spec.grid()["variant:crop"]:
+        cfg, _ = spec.config_for({"variant:crop": variant})
+        name, params = cfg.component("crop")
+        crops[variant] = create_crop(name, (4, 8, 8), **params)
+        assert cfg.steps == 200 and cfg.augment["flip_p"] == 0.0 and cfg.eval.every == 50
+    for dof in ("spatial", "temporal", "spatiotemporal"):
+        assert crops[f"paramcrop-{dof}"].dof.name == dof and crops[f"paramcrop-{dof}"].strength == 1.0
+        assert isinstance(crops[f"random-{dof}"], RandomCubicCrop) and crops[f"random-{dof}"].dof.name == dof
+    assert crops["paramcrop-input-none"].generator_input == "none"
+    assert crops["paramcrop-input-clip"].generator_input == "clip"
+    assert crops["paramcrop-independent"].coupling == "independent"
+    assert crops["paramcrop-relative"].coupling == "relative"
+
+
+TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"
+
+
+def test_training_with_spatial_dof_logs_whole_clip_temporal_views_at_every_step(workdir):
+    from paramcrop import sinks
+    from paramcrop.config import TrainConfig, parse_override
+    from paramcrop.train import train
+
+    overrides = dict(parse_override(o) for o in ("crop.dof=spatial", "crop.coupling=relative"))
+    cfg = TrainConfig().with_overrides({
+        "data.source": TINY_SOURCE, "data.frames": 16, "data.stride": 1, "data.size": 32, "view.frames": 8,
+        "view.size": 32, "batch_size": 8, "steps": 4, "log_every": 1, "visualize_at": 0, "eval.linear": False,
+        "eval.retrieval": False, "eval.knn_k": 5, **overrides})
+    sink = sinks.MemorySink()
+    train(cfg, sink, workdir / "run", progress=False)
+    assert [v for _, v in sink.series(sinks.VIEW_IOU_T)] == [1.0] * 4
+    assert [v for _, v in sink.series(sinks.VIEW_CENTER_DISTANCE_T)] == [0.0] * 4
+    assert all(v < 1.0 for _, v in sink.series(sinks.VIEW_IOU_XY))  # the spatial boxes do differ
+    assert sink.params["crop.dof"] == "spatial" and sink.params["crop.coupling"] == "relative"
