@@ -59,14 +59,15 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and value != value) or value is pd.NA
 
 
-def crop_label(method, strength=None, dof=None, generator_input=None, coupling=None) -> str:
+def crop_label(method, strength=None, dof=None, generator_input=None, coupling=None, uncontrolled=None) -> str:
     """``"ParamCrop, λ=1.0"``, ``"Random crop (baseline)"``, ``"CVRL crop"``; with the crop
-    parameterisation params (``crop.dof``, ``crop.generator_input``, ``crop.coupling``) given:
+    parameterisation params (``crop.dof``, ``crop.generator_input``, ``crop.coupling``,
+    ``crop.uncontrolled``) given:
     ``"ParamCrop spatial, λ=1.0"``, ``"ParamCrop spatiotemporal, input none, λ=1.0"``,
     ``"Random crop temporal (baseline)"``. A run without ``crop.dof`` reads as before."""
     from paramcrop.crops.dof import parameterisation_name
 
-    parameterisation = "" if _missing(dof) else " " + parameterisation_name(dof, generator_input, coupling)
+    parameterisation = "" if _missing(dof) else " " + parameterisation_name(dof, generator_input, coupling, uncontrolled)
     if method == BASELINE_METHOD:
         return BASELINE_LABEL if not parameterisation else f"{CROP_NAMES[method]}{parameterisation} (baseline)"
     name = CROP_NAMES.get(method, str(method) if not _missing(method) else "unknown crop") + parameterisation

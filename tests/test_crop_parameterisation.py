@@ -153,6 +153,24 @@ def test_cubes_valid_and_in_range_for_extreme_raw_outputs(dof, coupling):
             assert cubes[:, k, 5].min() >= 0.6 and cubes[:, k, 5].max() <= 1.0
 
 
+@pytest.mark.parametrize("coupling", COUPLINGS)
+def test_uncontrolled_random_draws_the_rest_as_the_random_crop_does(coupling):
+    crop = _spread_crop("spatial", coupling, uncontrolled="random", s_min=0.4, s_max=0.9)
+    torch.manual_seed(18)
+    raw = torch.randn(3000, 2, 6, requires_grad=True)
+    cubes = crop.cubes_from_raw(raw)
+    assert_cubes_inside(cubes)
+    ht, ut = cubes[..., 5].detach(), cubes[..., 2].detach() / (1 - cubes[..., 5].detach())
+    for k in range(2):  # the random crop's defaults: duration U(0.5, 1), uniform placement
+        assert stats.kstest(ht[:, k].numpy(), "uniform", args=(0.5, 0.5)).pvalue > 1e-3
+        assert stats.kstest(ut[:, k].numpy(), "uniform", args=(-1.0, 2.0)).pvalue > 1e-3
+    assert not torch.equal(ht[:, 0], ht[:, 1])  # drawn per view
+    assert cubes[..., 3:5].min() >= 0.4 and cubes[..., 3:5].max() <= 0.9  # the box is still the learned one
+    (cubes * torch.randn_like(cubes)).sum().backward()
+    reached = (raw.grad != 0).any(0)
+    assert torch.equal(reached, torch.tensor([True, True, False, True, True, False]).expand(2, 6))
+
+
 # --- generator input ---------------------------------------------------------------------
 def test_none_input_gives_one_learned_pair_of_cubes_for_the_batch():
     torch.manual_seed(5)
@@ -260,8 +278,9 @@ def test_bad_dof_is_refused_listing_the_valid_values(method, value, message):
 @pytest.mark.parametrize("kwargs,message", [
     ({"generator_input": "image"}, "unknown generator_input 'image'; valid: noise, none, clip"),
     ({"coupling": "loose"}, "unknown coupling 'loose'; valid: joint, independent, relative"),
+    ({"uncontrolled": "free"}, "unknown uncontrolled 'free'; valid: fixed, random"),
     ({"fixed_extent": (0.5, 1.5)}, "fixed_extent"),
-    ({"dof_preset": "spatial"}, "valid keys: .*dof, fixed_extent, generator_input, coupling"),
+    ({"dof_preset": "spatial"}, "valid keys: .*dof, fixed_extent, uncontrolled, generator_input, coupling"),
 ])
 def test_bad_paramcrop_parameterisation_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -298,6 +317,7 @@ def test_analysis_labels_read_well():
     assert crop_label("random", None, "temporal") == "Random crop temporal (baseline)"
     assert crop_label("paramcrop", 1, "spatiotemporal", "none", "joint") == "ParamCrop spatiotemporal, input none, λ=1"
     assert crop_label("paramcrop", 1, "['extent_xy', 'position_xy']") == "ParamCrop extent_xy+position_xy, λ=1"
+    assert crop_label("paramcrop", 1, "spatial", "noise", "joint", "random") == "ParamCrop spatial, uncontrolled random, λ=1"
     assert crop_label("paramcrop", 0.5) == "ParamCrop, λ=0.5"  # runs without crop.dof read as before
     assert crop_label("random") == "Random crop (baseline)"
 

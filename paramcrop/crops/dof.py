@@ -15,14 +15,19 @@ Presets (``crop.dof: NAME``) or an explicit list (``crop.dof: [extent_xy, aspect
 at a fixed seed), ``spatial``, ``temporal``, ``scale`` (extents only: views centred) and
 ``position`` (centres only: extents fixed).
 
-**What an uncontrolled parameter does** (the decision): it is fixed, identically for both views
-and every sample, so an ablation removes a degree of freedom rather than replacing it by noise.
-An uncontrolled position is the centre (0). An uncontrolled extent is the whole clip (1) on an axis
-group whose position is uncontrolled too (e.g. ``spatial``: every view spans the whole clip in
-time), and ``fixed_extent = (spatial, temporal)`` half-extents on an axis group whose position is
-controlled (``position``: boxes of fixed size that move; a whole-clip box could not move). An
-uncontrolled aspect is a square box. Drawing uncontrolled parameters at random instead is what the
-random crop with the complementary preset measures, so no third mode is offered.
+**What an uncontrolled parameter does** (the decision): by default (``uncontrolled: fixed``) it is
+fixed, identically for both views and every sample, so an ablation removes a degree of freedom
+rather than replacing it by noise. An uncontrolled position is the centre (0). An uncontrolled
+extent is the whole clip (1) on an axis group whose position is uncontrolled too (e.g.
+``spatial``: every view spans the whole clip in time), and ``fixed_extent = (spatial, temporal)``
+half-extents on an axis group whose position is controlled (``position``: boxes of fixed size
+that move; a whole-clip box could not move). An uncontrolled aspect is a square box.
+
+ParamCrop also offers ``uncontrolled: random``: uncontrolled extents and positions are drawn per
+view and sample as the random crop draws them with its default ranges (area 0.3-1, aspect 0.5-2,
+duration 0.5-1, uniform placement), so e.g. ``spatial`` learns the box while time stays random.
+An uncontrolled aspect is still a square box of the learned size. (For the random crop itself
+``random`` would just be ``spatiotemporal``, so it has no such switch.)
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_DOF = "spatiotemporal"
 DEFAULT_FIXED_EXTENT = (0.8, 0.75)
+UNCONTROLLED = ("fixed", "random")
 
 
 @dataclass(frozen=True)
@@ -69,25 +75,28 @@ class DegreesOfFreedom:
         return self.fixed_extent[0 if axis == "xy" else 1]
 
     def compose(self, hxy: Tensor | None, ht: Tensor | None, uxy: Tensor | None, ut: Tensor | None,
-                batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+                batch: int, device: torch.device, dtype: torch.dtype = torch.float32,
+                fill: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """Cubes ``(batch, 6)`` from the controlled parts, the uncontrolled ones filled in.
 
         ``hxy (B, 2)`` spatial half-extents (``hy`` is ignored and set to ``hx`` without
         ``aspect``), ``ht (B, 1)``, unit positions ``uxy (B, 2)``, ``ut (B, 1)`` in [-1, 1]; the
         centre is ``(1 - h) * u`` so the cube stays inside the clip. A part is read only when its
-        parameter is controlled (pass ``None`` otherwise).
+        parameter is controlled (pass ``None`` otherwise). Uncontrolled parts are the fixed values
+        of the module doc, or the parts ``fill = (hxy, ht, uxy, ut)`` when given (random draws).
         """
         def const(value: float, k: int) -> Tensor:
             return torch.full((batch, k), value, device=device, dtype=dtype)
 
+        fixed = fill or (const(self.fixed_half("xy"), 2), const(self.fixed_half("t"), 1), const(0.0, 2), const(0.0, 1))
         if "extent_xy" in self.controlled:
             hxy = hxy if "aspect" in self.controlled else hxy[:, :1].expand(-1, 2)
         else:
-            hxy = const(self.fixed_half("xy"), 2)
-        ht = ht if "extent_t" in self.controlled else const(self.fixed_half("t"), 1)
+            hxy = fixed[0]
+        ht = ht if "extent_t" in self.controlled else fixed[1]
         half = torch.cat([hxy, ht], -1)
-        uxy = uxy if "position_xy" in self.controlled else const(0.0, 2)
-        ut = ut if "position_t" in self.controlled else const(0.0, 1)
+        uxy = uxy if "position_xy" in self.controlled else fixed[2]
+        ut = ut if "position_t" in self.controlled else fixed[3]
         return torch.cat([(1 - half) * torch.cat([uxy, ut], -1), half], -1)
 
 
@@ -128,10 +137,11 @@ def dof_name(value: str | Sequence[str] | None) -> str:
     return parse_dof(value).name
 
 
-def parameterisation_name(dof=None, generator_input=None, coupling=None) -> str:
+def parameterisation_name(dof=None, generator_input=None, coupling=None, uncontrolled=None) -> str:
     """A crop parameterisation in words: ``"spatial"``, ``"spatiotemporal, input none"``,
-    ``"temporal, coupling relative"``; defaults (``noise``, ``joint``) and missing values are left
-    out. Values may be config values or their MLflow param text."""
+    ``"temporal, coupling relative"``, ``"spatial, uncontrolled random"``; defaults (``noise``,
+    ``joint``, ``fixed``) and missing values are left out. Values may be config values or their
+    MLflow param text."""
     def given(value) -> bool:
         return value is not None and value == value and str(value) not in ("", "None", "nan")
 
@@ -140,6 +150,8 @@ def parameterisation_name(dof=None, generator_input=None, coupling=None) -> str:
         parts.append(f"input {generator_input}")
     if given(coupling) and coupling != "joint":
         parts.append(f"coupling {coupling}")
+    if given(uncontrolled) and uncontrolled != "fixed":
+        parts.append(f"uncontrolled {uncontrolled}")
     return ", ".join(parts)
 
 
@@ -149,4 +161,4 @@ def parameterisation_tag(config_flat) -> str:
     if "crop.dof" not in config_flat:
         return ""
     return parameterisation_name(config_flat["crop.dof"], config_flat.get("crop.generator_input"),
-                                 config_flat.get("crop.coupling"))
+                                 config_flat.get("crop.coupling"), config_flat.get("crop.uncontrolled"))

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from paramcrop.crops.base import CROPS, CropMethod
-from paramcrop.crops.dof import DEFAULT_DOF, DEFAULT_FIXED_EXTENT, parse_dof
+from paramcrop.crops.dof import DEFAULT_DOF, DEFAULT_FIXED_EXTENT, UNCONTROLLED, parse_dof
+from paramcrop.crops.random import RandomCubicCrop
 
 
 class _GradientReversal(torch.autograd.Function):
@@ -96,6 +97,8 @@ class ParamCrop(CropMethod):
             the raw outputs of uncontrolled parameters are unused (they receive no gradient).
         fixed_extent: ``(spatial, temporal)`` half-extents of an uncontrolled extent whose
             position is learned (e.g. ``dof=position``).
+        uncontrolled: ``fixed`` (the uncontrolled parameters are fixed) or ``random`` (drawn as the
+            random crop draws them, its default ranges); see :mod:`paramcrop.crops.dof`.
         generator_input: ``noise`` (fresh Gaussian noise per sample), ``none`` (a learned code:
             one deterministic pair of cubes shared by the batch) or ``clip`` (noise plus a detached
             summary of each raw clip, :func:`clip_summary`, so the adversary can pick a hard crop
@@ -121,6 +124,7 @@ class ParamCrop(CropMethod):
         init_std: float = 0.05,
         dof: str | Sequence[str] = DEFAULT_DOF,
         fixed_extent: Sequence[float] = DEFAULT_FIXED_EXTENT,
+        uncontrolled: str = "fixed",
         generator_input: str = "noise",
         coupling: str = "joint",
     ) -> None:
@@ -140,14 +144,17 @@ class ParamCrop(CropMethod):
             raise ValueError(f"init_extent must be in (0, 1), got {init_extent}")
         if init_std < 0:
             raise ValueError(f"init_std must be >= 0, got {init_std}")
-        for name, value, valid in (("generator_input", generator_input, GENERATOR_INPUTS),
+        for name, value, valid in (("uncontrolled", uncontrolled, UNCONTROLLED),
+                                   ("generator_input", generator_input, GENERATOR_INPUTS),
                                    ("coupling", coupling, COUPLINGS)):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
         self.dof = parse_dof(dof, fixed_extent)
         self.strength, self.warmup_steps = float(strength), int(warmup_steps)
         self.noise_dim, self.s_min, self.s_max, self.t_min = int(noise_dim), s_min, s_max, t_min
-        self.generator_input, self.coupling = generator_input, coupling
+        self.generator_input, self.coupling, self.uncontrolled = generator_input, coupling, uncontrolled
+        # the random crop that draws the uncontrolled parameters (no parameters, no state)
+        self.uncontrolled_draws = RandomCubicCrop(size) if uncontrolled == "random" else None
 
         width_in = self.noise_dim + (SUMMARY_DIM if generator_input == "clip" else 0)
         logit = math.log(init_extent / (1 - init_extent))
@@ -201,8 +208,12 @@ class ParamCrop(CropMethod):
         squashed = squash(raw, self.s_min, self.s_max, self.t_min)
         half = squashed[..., 3:]
         unit = torch.tanh(raw[..., :3])
-        views = [self.dof.compose(half[:, k, :2], half[:, k, 2:], unit[:, k, :2], unit[:, k, 2:], raw.shape[0],
-                                  raw.device, raw.dtype) for k in range(2)]
+        batch = raw.shape[0]
+        views = []
+        for k in range(2):
+            fill = None if self.uncontrolled_draws is None else self.uncontrolled_draws.draw_parts(batch, raw.device)
+            views.append(self.dof.compose(half[:, k, :2], half[:, k, 2:], unit[:, k, :2], unit[:, k, 2:], batch,
+                                          raw.device, raw.dtype, fill=fill))
         return torch.stack(views, 1)
 
     def generate(self, inputs: Tensor) -> Tensor:

@@ -46,12 +46,17 @@ class RandomCubicCrop(CropMethod):
         self.duration = check_range("duration", duration, 1e-3, 1.0)
         self.dof = parse_dof(dof, fixed_extent)
 
-    def _one_view(self, batch: int, device: torch.device) -> Tensor:
-        # every draw is made whatever the dof (one random stream for every preset); unused ones are dropped
-        hxy = sample_spatial_extents(batch, self.area, self.aspect, device, free_aspect="aspect" in self.dof)
+    def draw_parts(self, batch: int, device: torch.device, free_aspect: bool = True) -> tuple[Tensor, ...]:
+        """One view's draws ``(hxy (B, 2), ht (B, 1), uxy (B, 2), ut (B, 1))``: half-extents and unit
+        positions in [-1, 1] (the centre is ``(1 - h) * u``), as :meth:`DegreesOfFreedom.compose` takes them."""
+        hxy = sample_spatial_extents(batch, self.area, self.aspect, device, free_aspect=free_aspect)
         ht = torch.empty(batch, 1, device=device).uniform_(*self.duration)
         u = torch.rand(batch, 3, device=device) * 2 - 1
-        return self.dof.compose(hxy, ht, u[:, :2], u[:, 2:], batch, device)
+        return hxy, ht, u[:, :2], u[:, 2:]
+
+    def _one_view(self, batch: int, device: torch.device) -> Tensor:
+        # every draw is made whatever the dof (one random stream for every preset); unused ones are dropped
+        return self.dof.compose(*self.draw_parts(batch, device, "aspect" in self.dof), batch, device)
 
     def sample_cubes(self, batch: int, device: torch.device, step: int) -> tuple[Tensor, Tensor]:
         return self._one_view(batch, device), self._one_view(batch, device)
