@@ -106,7 +106,7 @@ def test_uncontrolled_parameters_are_as_documented_and_controlled_ones_vary(meth
 
 
 def test_fixed_extent_is_configurable_for_position():
-    crop = RandomCubicCrop((4, 8, 8), dof="position", fixed_extent=(0.5, 0.6))
+    crop = RandomCubicCrop((4, 8, 8), dof="position", fixed_extent_xy=0.5, fixed_extent_t=0.6)
     c1, _ = crop.sample_cubes(64, CPU, 0)
     _documented_fixed(c1, "position", fixed=(0.5, 0.6))
     assert c1[:, 0].abs().max() <= 0.5 and c1[:, 2].abs().max() <= 0.4 + 1e-6
@@ -279,8 +279,8 @@ def test_bad_dof_is_refused_listing_the_valid_values(method, value, message):
     ({"generator_input": "image"}, "unknown generator_input 'image'; valid: noise, none, clip"),
     ({"coupling": "loose"}, "unknown coupling 'loose'; valid: joint, independent, relative"),
     ({"uncontrolled": "free"}, "unknown uncontrolled 'free'; valid: fixed, random"),
-    ({"fixed_extent": (0.5, 1.5)}, "fixed_extent"),
-    ({"dof_preset": "spatial"}, "valid keys: .*dof, fixed_extent, uncontrolled, generator_input, coupling"),
+    ({"fixed_extent_t": 1.5}, "fixed_extent_t must be a half-extent in"),
+    ({"dof_preset": "spatial"}, "valid keys: .*dof, fixed_extent_xy, fixed_extent_t, uncontrolled, generator_input, coupling"),
 ])
 def test_bad_paramcrop_parameterisation_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

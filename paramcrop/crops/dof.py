@@ -19,8 +19,8 @@ at a fixed seed), ``spatial``, ``temporal``, ``scale`` (extents only: views cent
 fixed, identically for both views and every sample, so an ablation removes a degree of freedom
 rather than replacing it by noise. An uncontrolled position is the centre (0). An uncontrolled
 extent is the whole clip (1) on an axis group whose position is uncontrolled too (e.g.
-``spatial``: every view spans the whole clip in time), and ``fixed_extent = (spatial, temporal)``
-half-extents on an axis group whose position is controlled (``position``: boxes of fixed size
+``spatial``: every view spans the whole clip in time), and the half-extents ``fixed_extent_xy``
+(spatial, default 0.8) / ``fixed_extent_t`` (temporal, default 0.75) on an axis group whose position is controlled (``position``: boxes of fixed size
 that move; a whole-clip box could not move). An uncontrolled aspect is a square box.
 
 ParamCrop also offers ``uncontrolled: random``: uncontrolled extents and positions are drawn per
@@ -100,12 +100,12 @@ class DegreesOfFreedom:
         return torch.cat([(1 - half) * torch.cat([uxy, ut], -1), half], -1)
 
 
-def parse_dof(value: str | Sequence[str], fixed_extent: Sequence[float] = DEFAULT_FIXED_EXTENT) -> DegreesOfFreedom:
+def parse_dof(value: str | Sequence[str], fixed_extent_xy: float = DEFAULT_FIXED_EXTENT[0],
+              fixed_extent_t: float = DEFAULT_FIXED_EXTENT[1]) -> DegreesOfFreedom:
     """A preset name or a list of parameter names -> :class:`DegreesOfFreedom`.
 
     ``ValueError`` (naming ``dof`` and listing the valid presets and parameters) for an unknown
-    preset or parameter, an empty list, or ``aspect`` without ``extent_xy``; for ``fixed_extent``
-    outside (0, 1].
+    preset or parameter, an empty list, or ``aspect`` without ``extent_xy``; for a fixed extent outside (0, 1].
     """
     valid = f"valid presets: {', '.join(PRESETS)}; or a list of parameters from: {', '.join(PARAMETERS)}"
     if isinstance(value, str):
@@ -121,9 +121,10 @@ def parse_dof(value: str | Sequence[str], fixed_extent: Sequence[float] = DEFAUL
     if "aspect" in controlled and "extent_xy" not in controlled:
         raise ValueError("dof: 'aspect' needs 'extent_xy' (a free aspect ratio of a box whose size is learned); "
                          f"{valid}")
-    if len(fixed_extent) != 2 or not all(0 < float(f) <= 1 for f in fixed_extent):
-        raise ValueError(f"fixed_extent must be a (spatial, temporal) pair of half-extents in (0, 1], got {fixed_extent}")
-    return DegreesOfFreedom(controlled, (float(fixed_extent[0]), float(fixed_extent[1])))
+    for name, extent in (("fixed_extent_xy", fixed_extent_xy), ("fixed_extent_t", fixed_extent_t)):
+        if not 0 < extent <= 1:
+            raise ValueError(f"{name} must be a half-extent in (0, 1], got {extent}")
+    return DegreesOfFreedom(controlled, (float(fixed_extent_xy), float(fixed_extent_t)))
 
 
 def dof_name(value: str | Sequence[str] | None) -> str:

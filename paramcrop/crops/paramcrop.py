@@ -95,7 +95,7 @@ class ParamCrop(CropMethod):
             close to each other; the noise still makes them differ).
         dof: the learned degrees of freedom, a preset or a list (:mod:`paramcrop.crops.dof`);
             the raw outputs of uncontrolled parameters are unused (they receive no gradient).
-        fixed_extent: ``(spatial, temporal)`` half-extents of an uncontrolled extent whose
+        fixed_extent_xy, fixed_extent_t: spatial and temporal half-extents of an uncontrolled extent whose
             position is learned (e.g. ``dof=position``).
         uncontrolled: ``fixed`` (the uncontrolled parameters are fixed) or ``random`` (drawn as the
             random crop draws them, its default ranges); see :mod:`paramcrop.crops.dof`.
@@ -123,7 +123,8 @@ class ParamCrop(CropMethod):
         init_extent: float = 0.9,
         init_std: float = 0.05,
         dof: str | Sequence[str] = DEFAULT_DOF,
-        fixed_extent: Sequence[float] = DEFAULT_FIXED_EXTENT,
+        fixed_extent_xy: float = DEFAULT_FIXED_EXTENT[0],
+        fixed_extent_t: float = DEFAULT_FIXED_EXTENT[1],
         uncontrolled: str = "fixed",
         generator_input: str = "noise",
         coupling: str = "joint",
@@ -149,7 +150,7 @@ class ParamCrop(CropMethod):
                                    ("coupling", coupling, COUPLINGS)):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
-        self.dof = parse_dof(dof, fixed_extent)
+        self.dof = parse_dof(dof, fixed_extent_xy, fixed_extent_t)
         self.strength, self.warmup_steps = float(strength), int(warmup_steps)
         self.noise_dim, self.s_min, self.s_max, self.t_min = int(noise_dim), s_min, s_max, t_min
         self.generator_input, self.coupling, self.uncontrolled = generator_input, coupling, uncontrolled

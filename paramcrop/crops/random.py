@@ -27,7 +27,7 @@ class RandomCubicCrop(CropMethod):
         aspect: range of width/height (CVRL: 0.5-2), sampled log-uniformly.
         duration: range of the temporal extent as a fraction of the clip (default 0.5-1).
         dof: degrees of freedom: a preset name or a list of parameters.
-        fixed_extent: ``(spatial, temporal)`` half-extents of an uncontrolled extent whose position
+        fixed_extent_xy, fixed_extent_t: spatial and temporal half-extents of an uncontrolled extent whose position
             is controlled (e.g. ``dof=position``).
     """
 
@@ -38,13 +38,14 @@ class RandomCubicCrop(CropMethod):
         aspect: Sequence[float] = (0.5, 2.0),
         duration: Sequence[float] = (0.5, 1.0),
         dof: str | Sequence[str] = DEFAULT_DOF,
-        fixed_extent: Sequence[float] = DEFAULT_FIXED_EXTENT,
+        fixed_extent_xy: float = DEFAULT_FIXED_EXTENT[0],
+        fixed_extent_t: float = DEFAULT_FIXED_EXTENT[1],
     ) -> None:
         super().__init__(size)
         self.area = check_range("area", area, 1e-3, 1.0)
         self.aspect = check_range("aspect", aspect, 1e-2, 1e2)
         self.duration = check_range("duration", duration, 1e-3, 1.0)
-        self.dof = parse_dof(dof, fixed_extent)
+        self.dof = parse_dof(dof, fixed_extent_xy, fixed_extent_t)
 
     def draw_parts(self, batch: int, device: torch.device, free_aspect: bool = True) -> tuple[Tensor, ...]:
         """One view's draws ``(hxy (B, 2), ht (B, 1), uxy (B, 2), ut (B, 1))``: half-extents and unit
