@@ -34,9 +34,8 @@ class Adversary:
         if not lr > 0:
             raise ValueError(f"the generator's lr must be > 0, got {lr}")
         self.crop, self.lr = crop, float(lr)
-        params = list(crop.parameters())
-        self.params = params
-        self.optimizer = torch.optim.Adam(params, lr=self.lr) if params else None
+        self.params = crop.generator_parameters()
+        self.optimizer = torch.optim.Adam(self.params, lr=self.lr) if self.params else None
 
     def step(self, step: int) -> None:
         """Update the generator from the gradients of the last backward pass, then clear them."""

@@ -52,6 +52,11 @@ class CropMethod(nn.Module):
         """Adversarial strength (lambda) in force at ``step``; 0 for methods that learn nothing."""
         return 0.0
 
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """The learned parameters (a generator's weights, a learned code), for their own optimiser;
+        empty for crops that learn nothing."""
+        return list(self.parameters())
+
     def adversary(self, lr: float) -> "Adversary":  # noqa: F821
         """The update of this crop's learned parameters at rate ``lr`` (at lambda = 1): call its
         ``step(step)`` after each ``loss.backward()`` (:mod:`paramcrop.crops.adversary`; a no-op

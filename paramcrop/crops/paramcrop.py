@@ -175,10 +175,6 @@ class ParamCrop(CropMethod):
             return self.strength
         return self.strength * min(1.0, step / self.warmup_steps)
 
-    def generator_parameters(self) -> list[nn.Parameter]:
-        """The generator's parameters (the learned code included), for their own optimiser."""
-        return list(self.parameters())
-
     def inputs(self, batch: int, device: torch.device, clips: Tensor | None = None) -> Tensor:
         """The generators' inputs ``(B, G, width_in)``, ``G`` = 1 or 2 (``independent``)."""
         if self.generator_input == "none":
