@@ -280,7 +280,8 @@ def test_bad_dof_is_refused_listing_the_valid_values(method, value, message):
     ({"coupling": "loose"}, "unknown coupling 'loose'; valid: joint, independent, relative"),
     ({"uncontrolled": "free"}, "unknown uncontrolled 'free'; valid: fixed, random"),
     ({"fixed_extent_t": 1.5}, "fixed_extent_t must be a half-extent in"),
-    ({"dof_preset": "spatial"}, "valid keys: .*dof, fixed_extent_xy, fixed_extent_t, uncontrolled, generator_input, coupling"),
+    ({"dof_preset": "spatial"},
+     "valid keys: .*dof, fixed_extent_xy, fixed_extent_t, uncontrolled, generator_input, coupling"),
 ])
 def test_bad_paramcrop_parameterisation_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -315,9 +316,11 @@ def test_analysis_labels_read_well():
 
     assert crop_label("paramcrop", 1, "spatial") == "ParamCrop spatial, λ=1"
     assert crop_label("random", None, "temporal") == "Random crop temporal (baseline)"
-    assert crop_label("paramcrop", 1, "spatiotemporal", "none", "joint") == "ParamCrop spatiotemporal, input none, λ=1"
+    assert crop_label("paramcrop", 1, "spatiotemporal", "none", "joint") == \
+        "ParamCrop spatiotemporal, input none, λ=1"
     assert crop_label("paramcrop", 1, "['extent_xy', 'position_xy']") == "ParamCrop extent_xy+position_xy, λ=1"
-    assert crop_label("paramcrop", 1, "spatial", "noise", "joint", "random") == "ParamCrop spatial, uncontrolled random, λ=1"
+    assert crop_label("paramcrop", 1, "spatial", "noise", "joint", "random") == \
+        "ParamCrop spatial, uncontrolled random, λ=1"
     assert crop_label("paramcrop", 0.5) == "ParamCrop, λ=0.5"  # runs without crop.dof read as before
     assert crop_label("random") == "Random crop (baseline)"
 

@@ -20,8 +20,9 @@ fixed, identically for both views and every sample, so an ablation removes a deg
 rather than replacing it by noise. An uncontrolled position is the centre (0). An uncontrolled
 extent is the whole clip (1) on an axis group whose position is uncontrolled too (e.g.
 ``spatial``: every view spans the whole clip in time), and the half-extents ``fixed_extent_xy``
-(spatial, default 0.8) / ``fixed_extent_t`` (temporal, default 0.75) on an axis group whose position is controlled (``position``: boxes of fixed size
-that move; a whole-clip box could not move). An uncontrolled aspect is a square box.
+(spatial, default 0.8) / ``fixed_extent_t`` (temporal, default 0.75) on an axis group whose
+position is controlled (``position``: boxes of fixed size that move; a whole-clip box could not
+move). An uncontrolled aspect is a square box.
 
 ParamCrop also offers ``uncontrolled: random``: uncontrolled extents and positions are drawn per
 view and sample as the random crop draws them with its default ranges (area 0.3-1, aspect 0.5-2,
@@ -116,7 +117,8 @@ def parse_dof(value: str | Sequence[str], fixed_extent_xy: float = DEFAULT_FIXED
         names = list(value)
         unknown = [n for n in names if n not in PARAMETERS]
         if unknown or not names:
-            raise ValueError(f"dof {names!r}: {'unknown parameter(s) ' + ', '.join(map(repr, unknown)) if unknown else 'empty'}; {valid}")
+            problem = f"unknown parameter(s) {', '.join(map(repr, unknown))}" if unknown else "empty"
+            raise ValueError(f"dof {names!r}: {problem}; {valid}")
         controlled = frozenset(names)
     if "aspect" in controlled and "extent_xy" not in controlled:
         raise ValueError("dof: 'aspect' needs 'extent_xy' (a free aspect ratio of a box whose size is learned); "
