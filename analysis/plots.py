@@ -59,11 +59,21 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and value != value) or value is pd.NA
 
 
-def crop_label(method, strength=None) -> str:
-    """``"ParamCrop, λ=1.0"``, ``"Random crop (baseline)"``, ``"CVRL crop"``."""
+def crop_label(method, strength=None, dof=None, generator_input=None, coupling=None,
+               uncontrolled=None) -> str:
+    """``"ParamCrop, λ=1.0"``, ``"Random crop (baseline)"``, ``"CVRL crop"``; with the crop
+    parameterisation params (``crop.dof``, ``crop.generator_input``, ``crop.coupling``,
+    ``crop.uncontrolled``) given:
+    ``"ParamCrop spatial, λ=1.0"``, ``"ParamCrop spatiotemporal, input none, λ=1.0"``,
+    ``"Random crop temporal (baseline)"``. A run without ``crop.dof`` reads as before."""
+    from paramcrop.crops.dof import parameterisation_name
+
+    parameterisation = ""
+    if not _missing(dof):
+        parameterisation = " " + parameterisation_name(dof, generator_input, coupling, uncontrolled)
     if method == BASELINE_METHOD:
-        return BASELINE_LABEL
-    name = CROP_NAMES.get(method, str(method) if not _missing(method) else "unknown crop")
+        return BASELINE_LABEL if not parameterisation else f"{CROP_NAMES[method]}{parameterisation} (baseline)"
+    name = CROP_NAMES.get(method, str(method) if not _missing(method) else "unknown crop") + parameterisation
     return name if _missing(strength) else f"{name}, λ={strength}"
 
 

@@ -58,6 +58,7 @@ TAG_STUDY = "paramcrop.study"
 TAG_TRIAL = "paramcrop.trial"          # Optuna trial number
 TAG_TRIAL_STATE = "paramcrop.trial_state"
 TAG_CROP = "paramcrop.crop"            # crop method name
+TAG_CROP_PARAMETERISATION = "paramcrop.crop_parameterisation"  # e.g. "spatial", "spatiotemporal, input none"
 TAG_FRAMEWORK = "paramcrop.framework"
 TAG_BACKBONE = "paramcrop.backbone"
 TAG_VERSION = "paramcrop.version"

@@ -183,8 +183,8 @@ class Trainer:
         params = [p for m in (self.framework, self.objectives) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        gen_params = list(self.crop.parameters())
-        self.gen_optimizer = torch.optim.Adam(gen_params, lr=cfg.optim.generator_lr) if gen_params else None
+        self.adversary = self.crop.adversary(cfg.optim.generator_lr)  # the learned crop's update rule
+        self.gen_optimizer = self.adversary.optimizer  # None for crops that learn nothing
         self.step = 0
 
     # --- schedule ------------------------------------------------------------------------
@@ -320,22 +320,13 @@ class Trainer:
             raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.step}: lower optim.lr, "
                                      f"check the data, or use precision=fp32")
         self.optimizer.zero_grad(set_to_none=True)
-        if self.gen_optimizer is not None:
-            self.gen_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.dist.enabled:
-            average_gradients([*self.crop.parameters(), *self.objectives.parameters()])
+            average_gradients(self.objectives.parameters())
         if cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.optim.grad_clip)
         self.optimizer.step()
-        strength = self.crop.strength_at(self.step)
-        if self.gen_optimizer is not None and strength > 0:
-            # Adam divides out the scale of a gradient, so the reversal layer's lambda alone would
-            # leave the generator's steps unchanged (lambda 0.1 and 3 trained it identically):
-            # lambda also scales the generator's learning rate, so its step size is ~ lambda.
-            for group in self.gen_optimizer.param_groups:
-                group["lr"] = cfg.optim.generator_lr * strength
-            self.gen_optimizer.step()
+        self.adversary.step(self.step)  # lr x lambda, skipped at lambda 0, averaged across ranks; clears its grads
         self.scheduler.step()
         self.framework.update_targets()
         with torch.no_grad():

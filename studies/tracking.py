@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from paramcrop import __version__, sinks
+from paramcrop.crops.dof import parameterisation_tag
 from paramcrop.sinks import redact_url as redact
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits per request
@@ -143,6 +144,7 @@ def run_tags(config_flat: Mapping[str, object]) -> dict[str, str]:
     """The component tags of SPEC 4 from a flattened config, plus version and commit."""
     tags = {
         sinks.TAG_CROP: str(config_flat.get("crop.method", "")),
+        sinks.TAG_CROP_PARAMETERISATION: parameterisation_tag(config_flat),
         sinks.TAG_FRAMEWORK: str(config_flat.get("framework.name", "")),
         sinks.TAG_BACKBONE: str(config_flat.get("backbone.name", "")),
         sinks.TAG_VERSION: __version__,

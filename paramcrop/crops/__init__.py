@@ -1,10 +1,15 @@
 """Crop methods, one file each, created by name through :func:`create_crop`."""
+from paramcrop.crops.adversary import Adversary
 from paramcrop.crops.base import CROPS, CropMethod, Views, create_crop
 from paramcrop.crops.cvrl import CVRLCrop, sample_power_law_interval
-from paramcrop.crops.paramcrop import ParamCrop, grad_reverse, squash
+from paramcrop.crops.dof import PARAMETERS as DOF_PARAMETERS
+from paramcrop.crops.dof import PRESETS as DOF_PRESETS
+from paramcrop.crops.dof import DegreesOfFreedom, parse_dof
+from paramcrop.crops.paramcrop import ParamCrop, clip_summary, grad_reverse, squash
 from paramcrop.crops.random import RandomCubicCrop
 
 __all__ = [
-    "CROPS", "CropMethod", "Views", "create_crop", "CVRLCrop", "ParamCrop",
-    "RandomCubicCrop", "grad_reverse", "sample_power_law_interval", "squash",
+    "CROPS", "DOF_PARAMETERS", "DOF_PRESETS", "Adversary", "CropMethod", "DegreesOfFreedom", "Views",
+    "create_crop", "CVRLCrop", "ParamCrop", "RandomCubicCrop", "clip_summary", "grad_reverse", "parse_dof",
+    "sample_power_law_interval", "squash",
 ]

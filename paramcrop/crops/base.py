@@ -31,8 +31,10 @@ class Views:
 class CropMethod(nn.Module):
     """Turns raw clips ``(B, C, T, H, W)`` into two views of size ``(t, h, w)`` plus their cubes.
 
-    Subclasses implement :meth:`sample_cubes`; the cutting is shared (:func:`crop_video`), so
-    every method is measured the same way.
+    Subclasses implement :meth:`sample_cubes` (or :meth:`cubes`, to read the clips); the cutting is
+    shared (:func:`crop_video`), so every method is measured the same way. Clips and views are on
+    the 0-255 scale (see :mod:`paramcrop.crops.paramcrop` for the conventions); cubes and views are
+    float32 even inside an autocast region.
     """
 
     def __init__(self, size: Sequence[int]) -> None:
@@ -43,16 +45,34 @@ class CropMethod(nn.Module):
         """Two ``(B, 6)`` cube tensors, one per view."""
         raise NotImplementedError
 
+    def cubes(self, clips: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """Two ``(B, 6)`` cube tensors for ``clips (B, C, T, H, W)``; by default they ignore the clips."""
+        return self.sample_cubes(clips.shape[0], clips.device, step)
+
     def strength_at(self, step: int) -> float:
         """Adversarial strength (lambda) in force at ``step``; 0 for methods that learn nothing."""
         return 0.0
 
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """The learned parameters (a generator's weights, a learned code), for their own optimiser;
+        empty for crops that learn nothing."""
+        return list(self.parameters())
+
+    def adversary(self, lr: float) -> "Adversary":  # noqa: F821
+        """The update of this crop's learned parameters at rate ``lr`` (at lambda = 1): call its
+        ``step(step)`` after each ``loss.backward()`` (:mod:`paramcrop.crops.adversary`; a no-op
+        for crops that learn nothing)."""
+        from paramcrop.crops.adversary import Adversary
+
+        return Adversary(self, lr)
+
     def forward(self, clips: Tensor, step: int = 0) -> Views:
-        cubes1, cubes2 = self.sample_cubes(clips.shape[0], clips.device, step)
-        if not clips.is_floating_point() and (clips.is_cuda or (torch.is_grad_enabled() and
-                                                                (cubes1.requires_grad or cubes2.requires_grad))):
-            clips = clips.float()  # the cube gradient (and CUDA's grid_sample) reads float frames: convert once
-        return Views(crop_video(clips, cubes1, self.size), crop_video(clips, cubes2, self.size), cubes1, cubes2)
+        with torch.autocast(clips.device.type, enabled=False):  # the cube maths in float32 under autocast
+            cubes1, cubes2 = self.cubes(clips, step)
+            if not clips.is_floating_point() and (clips.is_cuda or (torch.is_grad_enabled() and
+                                                                    (cubes1.requires_grad or cubes2.requires_grad))):
+                clips = clips.float()  # the cube gradient (and CUDA's grid_sample) reads float frames: convert once
+            return Views(crop_video(clips, cubes1, self.size), crop_video(clips, cubes2, self.size), cubes1, cubes2)
 
 
 def create_crop(name: str, size: Sequence[int], **params) -> CropMethod:
@@ -64,17 +84,18 @@ check_range = range_pair  # the crops' name for :func:`paramcrop.checks.range_pa
 
 
 def sample_spatial_extents(
-    n: int, area: tuple[float, float], aspect: tuple[float, float], device: torch.device
+    n: int, area: tuple[float, float], aspect: tuple[float, float], device: torch.device, free_aspect: bool = True
 ) -> Tensor:
     """RandomResizedCrop's box size as half-extents ``(n, 2) = (hx, hy)`` in normalised units.
 
-    Area fraction ~ U(area), aspect ratio (width / height) log-uniform in ``aspect``. A side that
+    Area fraction ~ U(area), aspect ratio (width / height) log-uniform in ``aspect`` (drawn, then
+    set to 1 when not ``free_aspect``: the same random stream either way). A side that
     would exceed the frame is clamped to the full frame (instead of torchvision's retry loop), so
     such boxes are slightly smaller than their sampled area.
     """
     a = torch.empty(n, device=device).uniform_(*area)
     log_r = torch.empty(n, device=device).uniform_(math.log(aspect[0]), math.log(aspect[1]))
-    r = log_r.exp()
+    r = log_r.exp() if free_aspect else torch.ones_like(log_r)
     # half-extent in [-1, 1] coordinates equals the fraction of the full side
     return torch.stack([(a * r).sqrt(), (a / r).sqrt()], -1).clamp(max=1.0)
 
