@@ -82,26 +82,6 @@ class DuplicateGridPoint(RuntimeError):
     """A grid point that another worker took at the same moment."""
 
 
-class TrialTrainer(Trainer):
-    """The trainer plus two things a study trial needs between steps: the metrics logged so far go
-    to MLflow before each checkpoint is written (so a retry can copy them), and a stop requested
-    by SIGINT/SIGTERM is taken at a step boundary, where a checkpoint is consistent."""
-
-    stop: GracefulStop | None = None
-    stopped_at_boundary = False
-
-    def train_step(self, clips):
-        if self.stop is not None and self.stop.requested:
-            self.stopped_at_boundary = True
-            self.stop.check()
-        return super().train_step(clips)
-
-    def save_checkpoint(self) -> Path:
-        if isinstance(self.sink, MlflowSink):
-            self.sink.flush(block=False)  # never stalls training: what fails stays queued
-        return super().save_checkpoint()
-
-
 def resume_command() -> str:
     """The command line to resume with (passwords redacted)."""
     args = sys.argv[1:]
@@ -305,12 +285,13 @@ class StudyRunner:
                              parent_run_id=self.parent_run_id, benign=(optuna.TrialPruned,),
                              spool_dir=run_dir) as sink:
                 trial.set_user_attr(RUN_ATTR, sink.run_id)
-                trainer: TrialTrainer | None = None
                 if resume_step is not None:
                     self._continue_history(sink, cfg, run_dir, frozen.user_attrs.get(PREVIOUS_RUN_ATTR), resume_step)
                 try:
                     # built inside the run: a configuration that cannot be built ends it FAILED with the reason
-                    trainer = TrialTrainer(cfg, run_dir, progress=self.options.progress, on_eval=on_eval)
+                    # the trainer flushes the metrics with each checkpoint (a retry copies them) and
+                    # takes a SIGINT/SIGTERM at a step boundary, with a checkpoint
+                    trainer = Trainer(cfg, run_dir, progress=self.options.progress, on_eval=on_eval)
                     trainer.stop = self.stop
                     self.stop.deferring = True
                     result = trainer.fit(sink, resume=resume_step is not None)
@@ -318,14 +299,9 @@ class StudyRunner:
                     values = [_metric_value(o.metric, result) for o in spec.objectives]
                     logged = {**result.final_metrics, **result.eval_metrics}
                     sink.log_metrics({o.metric: v for o, v in zip(spec.objectives, values) if o.metric not in logged},
-                                     result.steps)  # an objective such as train/seconds is a run metric too
+                                     result.steps - 1)  # an objective such as train/seconds is a run metric too
                 except optuna.TrialPruned:
                     sink.set_tags({sinks.TAG_TRIAL_STATE: "PRUNED", sinks.TAG_PRUNED: "true"})
-                    raise
-                except KeyboardInterrupt:
-                    if trainer is not None and trainer.stopped_at_boundary:
-                        trainer.save_checkpoint()  # the last step is complete: the retry continues from it
-                    sink.set_tags({sinks.TAG_TRIAL_STATE: "FAIL"})
                     raise
                 except BaseException:
                     sink.set_tags({sinks.TAG_TRIAL_STATE: "FAIL"})
