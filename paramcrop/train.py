@@ -190,6 +190,11 @@ class Trainer:
         backbone.check_input(cfg.view.frames, cfg.view.size)
 
         dataset = resolve_source(cfg.data.source)
+        # the source's own augmentation defaults (synthetic: no flip) where the config sets none: the
+        # params and config.yaml of the run then record the values used
+        source_defaults = {f"augment.{k}": v for k, v in dataset.augment_defaults.items() if k not in cfg.augment}
+        if source_defaults:
+            self.cfg = cfg = cfg.with_overrides(source_defaults)
         check_window_fits(dataset.train, cfg.data.frames, cfg.data.stride)  # refuse a clip longer than every video
         self.train_set = TrainClips(dataset.train, cfg.data.frames, cfg.data.stride, cfg.data.size, seed=cfg.seed)
         self.eval_stride = max(1, cfg.data.stride * cfg.data.frames // cfg.view.frames)  # span of a whole raw clip

@@ -162,3 +162,28 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     trainer.fit(sinks.MemorySink())
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2 and "framework" in state and "crop" in state
+
+
+def test_synthetic_source_sets_its_augmentation_defaults_unless_the_config_does(tmp_path):
+    """The synthetic benchmark's left/right motion classes cannot take a flip: ``paramcrop train``
+    with no flags gets the quickstart's ``flip_p 0`` / ``strength 0.5``, logged as the params used;
+    a key the user set wins, and a ``folder:`` source (the same videos) keeps the CVRL defaults."""
+    from paramcrop.data import resolve_source
+
+    base = TrainConfig().with_overrides({"data.source": TINY_SOURCE, "data.frames": 16, "data.stride": 1,
+                                         "data.size": 32, "view.frames": 8, "view.size": 32, "batch_size": 8,
+                                         "steps": 1, "visualize_at": 0, "eval.linear": False,
+                                         "eval.retrieval": False})
+    assert "flip_p" not in base.augment  # the user set no augmentation key
+    trainer = Trainer(base, tmp_path / "a", progress=False)
+    assert (trainer.augment.flip_p, trainer.cfg.augment["strength"]) == (0.0, 0.5)
+    sink = sinks.MemorySink()
+    trainer.fit(sink)
+    assert (sink.params["augment.flip_p"], sink.params["augment.strength"]) == (0.0, 0.5)
+    assert "flip_p: 0.0" in (tmp_path / "a" / "config.yaml").read_text()
+
+    assert Trainer(base.with_overrides({"augment.flip_p": 0.3}), tmp_path / "b", progress=False).augment.flip_p == 0.3
+
+    root = resolve_source(TINY_SOURCE).train[0].path.parents[2]  # <cache>/train/<class>/<video>
+    folder = Trainer(base.with_overrides({"data.source": f"folder:{root}"}), tmp_path / "c", progress=False)
+    assert (folder.augment.flip_p, folder.cfg.augment) == (0.5, {})
