@@ -196,3 +196,93 @@ def test_resume_without_a_checkpoint_is_refused_with_exit_2_and_logs_nothing(wor
     client, (run,) = the_run(workdir)
     assert {k: len(client.get_metric_history(run.info.run_id, k)) for k in run.data.metrics} == before
     assert run.info.status == "RUNNING"  # untouched: what the SIGKILL left
+
+
+# --- 3. a trial killed right after a step that is both a checkpoint and an eval step ------------------
+def test_trial_killed_at_a_shared_checkpoint_and_eval_step_keeps_every_eval_point_once(workdir):
+    from test_faults import RUN_ATTR, Worker, load, tiny_spec, write_spec
+
+    steps = 12
+    spec = tiny_spec("shared", {"steps": steps, "checkpoint_every": 3, "eval": {"every": 3, "linear": False,
+                                                                              "retrieval": False}},
+                     search_space={"crop": {"type": "variants", "choices": {"random": {"crop.method": "random"}}}})
+    path = write_spec(workdir, spec)
+    checkpoint = workdir / "paramcrop-runs" / "shared" / "trial-0000" / CHECKPOINT_NAME
+    first = Worker(workdir, str(path))
+    first.wait_for(lambda: ckpt_step(checkpoint) >= 6, "the checkpoint after 6 steps (an eval step too)")
+    first.proc.send_signal(signal.SIGKILL)
+    first.wait()
+    killed_at = ckpt_step(checkpoint)
+    assert 6 <= killed_at < steps
+
+    again = Worker(workdir, str(path))
+    assert again.wait() == 0, again.output
+    study, client, runs = load("shared", workdir)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    retry = study.trials[1].user_attrs[RUN_ATTR]
+    # evaluations after 3, 6, 9 steps at 2, 5, 8 and the final one at steps - 1: each exactly once
+    assert sorted(m.step for m in client.get_metric_history(retry, sinks.EVAL_KNN_TOP1)) == [2, 5, 8, 11]
+    assert sorted(m.step for m in client.get_metric_history(retry, sinks.TRAIN_LOSS)) == list(range(steps))
+
+
+# --- 5. a study whose creator died before recording its parent run -----------------------------------
+def test_a_study_whose_creator_died_after_create_study_is_completed_with_one_parent_run(workdir):
+    from test_faults import Worker, by_role, load, tiny_spec, write_spec
+
+    path = write_spec(workdir, tiny_spec("orphan", {"steps": 2}))
+    dies = ("import os, sys, optuna\n"
+            "create = optuna.create_study\n"
+            "def create_and_die(*args, **kwargs):\n"
+            "    create(*args, **kwargs)\n"
+            "    os._exit(9)  # the creator dies before the parent run exists\n"
+            "optuna.create_study = create_and_die\n"
+            "from cli import app\n"
+            f"app(['study', 'run', {str(path)!r}, '--no-progress'])\n")
+    creator = subprocess.run([sys.executable, "-c", dies], cwd=workdir, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert creator.returncode == 9, creator.stdout + creator.stderr
+    study, _, runs = load("orphan", workdir)
+    assert not by_role(runs, "study") and not study.trials
+
+    again = Worker(workdir, str(path))
+    assert again.wait(timeout=300) == 0, again.output
+    study, _, runs = load("orphan", workdir)
+    (parent,) = by_role(runs, "study")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert {r.data.tags[sinks.PARENT_RUN_TAG] for r in by_role(runs, "trial")} == {parent.info.run_id}
+    assert [s.study_name for s in optuna_studies(workdir)] == ["orphan"]  # the claim is gone
+
+
+def optuna_studies(workdir: Path):
+    import optuna
+
+    from studies.storage import DEFAULT_STORAGE, open_storage
+
+    return optuna.get_all_study_summaries(open_storage(str(workdir / DEFAULT_STORAGE)))
+
+
+# --- 6. study run --set ----------------------------------------------------------------------------------
+def test_study_set_refuses_a_searched_key_and_a_resume_with_other_overrides(workdir):
+    from typer.testing import CliRunner
+
+    from cli import app
+    from test_faults import load, tiny_spec, write_spec
+
+    one = {"crop": {"type": "variants", "choices": {"random": {"crop.method": "random"}}}}
+    path = str(write_spec(workdir, tiny_spec("sets", {"steps": 2}, search_space=one)))
+    searched = CliRunner().invoke(app, ["study", "run", path, "--set", "crop.method=cvrl", "--no-progress"])
+    assert searched.exit_code == 2, searched.output
+    assert "--set crop.method" in " ".join(searched.output.split())
+    assert not (workdir / "paramcrop-studies.journal").exists()  # nothing created
+
+    done = CliRunner().invoke(app, ["study", "run", path, "--set", "optim.lr=0.002", "--no-progress"])
+    assert done.exit_code == 0, done.output
+    study, client, runs = load("sets", workdir)
+    (trial,) = [r for r in runs if r.data.tags.get(sinks.TAG_ROLE) == "trial"]
+    assert float(trial.data.params["optim.lr"]) == 0.002
+    for other in (["--set", "optim.lr=0.003"], []):
+        again = CliRunner().invoke(app, ["study", "run", path, *other, "--no-progress"])
+        message = " ".join(again.output.split())
+        assert again.exit_code == 2, again.output
+        assert "--set optim.lr=0.002" in message and "same --set values" in message and "--name" in message
+    assert CliRunner().invoke(app, ["study", "run", path, "--set", "optim.lr=0.002"]).exit_code == 0
