@@ -81,6 +81,11 @@ class MetricsSink(Protocol):
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
 
+    def flush(self, block: bool = True) -> None:
+        """Send what is queued. The trainer calls ``flush(block=False)`` before each checkpoint (so a
+        killed run loses no step it logged): one attempt that never stalls training, what fails
+        stays queued."""
+
 
 class MemorySink:
     """Keeps everything in memory; used by tests and by runs that track nothing.
@@ -105,6 +110,9 @@ class MemorySink:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.artifacts.append((Path(path), artifact_path))
+
+    def flush(self, block: bool = True) -> None:
+        """Nothing is queued: a no-op."""
 
     def series(self, name: str) -> list[tuple[int, float]]:
         """``[(step, value), ...]`` of one metric."""

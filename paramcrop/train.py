@@ -41,6 +41,7 @@ from paramcrop.objectives import ORDER_LOSS, REGION_LOSS, RegionContrast, Tempor
 MEAN = (0.43216, 0.394666, 0.37645)
 STD = (0.22803, 0.22145, 0.216989)
 CHECKPOINT_NAME = "checkpoint.pt"
+RANK_RNG_NAME = "rng-rank{rank}.pt"  # rank r > 0's RNG state at the checkpoint (rank 0's is in the checkpoint)
 TRAJECTORY_NAME = "trajectory.csv"
 SKIPPED_NAME = "skipped_videos.csv"
 
@@ -74,6 +75,35 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of DDP rank ``rank``'s random stream (cubes, ParamCrop noise, augmentation draws):
+    ``seed`` itself on rank 0 (a single process draws what it always drew), on rank r > 0 a 63-bit
+    number from ``numpy.random.SeedSequence([seed, r])``, so every rank draws its own views and
+    the run stays reproducible from ``(seed, world_size)``."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**63, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def rng_state() -> dict[str, Tensor | list[Tensor]]:
+    """This process's torch, numpy, Python (and CUDA) RNG states, as tensors (``weights_only`` loads them)."""
+    state = {"rng_torch": torch.get_rng_state(),
+             "rng_numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+             "rng_python": torch.tensor(random.getstate()[1], dtype=torch.int64)}
+    if torch.cuda.is_available():
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["rng_torch"].cpu())
+    np.random.set_state(("MT19937", state["rng_numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    random.setstate((3, tuple(int(x) for x in state["rng_python"]), None))
+    if "rng_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
 
 
 def to_input(x: Tensor) -> Tensor:
@@ -124,8 +154,17 @@ class Trainer:
     is tracked), then :meth:`fit` runs the loop and reports to a sink.
 
     ``on_eval(step, metrics)`` is called after each evaluation (a study's pruner hooks in here
-    and may raise to stop); ``progress`` shows a rich progress bar.
+    and may raise to stop); ``progress`` shows a rich progress bar. ``stop``, when set, is checked
+    at every step boundary: once its ``requested`` is truthy the trainer writes a checkpoint there
+    and calls ``stop.check()``, which raises (``studies.tracking.GracefulStop`` on SIGINT/SIGTERM).
+
+    Step convention (every metric): a value is logged at the 0-based index of the last training
+    step completed when it was measured: step ``s``'s train and view metrics at ``s`` (``train/lr``
+    is the rate step ``s`` used), an evaluation after ``s + 1`` steps at ``s`` (the final one at
+    ``steps - 1``), ``data/skipped_videos`` likewise (at 0 before the first step).
     """
+
+    stop = None
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True,
                  on_eval: Callable[[int, dict[str, float]], None] | None = None) -> None:
@@ -151,6 +190,11 @@ class Trainer:
         backbone.check_input(cfg.view.frames, cfg.view.size)
 
         dataset = resolve_source(cfg.data.source)
+        # the source's own augmentation defaults (synthetic: no flip) where the config sets none: the
+        # params and config.yaml of the run then record the values used
+        source_defaults = {f"augment.{k}": v for k, v in dataset.augment_defaults.items() if k not in cfg.augment}
+        if source_defaults:
+            self.cfg = cfg = cfg.with_overrides(source_defaults)
         check_window_fits(dataset.train, cfg.data.frames, cfg.data.stride)  # refuse a clip longer than every video
         self.train_set = TrainClips(dataset.train, cfg.data.frames, cfg.data.stride, cfg.data.size, seed=cfg.seed)
         self.eval_stride = max(1, cfg.data.stride * cfg.data.frames // cfg.view.frames)  # span of a whole raw clip
@@ -186,6 +230,9 @@ class Trainer:
         self.adversary = self.crop.adversary(cfg.optim.generator_lr)  # the learned crop's update rule
         self.gen_optimizer = self.adversary.optimizer  # None for crops that learn nothing
         self.step = 0
+        self.history: list[dict[str, float]] = []  # the trajectory rows (logged train steps) so far
+        if self.dist.rank:  # every rank built the same weights from cfg.seed; from here each draws its own
+            seed_everything(rank_seed(cfg.seed, self.dist.rank))
 
     # --- schedule ------------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
@@ -204,15 +251,27 @@ class Trainer:
             "crop": self.crop.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng_torch": torch.get_rng_state(),
-            "rng_numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-            "rng_python": random.getstate()[1],
+            **rng_state(),  # rank 0's; the other ranks' are in their RANK_RNG_NAME files
         }
         if self.gen_optimizer is not None:
             state["gen_optimizer"] = self.gen_optimizer.state_dict()
-        if torch.cuda.is_available():
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return state
+
+    def checkpoint(self) -> None:
+        """What a resume needs, at a step boundary, on every rank. Rank 0: ``trajectory.csv``, the
+        metrics queued so far flushed to the sink (so a kill loses no logged step), then the
+        checkpoint (its step says which trajectory rows and metrics count). Rank r > 0: its own
+        RNG state in ``rng-rank<r>.pt``, tagged with the step."""
+        if self.dist.is_main:
+            self._write_trajectory(self.history)
+            self.sink.flush(block=False)
+            self.save_checkpoint()
+        else:
+            path = self.run_dir / RANK_RNG_NAME.format(rank=self.dist.rank)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save({"step": self.step, **rng_state()}, tmp)
+            tmp.replace(path)
 
     def save_checkpoint(self) -> Path:
         """Write atomically (temp file + rename): a crash never leaves a torn checkpoint."""
@@ -233,12 +292,18 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.gen_optimizer is not None:
             self.gen_optimizer.load_state_dict(state["gen_optimizer"])
-        torch.set_rng_state(state["rng_torch"].cpu())
-        np.random.set_state(("MT19937", state["rng_numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
-        random.setstate((3, tuple(state["rng_python"]), None))
-        if "rng_cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.step = int(state["step"])
+        if self.dist.is_main:
+            set_rng_state(state)
+            return
+        # rank r > 0: its own stream as saved at this step; a rank without one (the world grew, or
+        # it died before writing) starts a fresh stream seeded from (seed, step, rank)
+        own = self.run_dir / RANK_RNG_NAME.format(rank=self.dist.rank)
+        rank_state = torch.load(own, map_location="cpu", weights_only=True) if own.exists() else None
+        if rank_state is not None and int(rank_state["step"]) == self.step:
+            set_rng_state(rank_state)
+        else:
+            seed_everything(rank_seed(self.cfg.seed * 1_000_003 + self.step, self.dist.rank))
 
     # --- evaluation --------------------------------------------------------------------------
     def evaluate(self, final: bool = True) -> dict[str, float]:
@@ -327,6 +392,7 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.optim.grad_clip)
         self.optimizer.step()
         self.adversary.step(self.step)  # lr x lambda, skipped at lambda 0, averaged across ranks; clears its grads
+        self.step_lr = self.scheduler.get_last_lr()[0]  # the rate this step used (train/lr)
         self.scheduler.step()
         self.framework.update_targets()
         with torch.no_grad():
@@ -334,15 +400,19 @@ class Trainer:
         return loss.detach(), {**disparity, **out.metrics, **{k: v.detach() for k, v in terms.items()}}, views
 
     def fit(self, sink: sinks.MetricsSink, resume: bool = False, until: int | None = None) -> TrainResult:
-        """Train to ``cfg.steps``. With ``resume``, continue from ``run_dir``'s checkpoint when it has
-        one (metrics continue at the step where they stopped); otherwise log params and config.
-        ``until`` stops early at that step with a checkpoint and no final evaluation (as if preempted).
-        Under torchrun only rank 0 reports, evaluates, visualises and writes checkpoints."""
+        """Train to ``cfg.steps``. With ``resume``, continue from ``run_dir``'s checkpoint (metrics
+        continue at the step where they stopped; no checkpoint: ``ConfigError``, nothing logged);
+        otherwise log params and config. ``until`` stops early at that step with a checkpoint and
+        no final evaluation (as if preempted). Under torchrun only rank 0 reports, evaluates,
+        visualises and writes the checkpoint (each other rank its own RNG state)."""
         if not self.dist.is_main:
             sink, self.progress, self.on_eval = sinks.MemorySink(), False, None
         self.sink = sink
         checkpoint = self.run_dir / CHECKPOINT_NAME
-        if resume and checkpoint.exists():
+        if resume:
+            if not checkpoint.exists():
+                raise ConfigError(f"nothing to resume: {self.run_dir} holds no {CHECKPOINT_NAME}; start anew without "
+                                  f"resuming")
             self.load_checkpoint(checkpoint)
         else:
             sink.log_params(self.cfg.flatten())
@@ -359,7 +429,7 @@ class Trainer:
         start_time = time.perf_counter()
         self._report_skipped()
         vis_steps = {round(i * (cfg.steps - 1) / max(1, cfg.visualize_at - 1)) for i in range(cfg.visualize_at)}
-        history = self._earlier_trajectory()  # a resumed run keeps the rows before its checkpoint
+        self.history = history = self._earlier_trajectory()  # a resumed run keeps the rows before its checkpoint
         last: dict[str, float] = {}
         eval_metrics: dict[str, float] = {}
         loss_sum, loss_n, interval_start = torch.zeros(()), 0, time.perf_counter()
@@ -370,6 +440,9 @@ class Trainer:
             task = bar.add_task("train", total=cfg.steps, completed=self.step, status="")
             self.framework.train()
             while self.step < until:
+                if self.stop is not None and self.stop.requested:
+                    self.checkpoint()  # a step boundary: the stop leaves a consistent checkpoint
+                    self.stop.check()
                 clips = next(batches).to(self.device, non_blocking=True)
                 loss, metrics, views = self.train_step(clips)
                 loss_sum, loss_n = loss_sum + loss.float().cpu(), loss_n + 1
@@ -377,7 +450,7 @@ class Trainer:
                 self.step += 1
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     elapsed = time.perf_counter() - interval_start
-                    last = {sinks.TRAIN_LOSS: float(loss_sum) / loss_n, sinks.TRAIN_LR: self.scheduler.get_last_lr()[0],
+                    last = {sinks.TRAIN_LOSS: float(loss_sum) / loss_n, sinks.TRAIN_LR: self.step_lr,
                             sinks.TRAIN_CLIPS_PER_S: loss_n * cfg.batch_size * self.dist.world_size / max(elapsed, 1e-9),
                             sinks.TRAIN_LAMBDA: self.crop.strength_at(step),
                             **{k: float(v) for k, v in metrics.items()}}
@@ -389,26 +462,27 @@ class Trainer:
                 main = self.dist.is_main
                 if main and step in vis_steps:
                     self._visualize(clips, views, step)
-                if main and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
+                # evaluate before the checkpoint: its metrics are flushed with it, so a retry keeps them
                 if main and cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
                     eval_metrics = self._evaluate_and_report(final=False)
                     self.framework.train()
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.checkpoint()
                 bar.update(task, completed=self.step)
+        self.checkpoint()
         if self.dist.is_main:
-            self.save_checkpoint()
             if self.step == cfg.steps:
                 eval_metrics = self._evaluate_and_report()
-            self._write_trajectory(history)
             self._report_skipped()  # files that failed to decode during training too
         return TrainResult(steps=self.step, seconds=time.perf_counter() - start_time, final_metrics=last,
                            eval_metrics=eval_metrics, run_dir=self.run_dir, skipped_videos=self.skipped_videos())
 
     def _evaluate_and_report(self, final: bool = True) -> dict[str, float]:
         metrics = self.evaluate(final)
-        self.sink.log_metrics(metrics, self.step)
+        step = max(self.step - 1, 0)  # the last step completed (the step convention)
+        self.sink.log_metrics(metrics, step)
         if self.on_eval is not None:
-            self.on_eval(self.step, metrics)
+            self.on_eval(step, metrics)
         return metrics
 
     def _visualize(self, clips: Tensor, views, step: int) -> None:
@@ -430,7 +504,7 @@ class Trainer:
         path = self.run_dir / SKIPPED_NAME
         if not rows or (path.exists() and path.read_text().count("\n") == len(rows) + 1):
             return
-        self.sink.log_metrics({sinks.DATA_SKIPPED: float(len(rows))}, self.step)
+        self.sink.log_metrics({sinks.DATA_SKIPPED: float(len(rows))}, max(self.step - 1, 0))
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as fh:
             writer = csv.writer(fh)

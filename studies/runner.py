@@ -54,6 +54,7 @@ EXPERIMENT_ATTR = "mlflow_experiment_id"
 RUN_ATTR = "mlflow_run_id"
 PREVIOUS_RUN_ATTR = "mlflow_previous_run_id"  # a retry: the run of the attempt it resumes
 SPEC_ATTR = "spec"
+OVERRIDES_ATTR = "overrides"  # the study's `study run --set` overrides: part of its identity, with the spec
 LOST_ATTR = "paramcrop:lost"  # system attr: how many times this trial's workers died
 RUNS_ROOT = Path("paramcrop-runs")
 TAG_RETRY_OF = "paramcrop.retry_of"  # trial number of the attempt a retry continues
@@ -80,26 +81,6 @@ class StudyOptions:
 
 class DuplicateGridPoint(RuntimeError):
     """A grid point that another worker took at the same moment."""
-
-
-class TrialTrainer(Trainer):
-    """The trainer plus two things a study trial needs between steps: the metrics logged so far go
-    to MLflow before each checkpoint is written (so a retry can copy them), and a stop requested
-    by SIGINT/SIGTERM is taken at a step boundary, where a checkpoint is consistent."""
-
-    stop: GracefulStop | None = None
-    stopped_at_boundary = False
-
-    def train_step(self, clips):
-        if self.stop is not None and self.stop.requested:
-            self.stopped_at_boundary = True
-            self.stop.check()
-        return super().train_step(clips)
-
-    def save_checkpoint(self) -> Path:
-        if isinstance(self.sink, MlflowSink):
-            self.sink.flush(block=False)  # never stalls training: what fails stays queued
-        return super().save_checkpoint()
 
 
 def resume_command() -> str:
@@ -156,6 +137,12 @@ class StudyRunner:
         from paramcrop.train import resolve_device
 
         spec, overrides = self.spec, self.options.overrides or {}
+        searched = {key: dim.key for dim in spec.dimensions for key in
+                    ({k for choice in dim.choices.values() for k in choice} if dim.type == "variants" else {dim.key})}
+        for key in overrides:
+            if key in searched:
+                raise ValueError(f"--set {key}: the study searches {key} (search_space.{searched[key]}); an "
+                                 f"override would record wrong params in Optuna. Drop it, or change the spec")
         base = spec.base_config().with_overrides(overrides)
         configs = [base] + [spec.config_for(values)[0].with_overrides(overrides)
                             for values in itertools.islice(spec._points(spec.dimensions, base.flatten(), {}), 512)]
@@ -183,34 +170,82 @@ class StudyRunner:
             if stored is not None and stored != spec.to_yaml():
                 raise ValueError(f"study {spec.name!r} already exists in this storage with a different spec; "
                                  f"give a new --name, or run the same spec to resume it")
+            stored_sets = study.user_attrs.get(OVERRIDES_ATTR, {}) if stored is not None else self._overrides()
+            if stored_sets != self._overrides():
+                def shown(sets: dict) -> str:
+                    return " ".join(f"--set {k}={v}" for k, v in sets.items()) or "no --set"
+
+                raise ValueError(f"study {spec.name!r} was run with {shown(stored_sets)}, this command has "
+                                 f"{shown(self._overrides())}: resume it with the same --set values, or give a "
+                                 f"new --name for the new configuration")
             return study, *self._wait_for_parent(study)
+        return study, *self._record_parent(study)
+
+    def _record_parent(self, study: optuna.Study) -> tuple[str, str]:
+        """Create the experiment and the parent run (or adopt a parent run of this study that a
+        creator which died before recording it left), then record both in the study."""
+        spec = self.spec
         experiment_id = get_or_create_experiment(self.client, spec.name)
-        parent = call(self.client.create_run, experiment_id, run_name=spec.name, tags={
-            sinks.TAG_ROLE: "study", sinks.TAG_STUDY: spec.name,
-            sinks.TAG_OBJECTIVE: ",".join(o.metric for o in spec.objectives),
-            **{k: v for k, v in run_tags({}).items() if k in (sinks.TAG_VERSION, sinks.TAG_GIT_COMMIT)},
-        })
-        parent_id = parent.info.run_id
+        orphans = call(self.client.search_runs, [experiment_id], order_by=["attributes.start_time ASC"],
+                       filter_string=f"tags.`{sinks.TAG_ROLE}` = 'study' and tags.`{sinks.TAG_STUDY}` = '{spec.name}'")
+        if orphans:
+            parent_id = orphans[0].info.run_id
+            call(self.client.update_run, parent_id, status="RUNNING")
+        else:
+            parent_id = call(self.client.create_run, experiment_id, run_name=spec.name, tags={
+                sinks.TAG_ROLE: "study", sinks.TAG_STUDY: spec.name,
+                sinks.TAG_OBJECTIVE: ",".join(o.metric for o in spec.objectives),
+                **{k: v for k, v in run_tags({}).items() if k in (sinks.TAG_VERSION, sinks.TAG_GIT_COMMIT)},
+            }).info.run_id
         spec_path = self.options.runs_root / spec.name / "study.yaml"
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(spec.to_yaml())
         call(self.client.log_artifact, parent_id, str(spec_path))
+        study.set_user_attr(OVERRIDES_ATTR, self._overrides())
         study.set_user_attr(SPEC_ATTR, spec.to_yaml())
         study.set_user_attr(EXPERIMENT_ATTR, experiment_id)
         study.set_user_attr(PARENT_ATTR, parent_id)
-        return study, parent_id, experiment_id
+        return parent_id, experiment_id
 
-    def _wait_for_parent(self, study: optuna.Study, timeout: float = 60.0) -> tuple[str, str]:
-        """A worker that joins a study another worker is creating waits for its parent run."""
-        deadline = time.monotonic() + timeout
+    def _overrides(self) -> dict[str, Any]:
+        """The ``--set`` overrides, key-sorted (as stored in the study)."""
+        return dict(sorted((self.options.overrides or {}).items()))
+
+    def _wait_for_parent(self, study: optuna.Study) -> tuple[str, str]:
+        """A worker that joins a study another worker is creating waits for its parent run. A creator
+        that recorded nothing for three heartbeats is taken for dead: the waiting workers take turns
+        through numbered claims (``<study>:parent-claim-<k>``, a study name the storage creates
+        atomically, so one worker holds claim k) and the holder records the parent; claim 0 is the
+        creator's own ``create_study``. The claims are deleted once the parent is recorded."""
+        grace, claim = 3 * self.spec.heartbeat, 0
+        deadline = time.monotonic() + grace
         while True:
             attrs = optuna.load_study(study_name=self.spec.name, storage=self.storage).user_attrs
-            if PARENT_ATTR in attrs:
+            if PARENT_ATTR in attrs and SPEC_ATTR in attrs:
                 call(self.client.update_run, attrs[PARENT_ATTR], status="RUNNING")
+                self._drop_claims(claim)
                 return attrs[PARENT_ATTR], attrs[EXPERIMENT_ATTR]
             if time.monotonic() > deadline:
-                raise RuntimeError(f"study {self.spec.name!r} has no MLflow parent run after {timeout:.0f} s")
+                claim += 1
+                try:
+                    self.storage.create_new_study(directions=[optuna.study.StudyDirection.MINIMIZE],
+                                                  study_name=f"{self.spec.name}:parent-claim-{claim}")
+                except optuna.exceptions.DuplicatedStudyError:
+                    deadline = time.monotonic() + grace  # another worker holds this claim: give it its turn
+                    continue
+                self.console.print(f"[yellow]study {self.spec.name!r} has no MLflow parent run (its creator died "
+                                   f"before recording it): recording it here[/]")
+                parent = self._record_parent(study)
+                self._drop_claims(claim)
+                return parent
             time.sleep(0.5)
+
+    def _drop_claims(self, up_to: int) -> None:
+        for k in range(1, up_to + 1):
+            try:
+                optuna.delete_study(study_name=f"{self.spec.name}:parent-claim-{k}", storage=self.storage)
+            except KeyError:
+                pass
 
     def _replay_spools(self) -> None:
         """Send what earlier trials could not (the tracking store was down when they ended)."""
@@ -305,12 +340,13 @@ class StudyRunner:
                              parent_run_id=self.parent_run_id, benign=(optuna.TrialPruned,),
                              spool_dir=run_dir) as sink:
                 trial.set_user_attr(RUN_ATTR, sink.run_id)
-                trainer: TrialTrainer | None = None
                 if resume_step is not None:
                     self._continue_history(sink, cfg, run_dir, frozen.user_attrs.get(PREVIOUS_RUN_ATTR), resume_step)
                 try:
                     # built inside the run: a configuration that cannot be built ends it FAILED with the reason
-                    trainer = TrialTrainer(cfg, run_dir, progress=self.options.progress, on_eval=on_eval)
+                    # the trainer flushes the metrics with each checkpoint (a retry copies them) and
+                    # takes a SIGINT/SIGTERM at a step boundary, with a checkpoint
+                    trainer = Trainer(cfg, run_dir, progress=self.options.progress, on_eval=on_eval)
                     trainer.stop = self.stop
                     self.stop.deferring = True
                     result = trainer.fit(sink, resume=resume_step is not None)
@@ -318,14 +354,9 @@ class StudyRunner:
                     values = [_metric_value(o.metric, result) for o in spec.objectives]
                     logged = {**result.final_metrics, **result.eval_metrics}
                     sink.log_metrics({o.metric: v for o, v in zip(spec.objectives, values) if o.metric not in logged},
-                                     result.steps)  # an objective such as train/seconds is a run metric too
+                                     result.steps - 1)  # an objective such as train/seconds is a run metric too
                 except optuna.TrialPruned:
                     sink.set_tags({sinks.TAG_TRIAL_STATE: "PRUNED", sinks.TAG_PRUNED: "true"})
-                    raise
-                except KeyboardInterrupt:
-                    if trainer is not None and trainer.stopped_at_boundary:
-                        trainer.save_checkpoint()  # the last step is complete: the retry continues from it
-                    sink.set_tags({sinks.TAG_TRIAL_STATE: "FAIL"})
                     raise
                 except BaseException:
                     sink.set_tags({sinks.TAG_TRIAL_STATE: "FAIL"})

@@ -7,8 +7,8 @@ from pathlib import Path
 from paramcrop import sinks
 from paramcrop.sinks import redact_url
 from paramcrop.config import OBJECTIVE_NAMES, ConfigError, TrainConfig
-from studies.tracking import (TrackingUnavailable, check_tracking_store, get_or_create_experiment, open_tracking_store,
-                              run_tags, terminate_on_sigterm, tracked_run)
+from studies.tracking import (GracefulStop, TrackingUnavailable, call, check_tracking_store, get_or_create_experiment,
+                              open_tracking_store, run_tags, tracked_run)
 
 RUN_ID_FILE = "mlflow_run_id.txt"
 
@@ -33,10 +33,14 @@ def run_name(cfg: TrainConfig) -> str:
 def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_dir: Path | None = None,
                  resume: bool = False, progress: bool = True) -> int:
     """Train ``cfg`` in an MLflow run of ``experiment``; returns the process exit code
-    (0 done, 1 failed, 2 bad input with nothing created, 130/143 interrupted)."""
+    (0 done, 1 failed, 2 bad input with nothing created, 130/143 interrupted).
+
+    SIGINT / SIGTERM stop at the end of the current step with a checkpoint (a second signal stops
+    at once); ``resume`` continues from that checkpoint in the same MLflow run, and is refused
+    (exit 2, nothing logged) when ``run_dir`` holds none."""
     from rich.console import Console
 
-    from paramcrop.train import Trainer
+    from paramcrop.train import CHECKPOINT_NAME, Trainer
 
     console = Console(stderr=True)
     name = run_name(cfg)
@@ -44,6 +48,10 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
     run_id_path = run_dir / RUN_ID_FILE
     if resume and not run_id_path.exists():
         console.print(f"[red]error:[/] nothing to resume in {run_dir} (no {RUN_ID_FILE}); drop --resume to start anew")
+        return 2
+    if resume and not (run_dir / CHECKPOINT_NAME).exists():
+        console.print(f"[red]error:[/] nothing to resume in {run_dir}: the run stopped before writing a checkpoint "
+                      f"(no {CHECKPOINT_NAME}); drop --resume to start anew (in a new run)")
         return 2
     try:
         check_tracking_store(tracking_uri)  # creates nothing; before the (possibly long) build
@@ -62,14 +70,23 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
         return 0
     tags = {sinks.TAG_ROLE: "train", **run_tags(cfg.flatten())}
     previous = run_id_path.read_text().strip() if resume else None
+    stop = GracefulStop()
     try:
-        with terminate_on_sigterm(), tracked_run(client, experiment_id, name, tags, run_id=previous) as sink:
+        with stop.installed(), tracked_run(client, experiment_id, name, tags, run_id=previous) as sink:
             run_dir.mkdir(parents=True, exist_ok=True)
             run_id_path.write_text(sink.run_id)
+            if previous:
+                sink.logged = logged_points(client, previous)
+            trainer.stop, stop.deferring = stop, True
             result = trainer.fit(sink, resume=resume)
+            stop.deferring = False
     except KeyboardInterrupt as exc:
-        console.print(f"[yellow]interrupted[/]: run KILLED; its checkpoint stays in {run_dir}. Resume with the same "
-                      f"command plus --resume --run-dir {run_dir}")
+        if (run_dir / CHECKPOINT_NAME).exists():
+            console.print(f"[yellow]interrupted[/]: run KILLED; its checkpoint stays in {run_dir}. Resume with the "
+                          f"same command plus --resume --run-dir {run_dir}")
+        else:
+            console.print(f"[yellow]interrupted[/]: run KILLED before its first checkpoint; nothing to resume: run "
+                          f"the command again")
         return 143 if "SIGTERM" in str(exc) else 130
     except Exception as exc:
         console.print(f"[red]run failed[/]: {type(exc).__name__}: {exc}")
@@ -82,3 +99,9 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
         out.print(f"[yellow]{len(result.skipped_videos)} unreadable videos were skipped[/]")
     sys.stdout.flush()
     return 0
+
+
+def logged_points(client, run_id: str) -> set[tuple[str, int]]:
+    """``(metric, step)`` of every point run ``run_id`` holds (a resumed run does not log them twice)."""
+    metrics = call(client.get_run, run_id).data.metrics
+    return {(key, m.step) for key in metrics for m in call(client.get_metric_history, run_id, key)}

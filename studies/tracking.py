@@ -224,13 +224,17 @@ class MlflowSink:
         self._down_until = 0.0  # monotonic time before which non-blocking writes do not try
         self.unavailable: TrackingUnavailable | None = None  # set when finish() had to spool
         self.spool_path: Path | None = None
+        # (key, step) points the run already holds (a resumed run: what the killed attempt sent after
+        # its last checkpoint); they are not logged again, so each step appears once
+        self.logged: set[tuple[str, int]] = set()
 
     # --- the MetricsSink interface: queue, then try to send -------------------------------
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+        self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                             if (k, int(step)) not in self.logged)
         if len(self._pending) >= self.flush_every:
             self.flush(block=False)
 
@@ -359,26 +363,6 @@ def get_or_create_experiment(client, name: str) -> str:
 
 class RunInterrupted(KeyboardInterrupt):
     """SIGTERM, turned into an exception so that runs end KILLED and trials FAIL cleanly."""
-
-
-@contextlib.contextmanager
-def terminate_on_sigterm() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`RunInterrupted` (main thread only)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise RunInterrupted("terminated (SIGTERM)")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class GracefulStop:

@@ -454,7 +454,7 @@ def test_a_trial_that_cannot_be_built_ends_its_run_failed_with_the_reason(workdi
     def refuse(self, cfg, *args, **kwargs):
         raise RuntimeError(f"cannot build {cfg.crop['method']}")
 
-    monkeypatch.setattr(runner.TrialTrainer, "__init__", refuse)
+    monkeypatch.setattr(runner.Trainer, "__init__", refuse)
     CliRunner().invoke(app, ["study", "run", str(write_spec(workdir, tiny_spec("unbuildable")))])
     study, client, runs = load("unbuildable", workdir)
     assert {t.params["variant:crop"] for t in study.trials} == {"random", "paramcrop"}

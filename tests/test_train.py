@@ -85,6 +85,22 @@ def test_same_seed_same_curve_and_resume_equals_straight_run(tmp_path):
                                torch.tensor(losses(straight)), rtol=1e-4, atol=1e-5)
 
 
+def test_every_metric_uses_the_last_completed_step_and_lr_is_the_rate_the_step_used(tmp_path):
+    """The step convention (docs/DESIGN.md): train metrics of step s at s, train/lr the rate step s
+    used (linear warmup (s + 1) / warmup, then cosine), evaluations after s + 1 steps at s."""
+    import math
+
+    cfg = tiny_config(**{"steps": 6, "eval.every": 3, "optim.warmup_steps": 2, "optim.min_lr_ratio": 0.0})
+    sink = sinks.MemorySink()
+    train(cfg, sink, tmp_path / "run", progress=False)
+    lr = cfg.optim.lr
+    want = [lr * 0.5, lr * 1.0] + [lr * 0.5 * (1 + math.cos(math.pi * (s - 2) / 4)) for s in range(2, 6)]
+    got = sink.series(sinks.TRAIN_LR)
+    assert [s for s, _ in got] == list(range(6))
+    torch.testing.assert_close(torch.tensor([v for _, v in got]), torch.tensor(want), rtol=1e-6, atol=0)
+    assert [s for s, _ in sink.series(sinks.EVAL_KNN_TOP1)] == [2, 5]  # after 3 steps, and the final one
+
+
 def test_periodic_evaluation_and_finetuning_change_no_training_result(tmp_path):
     """The online kNN every 2 steps and the final fine-tuning run on a forked RNG and a copy of
     the backbone: the loss curve and the frozen-feature metrics equal those of a plain run."""
@@ -94,10 +110,10 @@ def test_periodic_evaluation_and_finetuning_change_no_training_result(tmp_path):
     watched_cfg = cfg.with_overrides({"eval.every": 2, "eval.finetune_steps": 4})
     watched_result = train(watched_cfg, watched, tmp_path / "watched", progress=False)
     assert losses(watched) == losses(plain)
-    assert [s for s, _ in watched.series(sinks.EVAL_KNN_TOP1)] == [2, 4, 6]  # the learning curve
+    assert [s for s, _ in watched.series(sinks.EVAL_KNN_TOP1)] == [1, 3, 5]  # after 2, 4, 6 steps
     assert watched_result.eval_metrics[sinks.EVAL_KNN_TOP1] == result.eval_metrics[sinks.EVAL_KNN_TOP1]
     assert 0 <= watched_result.eval_metrics[sinks.EVAL_FINETUNE_TOP1] <= 1
-    assert [s for s, _ in watched.series(sinks.EVAL_FINETUNE_TOP1)] == [6]  # at the end only
+    assert [s for s, _ in watched.series(sinks.EVAL_FINETUNE_TOP1)] == [5]  # at the end (steps - 1) only
     assert sinks.EVAL_FINETUNE_TOP1 not in result.eval_metrics
 
 
@@ -146,3 +162,28 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     trainer.fit(sinks.MemorySink())
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2 and "framework" in state and "crop" in state
+
+
+def test_synthetic_source_sets_its_augmentation_defaults_unless_the_config_does(tmp_path):
+    """The synthetic benchmark's left/right motion classes cannot take a flip: ``paramcrop train``
+    with no flags gets the quickstart's ``flip_p 0`` / ``strength 0.5``, logged as the params used;
+    a key the user set wins, and a ``folder:`` source (the same videos) keeps the CVRL defaults."""
+    from paramcrop.data import resolve_source
+
+    base = TrainConfig().with_overrides({"data.source": TINY_SOURCE, "data.frames": 16, "data.stride": 1,
+                                         "data.size": 32, "view.frames": 8, "view.size": 32, "batch_size": 8,
+                                         "steps": 1, "visualize_at": 0, "eval.linear": False,
+                                         "eval.retrieval": False})
+    assert "flip_p" not in base.augment  # the user set no augmentation key
+    trainer = Trainer(base, tmp_path / "a", progress=False)
+    assert (trainer.augment.flip_p, trainer.cfg.augment["strength"]) == (0.0, 0.5)
+    sink = sinks.MemorySink()
+    trainer.fit(sink)
+    assert (sink.params["augment.flip_p"], sink.params["augment.strength"]) == (0.0, 0.5)
+    assert "flip_p: 0.0" in (tmp_path / "a" / "config.yaml").read_text()
+
+    assert Trainer(base.with_overrides({"augment.flip_p": 0.3}), tmp_path / "b", progress=False).augment.flip_p == 0.3
+
+    root = resolve_source(TINY_SOURCE).train[0].path.parents[2]  # <cache>/train/<class>/<video>
+    folder = Trainer(base.with_overrides({"data.source": f"folder:{root}"}), tmp_path / "c", progress=False)
+    assert (folder.augment.flip_p, folder.cfg.augment) == (0.5, {})

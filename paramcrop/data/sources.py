@@ -42,11 +42,20 @@ class VideoRecord:
 
 @dataclass
 class DatasetSpec:
-    """A parsed data source: class names (index = label) and the train/test video lists."""
+    """A parsed data source: class names (index = label) and the train/test video lists.
+
+    ``augment_defaults``: ``augment.*`` values the source needs instead of the CVRL defaults (the
+    trainer applies each unless the config sets that key, and logs the values used)."""
 
     classes: list[str]
     train: list[VideoRecord] = field(default_factory=list)
     test: list[VideoRecord] = field(default_factory=list)
+    augment_defaults: dict[str, float] = field(default_factory=dict)
+
+
+SYNTHETIC_AUGMENT = {"flip_p": 0.0, "strength": 0.5}
+"""The synthetic benchmark's augmentation defaults: its classes include left vs right motion (a
+horizontal flip swaps them), and half-strength colour jitter suits its 32-48 px clips."""
 
 
 def resolve_source(source: str, *, cache_dir: Path | str | None = None) -> DatasetSpec:
@@ -56,7 +65,9 @@ def resolve_source(source: str, *, cache_dir: Path | str | None = None) -> Datas
     if scheme == "synthetic":
         from .synthetic import SyntheticConfig, ensure_synthetic
 
-        return ensure_synthetic(SyntheticConfig.from_options(rest), cache_dir)
+        spec = ensure_synthetic(SyntheticConfig.from_options(rest), cache_dir)
+        spec.augment_defaults = dict(SYNTHETIC_AUGMENT)
+        return spec
     if scheme in ("folder", "ucf101", "hmdb51", "kinetics") and rest:
         if scheme == "folder":
             return parse_folder(Path(rest))
