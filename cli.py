@@ -238,6 +238,20 @@ def ui(
         raise typer.Exit(130)
 
 
+@app.command()
+def dashboard(
+    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
+    port: int = typer.Option(8080, help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; 127.0.0.1 keeps it private to this machine."),
+) -> None:
+    """Start Optuna's own dashboard (optuna-dashboard: history, importances, Pareto fronts) on the study storage.
+
+    Needs the `dashboard` extra: pip install 'paramcrop[dashboard]'. Exit 2 when it is missing."""
+    from studies.commands import run_dashboard
+
+    raise typer.Exit(run_dashboard(storage, host, port))
+
+
 data_app = typer.Typer(help="Build the embedded synthetic benchmark; check a video dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -185,3 +185,43 @@ def show_study(name: str, storage: str | None, fmt: str) -> int:
                           r["mlflow_run_id"] or "")
         console.print(table)
     return 0
+
+
+DASHBOARD_MISSING = ("optuna-dashboard is not installed: pip install 'paramcrop[dashboard]' "
+                     "(or pip install optuna-dashboard)")
+
+
+def run_dashboard(storage: str | None, host: str, port: int) -> int:
+    """Serve Optuna's dashboard (``optuna_dashboard.run_server``, in this process) on the study
+    storage in use, the same rule as ``study run --storage`` (default: the journal file here,
+    opened as a ``JournalStorage``, which the dashboard needs for journal files; else an RDB URL).
+    Returns the exit code: 2 when the package is missing or the storage cannot be opened (or a
+    journal file does not exist: nothing is created), 130 on Ctrl-C."""
+    import importlib.util
+
+    from studies.storage import DEFAULT_STORAGE
+
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        err.print(f"[red]error:[/] {escape(DASHBOARD_MISSING)}", highlight=False)
+        return 2
+    shown = redact(storage or DEFAULT_STORAGE)
+    if _no_journal(storage):
+        err.print(f"[red]error:[/] no study storage {escape(shown)} here: run `paramcrop study run` first, or give "
+                  f"--storage", highlight=False)
+        return 2
+    try:
+        opened = _storage(storage)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False)
+        return 2
+    import optuna_dashboard
+
+    console.print(f"Optuna dashboard for {escape(shown)} at http://{host}:{port}  (Ctrl-C to stop)", highlight=False)
+    try:
+        optuna_dashboard.run_server(opened, host=host, port=port)
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:  # the port is taken, the host is not an interface here
+        err.print(f"[red]error:[/] cannot serve on {host}:{port}: {escape(str(exc))}", highlight=False)
+        return 2
+    return 0
