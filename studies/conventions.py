@@ -70,14 +70,15 @@ def study_summary(trials, directions: list[str]) -> dict[str, float]:
     return summary
 
 
-def log_study_summary(client, parent_run_id: str, study) -> dict[str, float]:
+def log_study_summary(client, parent_run_id: str, study, window: float = 10.0) -> dict[str, float]:
     """Log :func:`study_summary` of ``study`` on the parent run, at step = the number of trials that
-    have ended (complete, pruned or failed), so the metric history shows the study's progress."""
+    have ended (complete, pruned or failed), so the metric history shows the study's progress.
+    Retried for ``window`` seconds only: the next trial's summary makes up for a missed one."""
     from mlflow.entities import Metric
 
     trials = study.get_trials(deepcopy=False)
     summary = study_summary(trials, [d.name.lower() for d in study.directions])
     step = sum(t.state.is_finished() for t in trials)
     now = int(time.time() * 1000)
-    call(client.log_batch, parent_run_id, metrics=[Metric(k, v, now, step) for k, v in summary.items()])
+    call(client.log_batch, parent_run_id, metrics=[Metric(k, v, now, step) for k, v in summary.items()], window=window)
     return summary

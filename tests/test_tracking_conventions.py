@@ -148,3 +148,32 @@ def test_train_run_keeps_its_name_and_gets_sources_and_datasets(workdir):
     dataset = resolve_source(TINY_SOURCE)
     assert inputs[sinks.DATASET_TRAINING][1] == dataset_digest(dataset.train)
     assert inputs[sinks.DATASET_EVALUATION][1] == dataset_digest(dataset.test)
+
+
+class DownClient:
+    """An MLflow client whose store does not answer (every call: a connection error)."""
+
+    tracking_uri = "http://127.0.0.1:9"
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            raise ConnectionError("connection refused")
+        return fail
+
+
+def test_dataset_inputs_wait_in_the_spool_and_are_sent_by_replay(workdir, monkeypatch):
+    from studies.tracking import MlflowSink, client_for, replay_spool
+
+    monkeypatch.setenv("PARAMCROP_TRACKING_RETRY_S", "0")
+    client = client_for()
+    run_id = client.create_run(client.create_experiment("spool")).info.run_id
+    sink = MlflowSink(DownClient(), run_id, spool_dir=workdir)
+    sink.log_dataset("folder:/data/x", "/data/x", "0123456789abcdef", sinks.DATASET_TRAINING, 12)
+    assert sink.queued == 1
+    sink.finish("FINISHED")
+    assert sink.unavailable is not None and sink.spool_path.exists()
+    assert client.get_run(run_id).inputs.dataset_inputs == []
+    replay_spool(client, sink.spool_path)
+    run = client.get_run(run_id)
+    assert _inputs(run) == {sinks.DATASET_TRAINING: ("folder:/data/x", "0123456789abcdef", {"num_videos": 12}, "/data/x")}
+    assert run.info.status == "FINISHED"
