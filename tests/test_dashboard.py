@@ -39,24 +39,26 @@ def get_json(url: str, timeout: float = 60.0):
             time.sleep(0.3)
 
 
-def tiny_journal_study(path: Path) -> dict[int, float]:
-    """A finished three-trial study in a journal file (our storage class); its trial values."""
-    study = optuna.create_study(study_name="tiny-dash", storage=open_storage(str(path)), direction="maximize")
+def tiny_study(storage: str) -> dict[int, float]:
+    """A finished three-trial study in ``storage`` (opened as `study run` opens it); its trial values."""
+    study = optuna.create_study(study_name="tiny-dash", storage=open_storage(storage), direction="maximize")
     for x in (0.25, 0.5, 0.75):
         study.enqueue_trial({"x": x})
     study.optimize(lambda t: 1.0 - (t.suggest_float("x", 0.0, 1.0) - 0.5) ** 2, n_trials=3)
     return {t.number: t.value for t in study.trials}
 
 
-def test_dashboard_serves_the_study_over_http(tmp_path):
+@pytest.mark.parametrize("rdb", [False, True], ids=["journal", "rdb"])
+def test_dashboard_serves_the_study_over_http(tmp_path, rdb):
     pytest.importorskip("optuna_dashboard")
-    journal = tmp_path / "paramcrop-studies.journal"
-    values = tiny_journal_study(journal)
+    storage = f"sqlite:///{tmp_path / 'studies.db'}" if rdb else str(tmp_path / "paramcrop-studies.journal")
+    values = tiny_study(storage)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = open(tmp_path / "dashboard.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "dashboard", "--port", str(port)], cwd=tmp_path, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)  # the default storage: the journal here
+    flags = ["--storage", storage] if rdb else []  # else the default storage: the journal file here
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "dashboard", "--port", str(port), *flags], cwd=tmp_path,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         studies = get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
         assert [s["study_name"] for s in studies] == ["tiny-dash"]
