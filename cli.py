@@ -155,11 +155,14 @@ def study_run(
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     sets: list[str] = typer.Option([], "--set", help="Override a config key in every trial: --set steps=50."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    register: Optional[str] = typer.Option(None, "--register", metavar="NAME", help="Then register the best "
+                                           "trial's backbone in the MLflow model registry as model NAME (a new "
+                                           "version; see `paramcrop study register`)."),
 ) -> None:
     """Run (or resume) an Optuna study; every trial is a child MLflow run under the study's parent run.
 
-    Exit codes: 0 done, 1 no trial completed or the tracking store stayed down, 2 bad spec or arguments
-    (nothing created), 130 Ctrl-C, 143 SIGTERM.
+    Exit codes: 0 done, 1 no trial completed, the tracking store stayed down or --register failed, 2 bad
+    spec or arguments (nothing created), 130 Ctrl-C, 143 SIGTERM.
     """
     from paramcrop.config import ConfigError
     from studies.spec import SpecError, load_spec
@@ -177,8 +180,30 @@ def study_run(
 
     from studies.commands import run_study
 
+    if register is not None and not register.strip():
+        raise fail("--register needs a model name")
     raise typer.Exit(run_study(loaded, storage=storage, tracking_uri=uri, n_trials=n_trials, timeout=timeout,
-                               overrides=overrides, progress=progress))
+                               overrides=overrides, progress=progress, register=register))
+
+
+@study_app.command("register")
+def study_register(
+    study: str = typer.Argument(..., help="Study name."),
+    name: str = typer.Argument(..., help="Registered model name (created when missing; each call adds a version)."),
+    trial: Optional[int] = typer.Option(None, min=0, help="Register this (complete) trial instead of the best one; "
+                                        "needed for a multi-objective study."),
+    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI or "
+                                               "sqlite:///mlflow.db]"),
+) -> None:
+    """Register the best trial's backbone (its run's `backbone` model) in the MLflow model registry as NAME.
+
+    The model version is tagged with the study, the trial and its objective value. Exit codes: 0 registered,
+    1 it could not be (no complete trial, no backbone model), 2 no such study."""
+    uri = check_tracking_uri(tracking_uri)
+    from studies.commands import register_study
+
+    raise typer.Exit(register_study(study, name, trial=trial, storage=storage, tracking_uri=uri))
 
 
 @study_app.command("list")
@@ -236,6 +261,20 @@ def ui(
         raise typer.Exit(subprocess.call(command))
     except KeyboardInterrupt:
         raise typer.Exit(130)
+
+
+@app.command()
+def dashboard(
+    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
+    port: int = typer.Option(8080, help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; 127.0.0.1 keeps it private to this machine."),
+) -> None:
+    """Start Optuna's own dashboard (optuna-dashboard: history, importances, Pareto fronts) on the study storage.
+
+    Needs the `dashboard` extra: pip install 'paramcrop[dashboard]'. Exit 2 when it is missing."""
+    from studies.commands import run_dashboard
+
+    raise typer.Exit(run_dashboard(storage, host, port))
 
 
 data_app = typer.Typer(help="Build the embedded synthetic benchmark; check a video dataset.", no_args_is_help=True)

@@ -67,6 +67,20 @@ TAG_FAILURE = "paramcrop.failure_reason"
 TAG_PRUNED = "paramcrop.pruned"
 TAG_OBJECTIVE = "paramcrop.objective"  # metric name of the study objective
 PARENT_RUN_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"       # the experiment's and the parent run's description (the spec's)
+SOURCE_NAME_TAG = "mlflow.source.name"  # the command that made the run: "paramcrop study run"
+SOURCE_TYPE_TAG = "mlflow.source.type"  # "LOCAL"
+SOURCE_COMMIT_TAG = "mlflow.source.git.commit"
+
+# --- the study's parent run: its summary, updated as trials end --------------------------
+STUDY_BEST_VALUE = "study/best_value"  # single objective: the best complete trial's value
+STUDY_BEST_TRIAL = "study/best_trial"  # ... and its trial number
+STUDY_TRIALS = "study/trials_{state}"  # trials per state: complete, pruned, fail, running, waiting
+
+# --- dataset inputs (``MetricsSink.log_dataset``) -------------------------------------------
+DATASET_TRAINING = "training"  # context of the training split
+DATASET_EVALUATION = "evaluation"  # context of the split evaluated on
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # the dataset input's tag holding the context
 
 
 @runtime_checkable
@@ -86,6 +100,12 @@ class MetricsSink(Protocol):
         killed run loses no step it logged): one attempt that never stalls training, what fails
         stays queued."""
 
+    def log_dataset(self, name: str, source: str, digest: str, context: str, n_videos: int) -> None:
+        """A dataset the run used: ``name`` its data source string, ``source`` its folder, ``digest``
+        (:func:`paramcrop.data.sources.dataset_digest`), ``context`` :data:`DATASET_TRAINING` or
+        :data:`DATASET_EVALUATION`, ``n_videos`` its size."""
+        ...
+
 
 class MemorySink:
     """Keeps everything in memory; used by tests and by runs that track nothing.
@@ -98,6 +118,7 @@ class MemorySink:
         self.params: dict[str, object] = {}
         self.tags: dict[str, str] = {}
         self.artifacts: list[tuple[Path, str | None]] = []
+        self.datasets: list[dict[str, object]] = []  # log_dataset's arguments, by name
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.history.extend((step, k, float(v)) for k, v in metrics.items())
@@ -113,6 +134,9 @@ class MemorySink:
 
     def flush(self, block: bool = True) -> None:
         """Nothing is queued: a no-op."""
+
+    def log_dataset(self, name: str, source: str, digest: str, context: str, n_videos: int) -> None:
+        self.datasets.append(dict(name=name, source=source, digest=digest, context=context, n_videos=n_videos))
 
     def series(self, name: str) -> list[tuple[int, float]]:
         """``[(step, value), ...]`` of one metric."""

@@ -420,7 +420,17 @@ class Trainer:
             config_path.parent.mkdir(parents=True, exist_ok=True)
             config_path.write_text(self.cfg.to_yaml(resolved=True))  # every default spelled out
             sink.log_artifact(config_path)
+        self._log_datasets(sink)  # on resume too: a retry's new run needs them (a run keeps one copy)
         return self._run(self.cfg.steps if until is None else min(until, self.cfg.steps))
+
+    def _log_datasets(self, sink: sinks.MetricsSink) -> None:
+        """The training split and the split evaluated on, as the run's dataset inputs."""
+        from paramcrop.data.sources import dataset_digest, dataset_root
+
+        for context, records in ((sinks.DATASET_TRAINING, self.train_set.records),
+                                 (sinks.DATASET_EVALUATION, self.eval_sets[1].records)):
+            sink.log_dataset(self.cfg.data.source, str(dataset_root(records)), dataset_digest(records), context,
+                             len(records))
 
     def _run(self, until: int) -> TrainResult:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

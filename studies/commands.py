@@ -34,9 +34,10 @@ def _no_journal(storage: str | None) -> bool:
 
 
 def run_study(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_trials: int | None,
-              timeout: float | None, overrides: dict[str, Any], progress: bool) -> int:
+              timeout: float | None, overrides: dict[str, Any], progress: bool, register: str | None = None) -> int:
     """Run the study and print its summary; returns the exit code (see ``paramcrop study run --help``):
-    0 done, 1 no trial completed or the tracking store stayed down, 2 bad input (nothing created),
+    0 done, 1 no trial completed, the tracking store stayed down or ``register`` (a registered
+    model name: the best trial's backbone goes there) failed, 2 bad input (nothing created),
     130 SIGINT, 143 SIGTERM."""
     import optuna
 
@@ -70,7 +71,56 @@ def run_study(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_tria
         return 1
     print_summary(runner, tracking_uri)
     complete = runner.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if complete and register:
+        return 0 if _register(runner.client, runner.study, register, [o.metric for o in spec.objectives]) else 1
     return 0 if complete else 1
+
+
+def _register(client, study, name: str, metrics: list[str], trial: int | None = None) -> bool:
+    """:func:`studies.registration.register_trial`, reported; False (printed) when it cannot."""
+    from studies.registration import register_trial
+    from studies.tracking import TrackingUnavailable
+
+    try:
+        done = register_trial(client, study, name, metrics, trial)
+    except (ValueError, TrackingUnavailable) as exc:
+        err.print(f"[red]error:[/] cannot register a backbone as {escape(name)!r}: {escape(redact(str(exc)))}",
+                  highlight=False)
+        return False
+    shown = ", ".join(f"{k} = {v:.4f}" for k, v in done.objectives.items())
+    console.print(f"registered [bold]models:/{escape(done.name)}/{done.version}[/]: the backbone of trial {done.trial} "
+                  f"({shown}), run {done.run_id}", highlight=False)
+    return True
+
+
+def register_study(study_name: str, model_name: str, *, trial: int | None, storage: str | None,
+                   tracking_uri: str) -> int:
+    """``paramcrop study register``: exit 0 registered, 1 the registration failed (no backbone model,
+    no complete trial, the tracking store down), 2 no such study."""
+    import optuna
+
+    from studies.runner import SPEC_ATTR
+    from studies.tracking import open_tracking_store
+
+    if _no_journal(storage):
+        err.print(f"[red]error:[/] no study {study_name!r}: {escape(storage or 'paramcrop-studies.journal')} does not "
+                  f"exist", highlight=False)
+        return 2
+    try:
+        opened = _storage(storage)
+        study = optuna.load_study(study_name=study_name, storage=opened)
+        client = open_tracking_store(tracking_uri)
+    except KeyError:
+        known = [s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)]
+        err.print(f"[red]error:[/] no study {study_name!r} in this storage; known studies: {', '.join(known) or '(none)'}")
+        return 2
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False)
+        return 2
+    stored = study.user_attrs.get(SPEC_ATTR)
+    metrics = [o.metric for o in StudySpec.from_yaml(stored).objectives] if stored else \
+        [f"objective_{i}" for i in range(len(study.directions))]
+    return 0 if _register(client, study, model_name, metrics, trial) else 1
 
 
 def print_summary(runner, tracking_uri: str) -> None:
@@ -184,4 +234,44 @@ def show_study(name: str, storage: str | None, fmt: str) -> int:
             table.add_row(str(r["number"]), r["state"], _params(r["params"]), values, duration,
                           r["mlflow_run_id"] or "")
         console.print(table)
+    return 0
+
+
+DASHBOARD_MISSING = ("optuna-dashboard is not installed: pip install 'paramcrop[dashboard]' "
+                     "(or pip install optuna-dashboard)")
+
+
+def run_dashboard(storage: str | None, host: str, port: int) -> int:
+    """Serve Optuna's dashboard (``optuna_dashboard.run_server``, in this process) on the study
+    storage in use, the same rule as ``study run --storage`` (default: the journal file here,
+    opened as a ``JournalStorage``, which the dashboard needs for journal files; else an RDB URL).
+    Returns the exit code: 2 when the package is missing or the storage cannot be opened (or a
+    journal file does not exist: nothing is created), 130 on Ctrl-C."""
+    import importlib.util
+
+    from studies.storage import DEFAULT_STORAGE
+
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        err.print(f"[red]error:[/] {escape(DASHBOARD_MISSING)}", highlight=False)
+        return 2
+    shown = redact(storage or DEFAULT_STORAGE)
+    if _no_journal(storage):
+        err.print(f"[red]error:[/] no study storage {escape(shown)} here: run `paramcrop study run` first, or give "
+                  f"--storage", highlight=False)
+        return 2
+    try:
+        opened = _storage(storage)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False)
+        return 2
+    import optuna_dashboard
+
+    console.print(f"Optuna dashboard for {escape(shown)} at http://{host}:{port}  (Ctrl-C to stop)", highlight=False)
+    try:
+        optuna_dashboard.run_server(opened, host=host, port=port)
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:  # the port is taken, the host is not an interface here
+        err.print(f"[red]error:[/] cannot serve on {host}:{port}: {escape(str(exc))}", highlight=False)
+        return 2
     return 0

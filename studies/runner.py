@@ -43,10 +43,12 @@ from rich.console import Console
 
 from paramcrop import sinks
 from paramcrop.train import CHECKPOINT_NAME, Trainer
+from studies.conventions import describe_study, log_study_summary, trial_run_name
 from studies.spec import StudySpec
 from studies.storage import HEARTBEAT_ATTR, open_storage, redact
 from studies.tracking import (SPOOL_PREFIX, GracefulStop, MlflowSink, TrackingUnavailable, call, check_tracking_store,
-                              get_or_create_experiment, open_tracking_store, replay_spool, run_tags, tracked_run)
+                              get_or_create_experiment, open_tracking_store, replay_spool, run_tags, source_tags,
+                              tracked_run)
 
 MAX_RETRY = 2  # retries of a trial whose worker died (interrupted trials are always retried)
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -158,6 +160,10 @@ class StudyRunner:
         for device in sorted({c.device for c in configs}):
             resolve_device(device)
 
+    def _fixed_config(self):
+        """The config every trial starts from: the spec's base config with the command's overrides."""
+        return self.spec.base_config().with_overrides(self.options.overrides or {})
+
     # --- study, experiment and parent run -------------------------------------------------------
     def _create_or_join(self) -> tuple[optuna.Study, str, str]:
         spec = self.spec
@@ -195,8 +201,10 @@ class StudyRunner:
             parent_id = call(self.client.create_run, experiment_id, run_name=spec.name, tags={
                 sinks.TAG_ROLE: "study", sinks.TAG_STUDY: spec.name,
                 sinks.TAG_OBJECTIVE: ",".join(o.metric for o in spec.objectives),
-                **{k: v for k, v in run_tags({}).items() if k in (sinks.TAG_VERSION, sinks.TAG_GIT_COMMIT)},
+                **source_tags(),
             }).info.run_id
+        # (again) on an adopted parent: its creator may have died before this; same values, so idempotent
+        describe_study(self.client, experiment_id, parent_id, spec.description, self._fixed_config().flatten())
         spec_path = self.options.runs_root / spec.name / "study.yaml"
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(spec.to_yaml())
@@ -336,7 +344,8 @@ class StudyRunner:
         values: list[float] | None = None
         sink: MlflowSink | None = None
         try:
-            with tracked_run(self.client, self.experiment_id, f"trial-{trial.number}", tags,
+            name = trial_run_name(trial.number, trial.params, history[-1] if history else None)
+            with tracked_run(self.client, self.experiment_id, name, tags,
                              parent_run_id=self.parent_run_id, benign=(optuna.TrialPruned,),
                              spool_dir=run_dir) as sink:
                 trial.set_user_attr(RUN_ATTR, sink.run_id)
@@ -488,6 +497,11 @@ class StudyRunner:
                     self.console.print(f"[yellow]could not end the study's parent run: {exc}[/]")
 
     def _report(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.tracking_down is None:
+            try:
+                log_study_summary(self.client, self.parent_run_id, study)
+            except Exception as exc:  # noqa: BLE001 - a summary must not stop the study
+                self.console.print(f"[yellow]could not update the study's summary on its parent run: {exc}[/]")
         state = trial.state.name
         value = "" if trial.values is None else ", ".join(f"{v:.4f}" for v in trial.values)
         line = f"trial {trial.number} {state} {value}"

@@ -140,19 +140,41 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+CLI_COMMANDS = ("study run", "train", "eval")
+"""``paramcrop`` commands that create runs (their words name the run's source)."""
+
+
+def source_name(argv: list[str] | None = None) -> str:
+    """``mlflow.source.name``: the command that made the run, ``paramcrop study run`` /
+    ``paramcrop train``, when the process is the ``paramcrop`` CLI; else the script's file name
+    (``pytest``, ``my_script.py``): what MLflow's UI shows in its Source column."""
+    argv = list(sys.argv if argv is None else argv)
+    words = " ".join(a for a in argv[1:3] if not a.startswith("-"))
+    command = next((c for c in CLI_COMMANDS if words == c or words.startswith(c + " ")), None)
+    if Path(argv[0] if argv else "").name in ("paramcrop", "cli.py") and command:
+        return f"paramcrop {command}"
+    return Path(argv[0]).name if argv and argv[0] else "python"
+
+
+def source_tags() -> dict[str, str]:
+    """Tags every run gets (trial, parent, train): version, commit (``paramcrop.git_commit`` and
+    MLflow's own ``mlflow.source.git.commit``), ``mlflow.source.name`` and ``.type`` (LOCAL)."""
+    tags = {sinks.TAG_VERSION: __version__, sinks.SOURCE_NAME_TAG: source_name(), sinks.SOURCE_TYPE_TAG: "LOCAL"}
+    commit = git_commit()
+    if commit:
+        tags[sinks.TAG_GIT_COMMIT] = tags[sinks.SOURCE_COMMIT_TAG] = commit
+    return tags
+
+
 def run_tags(config_flat: Mapping[str, object]) -> dict[str, str]:
-    """The component tags of SPEC 4 from a flattened config, plus version and commit."""
-    tags = {
+    """The component tags of SPEC 4 from a flattened config, plus :func:`source_tags`."""
+    return {
         sinks.TAG_CROP: str(config_flat.get("crop.method", "")),
         sinks.TAG_CROP_PARAMETERISATION: parameterisation_tag(config_flat),
         sinks.TAG_FRAMEWORK: str(config_flat.get("framework.name", "")),
         sinks.TAG_BACKBONE: str(config_flat.get("backbone.name", "")),
-        sinks.TAG_VERSION: __version__,
+        **source_tags(),
     }
-    commit = git_commit()
-    if commit:
-        tags[sinks.TAG_GIT_COMMIT] = commit
-    return tags
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -221,6 +243,7 @@ class MlflowSink:
         self._params: dict[str, str] = {}
         self._tags: dict[str, str] = {}
         self._artifacts: list[tuple[str, str | None]] = []
+        self._datasets: list[list] = []  # [name, source, digest, context, n_videos]
         self._down_until = 0.0  # monotonic time before which non-blocking writes do not try
         self.unavailable: TrackingUnavailable | None = None  # set when finish() had to spool
         self.spool_path: Path | None = None
@@ -250,13 +273,18 @@ class MlflowSink:
         self._artifacts.append((str(path), artifact_path))
         self.flush(block=False)
 
+    def log_dataset(self, name: str, source: str, digest: str, context: str, n_videos: int) -> None:
+        """Queue a dataset input (sent with ``log_inputs``; see :func:`dataset_input`)."""
+        self._datasets.append([name, source, digest, context, int(n_videos)])
+        self.flush(block=False)
+
     def queue_metrics(self, metrics) -> None:
         """Queue ``mlflow.entities.Metric`` objects as they are (timestamps and steps kept)."""
         self._pending.extend(metrics)
 
     @property
     def queued(self) -> int:
-        return len(self._pending) + len(self._params) + len(self._tags) + len(self._artifacts)
+        return len(self._pending) + len(self._params) + len(self._tags) + len(self._artifacts) + len(self._datasets)
 
     def flush(self, block: bool = True) -> None:
         """Send everything queued. ``block``: retry for the whole window (raise
@@ -291,6 +319,9 @@ class MlflowSink:
             if Path(path).exists():
                 call(self.client.log_artifact, self.run_id, path, artifact_path, window=window)
             self._artifacts.pop(0)
+        while self._datasets:
+            call(self.client.log_inputs, self.run_id, datasets=[dataset_input(*self._datasets[0])], window=window)
+            self._datasets.pop(0)
 
     # --- the end of the run ---------------------------------------------------------------
     def finish(self, status: str, reason: str | None = None, window: float | None = None) -> None:
@@ -321,11 +352,23 @@ class MlflowSink:
         path = self.spool_dir / f"{SPOOL_PREFIX}{self.run_id}.json"
         data = {"run_id": self.run_id, "tracking_uri": tracking_uri_of(self.client), "status": status,
                 "end_time": end_time, "params": self._params, "tags": self._tags, "artifacts": self._artifacts,
+                "datasets": self._datasets,
                 "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self._pending]}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(path)
         return path
+
+
+def dataset_input(name: str, source: str, digest: str, context: str, n_videos: int):
+    """An ``mlflow.entities.DatasetInput`` of a video dataset: named by its data source string, its
+    folder as a local source (``{"uri": ...}``, as ``mlflow.data`` writes one), the video count as
+    its profile, ``context`` (training / evaluation) as the ``mlflow.data.context`` input tag."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
+                      profile=json.dumps({"num_videos": n_videos}))
+    return DatasetInput(dataset, tags=[InputTag(sinks.DATASET_CONTEXT_TAG, context)])
 
 
 def replay_spool(client, path: Path, window: float | None = None) -> str:
@@ -337,6 +380,7 @@ def replay_spool(client, path: Path, window: float | None = None) -> str:
     sink = MlflowSink(client, data["run_id"])
     sink._params, sink._tags = dict(data["params"]), dict(data["tags"])
     sink._artifacts = [tuple(a) for a in data["artifacts"]]
+    sink._datasets = [list(d) for d in data.get("datasets", [])]
     sink._pending = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in data["metrics"]]
     sink._drain(window)
     call(client.set_terminated, data["run_id"], status=data["status"], end_time=data["end_time"], window=window)

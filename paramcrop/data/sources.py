@@ -226,3 +226,22 @@ def parse_kinetics(csv_path: Path, root: Path) -> DatasetSpec:
         (spec.train if row["split"] == "train" else spec.test).append(record)
     _require_some_exist(spec.train + spec.test, csv_path, root)
     return spec
+
+
+def dataset_root(records: list[VideoRecord]) -> Path:
+    """The deepest folder holding every video of ``records`` (the dataset's location)."""
+    if not records:
+        raise ValueError("no videos given: an empty list has no folder")
+    return Path(os.path.commonpath([str(r.path.absolute().parent) for r in records]))
+
+
+def dataset_digest(records: list[VideoRecord]) -> str:
+    """A stable digest of a video list, 16 hex digits: sha256 of the sorted ``(path relative to
+    :func:`dataset_root`, size in bytes)`` pairs (an absent file counts as size -1). The same files
+    give the same digest wherever the dataset lives; a file more, less, renamed or resized gives
+    another. Contents are not read (a same-size edit keeps the digest)."""
+    root = dataset_root(records)
+    entries = sorted((r.path.absolute().relative_to(root).as_posix(),
+                      r.path.stat().st_size if r.path.exists() else -1) for r in records)
+    text = "\n".join(f"{path}\t{size}" for path, size in entries)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
