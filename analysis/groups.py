@@ -94,8 +94,8 @@ def varying(p: pd.DataFrame, key: str) -> bool:
 
 def configurations(runs: pd.DataFrame, omit: Sequence[str] = (), show: Sequence[str] = ()) -> tuple[pd.DataFrame, list[str]]:
     """One row per run: ``run_id``, ``config`` (an integer id: same id = same configuration),
-    ``configuration`` (its label), ``baseline`` (``crop.method == random``), ``order`` (baseline
-    first, then by crop method, strength and the label's params) and one column per label param
+    ``configuration`` (its label), ``baseline`` (``crop.method == random``), ``order`` (= ``config``:
+    baseline first, then by the values of :func:`configuration_keys`) and one column per label param
     (raw values). Returns the frame and the label params (``crop.method``, ``crop.strength`` first)."""
     p = params(runs)
     keys = configuration_keys(runs)
@@ -126,9 +126,8 @@ def configurations(runs: pd.DataFrame, omit: Sequence[str] = (), show: Sequence[
     frame["configuration"] = [labels[i] for i in frame["_id"]]
     frame["baseline"] = frame[P_CROP] == BASELINE_METHOD
 
-    def sort_key(r):
-        return (not r["baseline"], plots.sort_key(r[P_CROP]), plots.sort_key(r[P_STRENGTH]),
-                *(plots.sort_key(r[k]) for k in label_keys), r["configuration"])
+    def sort_key(r):  # from the identity alone: the same ids whatever omit and show
+        return (not r["baseline"], *(plots.sort_key(v) for v in r["_id"]))
 
     ordered = sorted(frame.drop_duplicates("_id").to_dict("records"), key=sort_key)
     ids = {r["_id"]: n for n, r in enumerate(ordered)}

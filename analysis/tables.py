@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import groups, plots
-from analysis.errors import NoDataError
+from analysis.errors import NoDataError, NotFoundError
 from analysis.load import RunQuery, Selection, column
 from analysis.plots import P_BACKBONE, P_CROP, P_FRAMEWORK, P_HEAD, P_OBJECTIVES, P_ORDER, P_REGION, P_STRENGTH
 from analysis.report import Report
@@ -210,15 +210,36 @@ def heatmap(table: pd.DataFrame, title: str, objective: str):
     return fig
 
 
-def table(query: RunQuery, level: float = 0.95, client: "MlflowClient | None" = None) -> Report:
-    """Compute, write and (for a study) log the objective table and its heatmap."""
+def table(query: RunQuery, level: float = 0.95, baseline: str | None = None,
+          client: "MlflowClient | None" = None) -> Report:
+    """Compute, write and (for a study) log the objective table and its heatmap; with a baseline
+    (``baseline``, else the one random-crop configuration when there is exactly one) also each
+    configuration's paired difference from it (:mod:`analysis.compare`: columns ``pairs, diff,
+    diff_std, diff_lower, diff_upper, unpaired`` in table.csv, a second table in table.md)."""
+    from analysis.compare import DIFF_COLUMNS, choose_baseline, diff_lines, explanation, paired, seeded_values
+
     check_level(level)
     client, sel = query.resolve(client)
-    values, notes = objective_values(sel)
-    tab = objective_table(values, level)
+    values, configs, notes = seeded_values(sel, omit=ROW_PARAMS)
+    chosen = choose_baseline(sel.runs, configs, baseline, required=baseline is not None)
+    tab = objective_table(values.drop(columns="seed"), level)
     title = sel.title(sel.objective)
-    report = Report(f"table ({sel.kind} {sel.name})", notes=sel.notes + notes)
     md = markdown(tab, title, sel.objective, level)
+    if chosen is None:
+        notes.append("no paired differences: there is not exactly one random-crop configuration; choose a "
+                     "baseline with --baseline LABEL or --baseline KEY=VALUE,...")
+    elif chosen not in set(values["config"]):
+        if baseline is not None:
+            raise NotFoundError(f"--baseline {baseline!r}: that configuration has no {sel.objective} value")
+        notes.append(f"no paired differences: the random-crop configuration has no {sel.objective} value")
+    else:
+        full = dict(zip(configs["config"], configs["configuration"]))
+        diffs, pair_notes = paired(values.assign(configuration=values["config"].map(full)), chosen, level)
+        notes += pair_notes
+        tab = tab.merge(diffs[["config", *DIFF_COLUMNS]], on="config", how="left")
+        md += "\n" + "\n".join([f"## Difference from {full[chosen]}", "", explanation(full[chosen], sel.objective, level),
+                                 "", *diff_lines(diffs, level)]) + "\n"
+    report = Report(f"table ({sel.kind} {sel.name})", notes=sel.notes + notes)
     with plots.paper_style():
         fig = heatmap(tab, title, sel.objective)
         writers = {"table.csv": plots.csv_writer(tab), "table.md": plots.text_writer(md),
