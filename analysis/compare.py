@@ -147,7 +147,7 @@ def forest(data: pd.DataFrame, baseline: str, title: str, objective: str, level:
     ax.axvline(0.0, color=plots.BASELINE_COLOUR, linestyle="--", linewidth=1.0)
     ax.set_yticks(y, labels)
     ax.set_ylim(-0.7, len(data) - 0.3)
-    ax.set_xlabel(f"{objective}: difference from baseline\n(paired by seed, {level:.0%} t-interval)")
+    ax.set_xlabel(f"Difference in {objective}\n(paired by seed, {level:.0%} t-interval)")
     ax.grid(axis="y", visible=False)
     fig.suptitle(f"{title}\nbaseline: {baseline}")
     return fig

@@ -260,6 +260,8 @@ def figures(data: pd.DataFrame, metrics: Sequence[str], x: str, title: str, sepa
     for group in groups:
         width = plots.PANEL_WIDTH_IN * len(group) + (0.2 if len(group) > 1 else 0)
         ncol_g = ncol if len(group) > 1 else min(len(labels), 2)
+        fits = int(width // plots.legend_width_in(max(map(len, labels))))  # long labels (varying params): fewer columns
+        ncol_g = max(1, min(ncol_g, fits))
         rows_g = -(-len(labels) // ncol_g)
         fig = plots.new_figure(width, plots.PANEL_HEIGHT_IN + 0.45 + 0.17 * rows_g)
         axes = fig.subplots(1, len(group), squeeze=False)[0]

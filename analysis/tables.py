@@ -19,6 +19,7 @@ are part of the row labels when they vary, else named in the title when not the 
 """
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -37,6 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover
 KEYS = [P_FRAMEWORK, P_BACKBONE, P_CROP, P_STRENGTH, P_HEAD, P_REGION, P_ORDER]
 ROW_PARAMS = (P_FRAMEWORK, P_BACKBONE, P_HEAD, *P_OBJECTIVES)
 """Params the table's rows show (left out of its crop labels)."""
+CROP_WRAP = 28
+"""Heatmap column labels are wrapped at this many characters."""
 OBJECTIVES = "objectives"
 """Column of the readable objectives label (:func:`analysis.plots.objectives_label`)."""
 
@@ -193,7 +196,9 @@ def heatmap(table: pd.DataFrame, title: str, objective: str):
     width = plots.PANEL_WIDTH_IN if ncols <= 3 else min(2 * plots.PANEL_WIDTH_IN, 1.5 + 0.9 * ncols)
     label_in = 0.06 * max(len(r) for r in labels)  # long row labels (head, objectives) must not squeeze the cells
     width = max(width, min(2 * plots.PANEL_WIDTH_IN, label_in + 0.9 + 0.6 * ncols))
-    crop_in = 0.06 * max(len(c) for c in means.columns) / 2  # x labels at 30°: half their length is height
+    columns = [textwrap.fill(c, CROP_WRAP) for c in means.columns]  # long labels (varying params): wrapped
+    crop_in = 0.06 * max(len(line) for c in columns for line in c.splitlines()) / 2  # at 30°: half is height
+    crop_in += 0.12 * (max(c.count("\n") for c in columns))
     fig = plots.new_figure(width, 1.3 + 0.45 * nrows + max(0.0, crop_in - 0.4))
     ax = fig.subplots()
     sns.heatmap(means, annot=annot, fmt="", cmap="viridis", ax=ax, linewidths=0.5, linecolor="white",
@@ -202,6 +207,7 @@ def heatmap(table: pd.DataFrame, title: str, objective: str):
     ax.tick_params(length=0)
     ax.set_xlabel("Crop")
     ax.set_ylabel(ylabel)
+    ax.set_xticks(ax.get_xticks(), columns)
     ax.tick_params(axis="x", rotation=30)
     for label in ax.get_xticklabels():
         label.set_horizontalalignment("right")
