@@ -8,7 +8,8 @@
   by ``,`` outside brackets (``crop.method=random`` or ``crop.method=random,crop.area=(0.5, 1.0)``;
   values compare as in :mod:`analysis.groups`) that exactly one configuration meets. Default:
   the random-crop configuration (``crop.method=random``) when there is exactly one. Anything else
-  is an error (exit 2) that lists the configurations.
+  is an error (exit 2) that lists the configurations; a baseline without objective values, or
+  nothing but the baseline, exits 1.
 - **Pairs**: by ``seed`` param: a configuration's run with seed ``s`` against the baseline's run
   with seed ``s`` (several runs with one seed in one configuration: their mean). Per
   configuration: ``pairs`` (matched seeds), ``diff`` (mean of configuration - baseline over the
@@ -19,14 +20,13 @@
 """
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
 from analysis import groups, plots
-from analysis.errors import NotFoundError
+from analysis.errors import NoDataError, NotFoundError
 from analysis.load import RunQuery, column
 from analysis.plots import BASELINE_METHOD, P_CROP, P_SEED
 from analysis.report import Report
@@ -74,7 +74,8 @@ def choose_baseline(runs: pd.DataFrame, configs: pd.DataFrame, spec: str | None,
     if spec is not None and spec.strip() in labels:
         return int(first.loc[first["configuration"] == spec.strip(), "config"].iloc[0])
     if spec is None:
-        wanted, what = {P_CROP: BASELINE_METHOD}, f"no --baseline given and {{}} random-crop configurations ({P_CROP}=random)"
+        wanted = {P_CROP: BASELINE_METHOD}
+        what = f"no --baseline given and {{}} random-crop configurations ({P_CROP}=random)"
     else:
         if "=" not in spec:
             raise NotFoundError(f"--baseline {spec!r} is no configuration here and no key=value condition. "
@@ -182,11 +183,11 @@ def compare(query: RunQuery, baseline: str | None = None, level: float = 0.95,
     values, configs, notes = seeded_values(sel)
     chosen = choose_baseline(sel.runs, configs, baseline)
     if chosen not in set(values["config"]):
-        raise NotFoundError(f"the baseline {configs.loc[configs['config'] == chosen, 'configuration'].iloc[0]} "
+        raise NoDataError(f"the baseline {configs.loc[configs['config'] == chosen, 'configuration'].iloc[0]} "
                             f"has no {sel.objective} value")
     data, pair_notes = paired(values, chosen, level)
     if data.empty:
-        raise NotFoundError("only the baseline configuration is here: nothing to compare. "
+        raise NoDataError("only the baseline configuration is here: nothing to compare. "
                             + _listing(list(configs.drop_duplicates("config")["configuration"])))
     base_label = values.loc[values["config"] == chosen, "configuration"].iloc[0]
     data = data.assign(baseline=base_label)

@@ -92,7 +92,8 @@ def varying(p: pd.DataFrame, key: str) -> bool:
     return bool((values.groupby(p[selector].map(canonical), dropna=False).nunique() > 1).any())
 
 
-def configurations(runs: pd.DataFrame, omit: Sequence[str] = (), show: Sequence[str] = ()) -> tuple[pd.DataFrame, list[str]]:
+def configurations(runs: pd.DataFrame, omit: Sequence[str] = (),
+                   show: Sequence[str] = ()) -> tuple[pd.DataFrame, list[str]]:
     """One row per run: ``run_id``, ``config`` (an integer id: same id = same configuration),
     ``configuration`` (its label), ``baseline`` (``crop.method == random``), ``order`` (= ``config``:
     baseline first, then by the values of :func:`configuration_keys`) and one column per label param
@@ -121,8 +122,9 @@ def configurations(runs: pd.DataFrame, omit: Sequence[str] = (), show: Sequence[
         differ = [j for j, k in enumerate(keys) if len({i[j] for i in ids}) > 1]
         for i in ids:
             raw = p.loc[[x == i for x in frame["_id"]]].iloc[0]
-            labels[i] += "".join(f", {keys[j]}={'–' if plots._missing(raw[keys[j]]) else raw[keys[j]]}"  # noqa: SLF001
-                                 for j in differ)
+            for j in differ:
+                value = "–" if plots._missing(raw[keys[j]]) else raw[keys[j]]  # noqa: SLF001
+                labels[i] += f", {keys[j]}={value}"
     frame["configuration"] = [labels[i] for i in frame["_id"]]
     frame["baseline"] = frame[P_CROP] == BASELINE_METHOD
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import groups, plots
-from analysis.errors import NoDataError, NotFoundError
+from analysis.errors import NoDataError
 from analysis.load import RunQuery, Selection, column
 from analysis.plots import P_BACKBONE, P_CROP, P_FRAMEWORK, P_HEAD, P_OBJECTIVES, P_ORDER, P_REGION, P_STRENGTH
 from analysis.report import Report
@@ -236,15 +236,15 @@ def table(query: RunQuery, level: float = 0.95, baseline: str | None = None,
                      "baseline with --baseline LABEL or --baseline KEY=VALUE,...")
     elif chosen not in set(values["config"]):
         if baseline is not None:
-            raise NotFoundError(f"--baseline {baseline!r}: that configuration has no {sel.objective} value")
+            raise NoDataError(f"--baseline {baseline!r}: that configuration has no {sel.objective} value")
         notes.append(f"no paired differences: the random-crop configuration has no {sel.objective} value")
     else:
         full = dict(zip(configs["config"], configs["configuration"]))
         diffs, pair_notes = paired(values.assign(configuration=values["config"].map(full)), chosen, level)
         notes += pair_notes
         tab = tab.merge(diffs[["config", *DIFF_COLUMNS]], on="config", how="left")
-        md += "\n" + "\n".join([f"## Difference from {full[chosen]}", "", explanation(full[chosen], sel.objective, level),
-                                 "", *diff_lines(diffs, level)]) + "\n"
+        md += "\n".join(["", f"## Difference from {full[chosen]}", "",
+                         explanation(full[chosen], sel.objective, level), "", *diff_lines(diffs, level), ""])
     report = Report(f"table ({sel.kind} {sel.name})", notes=sel.notes + notes)
     with plots.paper_style():
         fig = heatmap(tab, title, sel.objective)
