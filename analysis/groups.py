@@ -12,7 +12,8 @@ that groups runs (``table``, ``compare``, ``iou-curves``, ``learning-curves``, `
   Different configurations are never pooled. (Study trials do not log their Optuna variant label
   ``variant:<name>`` as an MLflow param, so identity comes from params alone.)
 - **Label**: the crop label (:func:`analysis.plots.crop_label` of ``crop.method`` and
-  ``crop.strength``), then ``key=value`` (:func:`analysis.plots.param_label`) for each other param
+  ``crop.strength``), then ``key=value`` (:func:`analysis.plots.param_label`; the objective
+  weights as one :func:`analysis.plots.objectives_label`) for each other param
   that *varies*: takes two or more values among the runs that have it (a run without it shows
   nothing for it). A param of a component's
   namespace (``crop.area``, ``framework.temperature``) varies only when it takes two values among
@@ -29,7 +30,7 @@ from typing import Sequence
 import pandas as pd
 
 from analysis import plots
-from analysis.plots import BASELINE_METHOD, P_CROP, P_HEAD, P_ORDER, P_REGION, P_SEED, P_STRENGTH
+from analysis.plots import BASELINE_METHOD, P_CROP, P_HEAD, P_OBJECTIVES, P_ORDER, P_REGION, P_SEED, P_STRENGTH
 
 EXCLUDED = frozenset({P_SEED, "data.workers", "device", "log_every", "checkpoint_every", "visualize_at"})
 """Params that never define a configuration (see module doc)."""
@@ -104,14 +105,23 @@ def configurations(runs: pd.DataFrame, omit: Sequence[str] = (),
     label_keys = list(dict.fromkeys(label_keys + [s for s in show if s not in CROP_LABEL_PARAMS]))
     identity = [tuple(canonical(v) for v in row) for row in p[keys].itertuples(index=False)] if keys else [()] * len(p)
     frame = pd.DataFrame({"run_id": p["run_id"], "_id": identity})
-    for k in CROP_LABEL_PARAMS + tuple(label_keys):
+    for k in dict.fromkeys(CROP_LABEL_PARAMS + tuple(label_keys) + P_OBJECTIVES):
         frame[k] = p[k].to_numpy() if k in p.columns else None
     first = frame.drop_duplicates("_id")
 
     def label(r) -> str:
         strength = None if P_STRENGTH in omit else r[P_STRENGTH]
-        return ", ".join([plots.crop_label(r[P_CROP], strength)]
-                         + [plots.param_label(k, r[k]) for k in label_keys if not plots._missing(r[k])])  # noqa: SLF001
+        parts = [plots.crop_label(r[P_CROP], strength)]
+        for k in label_keys:
+            if k in P_OBJECTIVES:  # the objective weights as one part: "no objectives", "region", "region=0.5+order"
+                part = plots.objectives_words(plots.objectives_label({o: canonical(r[o]) for o in P_OBJECTIVES}))
+            elif not plots._missing(r[k]):  # noqa: SLF001
+                part = plots.param_label(k, r[k])
+            else:
+                continue
+            if part not in parts:
+                parts.append(part)
+        return ", ".join(parts)
 
     labels = {r["_id"]: label(r) for _, r in first.iterrows()}
     shown = {*CROP_LABEL_PARAMS, *label_keys, *omit}
@@ -128,8 +138,10 @@ def configurations(runs: pd.DataFrame, omit: Sequence[str] = (),
     frame["configuration"] = [labels[i] for i in frame["_id"]]
     frame["baseline"] = frame[P_CROP] == BASELINE_METHOD
 
-    def sort_key(r):  # from the identity alone: the same ids whatever omit and show
-        return (not r["baseline"], *(plots.sort_key(v) for v in r["_id"]))
+    defaults = [canonical(PARAM_DEFAULTS.get(k)) for k in keys]
+
+    def sort_key(r):  # from the identity alone: the same ids whatever omit and show; defaults first
+        return (not r["baseline"], *((v != d, plots.sort_key(v)) for v, d in zip(r["_id"], defaults)))
 
     ordered = sorted(frame.drop_duplicates("_id").to_dict("records"), key=sort_key)
     ids = {r["_id"]: n for n, r in enumerate(ordered)}

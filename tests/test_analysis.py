@@ -800,3 +800,24 @@ def test_variants_that_differ_in_one_crop_key_are_never_pooled(tmp_path):
     assert result.exit_code == 0, result.output
     refs = pd.read_csv(tmp_path / "s" / "strength.csv").query("`crop.method` == 'random'")
     assert list(refs["configuration"]) == [SMALL_AREA, LARGE_AREA] and list(refs["mean"]) == pytest.approx([0.25, 0.65])
+
+
+def test_configuration_labels_of_trainer_params():
+    """Runs logged like the trainer (every config key, component defaults filled in): the labels name
+    only what varies within a component; objective weights read as words; MLP and no objectives first."""
+    from analysis.groups import configurations
+    from paramcrop.config import TrainConfig
+
+    rows = []
+    for crop in ({"crop.method": "random"}, {"crop.method": "cvrl"}, {"crop.method": "paramcrop"}):
+        for head in ("cate", "mlp"):
+            for region, order in ((1.0, 1.0), (0.0, 0.0)):
+                cfg = TrainConfig().with_overrides({**crop, "head.name": head, "objectives.region": region,
+                                                    "objectives.order": order, "seed": len(rows)})
+                rows.append({"run_id": str(len(rows)), **{f"params.{k}": str(v) for k, v in cfg.flatten().items()}})
+    frame, _ = configurations(pd.DataFrame(rows))
+    labels = list(frame.sort_values("config")["configuration"])
+    assert labels[:4] == ["Random crop (baseline), MLP head, no objectives", "Random crop (baseline), MLP head, region+order",
+                          "Random crop (baseline), CATE head, no objectives", "Random crop (baseline), CATE head, region+order"]
+    assert labels[4] == "CVRL crop, MLP head, no objectives" and labels[8] == "ParamCrop, λ=1.0, MLP head, no objectives"
+    assert frame["config"].nunique() == 12
