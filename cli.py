@@ -487,18 +487,42 @@ def analyze_strength(
     _analysis(strength, query, level=level, logx=logx)
 
 
+BASELINE_HELP = ("Baseline configuration: its label as shown (in quotes), or KEY=VALUE conditions joined by commas "
+                 "that one configuration meets, e.g. crop.method=random. (default: the one random-crop configuration)")
+
+
 @analyze_app.command("table")
 @run_query_command
 def analyze_table(
     query,
     level: float = typer.Option(0.95, "--level", help="Confidence level of the t-interval in table.csv."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help=BASELINE_HELP),
 ) -> None:
     """Framework x backbone x head x objectives x crop table of the objective (mean ± std over seeds, n).
 
-    Writes table.md, table.csv (with the 95% t-interval) and a heatmap table.png/.pdf."""
+    A configuration is every param that differs between the runs (all but the seed and run bookkeeping).
+    Writes table.md, table.csv (with the 95% t-interval and the difference from the baseline, paired by seed)
+    and a heatmap table.png/.pdf."""
     from analysis.tables import table
 
-    _analysis(table, query, level=level)
+    _analysis(table, query, level=level, baseline=baseline)
+
+
+@analyze_app.command("compare")
+@run_query_command
+def analyze_compare(
+    query,
+    baseline: Optional[str] = typer.Option(None, "--baseline", help=BASELINE_HELP),
+    level: float = typer.Option(0.95, "--level", help="Confidence level of the t-interval of the paired differences."),
+) -> None:
+    """Each configuration's difference from a baseline configuration, paired by seed.
+
+    Per configuration: mean difference of the objective over the seeds both have, its 95% t-interval and the
+    number of pairs (unpaired seeds are left out, and said so). Writes compare.csv, compare.md and a forest plot
+    compare.png/.pdf."""
+    from analysis.compare import compare
+
+    _analysis(compare, query, baseline=baseline, level=level)
 
 
 @analyze_app.command("importance")

@@ -5,9 +5,11 @@ steps).
 
 Definitions (the CSV holds exactly what is plotted):
 
-- **Configuration**: the distinct values of ``crop.method`` x ``crop.strength`` (plus every
-  ``--hue`` param); runs that differ only otherwise (seed, trial) are its repetitions. The
-  random-crop baseline is the configurations with ``crop.method == "random"``.
+- **Configuration**: every param that differs between the selected runs (:mod:`analysis.groups`:
+  all but the seed and run bookkeeping), never pooled; runs that differ only by seed are its
+  repetitions. Labels: the crop, then ``key=value`` for each other param that varies (and every
+  ``--hue`` param, varying or not). The random-crop baseline is the configurations with
+  ``crop.method == "random"`` (several when the random crop's own params vary).
 - **Values per step**: when a step was logged twice, the last value (by time) counts; NaN
   values are dropped.
 - **x = progress** (default): ``step / D``. The trainer numbers steps ``0 .. S-1`` where ``S``
@@ -37,10 +39,10 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis import plots
+from analysis import groups, plots
 from analysis.errors import NoDataError, NotFoundError
 from analysis.load import RunQuery, column, last_per_step, load_histories, require_metrics
-from analysis.plots import BASELINE_METHOD, P_CROP, P_STEPS, P_STRENGTH
+from analysis.plots import P_CROP, P_STEPS
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
 from paramcrop import sinks
@@ -83,36 +85,16 @@ def x_label(x: str) -> str:
 
 # --- data ----------------------------------------------------------------------------------
 def configurations(runs: pd.DataFrame, hue: Sequence[str] = ()) -> tuple[pd.DataFrame, list[str]]:
-    """One row per run: ``run_id``, the key params (``crop.method``, ``crop.strength``, hue
-    params), ``baseline``, ``configuration`` (the label), ``order`` (plotting order: baseline
-    first, then by method, strength and hue values). Returns the frame and the key columns."""
-    keys = [P_CROP, P_STRENGTH] + [h for h in dict.fromkeys(hue) if h not in (P_CROP, P_STRENGTH)]
+    """:func:`analysis.groups.configurations` with the ``hue`` params always in the labels: one
+    row per run (``run_id, config, configuration, baseline, order`` and the label params).
+    Returns the frame and the label params."""
     known = sorted(c[len("params."):] for c in runs.columns if c.startswith("params."))
     unknown = [h for h in hue if f"params.{h}" not in runs.columns]
     if unknown:
         raise NotFoundError(f"--hue {', '.join(unknown)}: no such param in these runs. "
                             f"Params: {', '.join(known) or 'none'}")
-    frame = pd.DataFrame({"run_id": runs["run_id"].to_numpy()})
-    for key in keys:
-        frame[key] = column(runs, f"params.{key}").to_numpy()
-    frame["baseline"] = frame[P_CROP] == BASELINE_METHOD
-
-    def label(row) -> str:
-        parts = [plots.crop_label(row[P_CROP], row[P_STRENGTH])]
-        parts += [plots.param_label(h, row[h]) for h in keys[2:]]
-        return ", ".join(parts)
-
-    frame["configuration"] = frame.apply(label, axis=1) if len(frame) else pd.Series(dtype=object)
-    distinct = frame.drop_duplicates("configuration")
-
-    def sort_key(row):
-        return (not row["baseline"], plots.sort_key(row[P_CROP]),
-                *(plots.sort_key(row[k]) for k in keys[1:]))
-
-    ordered = sorted(distinct.to_dict("records"), key=sort_key)
-    order = {r["configuration"]: i for i, r in enumerate(ordered)}
-    frame["order"] = frame["configuration"].map(order)
-    return frame, keys
+    frame, keys = groups.configurations(runs, show=list(dict.fromkeys(hue)))
+    return frame.drop(columns="config"), keys
 
 
 def align(history: pd.DataFrame, runs: pd.DataFrame, x: str = "progress") -> tuple[pd.DataFrame, list[str]]:
@@ -225,12 +207,12 @@ def display_summary(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame
 
 
 # --- figure --------------------------------------------------------------------------------
-def _draw(ax, data: pd.DataFrame, metric: str, x: str, colours: dict) -> None:
+def _draw(ax, data: pd.DataFrame, metric: str, x: str, styles: dict) -> None:
     d = data[data["metric"] == metric]
     for label, g in d.groupby("configuration", sort=False):
         baseline = bool(g["baseline"].iloc[0])
-        colour = colours[label]
-        ax.plot(g[x], g["mean"], color=colour, linestyle="--" if baseline else "-",
+        colour, linestyle = styles[label]
+        ax.plot(g[x], g["mean"], color=colour, linestyle=linestyle,
                 linewidth=1.6 if baseline else 1.4, label=label, zorder=3 if baseline else 2)
         band = g.dropna(subset=["lower", "upper"])
         if not band.empty:
@@ -245,14 +227,19 @@ def _draw(ax, data: pd.DataFrame, metric: str, x: str, colours: dict) -> None:
         ax.set_ylim(max(lo, 0.0) if lo >= -0.05 else lo, min(hi, 1.02) if hi <= 1.05 else hi)
 
 
-def _colours(data: pd.DataFrame) -> dict:
+BASELINE_STYLES = [(plots.BASELINE_COLOUR, "--"), ("0.5", ":"), ("0.35", "-."), ("0.6", (0, (5, 1, 1, 1)))]
+"""Grey and dash of each random-crop configuration (several when the random crop's params vary)."""
+
+
+def _styles(data: pd.DataFrame) -> dict:
+    """Configuration label -> (colour, linestyle): palette colours, solid; baselines grey, dashed."""
     labels = list(dict.fromkeys(data["configuration"]))
-    baseline = set(data.loc[data["baseline"], "configuration"])
+    baseline = list(dict.fromkeys(data.loc[data["baseline"], "configuration"]))
     others = [lab for lab in labels if lab not in baseline]
     pal = plots.palette(len(others))
-    colours = {lab: pal[i] for i, lab in enumerate(others)}
-    colours.update({lab: plots.BASELINE_COLOUR for lab in baseline})
-    return colours
+    styles = {lab: (pal[i], "-") for i, lab in enumerate(others)}
+    styles.update({lab: BASELINE_STYLES[i % len(BASELINE_STYLES)] for i, lab in enumerate(baseline)})
+    return styles
 
 
 def figures(data: pd.DataFrame, metrics: Sequence[str], x: str, title: str, separate: bool = False,
@@ -261,10 +248,10 @@ def figures(data: pd.DataFrame, metrics: Sequence[str], x: str, title: str, sepa
     Build and save inside :func:`analysis.plots.paper_style`."""
     from matplotlib.lines import Line2D
 
-    colours = _colours(data)
+    styles = _styles(data)
     labels = list(dict.fromkeys(data["configuration"]))
     baseline = set(data.loc[data["baseline"], "configuration"])
-    handles = [Line2D([], [], color=colours[lab], linestyle="--" if lab in baseline else "-",
+    handles = [Line2D([], [], color=styles[lab][0], linestyle=styles[lab][1],
                       linewidth=1.6 if lab in baseline else 1.4) for lab in labels]
     legend_title = f"Mean over runs, {level:.0%} CI shaded"
     ncol = len(labels) if len(labels) <= 4 else 3
@@ -273,11 +260,13 @@ def figures(data: pd.DataFrame, metrics: Sequence[str], x: str, title: str, sepa
     for group in groups:
         width = plots.PANEL_WIDTH_IN * len(group) + (0.2 if len(group) > 1 else 0)
         ncol_g = ncol if len(group) > 1 else min(len(labels), 2)
+        fits = int(width // plots.legend_width_in(max(map(len, labels))))  # long labels (varying params): fewer columns
+        ncol_g = max(1, min(ncol_g, fits))
         rows_g = -(-len(labels) // ncol_g)
         fig = plots.new_figure(width, plots.PANEL_HEIGHT_IN + 0.45 + 0.17 * rows_g)
         axes = fig.subplots(1, len(group), squeeze=False)[0]
         for ax, metric in zip(axes, group):
-            _draw(ax, data, metric, x, colours)
+            _draw(ax, data, metric, x, styles)
         fig.suptitle(title)
         fig.legend(handles, labels, loc="outside lower center", ncols=ncol_g, frameon=False,
                    title=legend_title)

@@ -1,8 +1,10 @@
 """``paramcrop analyze strength``: the objective against the adversarial strength λ.
 
-Runs with a numeric ``crop.strength`` param are grouped by *setting* (framework, projection head
-and extra-objective weights, as in :mod:`analysis.tables`; runs without those params count as
-head ``mlp``, objectives off), crop method and strength; each group's final objective values give
+Runs with a numeric ``crop.strength`` param are grouped by configuration (:mod:`analysis.groups`:
+every param that differs, never pooled); a *setting* (framework, projection head and
+extra-objective weights, as in :mod:`analysis.tables`; runs without those params count as head
+``mlp``, objectives off) is a colour, each other varying param (``steps=100``, another crop
+param) a series of its own; each configuration's final objective values give
 ``n, mean, std`` and the 95 % t-interval (:mod:`analysis.stats`), drawn as points with error bars
 joined by lines, one colour per setting (and one line per crop method when several have a
 strength), series dodged sideways a little so that their bars stay visible. The random-crop runs (``crop.method == random``) of each setting give a horizontal
@@ -23,7 +25,7 @@ from analysis.load import RunQuery
 from analysis.plots import BASELINE_METHOD, P_CROP, P_FRAMEWORK, P_HEAD, P_ORDER, P_REGION, P_STRENGTH
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
-from analysis.tables import OBJECTIVES, objective_values, objectives_labels
+from analysis.tables import OBJECTIVES, extra_keys, objective_values, objectives_labels
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -33,25 +35,30 @@ KEYS = SETTING + [P_CROP, P_STRENGTH]
 
 
 def _order(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows by framework, head (MLP first), objectives (none first), crop method, strength."""
+    """Rows by framework, head (MLP first), objectives (none first), crop method (random last),
+    configuration, strength."""
     key = [(plots.sort_key(r[P_FRAMEWORK]), plots.head_sort_key(r[P_HEAD]),
             plots.objectives_sort_key(r[P_REGION], r[P_ORDER]), r[P_CROP] == BASELINE_METHOD,
-            plots.sort_key(r[P_CROP]), plots.sort_key(r[P_STRENGTH])) for _, r in frame.iterrows()]
+            plots.sort_key(r[P_CROP]), r["configuration"], plots.sort_key(r[P_STRENGTH])) for _, r in frame.iterrows()]
     return frame.iloc[sorted(range(len(frame)), key=key.__getitem__)]
 
 
 def strength_data(values: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Rows ``framework.name, head.name, objectives.region, objectives.order, objectives,
-    crop.method, crop.strength (float), n, mean, std, lower, upper``: per setting, its strength
-    groups, then its random-crop reference (empty strength)."""
+    crop.method, crop.strength (float), <other varying params>, configuration, n, mean, std, lower,
+    upper``: per setting, its strength points, then its random-crop references (empty strength).
+    ``configuration`` labels a series: the crop and the other varying params, without strength
+    and setting (:mod:`analysis.groups`)."""
     v = values.copy()
     v[P_STRENGTH] = plots.numeric(v[P_STRENGTH])
-    points = grouped_interval(v[v[P_STRENGTH].notna()], KEYS, "objective", level)
-    refs = grouped_interval(v[v[P_CROP] == BASELINE_METHOD], SETTING + [P_CROP], "objective", level)
+    extras = extra_keys(v, KEYS)
+    info = v.drop_duplicates("config")[["config", *KEYS, *extras, "configuration"]]
+    points = grouped_interval(v[v[P_STRENGTH].notna()], ["config"], "objective", level).merge(info, on="config")
+    refs = grouped_interval(v[v[P_CROP] == BASELINE_METHOD], ["config"], "objective", level).merge(info, on="config")
     refs[P_STRENGTH] = np.nan
-    out = _order(pd.concat([points, refs[KEYS + STAT_COLUMNS]], ignore_index=True)).reset_index(drop=True)
+    out = _order(pd.concat([points, refs], ignore_index=True)).reset_index(drop=True)
     out[OBJECTIVES] = objectives_labels(out)
-    return out[SETTING + [OBJECTIVES, P_CROP, P_STRENGTH] + STAT_COLUMNS]
+    return out[SETTING + [OBJECTIVES, P_CROP, P_STRENGTH, *extras, "configuration"] + STAT_COLUMNS]
 
 
 def setting_labels(data: pd.DataFrame) -> list[str]:
@@ -79,8 +86,8 @@ def figure(data: pd.DataFrame, title: str, objective: str, level: float, logx: b
     data = data.assign(setting=setting_labels(data))
     swept = data[data[P_CROP] != BASELINE_METHOD]
     refs = data[data[P_CROP] == BASELINE_METHOD]
-    n_entries = swept.groupby(["setting", P_CROP], dropna=False).ngroups + len(refs)
-    longest = max(len(f"{plots.BASELINE_LABEL}, {s}") for s in data["setting"])
+    n_entries = swept.groupby(["setting", "configuration"], dropna=False).ngroups + len(refs)
+    longest = max(len(f"{c}, {s}") for c, s in zip(data["configuration"], data["setting"]))
     width = max(plots.PANEL_WIDTH_IN, plots.legend_width_in(longest))
     fig = plots.new_figure(width, plots.PANEL_HEIGHT_IN + 0.45 + 0.17 * n_entries)
     ax = fig.subplots()
@@ -88,16 +95,16 @@ def figure(data: pd.DataFrame, title: str, objective: str, level: float, logx: b
     pal = plots.palette(len(settings))
     colour = dict(zip(settings, pal))
     markers = ["o", "s", "^", "D", "v"]
-    series = swept.groupby(["setting", P_CROP], sort=False, dropna=False)
-    for j, ((setting, method), g) in enumerate(series):
+    series = swept.groupby(["setting", "configuration"], sort=False, dropna=False)
+    for j, ((setting, configuration), g) in enumerate(series):
         yerr = np.vstack([g["mean"] - g["lower"], g["upper"] - g["mean"]])
         x = dodge(g[P_STRENGTH].to_numpy(float), j, series.ngroups, swept[P_STRENGTH], logx)
         ax.errorbar(x, g["mean"], yerr=np.nan_to_num(yerr), color=colour[setting],
                     marker=markers[j % len(markers)], markersize=4, capsize=2.5, linewidth=1.4,
-                    label=f"{plots.crop_label(method)}, {setting}")
+                    label=f"{configuration}, {setting}")
     for _, r in refs.iterrows():
         ax.axhline(r["mean"], color=colour[r["setting"]], linestyle="--", linewidth=1.2,
-                   label=f"{plots.BASELINE_LABEL}, {r['setting']}")
+                   label=f"{r['configuration']}, {r['setting']}")
     if logx:
         positive = swept[P_STRENGTH][swept[P_STRENGTH] > 0]
         ax.set_xscale("symlog", linthresh=max(1e-3, float(positive.min()) if len(positive) else 1e-3))
@@ -129,7 +136,7 @@ def strength(query: RunQuery, level: float = 0.95, logx: bool = False,
             "runs of a crop method with an adversarial strength (crop.method=paramcrop), ideally "
             "with several values of crop.strength."
         )
-    values, notes = objective_values(sel, KEYS)
+    values, notes = objective_values(sel, KEYS, omit=SETTING + [P_STRENGTH])
     data = strength_data(values, level)
     if data[data[P_CROP] != BASELINE_METHOD].empty:
         raise NoDataError(f"the runs of {sel.name!r} with a {P_STRENGTH} have no {sel.objective} value")

@@ -3,25 +3,29 @@ extra objectives x crop.
 
 Each run counts once with its final value of the objective metric (the study's
 ``paramcrop.objective`` tag, default ``eval/knn_top1``, or ``--objective``). A configuration is
-the run's ``framework.name``, ``backbone.name``, ``head.name``, objective weights
-``objectives.region`` and ``objectives.order`` (0 = off), ``crop.method`` and ``crop.strength``;
-a run without a head or objective param (older runs) counts as head ``mlp``, objectives off.
+defined by every param that differs between the selected runs (:mod:`analysis.groups`: all but
+the seed and run bookkeeping), never pooled; rows are ``framework.name`` · ``backbone.name``,
+``head.name`` and the objective weights ``objectives.region``, ``objectives.order`` (0 = off),
+columns the crop (:func:`analysis.plots.crop_label`) plus ``key=value`` for each other param that
+varies (``Random crop (baseline), crop.area=(0.5, 1.0)``); a run without a head or objective
+param (older runs) counts as head ``mlp``, objectives off.
 Per cell: ``n``, ``mean``, ``std`` (sample, ``ddof=1``; NaN for ``n = 1``) and the 95 %
 t-interval (:mod:`analysis.stats`). Written as ``table.csv`` (tidy, one row per configuration;
 the ``objectives`` column names the objectives that are on: ``none``, ``region``, ``order``,
-``region+order``, with the weight when it is not 1, ``region=0.5``), ``table.md`` (rows
-framework · backbone, head, objectives; columns crop configuration; cells ``mean ± std (n=k)``)
-and a heatmap of the means (``table.png``, ``table.pdf``; head and objectives are part of the row
-labels when they vary, else named in the title when not the default).
+``region+order``, with the weight when it is not 1, ``region=0.5``; one column per other varying
+param), ``table.md`` (rows framework · backbone, head, objectives; columns crop configuration; cells
+``mean ± std (n=k)``) and a heatmap of the means (``table.png``, ``table.pdf``; head and objectives
+are part of the row labels when they vary, else named in the title when not the default).
 """
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
-from analysis import plots
+from analysis import groups, plots
 from analysis.errors import NoDataError
 from analysis.load import RunQuery, Selection, column
 from analysis.plots import P_BACKBONE, P_CROP, P_FRAMEWORK, P_HEAD, P_OBJECTIVES, P_ORDER, P_REGION, P_STRENGTH
@@ -32,24 +36,35 @@ if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
 
 KEYS = [P_FRAMEWORK, P_BACKBONE, P_CROP, P_STRENGTH, P_HEAD, P_REGION, P_ORDER]
-PARAM_DEFAULTS = {P_HEAD: plots.DEFAULT_HEAD, P_REGION: 0.0, P_ORDER: 0.0}
-"""What a run without the param used (runs logged before heads and objectives existed)."""
+ROW_PARAMS = (P_FRAMEWORK, P_BACKBONE, P_HEAD, *P_OBJECTIVES)
+"""Params the table's rows show (left out of its crop labels)."""
+CROP_WRAP = 28
+"""Heatmap column labels are wrapped at this many characters."""
 OBJECTIVES = "objectives"
 """Column of the readable objectives label (:func:`analysis.plots.objectives_label`)."""
 
 
-def objective_values(sel: Selection, keys: Sequence[str] = KEYS) -> tuple[pd.DataFrame, list[str]]:
-    """``run_id, <keys>, objective`` for the runs that have a final objective value; params a run
-    lacks take their :data:`PARAM_DEFAULTS`, objective weights are floats."""
+def objective_values(sel: Selection, keys: Sequence[str] = KEYS,
+                     omit: Sequence[str] = ROW_PARAMS) -> tuple[pd.DataFrame, list[str]]:
+    """``run_id, <keys>, <other label params>, config, configuration, objective`` for the runs that
+    have a final objective value (:func:`analysis.groups.configurations`, labels without the
+    ``omit`` params); params a run lacks take :data:`analysis.groups.PARAM_DEFAULTS`, objective
+    weights are floats. Returns the frame and notes."""
     runs = sel.runs
     frame = pd.DataFrame({"run_id": runs["run_id"].to_numpy()})
     for key in keys:
         values = column(runs, f"params.{key}")
+        if key in groups.PARAM_DEFAULTS:
+            values = values.where(values.notna(), groups.PARAM_DEFAULTS[key])
         if key in P_OBJECTIVES:
-            values = plots.numeric(values).fillna(PARAM_DEFAULTS[key]).astype(float)
-        elif key in PARAM_DEFAULTS:
-            values = values.where(values.notna(), PARAM_DEFAULTS[key])
+            values = plots.numeric(values).astype(float)
         frame[key] = values.to_numpy()
+    configs, label_keys = groups.configurations(runs, omit=omit)
+    for key in label_keys:
+        if key not in frame.columns:
+            frame[key] = configs[key].to_numpy()
+    frame["config"] = configs["config"].to_numpy()
+    frame["configuration"] = configs["configuration"].to_numpy()
     frame["objective"] = plots.numeric(column(runs, f"metrics.{sel.objective}")).to_numpy(dtype=float)
     missing = frame["objective"].isna()
     notes = []
@@ -66,11 +81,15 @@ def objective_values(sel: Selection, keys: Sequence[str] = KEYS) -> tuple[pd.Dat
 
 
 def crop_order(frame: pd.DataFrame) -> list[str]:
-    """Crop labels: baseline first, then by method and numeric strength."""
-    pairs = frame[[P_CROP, P_STRENGTH]].drop_duplicates().to_dict("records")
-    pairs.sort(key=lambda r: (r[P_CROP] != plots.BASELINE_METHOD, plots.sort_key(r[P_CROP]),
-                              plots.sort_key(r[P_STRENGTH])))
-    return list(dict.fromkeys(plots.crop_label(r[P_CROP], r[P_STRENGTH]) for r in pairs))
+    """Crop labels in configuration order (:func:`analysis.groups.configurations`): baseline
+    first, then by method, numeric strength and the other label params."""
+    return list(dict.fromkeys(frame.sort_values("config", kind="stable")["crop"]))
+
+
+def extra_keys(values: pd.DataFrame, keys: Sequence[str] = KEYS) -> list[str]:
+    """The label params of :func:`objective_values` beyond ``keys`` (other params that vary)."""
+    fixed = set(keys) | {"run_id", "config", "configuration", "objective"}
+    return [c for c in values.columns if c not in fixed]
 
 
 def objectives_labels(table: pd.DataFrame) -> list[str]:
@@ -79,19 +98,21 @@ def objectives_labels(table: pd.DataFrame) -> list[str]:
 
 
 def objective_table(values: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """One row per configuration (:data:`KEYS`): the ``objectives`` and ``crop`` labels and stats,
-    sorted by framework, backbone, head (MLP first), objectives (none first), crop (baseline first)."""
-    table = grouped_interval(values, KEYS, "objective", level)
+    """One row per configuration: :data:`KEYS`, the other varying params, the ``objectives`` and
+    ``crop`` labels, ``config`` and stats, sorted by framework, backbone, head (MLP first),
+    objectives (none first), crop (baseline first)."""
+    extras = extra_keys(values)
+    stats = grouped_interval(values, ["config"], "objective", level)
+    info = values.drop_duplicates("config")[["config", *KEYS, *extras, "configuration"]]
+    table = stats.merge(info, on="config").rename(columns={"configuration": "crop"})
     table[OBJECTIVES] = objectives_labels(table)
-    table["crop"] = [plots.crop_label(m, s) for m, s in zip(table[P_CROP], table[P_STRENGTH])]
-    order = {lab: i for i, lab in enumerate(crop_order(table))}
-    table["_o"] = table["crop"].map(order)
+    table["_o"] = table["config"]
     table["_f"] = table[P_FRAMEWORK].map(plots.sort_key)
     table["_b"] = table[P_BACKBONE].map(plots.sort_key)
     table["_h"] = table[P_HEAD].map(plots.head_sort_key)
     table["_j"] = [plots.objectives_sort_key(r, o) for r, o in zip(table[P_REGION], table[P_ORDER])]
     table = table.sort_values(["_f", "_b", "_h", "_j", "_o"], kind="stable")
-    return table.reset_index(drop=True)[KEYS + [OBJECTIVES, "crop"] + STAT_COLUMNS]
+    return table.reset_index(drop=True)[KEYS + extras + [OBJECTIVES, "crop", "config"] + STAT_COLUMNS]
 
 
 def cell_text(mean: float, std: float, n: int) -> str:
@@ -175,7 +196,10 @@ def heatmap(table: pd.DataFrame, title: str, objective: str):
     width = plots.PANEL_WIDTH_IN if ncols <= 3 else min(2 * plots.PANEL_WIDTH_IN, 1.5 + 0.9 * ncols)
     label_in = 0.06 * max(len(r) for r in labels)  # long row labels (head, objectives) must not squeeze the cells
     width = max(width, min(2 * plots.PANEL_WIDTH_IN, label_in + 0.9 + 0.6 * ncols))
-    fig = plots.new_figure(width, 1.3 + 0.45 * nrows)
+    columns = [textwrap.fill(c, CROP_WRAP) for c in means.columns]  # long labels (varying params): wrapped
+    crop_in = 0.06 * max(len(line) for c in columns for line in c.splitlines()) / 2  # at 30°: half is height
+    crop_in += 0.12 * (max(c.count("\n") for c in columns))
+    fig = plots.new_figure(width, 1.3 + 0.45 * nrows + max(0.0, crop_in - 0.4))
     ax = fig.subplots()
     sns.heatmap(means, annot=annot, fmt="", cmap="viridis", ax=ax, linewidths=0.5, linecolor="white",
                 cbar_kws={"label": objective}, annot_kws={"fontsize": plots.FONT_PT})
@@ -183,6 +207,7 @@ def heatmap(table: pd.DataFrame, title: str, objective: str):
     ax.tick_params(length=0)
     ax.set_xlabel("Crop")
     ax.set_ylabel(ylabel)
+    ax.set_xticks(ax.get_xticks(), columns)
     ax.tick_params(axis="x", rotation=30)
     for label in ax.get_xticklabels():
         label.set_horizontalalignment("right")
@@ -191,15 +216,36 @@ def heatmap(table: pd.DataFrame, title: str, objective: str):
     return fig
 
 
-def table(query: RunQuery, level: float = 0.95, client: "MlflowClient | None" = None) -> Report:
-    """Compute, write and (for a study) log the objective table and its heatmap."""
+def table(query: RunQuery, level: float = 0.95, baseline: str | None = None,
+          client: "MlflowClient | None" = None) -> Report:
+    """Compute, write and (for a study) log the objective table and its heatmap; with a baseline
+    (``baseline``, else the one random-crop configuration when there is exactly one) also each
+    configuration's paired difference from it (:mod:`analysis.compare`: columns ``pairs, diff,
+    diff_std, diff_lower, diff_upper, unpaired`` in table.csv, a second table in table.md)."""
+    from analysis.compare import DIFF_COLUMNS, choose_baseline, diff_lines, explanation, paired, seeded_values
+
     check_level(level)
     client, sel = query.resolve(client)
-    values, notes = objective_values(sel)
-    tab = objective_table(values, level)
+    values, configs, notes = seeded_values(sel, omit=ROW_PARAMS)
+    chosen = choose_baseline(sel.runs, configs, baseline, required=baseline is not None)
+    tab = objective_table(values.drop(columns="seed"), level)
     title = sel.title(sel.objective)
-    report = Report(f"table ({sel.kind} {sel.name})", notes=sel.notes + notes)
     md = markdown(tab, title, sel.objective, level)
+    if chosen is None:
+        notes.append("no paired differences: there is not exactly one random-crop configuration; choose a "
+                     "baseline with --baseline LABEL or --baseline KEY=VALUE,...")
+    elif chosen not in set(values["config"]):
+        if baseline is not None:
+            raise NoDataError(f"--baseline {baseline!r}: that configuration has no {sel.objective} value")
+        notes.append(f"no paired differences: the random-crop configuration has no {sel.objective} value")
+    else:
+        full = dict(zip(configs["config"], configs["configuration"]))
+        diffs, pair_notes = paired(values.assign(configuration=values["config"].map(full)), chosen, level)
+        notes += pair_notes
+        tab = tab.merge(diffs[["config", *DIFF_COLUMNS]], on="config", how="left")
+        md += "\n".join(["", f"## Difference from {full[chosen]}", "",
+                         explanation(full[chosen], sel.objective, level), "", *diff_lines(diffs, level), ""])
+    report = Report(f"table ({sel.kind} {sel.name})", notes=sel.notes + notes)
     with plots.paper_style():
         fig = heatmap(tab, title, sel.objective)
         writers = {"table.csv": plots.csv_writer(tab), "table.md": plots.text_writer(md),

@@ -164,6 +164,9 @@ def store(tmp_path_factory) -> Store:
     return s
 
 
+BASE_MAIN = "Random crop (baseline), steps=101"  # study main: steps differ between its configurations
+
+
 def cli_run(args, env=None):
     from typer.testing import CliRunner
 
@@ -247,25 +250,30 @@ def curves_out(store, tmp_path_factory):
 def test_iou_curves_csv_means_and_bounds(curves_out):
     out, _ = curves_out
     data = pd.read_csv(out / "iou-curves.csv")
-    assert list(data.columns) == ["metric", "configuration", "baseline", "crop.method", "crop.strength",
+    assert list(data.columns) == ["metric", "configuration", "baseline", "crop.method", "crop.strength", "steps",
                                   "progress", "n", "mean", "std", "lower", "upper"]
-    pc1 = "ParamCrop, λ=1.0"
-    for p in (0.0, 0.3, 0.5, 0.77, 1.0):
-        # ParamCrop λ=1.0: three runs of 100, 200 and 50 steps aligned on progress.
-        n, mean, lo, hi = ci([0.9 - 0.6 * p + 0.02 * s for s in (0, 1, 2)])
-        r = row(data, sinks.VIEW_IOU, pc1, p)
+    for seed, steps in ((0, 100), (1, 201), (2, 51)):
+        # ParamCrop λ=1.0 runs of 100, 200 and 50 steps: three configurations (steps differ), never
+        # pooled; each aligned on progress (a producer numbering 1..S, and the trainer's 0..S-1)
+        label = f"ParamCrop, λ=1.0, steps={steps}"
+        for p in (0.0, 0.3, 0.5, 0.77, 1.0):
+            r = row(data, sinks.VIEW_IOU, label, p)
+            assert r["n"] == 1 and r["mean"] == pytest.approx(0.9 - 0.6 * p + 0.02 * seed, abs=1e-9)
+            assert math.isnan(r["lower"]) and math.isnan(r["upper"])
+            r = row(data, sinks.VIEW_CENTER_DISTANCE, label, p)
+            assert r["n"] == 1 and r["mean"] == pytest.approx(0.1 + 0.5 * p + 0.05 * seed, abs=1e-9)
+    base = data[(data["configuration"] == BASE_MAIN) & (data["metric"] == sinks.VIEW_IOU)]
+    for p in (0.0, 0.3, 0.5):  # the baseline's three seeds (same params): pooled, with their t-interval
+        n, mean, lo, hi = ci([0.8 - 0.1 * p + 0.01 * s for s in (0, 1, 2)])
+        r = row(base, sinks.VIEW_IOU, BASE_MAIN, p)
         assert (r["n"], r["mean"], r["lower"], r["upper"]) == pytest.approx((3, mean, lo, hi), abs=1e-9)
-        assert r["mean"] == pytest.approx(0.92 - 0.6 * p, abs=1e-9)
-        assert r["upper"] - r["mean"] == pytest.approx(T975[2] * 0.02 / math.sqrt(3), abs=1e-9)
-        n, mean, lo, hi = ci([0.1 + 0.5 * p + 0.05 * s for s in (0, 1, 2)])
-        r = row(data, sinks.VIEW_CENTER_DISTANCE, pc1, p)
-        assert (r["n"], r["mean"], r["lower"], r["upper"]) == pytest.approx((3, mean, lo, hi), abs=1e-9)
+        assert r["upper"] - r["mean"] == pytest.approx(T975[2] * 0.01 / math.sqrt(3), abs=1e-9)
 
 
 def test_iou_curves_run_stopped_early_leaves_the_mean(curves_out):
     out, _ = curves_out
     data = pd.read_csv(out / "iou-curves.csv")
-    base = "Random crop (baseline)"
+    base = BASE_MAIN
     r = row(data, sinks.VIEW_IOU, base, 0.5)  # seed 2 stopped at step 50 = progress 0.5
     n, mean, lo, hi = ci([0.8 - 0.05 + 0.01 * s for s in (0, 1, 2)])
     assert (r["n"], r["mean"], r["lower"], r["upper"]) == pytest.approx((3, mean, lo, hi), abs=1e-9)
@@ -286,7 +294,7 @@ def test_iou_curves_progress_falls_back_to_max_logged_step(curves_out):
     assert row(data, sinks.VIEW_IOU, "ParamCrop, λ=0.5", 1.0)["mean"] == pytest.approx(0.3, abs=1e-9)
     # the grid: 101 points, every configuration and metric
     assert sorted(data["progress"].round(6).unique()) == pytest.approx(np.linspace(0, 1, 101))
-    assert len(data) == 2 * 3 * 101
+    assert len(data) == 2 * 5 * 101  # random, λ=0.5 and λ=1.0 at three lengths
 
 
 def test_iou_curves_step_axis(store, tmp_path):
@@ -296,9 +304,10 @@ def test_iou_curves_step_axis(store, tmp_path):
     assert result.exit_code == 0, result.output
     data = pd.read_csv(out / "iou-curves.csv")
     assert sorted(data["step"].unique()) == list(range(0, 201, 20))
-    r = row(data, sinks.VIEW_IOU, "ParamCrop, λ=1.0", 100, "step")  # seed 0 at its end, seed 1 halfway
-    n, mean, lo, hi = ci([0.9 - 0.6 * 1.0, 0.9 - 0.6 * 0.5 + 0.02])
-    assert (r["n"], r["mean"], r["lower"], r["upper"]) == pytest.approx((2, mean, lo, hi), abs=1e-9)
+    r = row(data, sinks.VIEW_IOU, "ParamCrop, λ=1.0, steps=100", 100, "step")  # seed 0 at its end
+    assert r["n"] == 1 and r["mean"] == pytest.approx(0.9 - 0.6 * 1.0, abs=1e-9)
+    r = row(data, sinks.VIEW_IOU, "ParamCrop, λ=1.0, steps=201", 100, "step")  # seed 1 halfway
+    assert r["n"] == 1 and r["mean"] == pytest.approx(0.9 - 0.6 * 0.5 + 0.02, abs=1e-9)
 
 
 def test_iou_curves_images_tables_and_artifacts(store, curves_out):
@@ -331,8 +340,8 @@ def test_iou_curves_spatial_axes_and_hue(store, tmp_path):
                             "iou-curves-xy-center-distance-xy.png", "iou-curves-xy-center-distance-xy.pdf"])
     data = pd.read_csv(out / "iou-curves-xy.csv")
     assert set(data["metric"]) == {sinks.VIEW_IOU_XY, sinks.VIEW_CENTER_DISTANCE_XY}
-    assert "ParamCrop, λ=1.0, SimCLR" in set(data["configuration"])
-    assert row(data, sinks.VIEW_IOU_XY, "ParamCrop, λ=1.0, SimCLR", 0.5)["mean"] == pytest.approx(0.8)
+    assert "ParamCrop, λ=1.0, steps=100, SimCLR" in set(data["configuration"])  # a constant --hue param shown
+    assert row(data, sinks.VIEW_IOU_XY, "ParamCrop, λ=1.0, steps=100, SimCLR", 0.5)["mean"] == pytest.approx(0.8)
 
 
 def test_iou_curves_on_explicit_runs(store, tmp_path):
@@ -606,7 +615,7 @@ def test_strength_without_strength_param(store, tmp_path):
 def test_help_lists_analyses():
     result = cli_run(["analyze", "--help"])
     assert result.exit_code == 0
-    for name in ("iou-curves", "learning-curves", "strength", "table", "importance", "crops"):
+    for name in ("iou-curves", "learning-curves", "strength", "table", "compare", "importance", "crops"):
         assert re.search(rf"\b{name}\b", result.stdout)
 
 
@@ -712,3 +721,103 @@ def test_a_step_logged_twice_counts_once_with_its_last_value():
     assert list(aligned["step"]) == [0, 10, 20] and list(aligned["value"]) == [1.0, 0.5, 0.0]
     at = interpolate(aligned, np.array([0.25, 0.5, 0.75, 1.5]))  # 1.5 lies outside: no extrapolation
     assert list(at["x"]) == [0.25, 0.5, 0.75] and list(at["value"]) == pytest.approx([0.75, 0.5, 0.25])
+
+
+# --- configurations: never pooled --------------------------------------------------------------
+def variants_store(root: Path) -> Store:
+    """A study like the issue's: two random-crop variants that differ only in crop.area, two seeds
+    each (IoU 0.3 vs 0.7, objective 0.2/0.3 vs 0.6/0.7), and ParamCrop λ=1 (its own crop params, no
+    crop.area); every run logs all its params like the trainer, device differing (bookkeeping)."""
+    s = Store(root)
+    eid, parent = s.study("variants")
+    common = {"framework.name": "simclr", "backbone.name": "tiny3d", "steps": 11, "log_every": 5}
+    random = {"crop.method": "random", "crop.aspect": "(0.5, 2.0)", "crop.duration": "(0.5, 1.0)"}
+    runs = [({**random, "crop.area": "(0.1, 0.5)"}, 0.3, (0.2, 0.3)),
+            ({**random, "crop.area": "(0.5, 1.0)"}, 0.7, (0.6, 0.7)),
+            ({"crop.method": "paramcrop", "crop.strength": "1.0", "crop.noise_dim": 16}, 0.9, (0.5, 0.5))]
+    for params, iou, objs in runs:
+        for seed, obj in enumerate(objs):
+            s.run(eid, parent, {**common, **params, "seed": seed, "device": ["cpu", "cuda"][seed]},
+                  {sinks.VIEW_IOU: [(0, iou), (10, iou)], sinks.VIEW_CENTER_DISTANCE: [(0, 0.1), (10, 0.1)],
+                   sinks.EVAL_KNN_TOP1: [(5, obj), (10, obj)]}, final={})
+    return s
+
+
+SMALL_AREA = "Random crop (baseline), crop.area=(0.1, 0.5)"
+LARGE_AREA = "Random crop (baseline), crop.area=(0.5, 1.0)"
+
+
+def test_configurations_are_every_differing_param():
+    from analysis.groups import configuration_keys, configurations
+
+    runs = pd.DataFrame({
+        "run_id": list("abcdef"),
+        "params.crop.method": ["random"] * 4 + ["paramcrop"] * 2,
+        "params.crop.area": ["(0.1, 0.5)", "(0.1, 0.5)", "(0.5, 1.0)", "(0.5, 1.0)", None, None],
+        "params.crop.strength": [None] * 4 + ["1.0", "1"],  # "1" = "1.0": compared as numbers
+        "params.optim.lr": ["0.001"] * 6,
+        "params.seed": ["0", "1", "0", "1", "0", "1"],
+        "params.device": ["cpu", "cuda"] * 3, "params.data.workers": ["0", "2"] * 3,
+    })
+    assert configuration_keys(runs) == ["crop.method", "crop.strength", "crop.area"]  # not seed, device, workers
+    frame, keys = configurations(runs)
+    assert list(frame["configuration"]) == [SMALL_AREA] * 2 + [LARGE_AREA] * 2 + ["ParamCrop, λ=1.0"] * 2
+    assert list(frame["config"]) == [0, 0, 1, 1, 2, 2] and keys == ["crop.method", "crop.strength", "crop.area"]
+    # a param that only some runs have is a value of its own: told apart in the label
+    runs.loc[5, "params.optim.lr"] = None
+    labels = configurations(runs)[0]["configuration"]
+    assert labels[4] == "ParamCrop, λ=1.0, optim.lr=0.001" and labels[5] == "ParamCrop, λ=1, optim.lr=–"  # as logged
+
+
+def test_variants_that_differ_in_one_crop_key_are_never_pooled(tmp_path):
+    """On the old main, table and iou-curves showed one 'Random crop (baseline)' group of n = 4
+    (IoU 0.5, the average of 0.3 and 0.7)."""
+    s = variants_store(tmp_path / "store")
+    common = ["--study", "variants", "--tracking-uri", s.uri, "--no-log"]
+    result = cli_run(["analyze", "table", *common, "--out", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "t" / "table.csv")
+    assert list(table["crop"]) == [SMALL_AREA, LARGE_AREA, "ParamCrop, λ=1.0"]
+    assert list(table["n"]) == [2, 2, 2] and list(table["mean"]) == pytest.approx([0.25, 0.65, 0.5])
+    assert list(table["crop.area"].fillna("")) == ["(0.1, 0.5)", "(0.5, 1.0)", ""]
+    assert f"| {SMALL_AREA} | {LARGE_AREA} | ParamCrop, λ=1.0 |" in (tmp_path / "t" / "table.md").read_text()
+
+    result = cli_run(["analyze", "iou-curves", *common, "--out", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    curves = pd.read_csv(tmp_path / "c" / "iou-curves.csv")
+    iou = curves[(curves["metric"] == sinks.VIEW_IOU) & np.isclose(curves["progress"], 0.5)].set_index("configuration")
+    assert list(iou.index) == [SMALL_AREA, LARGE_AREA, "ParamCrop, λ=1.0"]
+    assert list(iou["n"]) == [2, 2, 2] and list(iou["mean"]) == pytest.approx([0.3, 0.7, 0.9])
+    assert list(iou["baseline"]) == [True, True, False]
+
+    result = cli_run(["analyze", "learning-curves", *common, "--out", str(tmp_path / "l")])
+    assert result.exit_code == 0, result.output
+    knn = pd.read_csv(tmp_path / "l" / "learning-curves.csv")
+    end = knn[np.isclose(knn["progress"], 1.0)].set_index("configuration")
+    assert end.loc[SMALL_AREA, "mean"] == pytest.approx(0.25) and end.loc[LARGE_AREA, "mean"] == pytest.approx(0.65)
+
+    result = cli_run(["analyze", "strength", *common, "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    refs = pd.read_csv(tmp_path / "s" / "strength.csv").query("`crop.method` == 'random'")
+    assert list(refs["configuration"]) == [SMALL_AREA, LARGE_AREA] and list(refs["mean"]) == pytest.approx([0.25, 0.65])
+
+
+def test_configuration_labels_of_trainer_params():
+    """Runs logged like the trainer (every config key, component defaults filled in): the labels name
+    only what varies within a component; objective weights read as words; MLP and no objectives first."""
+    from analysis.groups import configurations
+    from paramcrop.config import TrainConfig
+
+    rows = []
+    for crop in ({"crop.method": "random"}, {"crop.method": "cvrl"}, {"crop.method": "paramcrop"}):
+        for head in ("cate", "mlp"):
+            for region, order in ((1.0, 1.0), (0.0, 0.0)):
+                cfg = TrainConfig().with_overrides({**crop, "head.name": head, "objectives.region": region,
+                                                    "objectives.order": order, "seed": len(rows)})
+                rows.append({"run_id": str(len(rows)), **{f"params.{k}": str(v) for k, v in cfg.flatten().items()}})
+    frame, _ = configurations(pd.DataFrame(rows))
+    labels = list(frame.sort_values("config")["configuration"])
+    assert labels[:4] == ["Random crop (baseline), MLP head, no objectives", "Random crop (baseline), MLP head, region+order",
+                          "Random crop (baseline), CATE head, no objectives", "Random crop (baseline), CATE head, region+order"]
+    assert labels[4] == "CVRL crop, MLP head, no objectives" and labels[8] == "ParamCrop, λ=1.0, MLP head, no objectives"
+    assert frame["config"].nunique() == 12
