@@ -408,8 +408,8 @@ curve_options_command = shared_options("curve", {
         "--x", help="x axis: progress = step / the run's last step (its steps param - 1, or its largest logged "
         "step if larger), so runs of different lengths align on [0, 1]; or step.")], "progress"),
     "hue": (Annotated[list[str], typer.Option(
-        "--hue", help="Also split configurations by this param, e.g. framework.name (repeatable). Always split: "
-        "crop.method, crop.strength.")], []),
+        "--hue", help="Also name this param in every label, e.g. framework.name (repeatable). Runs are always "
+        "split by every param that differs between them (seed aside).")], []),
     "separate": (Annotated[bool, typer.Option(
         "--separate", help="One figure per metric instead of one with a panel each.")], False),
     "points": (Annotated[int, typer.Option(
@@ -445,7 +445,7 @@ def analyze_iou_curves(
 ) -> None:
     """View IoU and center distance over training against the random-crop baseline.
 
-    One line per crop configuration (crop.method x crop.strength, plus --hue params): the mean over
+    One line per configuration (every param that differs between the runs, seed aside): the mean over
     its runs (seeds/trials) with a 95% t-interval band. Writes iou-curves.png/.pdf and the plotted
     data iou-curves.csv (mean, std, lower, upper, n per configuration and x), prints a summary."""
     from analysis.iou_curves import iou_curves

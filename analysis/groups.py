@@ -36,7 +36,9 @@ EXCLUDED = frozenset({P_SEED, "data.workers", "device", "log_every", "checkpoint
 """Params that never define a configuration (see module doc)."""
 PARAM_DEFAULTS = {P_HEAD: plots.DEFAULT_HEAD, P_REGION: "0.0", P_ORDER: "0.0"}
 """What a run without the param used (runs logged before heads and objectives existed)."""
-CROP_LABEL_PARAMS = (P_CROP, P_STRENGTH)
+PARAMETERISATION_PARAMS = ("crop.dof", "crop.generator_input", "crop.coupling", "crop.uncontrolled")
+"""The crop parameterisation (:mod:`paramcrop.crops.dof`): in the crop label when one of them varies."""
+CROP_LABEL_PARAMS = (P_CROP, P_STRENGTH, *PARAMETERISATION_PARAMS)
 """Params that :func:`analysis.plots.crop_label` shows (never repeated as ``key=value``)."""
 SELECTORS = ("name", "method")
 """``<namespace>.name`` / ``<namespace>.method`` choose a component; its other params depend on it."""
@@ -108,10 +110,13 @@ def configurations(runs: pd.DataFrame, omit: Sequence[str] = (),
     for k in dict.fromkeys(CROP_LABEL_PARAMS + tuple(label_keys) + P_OBJECTIVES):
         frame[k] = p[k].to_numpy() if k in p.columns else None
     first = frame.drop_duplicates("_id")
+    # "ParamCrop spatial, λ=1.0" only where the parameterisation differs between the runs
+    parameterised = any(k in p.columns and k not in omit and varying(p, k) for k in PARAMETERISATION_PARAMS)
 
     def label(r) -> str:
         strength = None if P_STRENGTH in omit else r[P_STRENGTH]
-        parts = [plots.crop_label(r[P_CROP], strength)]
+        parameterisation = [r[k] if parameterised else None for k in PARAMETERISATION_PARAMS]
+        parts = [plots.crop_label(r[P_CROP], strength, *parameterisation)]
         for k in label_keys:
             if k in P_OBJECTIVES:  # the objective weights as one part: "no objectives", "region", "region=0.5+order"
                 part = plots.objectives_words(plots.objectives_label({o: canonical(r[o]) for o in P_OBJECTIVES}))
