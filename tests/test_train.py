@@ -115,6 +115,7 @@ def test_each_video_is_probed_once_for_training_evaluation_and_finetuning(tmp_pa
         return probe(path, *args, **kwargs)
 
     probe = video.probe_video
+    monkeypatch.setattr(video, "PROBE_CACHE_NAME", "cold-probe-cache.json")  # earlier tests filled the cache
     monkeypatch.setattr(video, "probe_video", counting)
     monkeypatch.setattr(datasets, "probe_video", counting)
     trainer = Trainer(tiny_config(**{"steps": 1, "eval.finetune_steps": 1}), tmp_path, progress=False)
