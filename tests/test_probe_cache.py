@@ -70,9 +70,12 @@ def test_a_changed_file_is_probed_again(tmp_path, cache_dir, probes):
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # touch: same content, new mtime
     assert scan_videos([path])[0] == [VideoInfo(12, 32, 48)] and probes == [path, path]
+    path.chmod((path.stat().st_mode & 0o777) ^ 0o040)  # a permission change (may make it unreadable): probed again
+    assert scan_videos([path])[0] == [VideoInfo(12, 32, 48)] and probes == [path, path, path]
+    probes.clear()
     clip(path, 30, seed=1)  # rewritten: another video under the same name
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # even with the old mtime: size differs
-    assert scan_videos([path])[0] == [VideoInfo(30, 32, 48)] and probes == [path, path, path]
+    assert scan_videos([path])[0] == [VideoInfo(30, 32, 48)] and probes == [path]
     path.write_bytes(b"garbage")  # now unreadable: reported, not served from the cache
     infos, skipped = scan_videos([path])
     assert infos == [None] and skipped[0][0] == path
@@ -101,7 +104,7 @@ def test_corrupt_cache_file_is_an_empty_cache_and_is_replaced(tmp_path, cache_di
     path = clip(tmp_path / "v.mp4", 12)
     cache_dir.mkdir()
     for garbage in ('{"version": 1, "entries": {"x": [1, 2', "[1, 2, 3]", '{"version": 99, "entries": {}}',
-                    json.dumps({"version": 1, "entries": {os.path.abspath(path): ["a", 1, 2, 3, 4]}})):
+                    json.dumps({"version": 1, "entries": {os.path.abspath(path): ["a", 1, 2, 3, 4, 5]}})):
         (cache_dir / PROBE_CACHE_NAME).write_text(garbage)
         probes.clear()
         assert scan_videos([path])[0] == [VideoInfo(12, 32, 48)] and probes == [path]

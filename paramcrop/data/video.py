@@ -104,8 +104,9 @@ def probe_video(path: Path) -> VideoInfo:
 
 class ProbeCache:
     """What :func:`probe_video` found for readable videos, keyed by absolute path (links are not
-    followed for the key) and valid while the file's size and modification time (ns, of the link's
-    target) are the recorded ones: a touched, rewritten or replaced file is probed again.
+    followed for the key) and valid while the file's size, modification time (ns) and mode (of the
+    link's target) are the recorded ones: a touched, rewritten, replaced or chmod-ed file is probed
+    again.
     Unreadable files are not cached (they are re-probed, and reported, on every scan).
 
     One JSON file, ``path`` (default ``cache_root() / "probe-cache.json"``, see
@@ -135,23 +136,23 @@ class ProbeCache:
         if not isinstance(entries, dict):
             return {}
         return {key: value for key, value in entries.items()
-                if isinstance(value, list) and len(value) == 5 and all(type(v) is int for v in value)}
+                if isinstance(value, list) and len(value) == 6 and all(type(v) is int for v in value)}
 
     @staticmethod
     def stamp(path: Path) -> tuple[str, list[int]] | None:
-        """``(absolute path, [size, mtime_ns])`` of ``path``, None when it cannot be stat'ed."""
+        """``(absolute path, [size, mtime_ns, mode])`` of ``path``, None when it cannot be stat'ed."""
         key = os.path.abspath(path)
         try:
             stat = os.stat(key)
         except OSError:
             return None
-        return key, [stat.st_size, stat.st_mtime_ns]
+        return key, [stat.st_size, stat.st_mtime_ns, stat.st_mode]
 
     def get(self, stamp: tuple[str, list[int]]) -> VideoInfo | None:
         """The cached probe of a :meth:`stamp`, None when absent or the file changed since."""
         key, version = stamp
         entry = self.entries.get(key)
-        return VideoInfo(*entry[2:]) if entry is not None and entry[:2] == version else None
+        return VideoInfo(*entry[3:]) if entry is not None and entry[:3] == version else None
 
     def put(self, stamp: tuple[str, list[int]], info: VideoInfo) -> None:
         """Record the probe of a file whose :meth:`stamp` was taken before probing it."""
