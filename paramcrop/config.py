@@ -24,13 +24,20 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Where clips come from: ``source`` (SPEC 1 string), the raw clip cut from each video."""
+    """Where clips come from: ``source`` (SPEC 1 string), the raw clip cut from each video.
+
+    ``val_fraction`` of each class's training videos form the validation split
+    (:meth:`paramcrop.data.DatasetSpec.with_validation`: stable, by a hash of class and file name).
+    They are held out of everything else: the self-supervised pretraining, the labelled memory bank
+    of the kNN / linear / retrieval evaluations and fine-tuning, so ``eval/val/*`` is a clean proxy
+    for the test split's ``eval/*``. 0 = no validation split (and no ``eval/val/*`` metrics)."""
 
     source: str = "synthetic"
     frames: int = 16  # raw clip length in frames (the views are cut from it)
     stride: int = 2  # temporal stride between decoded frames
     size: int = 64  # raw clip side (short side resized to it, then center-cropped square)
     workers: int = 0  # DataLoader worker processes
+    val_fraction: float = 0.2  # of each class's training videos, held out for validation (0 = none)
 
 
 @dataclass
@@ -220,6 +227,9 @@ class TrainConfig:
                            ("objectives.region_temperature", self.objectives.region_temperature)):
             if not value > 0:
                 raise ConfigError(f"{key} must be > 0, got {value}")
+        if not 0 <= self.data.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in [0, 1) (0 = no validation split), got "
+                              f"{self.data.val_fraction}")
         if self.objectives.order_bins < 2:
             raise ConfigError(f"objectives.order_bins must be >= 2, got {self.objectives.order_bins}")
         if self.batch_size < 2:

@@ -49,6 +49,16 @@ EVAL_KNN_TOP1 = "eval/knn_top1"
 EVAL_LINEAR_TOP1 = "eval/linear_top1"
 EVAL_FINETUNE_TOP1 = "eval/finetune_top1"
 """Top-1 of a fine-tuned copy of the backbone (only when ``eval.finetune_steps`` > 0, at the end)."""
+
+
+def val_metric(name: str) -> str:
+    """The validation split's name of an evaluation metric, ``eval/knn_top1`` -> ``eval/val/knn_top1``;
+    ``eval/<metric>`` itself is the test split's."""
+    return "eval/val/" + name.removeprefix("eval/")
+
+
+EVAL_VAL_KNN_TOP1 = val_metric(EVAL_KNN_TOP1)
+"""The validation split's kNN top-1: the default study objective (selection never sees test labels)."""
 DATA_SKIPPED = "data/skipped_videos"
 
 # --- tag keys --------------------------------------------------------------------------

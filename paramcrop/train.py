@@ -189,7 +189,7 @@ class Trainer:
         backbone = create_backbone(backbone_name, **backbone_kw)
         backbone.check_input(cfg.view.frames, cfg.view.size)
 
-        dataset = resolve_source(cfg.data.source)
+        dataset = resolve_source(cfg.data.source).with_validation(cfg.data.val_fraction)  # val: held out of all else
         # the source's own augmentation defaults (synthetic: no flip) where the config sets none: the
         # params and config.yaml of the run then record the values used
         source_defaults = {f"augment.{k}": v for k, v in dataset.augment_defaults.items() if k not in cfg.augment}
@@ -201,6 +201,7 @@ class Trainer:
         view = (cfg.view.frames, self.eval_stride, cfg.view.size, cfg.eval.clips_per_video)
         self.eval_sets = [EvalClips(self.train_set.records, *view, infos=self.train_set.infos),  # scanned once
                           EvalClips(dataset.test, *view)]
+        self.val_set = EvalClips(dataset.val, *view) if dataset.val else None  # queries only, never trained on
         self.num_classes = len(dataset.classes)
 
         crop_name, crop_kw = cfg.component("crop")
@@ -307,7 +308,10 @@ class Trainer:
 
     # --- evaluation --------------------------------------------------------------------------
     def evaluate(self, final: bool = True) -> dict[str, float]:
-        """The evaluation metrics of the backbone now (:func:`paramcrop.evaluation.evaluate`), plus
+        """The evaluation metrics of the backbone now (:func:`paramcrop.evaluation.evaluate`): the
+        test split's as ``eval/<metric>`` and, with a validation split, the validation videos'
+        as ``eval/val/<metric>``, both against the same memory bank (the remaining training videos;
+        its features are extracted once per split, which costs one more pass over them). Plus
         ``eval/finetune_top1`` when ``final`` and ``eval.finetune_steps`` > 0. Runs on a forked
         RNG: evaluating never changes the training's random stream, so ``eval.every`` changes no
         training result."""
@@ -315,10 +319,17 @@ class Trainer:
 
         e = self.cfg.eval
         loaders = [DataLoader(ds, batch_size=e.batch_size, num_workers=self.cfg.data.workers) for ds in self.eval_sets]
+        splits = [(loaders[1], lambda name: name)]
+        if self.val_set is not None:
+            splits.append((DataLoader(self.val_set, batch_size=e.batch_size, num_workers=self.cfg.data.workers),
+                           sinks.val_metric))
+        metrics = {}
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            metrics = evaluate(self.framework.backbone, loaders[0], loaders[1], device=self.device,
-                               normalize=normalize_clips, knn_k=e.knn_k, knn_temperature=e.knn_temperature,
-                               linear=e.linear, retrieval=e.retrieval)
+            for queries, metric_name in splits:
+                found = evaluate(self.framework.backbone, loaders[0], queries, device=self.device,
+                                 normalize=normalize_clips, knn_k=e.knn_k, knn_temperature=e.knn_temperature,
+                                 linear=e.linear, retrieval=e.retrieval)
+                metrics.update({metric_name(name): value for name, value in found.items()})
             if final and e.finetune_steps > 0:
                 metrics[sinks.EVAL_FINETUNE_TOP1] = self.finetune_top1(loaders[1])
         return metrics
@@ -506,7 +517,8 @@ class Trainer:
     def skipped_videos(self) -> list[tuple[str, Path, str]]:
         """``(split, path, reason)`` of every file the datasets could not read so far."""
         return ([("train", p, r) for p, r in self.train_set.skipped]
-                + [("test", p, r) for p, r in self.eval_sets[1].skipped])
+                + [("test", p, r) for p, r in self.eval_sets[1].skipped]
+                + [("val", p, r) for p, r in (self.val_set.skipped if self.val_set is not None else [])])
 
     def _report_skipped(self) -> None:
         """The count as ``data/skipped_videos`` and the list as ``skipped_videos.csv``, when either changed."""

@@ -132,7 +132,9 @@ class StudyRunner:
     def preflight(self) -> None:
         """What would make every trial of a configuration fail, checked once per distinct value over
         the space (its first 512 points): the data holds one clip (a probe of the first video long
-        enough), the backbone accepts the view size, the device exists."""
+        enough) and its validation split can be carved, the objective is measured (a validation
+        objective needs ``data.val_fraction`` > 0, also after ``--set``), the backbone accepts the view
+        size, the device exists."""
         from paramcrop.backbones import create_backbone
         from paramcrop.data import resolve_source
         from paramcrop.data.datasets import check_window_fits
@@ -148,9 +150,12 @@ class StudyRunner:
         base = spec.base_config().with_overrides(overrides)
         configs = [base] + [spec.config_for(values)[0].with_overrides(overrides)
                             for values in itertools.islice(spec._points(spec.dimensions, base.flatten(), {}), 512)]
-        for source, frames, stride in sorted({(c.data.source, c.data.frames, c.data.stride) for c in configs}, key=str):
+        for c in configs:
+            spec.check_measured(c, "a --set override" if overrides else "config")
+        for source, frames, stride, val_fraction in sorted(
+                {(c.data.source, c.data.frames, c.data.stride, c.data.val_fraction) for c in configs}, key=str):
             try:
-                check_window_fits(resolve_source(source).train, frames, stride)
+                check_window_fits(resolve_source(source).with_validation(val_fraction).train, frames, stride)
             except (ValueError, OSError) as exc:
                 raise ValueError(f"data {source!r}: {exc}") from None
         backbones = {(repr(c.component("backbone")), c.view.frames, c.view.size): c for c in configs}

@@ -20,7 +20,12 @@ dimension is keyed by a dotted config key (``crop.strength``) or, for ``variants
     pruner: none                         # none, median, hyperband (fed by eval.every)
     n_trials: null                       # total finished trials; default: the grid size
     timeout: null                        # seconds for this invocation
-    objective: {metric: eval/knn_top1, direction: maximize}   # or a list: multi-objective
+    objective: {metric: eval/val/knn_top1, direction: maximize}   # or a list: multi-objective
+
+The default objective, and so the pruner's metric, is the validation split's kNN top-1
+(``eval/val/knn_top1``, see ``data.val_fraction``): model selection never sees test labels. The test
+split's ``eval/knn_top1`` is still measured and logged in every run, for the record; an objective on
+it selects on test labels.
 
 Every config the space can produce is validated when the spec is loaded, so a bad key, range
 or component name fails before any study or MLflow experiment is created.
@@ -36,13 +41,14 @@ from typing import Any, Mapping
 
 import yaml
 
+from paramcrop import sinks
 from paramcrop.config import ConfigError, TrainConfig, flatten
 
 SPEC_DIR = Path(__file__).parent / "specs"
 SAMPLERS = ("grid", "tpe", "random")
 PRUNERS = ("none", "median", "hyperband")
 DIMENSION_TYPES = ("categorical", "int", "float", "variants")
-DEFAULT_OBJECTIVE = "eval/knn_top1"
+DEFAULT_OBJECTIVE = sinks.EVAL_VAL_KNN_TOP1
 VARIANT_PREFIX = "variant:"  # Optuna param name of a variants dimension: "variant:<name>"
 
 
@@ -224,11 +230,21 @@ class StudySpec:
             self.grid()  # every dimension must be discrete
         base = flatten(self.base_config().to_dict())
         for values in itertools.islice(self._points(self.dimensions, base, {}), 512):
+            shown = ", ".join(f"{k}={v}" for k, v in values.items())
             try:
-                self.config_for(values)
+                cfg, _ = self.config_for(values)
             except ConfigError as exc:
-                shown = ", ".join(f"{k}={v}" for k, v in values.items())
                 raise SpecError(f"search_space: the point ({shown}) gives an invalid config: {exc}") from None
+            self.check_measured(cfg, f"the point ({shown})" if values else "config")
+
+    def check_measured(self, cfg: TrainConfig, where: str = "config") -> None:
+        """Refuse an objective on the validation split (``eval/val/...``) for a config without one
+        (``data.val_fraction: 0``): every trial would fail when it looks for the metric."""
+        needs = [o.metric for o in self.objectives if o.metric.startswith(sinks.val_metric(""))]
+        if needs and cfg.data.val_fraction == 0:
+            raise SpecError(f"objective {needs[0]} is measured on the validation split, but {where} leaves "
+                            f"none (data.val_fraction=0): raise data.val_fraction, or choose a "
+                            f"test-split objective such as {sinks.EVAL_KNN_TOP1} (it selects on test labels)")
 
     def _points(self, dims: list[Dimension], current: dict[str, Any], values: dict[str, Any]):
         """Every combination of :func:`dim_points`, skipping dimensions whose ``when`` fails."""

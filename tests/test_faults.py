@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from paramcrop import sinks
+from paramcrop.data import resolve_source
 from paramcrop.train import SKIPPED_NAME as SKIPPED_ARTIFACT
 from studies.runner import PREVIOUS_RUN_ATTR, RUN_ATTR, TAG_RESUMED_AT, TAG_RETRY_OF
 from studies.storage import DEFAULT_STORAGE, open_storage
@@ -291,7 +292,8 @@ def test_broken_files_are_skipped_counted_and_listed(workdir):
     rows = {Path(line.split(",")[1]).name: line for line in listed.splitlines()[1:]}
     assert set(rows) == expected
     assert "permission denied" in rows["locked.mp4"] and "empty file" in rows["empty.mp4"]
-    assert all(rows[name].startswith("train,") for name in rows)
+    held_out = {r.path.name for r in resolve_source(f"folder:{root}").with_validation(0.2).val}
+    assert all(rows[name].startswith("val," if name in held_out else "train,") for name in rows)
 
 
 # --- non-finite values: tests/test_studies.py::test_failing_trial_is_fail_in_optuna_failed_in_mlflow...
@@ -390,7 +392,7 @@ def test_tracking_server_down_when_trials_end_loses_no_metrics(workdir, mlflow_s
         assert run.info.status == "FINISHED" and run.data.tags[sinks.TAG_TRIAL_STATE] == "COMPLETE"
         for key in (sinks.TRAIN_LOSS, sinks.VIEW_IOU, sinks.VIEW_CENTER_DISTANCE):
             assert steps_of(client, run.info.run_id, key) == list(range(steps))
-        assert run.data.metrics[sinks.EVAL_KNN_TOP1] == pytest.approx(trial.value)
+        assert run.data.metrics[sinks.EVAL_VAL_KNN_TOP1] == pytest.approx(trial.value)
         assert run.data.params["crop.method"] == trial.params["variant:crop"]
         assert {"config.yaml", "trajectory.csv", "crops"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert_one_run_per_trial(study, runs)

@@ -60,7 +60,7 @@ def test_tiny_study_optuna_and_mlflow_agree(workdir):
     children = [r for r in runs if r.data.tags.get(sinks.TAG_ROLE) == "trial"]
     assert len(parents) == 1 and len(children) == 2
     parent = parents[0]
-    assert parent.info.status == "FINISHED" and parent.data.tags[sinks.TAG_OBJECTIVE] == "eval/knn_top1"
+    assert parent.info.status == "FINISHED" and parent.data.tags[sinks.TAG_OBJECTIVE] == sinks.EVAL_VAL_KNN_TOP1
     by_id = {r.info.run_id: r for r in children}
     for trial in study.trials:
         assert trial.state == optuna.trial.TrialState.COMPLETE
@@ -69,7 +69,7 @@ def test_tiny_study_optuna_and_mlflow_agree(workdir):
         assert run.data.tags[sinks.TAG_TRIAL] == str(trial.number)
         assert run.data.tags[sinks.TAG_TRIAL_STATE] == "COMPLETE" and run.info.status == "FINISHED"
         assert run.data.params["crop.method"] == trial.params["variant:crop"]
-        assert run.data.metrics["eval/knn_top1"] == pytest.approx(trial.value)
+        assert run.data.metrics[sinks.EVAL_VAL_KNN_TOP1] == pytest.approx(trial.value)
         history = client.get_metric_history(run.info.run_id, sinks.VIEW_IOU)
         assert sorted(m.step for m in history) == [0, 1, 2, 3]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

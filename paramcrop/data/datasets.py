@@ -1,7 +1,8 @@
 """Clip datasets over video records: :class:`TrainClips` (random windows) and :class:`EvalClips`
 (evenly spaced windows, labelled).
 
-Construction probes every file (:func:`.video.probe_video`): unreadable ones are left out and listed
+Construction probes every file (:func:`.video.scan_videos`; files unchanged since an earlier scan come
+from its :class:`.video.ProbeCache` without being opened): unreadable ones are left out and listed
 in ``skipped`` as ``(path, reason)``; ``len()`` counts readable videos; a dataset with nothing
 readable raises ``ValueError``. A file that passes the probe but fails later while decoding is
 warned about and replaced by the next readable video (and, in the main process, added to

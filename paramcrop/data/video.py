@@ -4,12 +4,18 @@ decord reports broken input with ``RuntimeError`` *or* ``decord._ffi.base.DECORD
 is not a ``RuntimeError``), and a video without frames with an ``AssertionError``;
 :data:`DECODE_ERRORS` catches all three. Readers are opened per call and never stored, so
 everything here is safe in DataLoader worker processes.
+
+:func:`scan_videos` remembers what it probed in a :class:`ProbeCache` (a small file in the cache
+folder), so a second build of a large dataset opens no video: only files that changed are probed
+again.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -19,6 +25,8 @@ import numpy as np
 from decord._ffi.base import DECORDError
 
 DECODE_ERRORS = (RuntimeError, DECORDError, AssertionError)
+PROBE_CACHE_NAME = "probe-cache.json"
+PROBE_CACHE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -94,21 +102,109 @@ def probe_video(path: Path) -> VideoInfo:
     return VideoInfo(frames=len(reader), height=height, width=width)
 
 
+class ProbeCache:
+    """What :func:`probe_video` found for readable videos, keyed by absolute path (links are not
+    followed for the key) and valid while the file's size, modification time (ns) and mode (of the
+    link's target) are the recorded ones: a touched, rewritten, replaced or chmod-ed file is probed
+    again.
+    Unreadable files are not cached (they are re-probed, and reported, on every scan).
+
+    One JSON file, ``path`` (default ``cache_root() / "probe-cache.json"``, see
+    :func:`.synthetic.cache_root`). Several processes may share it: :meth:`save` merges the new
+    entries into the file's current ones and writes a temporary file that it renames over the old one,
+    so a reader sees the old or the new file, never a torn one (two processes saving at the same
+    moment can drop each other's new entries: they are probed again next time). A missing, unreadable
+    or corrupt file reads as an empty cache and is replaced at the next save; a cache folder that
+    cannot be written leaves scans uncached, never failing. Saving drops the entries of files that no
+    longer exist, so the file stays as large as the datasets in use."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        if path is None:
+            from .synthetic import cache_root  # synthetic imports this module
+
+            path = cache_root() / PROBE_CACHE_NAME
+        self.path = Path(path)
+        self.entries = self._read()
+        self._added: dict[str, list[int]] = {}
+
+    def _read(self) -> dict[str, list[int]]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        entries = data.get("entries") if isinstance(data, dict) and data.get("version") == PROBE_CACHE_VERSION else None
+        if not isinstance(entries, dict):
+            return {}
+        return {key: value for key, value in entries.items()
+                if isinstance(value, list) and len(value) == 6 and all(type(v) is int for v in value)}
+
+    @staticmethod
+    def stamp(path: Path) -> tuple[str, list[int]] | None:
+        """``(absolute path, [size, mtime_ns, mode])`` of ``path``, None when it cannot be stat'ed."""
+        key = os.path.abspath(path)
+        try:
+            stat = os.stat(key)
+        except OSError:
+            return None
+        return key, [stat.st_size, stat.st_mtime_ns, stat.st_mode]
+
+    def get(self, stamp: tuple[str, list[int]]) -> VideoInfo | None:
+        """The cached probe of a :meth:`stamp`, None when absent or the file changed since."""
+        key, version = stamp
+        entry = self.entries.get(key)
+        return VideoInfo(*entry[3:]) if entry is not None and entry[:3] == version else None
+
+    def put(self, stamp: tuple[str, list[int]], info: VideoInfo) -> None:
+        """Record the probe of a file whose :meth:`stamp` was taken before probing it."""
+        key, version = stamp
+        self.entries[key] = self._added[key] = [*version, info.frames, info.height, info.width]
+
+    def save(self) -> None:
+        """Write the entries added since loading (nothing to do without any), merged as described above."""
+        if not self._added:
+            return
+        merged = {key: value for key, value in {**self._read(), **self._added}.items() if os.path.exists(key)}
+        text = json.dumps({"version": PROBE_CACHE_VERSION, "entries": merged}, separators=(",", ":"))
+        tmp = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            os.replace(tmp, self.path)
+        except OSError:  # a read-only cache folder: the scan still worked, it just is not remembered
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            return
+        self.entries, self._added = merged, {}
+
+
 def scan_videos(
-    paths: Sequence[Path], *, progress: bool = False
+    paths: Sequence[Path], *, progress: bool = False, cache: ProbeCache | None = None
 ) -> tuple[list[VideoInfo | None], list[tuple[Path, str]]]:
     """Probe every path in order: ``(infos, skipped)``, ``infos[i]`` is None where ``paths[i]`` is unreadable
-    and ``skipped`` lists ``(path, reason)`` for those."""
+    and ``skipped`` lists ``(path, reason)`` for those. Readable files that have not changed since an
+    earlier scan come from ``cache`` (default: the :class:`ProbeCache` in the cache folder) without
+    being opened; the new probes are saved to it at the end."""
     from rich.progress import track
 
+    cache = cache if cache is not None else ProbeCache()
     infos: list[VideoInfo | None] = []
     skipped: list[tuple[Path, str]] = []
     for path in track(paths, description="Scanning videos", disable=not progress, transient=True):
-        try:
-            infos.append(probe_video(path))
-        except UnreadableVideo as bad:
-            infos.append(None)
-            skipped.append((bad.path, bad.reason))
+        stamp = ProbeCache.stamp(path)  # before probing: a file that changes meanwhile is probed again next time
+        info = cache.get(stamp) if stamp is not None else None
+        if info is None:
+            try:
+                info = probe_video(path)
+            except UnreadableVideo as bad:
+                skipped.append((bad.path, bad.reason))
+            else:
+                if stamp is not None:
+                    cache.put(stamp, info)
+        infos.append(info)
+    cache.save()
     return infos, skipped
 
 
