@@ -107,11 +107,12 @@ def configurations(runs: pd.DataFrame, omit: Sequence[str] = (),
     label_keys = list(dict.fromkeys(label_keys + [s for s in show if s not in CROP_LABEL_PARAMS]))
     identity = [tuple(canonical(v) for v in row) for row in p[keys].itertuples(index=False)] if keys else [()] * len(p)
     frame = pd.DataFrame({"run_id": p["run_id"], "_id": identity})
-    for k in dict.fromkeys(CROP_LABEL_PARAMS + tuple(label_keys) + P_OBJECTIVES):
-        frame[k] = p[k].to_numpy() if k in p.columns else None
-    first = frame.drop_duplicates("_id")
     # "ParamCrop spatial, λ=1.0" only where the parameterisation differs between the runs
     parameterised = any(k in p.columns and k not in omit and varying(p, k) for k in PARAMETERISATION_PARAMS)
+    crop_keys = CROP_LABEL_PARAMS if parameterised else (P_CROP, P_STRENGTH)
+    for k in dict.fromkeys(crop_keys + tuple(label_keys) + P_OBJECTIVES):
+        frame[k] = p[k].to_numpy() if k in p.columns else None
+    first = frame.drop_duplicates("_id")
 
     def label(r) -> str:
         strength = None if P_STRENGTH in omit else r[P_STRENGTH]
@@ -129,7 +130,7 @@ def configurations(runs: pd.DataFrame, omit: Sequence[str] = (),
         return ", ".join(parts)
 
     labels = {r["_id"]: label(r) for _, r in first.iterrows()}
-    shown = {*CROP_LABEL_PARAMS, *label_keys, *omit}
+    shown = {*crop_keys, *label_keys, *omit}
     clashes: dict = {}  # configurations that agree on every shown (or omitted) param
     for i in labels:
         clashes.setdefault(tuple(v for k, v in zip(keys, i) if k in shown), []).append(i)
@@ -152,5 +153,5 @@ def configurations(runs: pd.DataFrame, omit: Sequence[str] = (),
     ids = {r["_id"]: n for n, r in enumerate(ordered)}
     frame["config"] = [ids[i] for i in frame["_id"]]
     frame["order"] = frame["config"]
-    cols = ["run_id", "config", "configuration", "baseline", "order", *CROP_LABEL_PARAMS, *label_keys]
-    return frame[cols], [*CROP_LABEL_PARAMS, *label_keys]
+    cols = ["run_id", "config", "configuration", "baseline", "order", *crop_keys, *label_keys]
+    return frame[cols], [*crop_keys, *label_keys]

@@ -821,3 +821,26 @@ def test_configuration_labels_of_trainer_params():
                           "Random crop (baseline), CATE head, no objectives", "Random crop (baseline), CATE head, region+order"]
     assert labels[4] == "CVRL crop, MLP head, no objectives" and labels[8] == "ParamCrop, λ=1.0, MLP head, no objectives"
     assert frame["config"].nunique() == 12
+
+
+def test_configuration_labels_name_the_crop_parameterisation_where_it_varies():
+    """Trainer-style params of the parameterisation study: the crop label carries the degrees of freedom
+    (and generator input / coupling) only when they differ between the runs."""
+    from analysis.groups import configurations
+    from paramcrop.config import TrainConfig
+
+    def rows(points):
+        out = []
+        for overrides in points:
+            cfg = TrainConfig().with_overrides({**overrides, "seed": len(out)})
+            out.append({"run_id": str(len(out)), **{f"params.{k}": str(v) for k, v in cfg.flatten().items()}})
+        return pd.DataFrame(out)
+
+    varied = rows([{"crop.method": "random", "crop.dof": "spatial"}, {"crop.method": "paramcrop", "crop.dof": "spatial"},
+                   {"crop.method": "paramcrop", "crop.dof": "temporal"},
+                   {"crop.method": "paramcrop", "crop.generator_input": "none"}])
+    labels = set(configurations(varied)[0]["configuration"])
+    assert labels == {"Random crop spatial (baseline)", "ParamCrop spatial, λ=1.0", "ParamCrop temporal, λ=1.0",
+                      "ParamCrop spatiotemporal, input none, λ=1.0"}
+    plain = rows([{"crop.method": "random"}, {"crop.method": "paramcrop"}])
+    assert set(configurations(plain)[0]["configuration"]) == {"Random crop (baseline)", "ParamCrop, λ=1.0"}
