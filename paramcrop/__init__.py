@@ -1,14 +1,16 @@
 """paramcrop: learned view generation (ParamCrop and friends) for video contrastive learning.
 
 The public API: cube geometry (:func:`view_iou`, :func:`center_distance`, :func:`cube_to_theta`),
-differentiable cropping (:func:`crop_video`) and the crop methods (:func:`create_crop`).
+differentiable cropping (:func:`crop_video`), the crop methods (:func:`create_crop`) and
+:func:`load_backbone` (a run's logged backbone from MLflow; MLflow is imported only when it is called).
 """
 __version__ = "0.1.0"
 
 from paramcrop.crops import CROPS, CropMethod, CVRLCrop, ParamCrop, RandomCubicCrop, Views, create_crop
 from paramcrop.geometry import center_distance, crop_video, cube_to_theta, view_iou
+from paramcrop.transfer import load_backbone
 
 __all__ = [
     "__version__", "CROPS", "CropMethod", "CVRLCrop", "ParamCrop", "RandomCubicCrop", "Views",
-    "center_distance", "create_crop", "crop_video", "cube_to_theta", "view_iou",
+    "center_distance", "create_crop", "crop_video", "cube_to_theta", "load_backbone", "view_iou",
 ]

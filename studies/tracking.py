@@ -219,6 +219,7 @@ class MlflowSink:
         self._params: dict[str, str] = {}
         self._tags: dict[str, str] = {}
         self._artifacts: list[tuple[str, str | None]] = []
+        self._models: list[tuple[str, object, object]] = []  # (name, nn.Module, input example), sent last
         self._down_until = 0.0  # monotonic time before which non-blocking writes do not try
         self.unavailable: TrackingUnavailable | None = None  # set when finish() had to spool
         self.spool_path: Path | None = None
@@ -244,13 +245,19 @@ class MlflowSink:
         self._artifacts.append((str(path), artifact_path))
         self.flush(block=False)
 
+    def log_model(self, name: str, module, input_example) -> None:
+        """Queue ``module`` as the run's MLflow model ``name`` (sent after everything else, see
+        :func:`log_torch_model`)."""
+        self._models.append((name, module, input_example))
+        self.flush(block=False)
+
     def queue_metrics(self, metrics) -> None:
         """Queue ``mlflow.entities.Metric`` objects as they are (timestamps and steps kept)."""
         self._pending.extend(metrics)
 
     @property
     def queued(self) -> int:
-        return len(self._pending) + len(self._params) + len(self._tags) + len(self._artifacts)
+        return len(self._pending) + len(self._params) + len(self._tags) + len(self._artifacts) + len(self._models)
 
     def flush(self, block: bool = True) -> None:
         """Send everything queued. ``block``: retry for the whole window (raise
@@ -285,6 +292,10 @@ class MlflowSink:
             if Path(path).exists():
                 call(self.client.log_artifact, self.run_id, path, artifact_path, window=window)
             self._artifacts.pop(0)
+        while self._models:
+            name, module, example = self._models[0]
+            call(log_torch_model, self.client, self.run_id, name, module, example, window=window)
+            self._models.pop(0)
 
     # --- the end of the run ---------------------------------------------------------------
     def finish(self, status: str, reason: str | None = None, window: float | None = None) -> None:
@@ -315,11 +326,25 @@ class MlflowSink:
         path = self.spool_dir / f"{SPOOL_PREFIX}{self.run_id}.json"
         data = {"run_id": self.run_id, "tracking_uri": tracking_uri_of(self.client), "status": status,
                 "end_time": end_time, "params": self._params, "tags": self._tags, "artifacts": self._artifacts,
-                "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self._pending]}
+                "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self._pending],
+                "models": self._spool_models()}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(path)
         return path
+
+    def _spool_models(self) -> list[list[str]]:
+        """The queued models as ``[name, folder]``: each saved with ``mlflow.pytorch.save_model``
+        (its input example included) beside the spool file, read back by :func:`replay_spool`."""
+        import mlflow.pytorch
+
+        out = []
+        for name, module, example in self._models:
+            folder = self.spool_dir / f"{SPOOL_PREFIX}{self.run_id}-{name}"
+            if not folder.exists():
+                mlflow.pytorch.save_model(module, str(folder), input_example=example.numpy())
+            out.append([name, str(folder)])
+        return out
 
 
 def replay_spool(client, path: Path, window: float | None = None) -> str:
@@ -332,10 +357,48 @@ def replay_spool(client, path: Path, window: float | None = None) -> str:
     sink._params, sink._tags = dict(data["params"]), dict(data["tags"])
     sink._artifacts = [tuple(a) for a in data["artifacts"]]
     sink._pending = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in data["metrics"]]
+    if data.get("models"):
+        import shutil
+
+        import mlflow.pytorch
+        import numpy as np
+        import torch
+        from mlflow.models import Model
+
+        for name, folder in data["models"]:  # saved by MlflowSink._spool_models
+            example = Model.load(folder).load_input_example(folder)
+            sink._models.append((name, mlflow.pytorch.load_model(folder), torch.from_numpy(np.asarray(example))))
     sink._drain(window)
     call(client.set_terminated, data["run_id"], status=data["status"], end_time=data["end_time"], window=window)
+    for _, folder in data.get("models", []):
+        shutil.rmtree(folder, ignore_errors=True)
     Path(path).unlink()
     return data["run_id"]
+
+
+def log_torch_model(client, run_id: str, name: str, module, input_example) -> None:
+    """Log ``module`` into run ``run_id`` of ``client``'s store with ``mlflow.pytorch.log_model``
+    (an MLflow 3 logged model named ``name``, loadable as ``runs:/<run_id>/<name>``), with the
+    signature inferred from ``input_example`` (a CPU tensor) and the module's output on it, and
+    the example itself as the model's input example. Pickled (not MLflow's default ``pt2``
+    export, which fixes the batch size and drops ``feature_dim`` / ``forward_features``): loading
+    gives back the module itself and needs ``paramcrop`` importable."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        output = module(input_example)
+    example = input_example.numpy()
+    signature = infer_signature(example, output.numpy())
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # restores the unset default too
+
+    # the logged model belongs to the run's experiment (fluent log_model alone would use the default one)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
+    with _use_tracking_uri(client.tracking_uri):
+        mlflow.pytorch.log_model(module, name=name, signature=signature, input_example=example, run_id=run_id,
+                                 model_id=model.model_id, serialization_format="pickle")
 
 
 def get_or_create_experiment(client, name: str) -> str:
