@@ -138,18 +138,21 @@ class DownstreamDataset:
             self.splits.append(split)
 
     def evaluate(self, backbone: nn.Module, device: torch.device | str,
-                 protocols: tuple[str, ...] | None = None) -> DownstreamResult:
+                 protocols: tuple[str, ...] | None = None, *, cfg=None) -> DownstreamResult:
         """The metrics of frozen (and, for ``finetune``, a fine-tuned copy of) ``backbone`` on every
         split, plus the split mean for a split-less UCF101 / HMDB51 source; ``protocols`` default
-        :func:`default_protocols`. The backbone is not changed."""
-        protocols = default_protocols(self.cfg) if protocols is None else tuple(protocols)
+        :func:`default_protocols`. ``cfg``: another run's config of the same evaluation geometry
+        (its kNN, probe and fine-tuning settings are used; default: the one given at construction).
+        The backbone is not changed."""
+        cfg = self.cfg if cfg is None else cfg
+        protocols = default_protocols(cfg) if protocols is None else tuple(protocols)
         unknown = sorted(set(protocols) - set(PROTOCOLS))
         if unknown:
             raise ValueError(f"unknown protocol(s) {', '.join(unknown)}; valid: {', '.join(PROTOCOLS)}")
         result = DownstreamResult(self.name)
         per_split = []
         for split in self.splits:
-            metrics = self._evaluate_split(split, backbone, device, protocols, result.skipped)
+            metrics = self._evaluate_split(split, backbone, device, protocols, cfg, result.skipped)
             per_split.append(metrics)
             result.metrics.update({downstream_metric(split.name, k): v for k, v in metrics.items()})
         if len(self.splits) > 1:
@@ -162,7 +165,7 @@ class DownstreamDataset:
                         f"measured on {len(values)} of {len(per_split)} splits only")
         return result
 
-    def _evaluate_split(self, split: _Split, backbone: nn.Module, device, protocols: tuple[str, ...],
+    def _evaluate_split(self, split: _Split, backbone: nn.Module, device, protocols: tuple[str, ...], cfg,
                         skipped: dict[str, str]) -> dict[str, float]:
         """``eval/<metric>`` -> value on one split; reasons for what is left out go to ``skipped``."""
         from paramcrop.evaluation import evaluate
@@ -171,7 +174,7 @@ class DownstreamDataset:
         if split.reason:
             skipped[split.name] = split.reason
             return {}
-        e = self.cfg.eval
+        e = cfg.eval
         counts = torch.bincount(torch.tensor([r.label for r in split.train.records]), minlength=len(split.classes))
         present = counts[counts > 0]
         linear = "linear" in protocols
@@ -182,7 +185,7 @@ class DownstreamDataset:
                 f"needs >= {MIN_PROBE_PER_CLASS} train videos in each of >= 2 classes; "
                 + (f"class(es) {', '.join(few)} have fewer" if few else f"{len(present)} class(es) have train videos"))
         metrics: dict[str, float] = {}
-        loaders = [DataLoader(ds, batch_size=e.batch_size, num_workers=self.cfg.data.workers)
+        loaders = [DataLoader(ds, batch_size=e.batch_size, num_workers=cfg.data.workers)
                    for ds in (split.train, split.test)]
         if {"knn", "retrieval"} & set(protocols) or linear:
             metrics.update(evaluate(backbone, *loaders, device=device, normalize=normalize_clips, knn_k=e.knn_k,
@@ -195,7 +198,7 @@ class DownstreamDataset:
                 skipped[f"{split.name} finetune"] = "eval.finetune_steps is 0 (paramcrop eval: --finetune-steps N)"
             else:
                 metrics[sinks.EVAL_FINETUNE_TOP1] = finetune_top1(
-                    backbone, split.train.records, loaders[1], len(split.classes), self.cfg, device,
+                    backbone, split.train.records, loaders[1], len(split.classes), cfg, device,
                     infos=split.train.infos)
         return metrics
 

@@ -376,6 +376,24 @@ def replay_spool(client, path: Path, window: float | None = None) -> str:
     return data["run_id"]
 
 
+@contextlib.contextmanager
+def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """Within the block, MLflow's fluent API uses ``uri``; afterwards its global URI and
+    ``$MLFLOW_TRACKING_URI`` (which ``mlflow.set_tracking_uri`` also sets or unsets) are as before."""
+    from mlflow.tracking._tracking_service import utils
+
+    previous, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    utils.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        utils.set_tracking_uri(previous)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 def log_torch_model(client, run_id: str, name: str, module, input_example) -> None:
     """Log ``module`` into run ``run_id`` of ``client``'s store with ``mlflow.pytorch.log_model``
     (an MLflow 3 logged model named ``name``, loadable as ``runs:/<run_id>/<name>``), with the
@@ -391,12 +409,10 @@ def log_torch_model(client, run_id: str, name: str, module, input_example) -> No
         output = module(input_example)
     example = input_example.numpy()
     signature = infer_signature(example, output.numpy())
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # restores the unset default too
-
     # the logged model belongs to the run's experiment (fluent log_model alone would use the default one)
     experiment_id = client.get_run(run_id).info.experiment_id
     model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
-    with _use_tracking_uri(client.tracking_uri):
+    with _fluent_tracking_uri(client.tracking_uri):
         mlflow.pytorch.log_model(module, name=name, signature=signature, input_example=example, run_id=run_id,
                                  model_id=model.model_id, serialization_format="pickle")
 

@@ -225,7 +225,7 @@ def invoke(*args: str):
 
     from cli import app
 
-    return CliRunner().invoke(app, ["eval", *args])
+    return CliRunner().invoke(app, ["eval", *args], env={"COLUMNS": "250"})  # the table unfolded
 
 
 def test_paramcrop_eval_logs_downstream_metrics_into_the_run(workdir):
@@ -241,7 +241,7 @@ def test_paramcrop_eval_logs_downstream_metrics_into_the_run(workdir):
     assert metrics[f"eval/{name}/knn_top1"] == pytest.approx(expected, abs=1e-9)
     assert f"eval/{name}/recall_at_5" in metrics and f"eval/{name}/linear_top1" not in metrics
     assert [m.step for m in client.get_metric_history(run_id, f"eval/{name}/knn_top1")] == [cfg.steps]
-    assert name in out.output and run_id[:8] in out.output
+    assert "knn_top1" in out.output and "synthetic-textures" in out.output and run_id[:8] in out.output
 
 
 @pytest.mark.skipif(not SHARED_VIDEOS.is_dir(), reason=f"real test clips not found at {SHARED_VIDEOS}")
