@@ -93,7 +93,11 @@ def evaluate_runs(client, runs: list, source: str, protocols: tuple[str, ...], *
     """Evaluate each run's backbone on ``source`` with ``protocols`` and log the metrics (and the
     skipped-tag) into that run. A run that cannot be evaluated (no config or model logged) gets
     its row's ``error`` and the others go on. ``on_row(row)`` is called after each run."""
+    import os
+
     from mlflow.entities import Metric, RunTag
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download otherwise
 
     from paramcrop.train import resolve_device
     from paramcrop.transfer import DownstreamDataset, eval_stride, load_backbone

@@ -342,7 +342,8 @@ class MlflowSink:
         for name, module, example in self._models:
             folder = self.spool_dir / f"{SPOOL_PREFIX}{self.run_id}-{name}"
             if not folder.exists():
-                mlflow.pytorch.save_model(module, str(folder), input_example=example.numpy())
+                mlflow.pytorch.save_model(module, str(folder), input_example=example.numpy(),
+                                          serialization_format="pickle")
             out.append([name, str(folder)])
         return out
 
@@ -401,6 +402,8 @@ def log_torch_model(client, run_id: str, name: str, module, input_example) -> No
     the example itself as the model's input example. Pickled (not MLflow's default ``pt2``
     export, which fixes the batch size and drops ``feature_dim`` / ``forward_features``): loading
     gives back the module itself and needs ``paramcrop`` importable."""
+    import logging
+
     import mlflow.pytorch
     import torch
     from mlflow.models import infer_signature
@@ -412,9 +415,15 @@ def log_torch_model(client, run_id: str, name: str, module, input_example) -> No
     # the logged model belongs to the run's experiment (fluent log_model alone would use the default one)
     experiment_id = client.get_run(run_id).info.experiment_id
     model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
-    with _fluent_tracking_uri(client.tracking_uri):
-        mlflow.pytorch.log_model(module, name=name, signature=signature, input_example=example, run_id=run_id,
-                                 model_id=model.model_id, serialization_format="pickle")
+    pytorch_log = logging.getLogger("mlflow.pytorch")
+    level = pytorch_log.level
+    pytorch_log.setLevel(logging.ERROR)  # its warning on pickling: the decision is made and documented above
+    try:
+        with _fluent_tracking_uri(client.tracking_uri):
+            mlflow.pytorch.log_model(module, name=name, signature=signature, input_example=example, run_id=run_id,
+                                     model_id=model.model_id, serialization_format="pickle")
+    finally:
+        pytorch_log.setLevel(level)
 
 
 def get_or_create_experiment(client, name: str) -> str:

@@ -270,3 +270,44 @@ def test_paramcrop_eval_refuses_bad_input(workdir):
     assert out.exit_code == 2 and "RUN_ID or --study" in out.output
     out = invoke("x", "--data", "synthetic", "--protocol", "knn,svm")
     assert out.exit_code == 2 and "svm" in out.output
+
+
+def test_a_model_queued_while_the_store_is_down_is_spooled_and_replayed(workdir):
+    import mlflow.pytorch
+
+    from studies.tracking import MlflowSink, get_or_create_experiment, open_tracking_store, replay_spool
+
+    client = open_tracking_store(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.create_run(get_or_create_experiment(client, "spool"))
+    sink = MlflowSink(client, run.info.run_id, spool_dir=workdir / "spool")
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(24, 3)).eval()
+    sink._down_until = float("inf")  # as after a failed write: non-blocking flushes wait
+    sink.log_model("backbone", module, torch.zeros(1, 2, 3, 4))
+    assert sink.queued == 1
+    path = sink._spool("FINISHED", 0)
+    replay_spool(client, path)
+    x = torch.randn(5, 2, 3, 4)
+    with torch.no_grad():
+        assert torch.equal(mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/backbone")(x), module(x))
+    assert not path.exists() and not any((workdir / "spool").iterdir())
+
+
+def test_a_study_selects_the_latest_finished_run_of_each_trial(workdir):
+    from studies.evaluate import select_runs
+    from studies.tracking import get_or_create_experiment, open_tracking_store
+
+    client = open_tracking_store(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = get_or_create_experiment(client, "st")
+    made = {}
+    for trial, status in ((0, "FINISHED"), (1, "FAILED"), (1, "FINISHED"), (2, "FINISHED"), (2, "FINISHED")):
+        run = client.create_run(experiment, tags={sinks.TAG_ROLE: "trial", sinks.TAG_STUDY: "st",
+                                                  sinks.TAG_TRIAL: str(trial)})
+        client.set_terminated(run.info.run_id, status=status)
+        made.setdefault(trial, []).append(run.info.run_id)
+    assert [r.info.run_id for r in select_runs(client, study="st")] == [made[0][0], made[1][1], made[2][1]]
+    assert [r.info.run_id for r in select_runs(client, study="st", trial=1)] == [made[1][1]]
+    with pytest.raises(ValueError, match="no finished trial 7 run"):
+        select_runs(client, study="st", trial=7)
+    with pytest.raises(ValueError, match="no MLflow experiment named 'nosuch'"):
+        select_runs(client, study="nosuch")
