@@ -124,17 +124,20 @@ def test_bad_downstream_datasets_are_refused(datasets, message):
 # --- downstream evaluation in the trainer -------------------------------------------------------
 
 
-def test_trainer_logs_downstream_metrics_equal_to_direct_evaluation(workdir):
+@pytest.mark.parametrize("online", [False, True])
+def test_trainer_logs_downstream_metrics_equal_to_direct_evaluation(workdir, online):
     from paramcrop.train import train
     from studies.runner import _metric_value
 
-    cfg = tiny_cfg(**{"crop.method": "random", "eval.datasets": [VARIANT_SOURCE]})
+    cfg = tiny_cfg(**{"crop.method": "random", "eval.datasets": [VARIANT_SOURCE], "eval.every": 2,
+                      "eval.online_datasets": online})
     sink = sinks.MemorySink()
     result = train(cfg, sink, workdir / "run", progress=False)
     name = "eval/synthetic-textures-videos_per_class4-frames24-size32-shapes2-motions2/knn_top1"
     module, _ = sink.models["backbone"]
     assert result.eval_metrics[name] == pytest.approx(direct_knn(module, VARIANT_SOURCE, cfg), abs=1e-9)
-    assert [s for s, _ in sink.series(name)] == [cfg.steps]  # at the end only
+    assert [s for s, _ in sink.series(name)] == ([2, cfg.steps] if online else [cfg.steps])
+    assert [s for s, _ in sink.series(sinks.EVAL_KNN_TOP1)] == [2, cfg.steps]
     assert _metric_value(name, result) == result.eval_metrics[name]  # a study objective can be downstream
     assert sinks.EVAL_KNN_TOP1 in result.eval_metrics  # the pretraining dataset's metric stays
 
