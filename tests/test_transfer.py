@@ -310,6 +310,16 @@ def test_a_study_selects_the_latest_finished_run_of_each_trial(workdir):
         made.setdefault(trial, []).append(run.info.run_id)
     assert [r.info.run_id for r in select_runs(client, study="st")] == [made[0][0], made[1][1], made[2][1]]
     assert [r.info.run_id for r in select_runs(client, study="st", trial=1)] == [made[1][1]]
+    # --best: the Optuna study's best trial names its run
+    import optuna
+
+    from studies.runner import RUN_ATTR
+    from studies.storage import open_storage
+
+    study = optuna.create_study(study_name="st", storage=open_storage(None), direction="maximize")
+    for value, run_id in ((0.5, made[0][0]), (0.9, made[2][1]), (0.1, made[1][1])):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={RUN_ATTR: run_id}))
+    assert [r.info.run_id for r in select_runs(client, study="st", best=True)] == [made[2][1]]
     with pytest.raises(ValueError, match="no finished trial 7 run"):
         select_runs(client, study="st", trial=7)
     with pytest.raises(ValueError, match="no MLflow experiment named 'nosuch'"):
