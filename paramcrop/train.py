@@ -431,7 +431,7 @@ class Trainer:
         view = self.cfg.view
         backbone = copy.deepcopy(self.framework.backbone).cpu().eval()
         self.sink.log_model(sinks.MODEL_BACKBONE, backbone, torch.zeros(1, 3, view.frames, view.size, view.size))
-        if any(True for _ in self.crop.parameters()):
+        if next(self.crop.parameters(), None) is not None:  # a learned crop
             folder = self.run_dir / sinks.ARTIFACT_GENERATOR
             folder.mkdir(parents=True, exist_ok=True)
             torch.save({k: v.cpu() for k, v in self.crop.state_dict().items()}, folder / "generator.pt")
