@@ -244,16 +244,20 @@ def eval_command(
         raise fail("--trial and --best select within a --study")
     if trial is not None and best:
         raise fail("--trial and --best exclude each other")
+    from paramcrop.config import TrainConfig
+    from paramcrop.train import resolve_device
     from paramcrop.transfer import dataset_name
     from studies.evaluate import parse_protocols
 
     try:
         dataset_name(data)
         protocols = parse_protocols(protocol)
+        resolve_device(TrainConfig().with_overrides({"device": device}).device)  # its spelling, then CUDA present
     except ValueError as exc:
         raise fail(str(exc))
     uri = check_tracking_uri(tracking_uri)
 
+    from mlflow.exceptions import MlflowException
     from rich.console import Console
 
     from studies.evaluate import evaluate_runs, print_rows, select_runs
@@ -267,9 +271,7 @@ def eval_command(
         rows = evaluate_runs(client, runs, data, protocols, device=device, finetune_steps=finetune_steps)
     except TrackingUnavailable as exc:
         raise fail(str(exc), 1)
-    except Exception as exc:  # noqa: BLE001 - an unknown run id, a bad source root, an unknown study
-        if type(exc).__name__ != "MlflowException" and not isinstance(exc, (ValueError, KeyError)):
-            raise
+    except (ValueError, KeyError, MlflowException) as exc:  # an unknown run or study, a bad source root
         raise fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     print_rows(rows, console)
     raise typer.Exit(1 if any(r.error for r in rows) else 0)

@@ -273,6 +273,8 @@ def test_paramcrop_eval_refuses_bad_input(workdir):
     assert out.exit_code == 2 and "RUN_ID or --study" in out.output
     out = invoke("x", "--data", "synthetic", "--protocol", "knn,svm")
     assert out.exit_code == 2 and "svm" in out.output
+    out = invoke("x", "--data", "synthetic", "--device", "tpu")
+    assert out.exit_code == 2 and "device must be auto, cpu, cuda or cuda:N" in out.output
 
 
 def test_a_model_queued_while_the_store_is_down_is_spooled_and_replayed(workdir):
