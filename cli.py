@@ -241,6 +241,67 @@ def study_spec(name: Optional[str] = typer.Argument(None, help="Built-in spec to
     typer.echo((SPEC_DIR / f"{name}.yaml").read_text(), nl=False)
 
 
+@app.command("eval")
+def eval_command(
+    run_id: Optional[str] = typer.Argument(None, help="MLflow run id of a finished run (or use --study)."),
+    data: str = typer.Option(..., help="Data source to evaluate on: synthetic[:KEY=VALUE,...], folder:DIR, "
+                             "ucf101:ROOT[:SPLIT], hmdb51:ROOT[:SPLIT] (no SPLIT: all three and their mean), "
+                             "kinetics:CSV:ROOT."),
+    study: Optional[str] = typer.Option(None, help="Evaluate this study's trial runs (all, or --trial / --best)."),
+    trial: Optional[int] = typer.Option(None, min=0, help="With --study: only this trial number."),
+    best: bool = typer.Option(False, help="With --study: only the best trial (single-objective studies)."),
+    protocol: str = typer.Option("knn,linear,retrieval", help="Comma-separated: knn, linear, retrieval, finetune."),
+    finetune_steps: Optional[int] = typer.Option(None, min=1, help="Fine-tuning steps for the finetune protocol "
+                                                 "[default: the run's eval.finetune_steps]."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda, cuda:N."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI "
+                                               "or sqlite:///mlflow.db]"),
+    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP + " Read for --best only."),
+) -> None:
+    """Evaluate finished runs' backbones (loaded from MLflow) on any data source; the metrics
+    eval/NAME/METRIC are logged back into each run and printed as a table.
+
+    Exit codes: 0 done, 1 some run could not be evaluated, 2 bad arguments (nothing logged).
+    """
+    if bool(run_id) == bool(study):
+        raise fail("give a RUN_ID or --study NAME (one of them)")
+    if (trial is not None or best) and not study:
+        raise fail("--trial and --best select within a --study")
+    if trial is not None and best:
+        raise fail("--trial and --best exclude each other")
+    from paramcrop.config import TrainConfig
+    from paramcrop.train import resolve_device
+    from paramcrop.transfer import dataset_name
+    from studies.evaluate import parse_protocols
+
+    try:
+        dataset_name(data)
+        protocols = parse_protocols(protocol)
+        resolve_device(TrainConfig().with_overrides({"device": device}).device)  # its spelling, then CUDA present
+    except ValueError as exc:
+        raise fail(str(exc))
+    uri = check_tracking_uri(tracking_uri)
+
+    from mlflow.exceptions import MlflowException
+    from rich.console import Console
+
+    from studies.evaluate import evaluate_runs, print_rows, select_runs
+    from studies.tracking import TrackingUnavailable, open_tracking_store
+
+    console = Console()
+    try:
+        client = open_tracking_store(uri)
+        runs = select_runs(client, run_id=run_id, study=study, trial=trial, best=best, storage=storage)
+        console.print(f"evaluating {len(runs)} run(s) on {data} ({', '.join(protocols)})", highlight=False)
+        rows = evaluate_runs(client, runs, data, protocols, device=device, finetune_steps=finetune_steps)
+    except TrackingUnavailable as exc:
+        raise fail(str(exc), 1)
+    except (ValueError, KeyError, MlflowException) as exc:  # an unknown run or study, a bad source root
+        raise fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    print_rows(rows, console)
+    raise typer.Exit(1 if any(r.error for r in rows) else 0)
+
+
 @app.command()
 def ui(
     port: int = typer.Option(5000, help="Port to serve on."),

@@ -75,6 +75,10 @@ class EvalConfig:
     batch_size: int = 64
     finetune_steps: int = 0
     finetune_lr: float = 1e-3
+    # downstream (transfer) datasets, source strings evaluated at the end (and at `every` when
+    # online_datasets) besides the pretraining dataset; metrics eval/<name>/... (paramcrop.transfer)
+    datasets: list = field(default_factory=list)
+    online_datasets: bool = False
 
 
 @dataclass
@@ -230,6 +234,13 @@ class TrainConfig:
         if not 0 <= self.data.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in [0, 1) (0 = no validation split), got "
                               f"{self.data.val_fraction}")
+        from paramcrop.transfer import dataset_name
+
+        for source in self.eval.datasets:
+            try:
+                dataset_name(source)
+            except ValueError as exc:
+                raise ConfigError(f"eval.datasets: {exc}") from None
         if self.objectives.order_bins < 2:
             raise ConfigError(f"objectives.order_bins must be >= 2, got {self.objectives.order_bins}")
         if self.batch_size < 2:
@@ -337,6 +348,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         value = float(value)
     elif isinstance(default, str) and not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, got {value!r}")
+    elif isinstance(default, list) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise ConfigError(f"{key} must be a list of strings, got {value!r}")
     return value
 
 

@@ -370,10 +370,11 @@ def evaluate(
     knn_temperature: float = 0.07,
     linear: bool = True,
     retrieval: bool = True,
+    knn: bool = True,
 ) -> dict[str, float]:
     """Extract frozen features of both loaders and compute the evaluation metrics.
 
-    Returns ``eval/knn_top1``, plus ``eval/linear_top1`` if ``linear`` and ``eval/recall_at_{k}``
+    Returns ``eval/knn_top1`` if ``knn``, plus ``eval/linear_top1`` if ``linear`` and ``eval/recall_at_{k}``
     for k in 1, 5, 10 if ``retrieval``. Loaders and ``normalize`` as in :func:`extract_features`;
     the metrics are computed on ``device`` too.
     """
@@ -383,11 +384,11 @@ def evaluate(
     test_feats, test_labels = (
         t.to(device) for t in extract_features(backbone, test_loader, device=device, normalize=normalize)
     )
-    metrics = {
-        EVAL_KNN_TOP1: knn_top1(
+    metrics = {}
+    if knn:
+        metrics[EVAL_KNN_TOP1] = knn_top1(
             train_feats, train_labels, test_feats, test_labels, k=knn_k, temperature=knn_temperature
         )
-    }
     if linear:
         metrics[EVAL_LINEAR_TOP1] = linear_probe_top1(train_feats, train_labels, test_feats, test_labels)
     if retrieval:

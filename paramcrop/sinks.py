@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Mapping, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: a bare `mlflow ui` here shows it all
 
@@ -76,6 +79,9 @@ TAG_GIT_COMMIT = "paramcrop.git_commit"
 TAG_FAILURE = "paramcrop.failure_reason"
 TAG_PRUNED = "paramcrop.pruned"
 TAG_OBJECTIVE = "paramcrop.objective"  # metric name of the study objective
+TAG_EVAL_SKIPPED = "paramcrop.eval_skipped"  # + ".<dataset name>": what a downstream evaluation could not compute
+MODEL_BACKBONE = "backbone"    # the run's model: the pretrained backbone (mlflow.pytorch), runs:/<id>/backbone
+ARTIFACT_GENERATOR = "generator"  # a learned crop's generator: generator.pt (state_dict) + crop.yaml
 PARENT_RUN_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"       # the experiment's and the parent run's description (the spec's)
 SOURCE_NAME_TAG = "mlflow.source.name"  # the command that made the run: "paramcrop study run"
@@ -114,6 +120,11 @@ class MetricsSink(Protocol):
         """A dataset the run used: ``name`` its data source string, ``source`` its folder, ``digest``
         (:func:`paramcrop.data.sources.dataset_digest`), ``context`` :data:`DATASET_TRAINING` or
         :data:`DATASET_EVALUATION`, ``n_videos`` its size."""
+
+    def log_model(self, name: str, module: "nn.Module", input_example: "Tensor") -> None:
+        """Keep ``module`` (on the CPU, in eval mode; the caller hands over a copy it no longer
+        changes) as the run's model ``name``; ``input_example`` is one input, e.g. a clip
+        ``(1, 3, T, H, W)``, from which the sink may infer a signature."""
         ...
 
 
@@ -129,6 +140,7 @@ class MemorySink:
         self.tags: dict[str, str] = {}
         self.artifacts: list[tuple[Path, str | None]] = []
         self.datasets: list[dict[str, object]] = []  # log_dataset's arguments, by name
+        self.models: dict[str, tuple["nn.Module", "Tensor"]] = {}  # name -> (module, input example)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.history.extend((step, k, float(v)) for k, v in metrics.items())
@@ -147,6 +159,9 @@ class MemorySink:
 
     def log_dataset(self, name: str, source: str, digest: str, context: str, n_videos: int) -> None:
         self.datasets.append(dict(name=name, source=source, digest=digest, context=context, n_videos=n_videos))
+
+    def log_model(self, name: str, module: "nn.Module", input_example: "Tensor") -> None:
+        self.models[name] = (module, input_example)
 
     def series(self, name: str) -> list[tuple[int, float]]:
         """``[(step, value), ...]`` of one metric."""

@@ -173,6 +173,7 @@ class Trainer:
         from paramcrop.data import EvalClips, TrainClips, resolve_source
         from paramcrop.data.datasets import check_window_fits
         from paramcrop.frameworks import create_framework
+        from paramcrop.transfer import DownstreamDataset, eval_stride
 
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.sink: sinks.MetricsSink = sinks.MemorySink()
@@ -197,12 +198,13 @@ class Trainer:
             self.cfg = cfg = cfg.with_overrides(source_defaults)
         check_window_fits(dataset.train, cfg.data.frames, cfg.data.stride)  # refuse a clip longer than every video
         self.train_set = TrainClips(dataset.train, cfg.data.frames, cfg.data.stride, cfg.data.size, seed=cfg.seed)
-        self.eval_stride = max(1, cfg.data.stride * cfg.data.frames // cfg.view.frames)  # span of a whole raw clip
+        self.eval_stride = eval_stride(cfg)  # span of a whole raw clip
         view = (cfg.view.frames, self.eval_stride, cfg.view.size, cfg.eval.clips_per_video)
         self.eval_sets = [EvalClips(self.train_set.records, *view, infos=self.train_set.infos),  # scanned once
                           EvalClips(dataset.test, *view)]
         self.val_set = EvalClips(dataset.val, *view) if dataset.val else None  # queries only, never trained on
         self.num_classes = len(dataset.classes)
+        self.downstream = [DownstreamDataset(source, cfg) for source in cfg.eval.datasets]  # scanned once
 
         crop_name, crop_kw = cfg.component("crop")
         self.crop = create_crop(crop_name, (cfg.view.frames, cfg.view.size, cfg.view.size), **crop_kw).to(self.device)
@@ -312,7 +314,9 @@ class Trainer:
         test split's as ``eval/<metric>`` and, with a validation split, the validation videos'
         as ``eval/val/<metric>``, both against the same memory bank (the remaining training videos;
         its features are extracted once per split, which costs one more pass over them). Plus
-        ``eval/finetune_top1`` when ``final`` and ``eval.finetune_steps`` > 0. Runs on a forked
+        ``eval/finetune_top1`` when ``final`` and ``eval.finetune_steps`` > 0, plus each of
+        ``eval.datasets``' ``eval/<name>/...`` (:mod:`paramcrop.transfer`) when ``final`` or
+        ``eval.online_datasets``, its skipped parts as a tag. Runs on a forked
         RNG: evaluating never changes the training's random stream, so ``eval.every`` changes no
         training result."""
         from paramcrop.evaluation import evaluate
@@ -332,26 +336,19 @@ class Trainer:
                 metrics.update({metric_name(name): value for name, value in found.items()})
             if final and e.finetune_steps > 0:
                 metrics[sinks.EVAL_FINETUNE_TOP1] = self.finetune_top1(loaders[1])
+            for dataset in self.downstream if final or e.online_datasets else []:
+                downstream = dataset.evaluate(self.framework.backbone, self.device)
+                metrics.update(downstream.metrics)
+                self.sink.set_tags(downstream.tags())
         return metrics
 
     def finetune_top1(self, test_loader: DataLoader) -> float:
-        """Test top-1 of a copy of the backbone fine-tuned with labels for ``eval.finetune_steps``
-        steps of ``batch_size`` train clips (the evaluation clips' geometry at random positions, no
-        other augmentation) at ``eval.finetune_lr``; the run's backbone is not changed."""
-        from paramcrop.data import TrainClips
-        from paramcrop.evaluation import finetune, predict_videos
+        """Test top-1 of a fine-tuned copy of the backbone on the train split
+        (:func:`paramcrop.transfer.finetune_top1`); the run's backbone is not changed."""
+        from paramcrop.transfer import finetune_top1
 
-        cfg = self.cfg
-        train = TrainClips(self.train_set.records, cfg.view.frames, self.eval_stride, cfg.view.size, seed=cfg.seed,
-                           labelled=True, infos=self.train_set.infos)
-        batches = DataLoader(train, batch_sampler=EpochBatches(len(train), cfg.batch_size, cfg.seed),
-                             num_workers=cfg.data.workers, generator=torch.Generator().manual_seed(cfg.seed))
-        torch.manual_seed(cfg.seed)  # the classifier's initial weights (the RNG is forked by evaluate)
-        model = finetune(self.framework.backbone, iter(batches), num_classes=self.num_classes,
-                         steps=cfg.eval.finetune_steps, device=self.device, normalize=normalize_clips,
-                         lr=cfg.eval.finetune_lr, weight_decay=cfg.optim.weight_decay)
-        pred, labels = predict_videos(model, test_loader, device=self.device, normalize=normalize_clips)
-        return (pred == labels).float().mean().item()
+        return finetune_top1(self.framework.backbone, self.train_set.records, test_loader, self.num_classes, self.cfg,
+                             self.device, infos=self.train_set.infos)
 
     # --- the loop ------------------------------------------------------------------------------
     def _loader(self) -> Iterator[Tensor]:
@@ -494,6 +491,7 @@ class Trainer:
         if self.dist.is_main:
             if self.step == cfg.steps:
                 eval_metrics = self._evaluate_and_report()
+                self._log_models()
             self._report_skipped()  # files that failed to decode during training too
         return TrainResult(steps=self.step, seconds=time.perf_counter() - start_time, final_metrics=last,
                            eval_metrics=eval_metrics, run_dir=self.run_dir, skipped_videos=self.skipped_videos())
@@ -505,6 +503,29 @@ class Trainer:
         if self.on_eval is not None:
             self.on_eval(step, metrics)
         return metrics
+
+    def _log_models(self) -> None:
+        """The finished run's backbone as the sink's model ``backbone`` (a CPU copy in eval mode,
+        input example one zero clip ``(1, 3, view.frames, view.size, view.size)``); a learned
+        crop's generator as the artifact folder ``generator/``: ``generator.pt`` (its state_dict)
+        and ``crop.yaml`` (method, view shape and keys), enough to rebuild it with
+        ``create_crop(method, shape, **keys)`` and replay its crops."""
+        import copy
+
+        import yaml
+
+        view = self.cfg.view
+        backbone = copy.deepcopy(self.framework.backbone).cpu().eval()
+        self.sink.log_model(sinks.MODEL_BACKBONE, backbone, torch.zeros(1, 3, view.frames, view.size, view.size))
+        if next(self.crop.parameters(), None) is not None:  # a learned crop
+            folder = self.run_dir / sinks.ARTIFACT_GENERATOR
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save({k: v.cpu() for k, v in self.crop.state_dict().items()}, folder / "generator.pt")
+            name, keys = self.cfg.component("crop")
+            (folder / "crop.yaml").write_text(yaml.safe_dump(
+                {"method": name, "shape": [view.frames, view.size, view.size], "keys": keys}, sort_keys=False))
+            for file in ("generator.pt", "crop.yaml"):
+                self.sink.log_artifact(folder / file, sinks.ARTIFACT_GENERATOR)
 
     def _visualize(self, clips: Tensor, views, step: int) -> None:
         from paramcrop.visualize import save_crop_strip

@@ -109,7 +109,9 @@ def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 def _metric_value(name: str, result) -> float:
     values = {**result.final_metrics, **result.eval_metrics, "train/seconds": result.seconds}
     if name not in values:
-        raise KeyError(f"objective metric {name!r} was not measured; available: {', '.join(sorted(values))}")
+        hint = ("; a downstream metric eval/NAME/METRIC needs its source in eval.datasets (what it could not "
+                "compute is the run's paramcrop.eval_skipped.NAME tag)") if name.count("/") >= 2 else ""
+        raise KeyError(f"objective metric {name!r} was not measured; available: {', '.join(sorted(values))}{hint}")
     return float(values[name])
 
 

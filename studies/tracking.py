@@ -244,6 +244,7 @@ class MlflowSink:
         self._tags: dict[str, str] = {}
         self._artifacts: list[tuple[str, str | None]] = []
         self._datasets: list[list] = []  # [name, source, digest, context, n_videos]
+        self._models: list[tuple[str, object, object]] = []  # (name, nn.Module, input example), sent last
         self._down_until = 0.0  # monotonic time before which non-blocking writes do not try
         self.unavailable: TrackingUnavailable | None = None  # set when finish() had to spool
         self.spool_path: Path | None = None
@@ -276,6 +277,11 @@ class MlflowSink:
     def log_dataset(self, name: str, source: str, digest: str, context: str, n_videos: int) -> None:
         """Queue a dataset input (sent with ``log_inputs``; see :func:`dataset_input`)."""
         self._datasets.append([name, source, digest, context, int(n_videos)])
+
+    def log_model(self, name: str, module, input_example) -> None:
+        """Queue ``module`` as the run's MLflow model ``name`` (sent after everything else, see
+        :func:`log_torch_model`)."""
+        self._models.append((name, module, input_example))
         self.flush(block=False)
 
     def queue_metrics(self, metrics) -> None:
@@ -284,7 +290,8 @@ class MlflowSink:
 
     @property
     def queued(self) -> int:
-        return len(self._pending) + len(self._params) + len(self._tags) + len(self._artifacts) + len(self._datasets)
+        return (len(self._pending) + len(self._params) + len(self._tags) + len(self._artifacts)
+                + len(self._datasets) + len(self._models))
 
     def flush(self, block: bool = True) -> None:
         """Send everything queued. ``block``: retry for the whole window (raise
@@ -322,6 +329,10 @@ class MlflowSink:
         while self._datasets:
             call(self.client.log_inputs, self.run_id, datasets=[dataset_input(*self._datasets[0])], window=window)
             self._datasets.pop(0)
+        while self._models:
+            name, module, example = self._models[0]
+            call(log_torch_model, self.client, self.run_id, name, module, example, window=window)
+            self._models.pop(0)
 
     # --- the end of the run ---------------------------------------------------------------
     def finish(self, status: str, reason: str | None = None, window: float | None = None) -> None:
@@ -353,11 +364,26 @@ class MlflowSink:
         data = {"run_id": self.run_id, "tracking_uri": tracking_uri_of(self.client), "status": status,
                 "end_time": end_time, "params": self._params, "tags": self._tags, "artifacts": self._artifacts,
                 "datasets": self._datasets,
-                "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self._pending]}
+                "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self._pending],
+                "models": self._spool_models()}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(path)
         return path
+
+    def _spool_models(self) -> list[list[str]]:
+        """The queued models as ``[name, folder]``: each saved with ``mlflow.pytorch.save_model``
+        (its input example included) beside the spool file, read back by :func:`replay_spool`."""
+        import mlflow.pytorch
+
+        out = []
+        for name, module, example in self._models:
+            folder = self.spool_dir / f"{SPOOL_PREFIX}{self.run_id}-{name}"
+            if not folder.exists():
+                mlflow.pytorch.save_model(module, str(folder), input_example=example.numpy(),
+                                          serialization_format="pickle")
+            out.append([name, str(folder)])
+        return out
 
 
 def dataset_input(name: str, source: str, digest: str, context: str, n_videos: int):
@@ -382,10 +408,72 @@ def replay_spool(client, path: Path, window: float | None = None) -> str:
     sink._artifacts = [tuple(a) for a in data["artifacts"]]
     sink._datasets = [list(d) for d in data.get("datasets", [])]
     sink._pending = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in data["metrics"]]
+    if data.get("models"):
+        import shutil
+
+        import mlflow.pytorch
+        import numpy as np
+        import torch
+        from mlflow.models import Model
+
+        for name, folder in data["models"]:  # saved by MlflowSink._spool_models
+            example = Model.load(folder).load_input_example(folder)
+            sink._models.append((name, mlflow.pytorch.load_model(folder), torch.from_numpy(np.asarray(example))))
     sink._drain(window)
     call(client.set_terminated, data["run_id"], status=data["status"], end_time=data["end_time"], window=window)
+    for _, folder in data.get("models", []):
+        shutil.rmtree(folder, ignore_errors=True)
     Path(path).unlink()
     return data["run_id"]
+
+
+@contextlib.contextmanager
+def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """Within the block, MLflow's fluent API uses ``uri``; afterwards its global URI and
+    ``$MLFLOW_TRACKING_URI`` (which ``mlflow.set_tracking_uri`` also sets or unsets) are as before."""
+    from mlflow.tracking._tracking_service import utils
+
+    previous, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    utils.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        utils.set_tracking_uri(previous)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def log_torch_model(client, run_id: str, name: str, module, input_example) -> None:
+    """Log ``module`` into run ``run_id`` of ``client``'s store with ``mlflow.pytorch.log_model``
+    (an MLflow 3 logged model named ``name``, loadable as ``runs:/<run_id>/<name>``), with the
+    signature inferred from ``input_example`` (a CPU tensor) and the module's output on it, and
+    the example itself as the model's input example. Pickled (not MLflow's default ``pt2``
+    export, which fixes the batch size and drops ``feature_dim`` / ``forward_features``): loading
+    gives back the module itself and needs ``paramcrop`` importable."""
+    import logging
+
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        output = module(input_example)
+    example = input_example.numpy()
+    signature = infer_signature(example, output.numpy())
+    # the logged model belongs to the run's experiment (fluent log_model alone would use the default one)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
+    pytorch_log = logging.getLogger("mlflow.pytorch")
+    level = pytorch_log.level
+    pytorch_log.setLevel(logging.ERROR)  # its warning on pickling: the decision is made and documented above
+    try:
+        with _fluent_tracking_uri(client.tracking_uri):
+            mlflow.pytorch.log_model(module, name=name, signature=signature, input_example=example, run_id=run_id,
+                                     model_id=model.model_id, serialization_format="pickle")
+    finally:
+        pytorch_log.setLevel(level)
 
 
 def get_or_create_experiment(client, name: str) -> str:

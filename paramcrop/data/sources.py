@@ -124,6 +124,25 @@ def resolve_source(source: str, *, cache_dir: Path | str | None = None) -> Datas
     raise ValueError(f"bad data source {source!r}: expected one of " + ", ".join(SOURCE_FORMS))
 
 
+def split_of(source: str) -> int | None:
+    """The split number of a ``ucf101:`` / ``hmdb51:`` source, ``None`` when it names none
+    (``resolve_source`` then reads split 1; a downstream evaluation reads all three)."""
+    scheme, _, rest = source.partition(":")
+    if scheme not in ("ucf101", "hmdb51") or not rest:
+        return None
+    match = re.fullmatch(r"(.+?)(?::(\d+))?", rest)
+    return int(match[2]) if match[2] else None
+
+
+def official_splits(source: str) -> list[str] | None:
+    """A split-less ``ucf101:ROOT`` / ``hmdb51:ROOT`` as its three split sources
+    (``ucf101:ROOT:1`` ...); ``None`` for any other source."""
+    scheme = source.partition(":")[0]
+    if scheme not in ("ucf101", "hmdb51") or not source.partition(":")[2] or split_of(source) is not None:
+        return None
+    return [f"{source}:{n}" for n in OFFICIAL_SPLITS]
+
+
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise ValueError(f"{what} {path} is not a directory (missing or misspelt?)")

@@ -43,6 +43,10 @@ MOTIONS = {  # name -> (dx, dy) in image coordinates (y points down)
     "down_right": (1, 1), "up_left": (-1, -1), "down_left": (-1, 1), "up_right": (1, -1),
 }
 FPS = 25
+VARIANTS = ("default", "textures")
+"""``default``: smooth two-colour backgrounds; ``textures``: the same classes over unseen backgrounds,
+sharp two-colour stripes at a random angle and frequency (a transfer target: what changes is
+the appearance, not the classes)."""
 
 
 @dataclass(frozen=True)
@@ -57,9 +61,11 @@ class SyntheticConfig:
     frames: int = 40
     size: int = 64
     test_fraction: float = 0.25
+    variant: str = "default"  # one of VARIANTS
 
     def __post_init__(self) -> None:
         checks = [
+            (self.variant in VARIANTS, f"variant must be one of {', '.join(VARIANTS)}"),
             (1 <= self.shapes <= len(SHAPES), f"shapes must be 1..{len(SHAPES)}"),
             (1 <= self.motions <= len(MOTIONS), f"motions must be 1..{len(MOTIONS)}"),
             (self.videos_per_class >= 1, "videos_per_class must be >= 1"),
@@ -102,7 +108,10 @@ class SyntheticConfig:
     @property
     def dirname(self) -> str:
         """``synthetic-v<version>-<hash of the config>``: any change gives a new folder."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if fields["variant"] == "default":
+            del fields["variant"]  # the default keeps the folder it had before variants existed
+        text = json.dumps(fields, sort_keys=True)
         return f"synthetic-v{GENERATOR_VERSION}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
 
@@ -128,6 +137,15 @@ def _smooth_noise(rng: np.random.Generator, cells: int, size: int) -> np.ndarray
     return weights @ rng.random((cells + 1, cells + 1)) @ weights.T
 
 
+def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
+    """``(size, size)`` stripes in [0, 1]: a steep sigmoid of a sine at a random angle, 3-8 cycles
+    per frame side and a random phase (the ``textures`` variant's background)."""
+    angle, cycles, phase = rng.uniform(0, np.pi), rng.uniform(3, 8), rng.uniform(0, 2 * np.pi)
+    pixel = (np.arange(size) + 0.5) / size
+    wave = np.sin(2 * np.pi * cycles * (pixel[None, :] * np.cos(angle) + pixel[:, None] * np.sin(angle)) + phase)
+    return 1 / (1 + np.exp(-6 * wave))
+
+
 def sample_scene(config: SyntheticConfig, label: int, index: int) -> Scene:
     """The random draw of video ``index`` of class ``label``; depends only on (seed, label, index)."""
     rng = np.random.default_rng([config.seed, label, index])
@@ -140,7 +158,10 @@ def sample_scene(config: SyntheticConfig, label: int, index: int) -> Scene:
     high = size - radius - np.maximum(0, displacement)
     start = rng.uniform(low, high)
     centers = start + displacement * np.linspace(0, 1, frames)[:, None]
-    texture = 0.7 * _smooth_noise(rng, 4, size) + 0.3 * _smooth_noise(rng, 12, size)
+    if config.variant == "textures":
+        texture = _stripes(rng, size)
+    else:
+        texture = 0.7 * _smooth_noise(rng, 4, size) + 0.3 * _smooth_noise(rng, 12, size)
     texture = (texture - texture.min()) / (np.ptp(texture) + 1e-9)
     color_a, color_b = rng.uniform(0, 255, (2, 3))
     background = color_a + (color_b - color_a) * texture[..., None]
