@@ -3,7 +3,7 @@
 Each run's resolved ``config.yaml`` artifact gives the evaluation geometry and settings, its logged
 model ``backbone`` (``runs:/<id>/backbone``) the features. Metrics are
 :func:`paramcrop.transfer.downstream_metric` names (``eval/<dataset name>/<metric>``), logged with
-``MlflowClient.log_batch`` at the run's last step (``steps``), so they sit beside the run's own
+``MlflowClient.log_batch`` at the run's last step (``steps - 1``, the step convention), so they sit beside the run's own
 evaluation; what could not be computed is the tag ``paramcrop.eval_skipped.<dataset name>``.
 A study's runs are its trial runs (tag ``paramcrop.study``, role ``trial``), one per trial: the
 latest finished run of each trial number (a retried trial keeps the run that finished it).
@@ -123,7 +123,7 @@ def evaluate_runs(client, runs: list, source: str, protocols: tuple[str, ...], *
             row.metrics, row.skipped = result.metrics, result.skipped
             now = int(time.time() * 1000)
             call(client.log_batch, run.info.run_id,
-                 metrics=[Metric(k, float(v), now, cfg.steps) for k, v in result.metrics.items()],
+                 metrics=[Metric(k, float(v), now, max(cfg.steps - 1, 0)) for k, v in result.metrics.items()],
                  tags=[RunTag(k, v) for k, v in result.tags().items()])
         rows.append(row)
         if on_row is not None:

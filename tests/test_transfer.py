@@ -136,8 +136,9 @@ def test_trainer_logs_downstream_metrics_equal_to_direct_evaluation(workdir, onl
     name = "eval/synthetic-textures-videos_per_class4-frames24-size32-shapes2-motions2/knn_top1"
     module, _ = sink.models["backbone"]
     assert result.eval_metrics[name] == pytest.approx(direct_knn(module, VARIANT_SOURCE, cfg), abs=1e-9)
-    assert [s for s, _ in sink.series(name)] == ([2, cfg.steps] if online else [cfg.steps])
-    assert [s for s, _ in sink.series(sinks.EVAL_KNN_TOP1)] == [2, cfg.steps]
+    # the step convention: an evaluation after s + 1 steps is logged at s
+    assert [s for s, _ in sink.series(name)] == ([1, cfg.steps - 1] if online else [cfg.steps - 1])
+    assert [s for s, _ in sink.series(sinks.EVAL_KNN_TOP1)] == [1, cfg.steps - 1]
     assert _metric_value(name, result) == result.eval_metrics[name]  # a study objective can be downstream
     assert sinks.EVAL_KNN_TOP1 in result.eval_metrics  # the pretraining dataset's metric stays
 
@@ -243,7 +244,7 @@ def test_paramcrop_eval_logs_downstream_metrics_into_the_run(workdir):
     expected = direct_knn(load_backbone(f"runs:/{run_id}/backbone"), VARIANT_SOURCE, cfg)
     assert metrics[f"eval/{name}/knn_top1"] == pytest.approx(expected, abs=1e-9)
     assert f"eval/{name}/recall_at_5" in metrics and f"eval/{name}/linear_top1" not in metrics
-    assert [m.step for m in client.get_metric_history(run_id, f"eval/{name}/knn_top1")] == [cfg.steps]
+    assert [m.step for m in client.get_metric_history(run_id, f"eval/{name}/knn_top1")] == [cfg.steps - 1]
     assert "knn_top1" in out.output and "synthetic-textures" in out.output and run_id[:8] in out.output
 
 
