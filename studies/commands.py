@@ -97,23 +97,15 @@ def register_study(study_name: str, model_name: str, *, trial: int | None, stora
                    tracking_uri: str) -> int:
     """``paramcrop study register``: exit 0 registered, 1 the registration failed (no backbone model,
     no complete trial, the tracking store down), 2 no such study."""
-    import optuna
 
     from studies.runner import SPEC_ATTR
     from studies.tracking import open_tracking_store
 
-    if _no_journal(storage):
-        err.print(f"[red]error:[/] no study {study_name!r}: {escape(storage or 'paramcrop-studies.journal')} does not "
-                  f"exist", highlight=False)
+    study = load_named_study(study_name, storage)
+    if study is None:
         return 2
     try:
-        opened = _storage(storage)
-        study = optuna.load_study(study_name=study_name, storage=opened)
         client = open_tracking_store(tracking_uri)
-    except KeyError:
-        known = [s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)]
-        err.print(f"[red]error:[/] no study {study_name!r} in this storage; known studies: {', '.join(known) or '(none)'}")
-        return 2
     except ValueError as exc:
         err.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False)
         return 2
@@ -195,21 +187,29 @@ def trial_rows(study) -> list[dict[str, Any]]:
     return rows
 
 
-def show_study(name: str, storage: str | None, fmt: str) -> int:
+def load_named_study(name: str, storage: str | None):
+    """The Optuna study ``name`` in ``storage``, or None after printing why not (no journal file, no
+    such study: the known ones are listed, a storage that cannot be opened)."""
     import optuna
 
     if _no_journal(storage):
         err.print(f"[red]error:[/] no study {name!r}: {escape(storage or 'paramcrop-studies.journal')} does not exist",
                   highlight=False)
-        return 2
+        return None
     try:
-        study = optuna.load_study(study_name=name, storage=_storage(storage))
+        opened = _storage(storage)
+        return optuna.load_study(study_name=name, storage=opened)
     except KeyError:
-        known = [s.study_name for s in optuna.get_all_study_summaries(_storage(storage), include_best_trial=False)]
+        known = [s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)]
         err.print(f"[red]error:[/] no study {name!r} in this storage; known studies: {', '.join(known) or '(none)'}")
-        return 2
     except ValueError as exc:
         err.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False)
+    return None
+
+
+def show_study(name: str, storage: str | None, fmt: str) -> int:
+    study = load_named_study(name, storage)
+    if study is None:
         return 2
     rows = trial_rows(study)
     if fmt == "json":

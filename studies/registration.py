@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from paramcrop import sinks
 from studies.tracking import call
 
-BACKBONE_MODEL = "backbone"
+BACKBONE_MODEL = sinks.MODEL_BACKBONE
 """The name (artifact path) under which a run logs its backbone model."""
 TAG_OBJECTIVE_VALUE = "paramcrop.objective_value"  # model version tag: the trial's objective value(s)
 
