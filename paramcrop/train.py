@@ -169,7 +169,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True,
                  on_eval: Callable[[int, dict[str, float]], None] | None = None) -> None:
         from paramcrop.backbones import create_backbone
-        from paramcrop.crops import create_crop
+        from paramcrop.crops import CROPS, create_crop
         from paramcrop.data import EvalClips, TrainClips, resolve_source
         from paramcrop.data.datasets import check_window_fits
         from paramcrop.frameworks import create_framework
@@ -204,6 +204,9 @@ class Trainer:
         self.num_classes = len(dataset.classes)
 
         crop_name, crop_kw = cfg.component("crop")
+        if "steps" in CROPS.valid_keys(crop_name, 1) and crop_kw.get("steps") is None:  # a scheduled crop
+            self.cfg = cfg = cfg.with_overrides({"crop.steps": cfg.steps})  # spans the run, recorded as crop.steps
+            crop_kw["steps"] = cfg.steps
         self.crop = create_crop(crop_name, (cfg.view.frames, cfg.view.size, cfg.view.size), **crop_kw).to(self.device)
         self.augment = ClipAugment(**cfg.augment)
         fw_name, fw_kw = cfg.component("framework")

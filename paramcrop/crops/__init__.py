@@ -1,6 +1,7 @@
 """Crop methods, one file each, created by name through :func:`create_crop`."""
 from paramcrop.crops.adversary import Adversary
 from paramcrop.crops.base import CROPS, CropMethod, Views, create_crop
+from paramcrop.crops.curriculum import CurriculumCrop
 from paramcrop.crops.cvrl import CVRLCrop, sample_power_law_interval
 from paramcrop.crops.dof import PARAMETERS as DOF_PARAMETERS
 from paramcrop.crops.dof import PRESETS as DOF_PRESETS
@@ -10,6 +11,6 @@ from paramcrop.crops.random import RandomCubicCrop
 
 __all__ = [
     "CROPS", "DOF_PARAMETERS", "DOF_PRESETS", "Adversary", "CropMethod", "DegreesOfFreedom", "Views",
-    "create_crop", "CVRLCrop", "ParamCrop", "RandomCubicCrop", "clip_summary", "grad_reverse", "parse_dof",
+    "create_crop", "CurriculumCrop", "CVRLCrop", "ParamCrop", "RandomCubicCrop", "clip_summary", "grad_reverse", "parse_dof",
     "sample_power_law_interval", "squash",
 ]

@@ -1,0 +1,68 @@
+"""The controls of issue 13: curriculum, replay, matched random crop, the generator's schedule."""
+import math
+
+import pytest
+import torch
+
+from paramcrop.config import TrainConfig
+from paramcrop.crops import create_crop
+from paramcrop.geometry import view_iou
+
+SIZE = (4, 16, 16)
+
+
+# --- curriculum ------------------------------------------------------------------------------
+def test_curriculum_linear_ranges_at_first_middle_last_step():
+    crop = create_crop("curriculum", SIZE, steps=101, area=(0.3, 1.0), duration=(0.5, 1.0),
+                       start_area=(0.9, 1.0), start_duration=(0.9, 1.0))
+    # p = s / (steps - 1): 0, 0.5, 1 at steps 0, 50, 100; hand-computed ends
+    expected = {0: {"area": (0.9, 1.0), "duration": (0.9, 1.0)},
+                50: {"area": (0.6, 1.0), "duration": (0.7, 1.0)},
+                100: {"area": (0.3, 1.0), "duration": (0.5, 1.0)}}
+    for step, ranges in expected.items():
+        got = crop.ranges_at(step)
+        for key, (lo, hi) in ranges.items():
+            assert got[key] == pytest.approx((lo, hi), abs=1e-12), (step, key)
+        assert got["aspect"] == pytest.approx((0.5, 2.0))  # start_aspect null: the end's throughout
+    assert crop.ranges_at(500)["area"] == pytest.approx((0.3, 1.0))  # clamped past the end
+
+
+def test_curriculum_cosine_and_step_schedules():
+    cosine = create_crop("curriculum", SIZE, steps=5, schedule="cosine", start_area=(0.9, 1.0), area=(0.1, 1.0))
+    # p = 1/4 at step 1: w = (1 - cos(pi/4)) / 2 = 0.1464...
+    w = (1 - math.cos(math.pi / 4)) / 2
+    assert cosine.ranges_at(1)["area"][0] == pytest.approx(0.9 - 0.8 * w)
+    step = create_crop("curriculum", SIZE, steps=9, schedule="step", stages=4, start_area=(0.9, 1.0), area=(0.3, 1.0))
+    # p = s/8; stage floor(4p): steps 0-1 -> 0, 2-3 -> 1/3, 4-5 -> 2/3, 6-8 -> 1
+    lows = [step.ranges_at(s)["area"][0] for s in range(9)]
+    assert lows == pytest.approx([0.9, 0.9, 0.7, 0.7, 0.5, 0.5, 0.3, 0.3, 0.3])
+
+
+def test_curriculum_sampled_areas_lie_in_the_ranges_in_force():
+    crop = create_crop("curriculum", SIZE, steps=11, aspect=(1.0, 1.0), start_area=(0.9, 1.0), area=(0.2, 0.5),
+                       start_duration=(0.8, 1.0), duration=(0.3, 0.4))
+    torch.manual_seed(0)
+    for step in (0, 5, 10):
+        ranges = crop.ranges_at(step)
+        c1, c2 = crop.sample_cubes(4000, torch.device("cpu"), step)
+        for cubes in (c1, c2):
+            area = cubes[:, 3] * cubes[:, 4]  # half-extent = fraction of the side, so hx * hy = area fraction
+            assert area.min() >= ranges["area"][0] - 1e-6 and area.max() <= ranges["area"][1] + 1e-6
+            assert cubes[:, 5].min() >= ranges["duration"][0] - 1e-6
+            assert cubes[:, 5].max() <= ranges["duration"][1] + 1e-6
+            # the draws fill the range: both ends are approached
+            lo, hi = ranges["area"]
+            assert area.min() < lo + 0.02 * (hi - lo) + 1e-3 and area.max() > hi - 0.02 * (hi - lo) - 1e-3
+
+
+def test_curriculum_steps_filled_from_the_run_and_bad_values_refused(workdir):
+    from paramcrop.train import Trainer
+
+    cfg = TrainConfig.from_dict({"crop": {"method": "curriculum"}, "steps": 7, "batch_size": 4, "device": "cpu",
+                                 "data": {"frames": 8, "size": 32}, "view": {"frames": 4, "size": 16}})
+    trainer = Trainer(cfg, workdir / "run", progress=False)
+    assert trainer.crop.steps == 7 and trainer.cfg.crop["steps"] == 7
+    with pytest.raises(ValueError, match="schedule"):
+        create_crop("curriculum", SIZE, schedule="exp")
+    with pytest.raises(ValueError, match="needs its total `steps`"):
+        create_crop("curriculum", SIZE).ranges_at(0)
