@@ -106,6 +106,7 @@ class TrainConfig:
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
     log_every: int = 10
     checkpoint_every: int = 0  # 0 = only at the end
+    snapshot_every: int = 25  # a learned crop's generator snapshots every N steps, for `replay` (0 = none)
     visualize_at: int = 3  # crop visualisations at this many points of training (0 = none)
 
     # --- construction ------------------------------------------------------------------
@@ -208,6 +209,7 @@ class TrainConfig:
             "eval.finetune_steps": self.eval.finetune_steps, "optim.warmup_steps":
             self.optim.warmup_steps, "optim.weight_decay": self.optim.weight_decay,
             "optim.grad_clip": self.optim.grad_clip, "checkpoint_every": self.checkpoint_every,
+            "snapshot_every": self.snapshot_every,
             "visualize_at": self.visualize_at, "objectives.region": self.objectives.region,
             "objectives.order": self.objectives.order,
         }

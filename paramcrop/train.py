@@ -456,6 +456,9 @@ class Trainer:
                 if self.stop is not None and self.stop.requested:
                     self.checkpoint()  # a step boundary: the stop leaves a consistent checkpoint
                     self.stop.check()
+                if self.gen_optimizer is not None and cfg.snapshot_every and self.step % cfg.snapshot_every == 0 \
+                        and self.dist.is_main:
+                    self._snapshot()
                 clips = next(batches).to(self.device, non_blocking=True)
                 loss, metrics, views = self.train_step(clips)
                 loss_sum, loss_n = loss_sum + loss.float().cpu(), loss_n + 1
@@ -497,6 +500,13 @@ class Trainer:
         if self.on_eval is not None:
             self.on_eval(step, metrics)
         return metrics
+
+    def _snapshot(self) -> None:
+        """The learned crop's state before this step, for the ``replay`` crop (:mod:`paramcrop.crops.replay`)."""
+        from paramcrop.crops.replay import SNAPSHOT_DIR, save_snapshot
+
+        path = save_snapshot(self.run_dir, self.step, self.cfg.resolved()["crop"], self.crop)
+        self.sink.log_artifact(path, SNAPSHOT_DIR)
 
     def _visualize(self, clips: Tensor, views, step: int) -> None:
         from paramcrop.visualize import save_crop_strip

@@ -66,3 +66,82 @@ def test_curriculum_steps_filled_from_the_run_and_bad_values_refused(workdir):
         create_crop("curriculum", SIZE, schedule="exp")
     with pytest.raises(ValueError, match="needs its total `steps`"):
         create_crop("curriculum", SIZE).ranges_at(0)
+
+
+# --- generator snapshots and replay ------------------------------------------------------------
+TINY = {"steps": 6, "batch_size": 4, "device": "cpu", "log_every": 1, "visualize_at": 0,
+        "data": {"frames": 8, "size": 32}, "view": {"frames": 4, "size": 16},
+        "eval": {"linear": False, "retrieval": False}, "crop": {"method": "paramcrop", "strength": 1.0}}
+
+
+def _recorded_run(cfg, run_dir, inner=lambda crop: crop):
+    """Train ``cfg``; returns (trainer, sink, {step: (cubes1, cubes2)}, {step: generator inputs})."""
+    from paramcrop.sinks import MemorySink
+    from paramcrop.train import Trainer
+
+    trainer = Trainer(cfg, run_dir, progress=False)
+    cubes, inputs = {}, {}
+    step_fn, generator = trainer.train_step, inner(trainer.crop)
+    inputs_fn = generator.inputs
+
+    def train_step(clips):
+        out = step_fn(clips)
+        cubes[trainer.step] = (out[2].cubes1.detach().clone(), out[2].cubes2.detach().clone())
+        return out
+
+    def record_inputs(*args, **kwargs):
+        x = inputs_fn(*args, **kwargs)
+        inputs[trainer.step] = x.detach().clone()
+        return x
+
+    trainer.train_step, generator.inputs = train_step, record_inputs
+    sink = MemorySink()
+    trainer.fit(sink)
+    return trainer, sink, cubes, inputs
+
+
+def test_snapshots_are_saved_and_logged_every_n_steps(workdir):
+    cfg = TrainConfig.from_dict({**TINY, "snapshot_every": 4})
+    _, sink, _, _ = _recorded_run(cfg, workdir / "ref")
+    files = sorted(p.name for p in (workdir / "ref" / "generator-snapshots").glob("*.pt"))
+    assert files == ["step_000000.pt", "step_000004.pt"]
+    logged = sorted(p.name for p, folder in sink.artifacts if folder == "generator-snapshots")
+    assert logged == files
+    snap = torch.load(workdir / "ref" / "generator-snapshots" / "step_000004.pt", weights_only=True)
+    assert snap["step"] == 4 and snap["crop"]["method"] == "paramcrop" and snap["crop"]["strength"] == 1.0
+
+
+def test_replay_reproduces_the_reference_cubes_at_and_between_snapshots(workdir):
+    from paramcrop.crops.replay import load_snapshots
+
+    for every in (1, 2):
+        ref_cfg = TrainConfig.from_dict({**TINY, "snapshot_every": every})
+        _, _, ref_cubes, ref_inputs = _recorded_run(ref_cfg, workdir / f"ref{every}")
+        replay_cfg = ref_cfg.with_overrides({"crop.method": "replay", "crop.source": str(workdir / f"ref{every}")})
+        replay, sink, cubes, inputs = _recorded_run(replay_cfg, workdir / f"replay{every}", inner=lambda c: c.inner)
+        assert replay.gen_optimizer is None and not list(replay.crop.generator_parameters())
+        assert all(s == 0.0 for _, s in sink.series("train/lambda"))
+        assert not (workdir / f"replay{every}" / "generator-snapshots").exists()
+        snapshots = {s["step"]: s for s in load_snapshots(workdir / f"ref{every}")}
+        for step in range(6):
+            assert torch.equal(inputs[step], ref_inputs[step]), step  # the same noise, step for step
+            if step in snapshots:  # the generator that cut the reference's views at this step
+                torch.testing.assert_close(cubes[step], ref_cubes[step], rtol=0, atol=1e-6)
+            else:  # between snapshots: the latest one before, on the same noise (not the moved generator)
+                fresh = create_crop("paramcrop", SIZE, **{k: v for k, v in snapshots[step - 1]["crop"].items()
+                                                           if k != "method"})
+                fresh.load_state_dict(snapshots[step - 1]["state"])
+                with torch.no_grad():
+                    expected = fresh.generate(ref_inputs[step])
+                torch.testing.assert_close(cubes[step], (expected[:, 0], expected[:, 1]), rtol=0, atol=1e-6)
+                assert not torch.allclose(cubes[step][0], ref_cubes[step][0], atol=1e-7)  # the reference moved on
+
+
+def test_replay_source_errors_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="needs crop.source"):
+        create_crop("replay", SIZE)
+    with pytest.raises(ValueError, match="holds no generator snapshots"):
+        create_crop("replay", SIZE, source=str(tmp_path))
+    unresolved = create_crop("replay", SIZE, source="runs:/abc")
+    with pytest.raises(ValueError, match="resolves it into a folder"):
+        unresolved.sample_cubes(2, torch.device("cpu"), 0)
