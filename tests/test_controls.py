@@ -1,5 +1,7 @@
 """The controls of issue 13: curriculum, replay, matched random crop, the generator's schedule."""
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +147,79 @@ def test_replay_source_errors_name_the_fix(tmp_path):
     unresolved = create_crop("replay", SIZE, source="runs:/abc")
     with pytest.raises(ValueError, match="resolves it into a folder"):
         unresolved.sample_cubes(2, torch.device("cpu"), 0)
+
+
+# --- replay references in a study --------------------------------------------------------------
+def _replay_spec(**extra):
+    from tests.test_studies import TINY_CONFIG, TINY_SOURCE
+
+    spec = {"name": "replay-study", "data": TINY_SOURCE, "config": dict(TINY_CONFIG),
+            "search_space": {"crop": {"type": "variants", "choices": {
+                "replay": {"crop.method": "replay", "crop.source": "trial:paramcrop"},
+                "paramcrop": {"crop.method": "paramcrop", "crop.strength": 1.0}}}},
+            "seeds": [0, 1], "sampler": "grid"}
+    spec.update(extra)
+    return spec
+
+
+def test_grid_sampler_runs_replay_points_last():
+    from studies.replay import grid_sampler
+    from studies.spec import StudySpec
+
+    for seed in range(6):
+        spec = StudySpec.from_dict(_replay_spec(sampler={"type": "grid", "seed": seed}))
+        sampler = grid_sampler(spec)
+        points = [dict(zip(sampler._param_names, p)) for p in sampler._all_grids]
+        assert sorted(map(str, points)) == sorted(
+            str({"seed": s, "variant:crop": v}) for s in (0, 1) for v in ("replay", "paramcrop"))
+        assert [p["variant:crop"] for p in points] == ["paramcrop", "paramcrop", "replay", "replay"]
+
+
+def test_replay_references_are_checked():
+    from studies.replay import check_replay_references
+    from studies.spec import StudySpec
+
+    bad = _replay_spec()
+    bad["search_space"]["crop"]["choices"]["replay"]["crop.source"] = "trial:nope"
+    with pytest.raises(ValueError, match="must name another variant"):
+        check_replay_references(StudySpec.from_dict(bad))
+    with pytest.raises(ValueError, match="needs sampler: grid"):
+        check_replay_references(StudySpec.from_dict(_replay_spec(sampler="random", n_trials=2)))
+
+
+def test_a_study_replays_its_own_reference_trial_of_the_same_seed(workdir):
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from studies.replay import TAG_REPLAY_OF, resolve_replay_source
+    from tests.test_studies import run_cli, study_and_runs, write_spec
+
+    spec_path = write_spec(workdir / "replay.yaml", _replay_spec())
+    result = run_cli("study", "run", str(spec_path), "--no-progress")
+    assert result.exit_code == 0, result.output
+    study, client, runs = study_and_runs("replay-study", workdir)
+    by_id = {r.info.run_id: r for r in runs}
+    trials = {(t.params["variant:crop"], t.params["seed"]): t for t in study.trials}
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) and len(trials) == 4
+    for seed in (0, 1):
+        ref, replay = trials["paramcrop", seed], trials["replay", seed]
+        assert ref.number < replay.number
+        ref_run, replay_run = by_id[ref.user_attrs["mlflow_run_id"]], by_id[replay.user_attrs["mlflow_run_id"]]
+        assert replay_run.data.tags[TAG_REPLAY_OF] == ref_run.info.run_id
+        folder = Path("paramcrop-runs") / "replay-study" / f"trial-{ref.number:04d}" / "generator-snapshots"
+        assert replay_run.data.params["crop.source"] == str(folder)
+        assert {a.path for a in client.list_artifacts(ref_run.info.run_id, "generator-snapshots")} == {
+            "generator-snapshots/step_000000.pt"}
+        # the same seed: the same noise through the same (step-0) generator at step 0
+        iou = [client.get_metric_history(r.info.run_id, "view/iou") for r in (ref_run, replay_run)]
+        assert [m.value for m in iou[0] if m.step == 0] == pytest.approx([m.value for m in iou[1] if m.step == 0])
+    # runs:/<id>: the run's snapshots, downloaded
+    from paramcrop.config import TrainConfig as Config
+    from studies.spec import StudySpec
+
+    ref_id = trials["paramcrop", 0].user_attrs["mlflow_run_id"]
+    cfg = Config.from_dict({"crop": {"method": "replay", "source": f"runs:/{ref_id}"}})
+    resolved, tags = resolve_replay_source(cfg, StudySpec.from_dict(_replay_spec()), None,
+                                           MlflowClient(os.environ["MLFLOW_TRACKING_URI"]), Path("paramcrop-runs"))
+    assert tags == {TAG_REPLAY_OF: ref_id}
+    assert sorted(p.name for p in Path(resolved.crop["source"]).glob("*.pt")) == ["step_000000.pt"]
