@@ -223,3 +223,34 @@ def test_a_study_replays_its_own_reference_trial_of_the_same_seed(workdir):
                                            MlflowClient(os.environ["MLFLOW_TRACKING_URI"]), Path("paramcrop-runs"))
     assert tags == {TAG_REPLAY_OF: ref_id}
     assert sorted(p.name for p in Path(resolved.crop["source"]).glob("*.pt")) == ["step_000000.pt"]
+
+
+# --- the random crop matched to a reference disparity -------------------------------------------
+def _mean_iou(crop, n=200_000, seed=7):
+    """An independent estimate: other draws, ten times as many pairs as the matching used."""
+    torch.manual_seed(seed)
+    c1, c2 = crop.sample_cubes(n, torch.device("cpu"), 0)
+    return view_iou(c1, c2).mean().item()
+
+
+@pytest.mark.parametrize("target", [0.5, 0.9])
+def test_matched_crop_reaches_the_target_mean_iou(target):
+    crop = create_crop("matched", SIZE, iou=target)
+    assert abs(_mean_iou(crop) - target) < 0.01
+    assert crop.area == (crop.lower, 1.0) and crop.duration == (crop.lower, 1.0)
+
+
+def test_matched_crop_to_paramcrop_initial_views():
+    torch.manual_seed(11)
+    reference = create_crop("paramcrop", SIZE)  # other initial weights than the matching's: the init is what counts
+    target = _mean_iou(reference, seed=3)
+    matched = create_crop("matched", SIZE, iou="paramcrop-init")
+    assert abs(_mean_iou(matched) - target) < 0.01
+    assert _mean_iou(create_crop("random", SIZE)) < target - 0.3  # the plain random crop is far harder
+
+
+def test_matched_crop_refuses_unreachable_targets():
+    with pytest.raises(ValueError, match="outside the mean view IoU"):
+        create_crop("matched", SIZE, iou=0.01)
+    with pytest.raises(ValueError, match="paramcrop-init"):
+        create_crop("matched", SIZE, iou="cvrl")
