@@ -16,7 +16,6 @@ unweighted. Objectives that are off cost nothing.
 from __future__ import annotations
 
 import csv
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 from paramcrop import sinks
 from paramcrop.augment import ClipAugment
 from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.crops.adversary import warmup_cosine
 from paramcrop.distributed import DistInfo, average_gradients, init_from_env, shard
 from paramcrop.frameworks.base import pool
 from paramcrop.geometry import view_disparity
@@ -230,7 +230,10 @@ class Trainer:
         params = [p for m in (self.framework, self.objectives) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.adversary = self.crop.adversary(cfg.optim.generator_lr)  # the learned crop's update rule
+        o = cfg.optim  # the learned crop's update rule and its schedule
+        self.adversary = self.crop.adversary(o.generator_lr, schedule=o.generator_schedule,
+                                             warmup_steps=o.generator_warmup_steps, total_steps=cfg.steps,
+                                             min_lr_ratio=o.min_lr_ratio)
         self.gen_optimizer = self.adversary.optimizer  # None for crops that learn nothing
         self.step = 0
         self.history: list[dict[str, float]] = []  # the trajectory rows (logged train steps) so far
@@ -240,10 +243,7 @@ class Trainer:
     # --- schedule ------------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
         o = self.cfg.optim
-        if step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        progress = (step - o.warmup_steps) / max(1, self.cfg.steps - o.warmup_steps)
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return warmup_cosine(step, o.warmup_steps, self.cfg.steps, o.min_lr_ratio)
 
     # --- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -394,7 +394,8 @@ class Trainer:
         if cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.optim.grad_clip)
         self.optimizer.step()
-        self.adversary.step(self.step)  # lr x lambda, skipped at lambda 0, averaged across ranks; clears its grads
+        # lr x lambda x its schedule, skipped at lambda 0, averaged across ranks; clears its grads
+        self.adversary.step(self.step, self._lr_factor(self.step))
         self.step_lr = self.scheduler.get_last_lr()[0]  # the rate this step used (train/lr)
         self.scheduler.step()
         self.framework.update_targets()
@@ -469,6 +470,8 @@ class Trainer:
                     last = {sinks.TRAIN_LOSS: float(loss_sum) / loss_n, sinks.TRAIN_LR: self.step_lr,
                             sinks.TRAIN_CLIPS_PER_S: loss_n * cfg.batch_size * self.dist.world_size / max(elapsed, 1e-9),
                             sinks.TRAIN_LAMBDA: self.crop.strength_at(step),
+                            **({sinks.TRAIN_GENERATOR_LR: self.adversary.lr_at(step, self._lr_factor(step))}
+                               if self.gen_optimizer is not None else {}),
                             **{k: float(v) for k, v in metrics.items()}}
                     self.sink.log_metrics(last, step)
                     history.append({"step": step, **last})

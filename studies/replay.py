@@ -39,7 +39,9 @@ REPLAY_SOURCES = "replay-sources"
 def _trial_reference(cfg: TrainConfig) -> str | None:
     """The variant a ``trial:<variant>`` replay config refers to, else None."""
     source = str(cfg.crop.get("source", ""))
-    return source[len(TRIAL_SCHEME):] if cfg.crop.get("method") == "replay" and source.startswith(TRIAL_SCHEME) else None
+    if cfg.crop.get("method") != "replay" or not source.startswith(TRIAL_SCHEME):
+        return None
+    return source[len(TRIAL_SCHEME):]
 
 
 def check_replay_references(spec: StudySpec) -> None:
@@ -74,8 +76,9 @@ def grid_sampler(spec: StudySpec) -> optuna.samplers.GridSampler:
     return sampler
 
 
-def resolve_replay_source(cfg: TrainConfig, spec: StudySpec, trial: optuna.Trial, client, runs_root: Path,
-                          wait_s: float = 5.0, say: Callable[[str], None] = print) -> tuple[TrainConfig, dict[str, str]]:
+def resolve_replay_source(cfg: TrainConfig, spec: StudySpec, trial: optuna.Trial | None, client, runs_root: Path,
+                          wait_s: float = 5.0,
+                          say: Callable[[str], None] = print) -> tuple[TrainConfig, dict[str, str]]:
     """``cfg`` with a reference ``crop.source`` replaced by a local folder of snapshots, and the run's
     tags (``paramcrop.replay_of``); other configs are returned unchanged with no tags."""
     source = str(cfg.crop.get("source", ""))

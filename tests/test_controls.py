@@ -254,3 +254,38 @@ def test_matched_crop_refuses_unreachable_targets():
         create_crop("matched", SIZE, iou=0.01)
     with pytest.raises(ValueError, match="paramcrop-init"):
         create_crop("matched", SIZE, iou="cvrl")
+
+
+# --- the generator's schedule ---------------------------------------------------------------------
+def test_generator_schedules_against_hand_computed_rates():
+    from paramcrop.crops.adversary import Adversary
+
+    crop = create_crop("paramcrop", SIZE, strength=0.5)
+    constant = Adversary(crop, 1e-3)
+    follow = Adversary(crop, 1e-3, schedule="follow")
+    own = Adversary(crop, 1e-3, schedule="warmup_cosine", warmup_steps=10, total_steps=110, min_lr_ratio=0.05)
+    assert constant.lr_at(0, 0.3) == pytest.approx(5e-4) and constant.lr_at(99, 0.01) == pytest.approx(5e-4)
+    assert follow.lr_at(7, 0.3) == pytest.approx(1e-3 * 0.5 * 0.3)
+    # warm-up (s + 1) / 10, then 0.05 + 0.95 * (1 + cos(pi * (s - 10) / 100)) / 2
+    for step, factor in ((0, 0.1), (9, 1.0), (10, 1.0), (60, 0.525), (110, 0.05), (200, 0.05)):
+        assert own.lr_at(step) == pytest.approx(1e-3 * 0.5 * factor), step
+    # the optimiser steps at that rate
+    crop.generate(torch.randn(4, 16)).sum().backward()
+    own.step(60)
+    assert own.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * 0.525)
+    with pytest.raises(ValueError, match="generator schedule"):
+        Adversary(crop, 1e-3, schedule="linear")
+
+
+def test_trainer_follow_schedule_logs_the_backbone_factor(workdir):
+    cfg = TrainConfig.from_dict({**TINY, "optim": {"generator_schedule": "follow", "warmup_steps": 2,
+                                                   "generator_lr": 1e-3, "lr": 1e-2}})
+    _, sink, _, _ = _recorded_run(cfg, workdir / "run")
+    backbone = dict(sink.series("train/lr"))
+    generator = dict(sink.series("train/generator_lr"))
+    assert sorted(generator) == list(range(6))
+    for step, lr in backbone.items():  # lambda 1: generator rate = generator_lr x the backbone's factor
+        assert generator[step] == pytest.approx(1e-3 * lr / 1e-2), step
+    assert backbone[0] == pytest.approx(1e-2 * 0.5)  # warm-up (0 + 1) / 2: the factor really varies
+    with pytest.raises(ValueError, match="optim.generator_schedule"):
+        TrainConfig.from_dict({"optim": {"generator_schedule": "exp"}})

@@ -12,6 +12,6 @@ from paramcrop.crops.replay import ReplayCrop
 
 __all__ = [
     "CROPS", "DOF_PARAMETERS", "DOF_PRESETS", "Adversary", "CropMethod", "DegreesOfFreedom", "Views",
-    "create_crop", "CurriculumCrop", "CVRLCrop", "MatchedRandomCrop", "ParamCrop", "RandomCubicCrop", "ReplayCrop", "clip_summary",
-    "grad_reverse", "parse_dof", "sample_power_law_interval", "squash",
+    "create_crop", "CurriculumCrop", "CVRLCrop", "MatchedRandomCrop", "ParamCrop", "RandomCubicCrop", "ReplayCrop",
+    "clip_summary", "grad_reverse", "parse_dof", "sample_power_law_interval", "squash",
 ]

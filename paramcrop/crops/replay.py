@@ -66,8 +66,8 @@ def load_snapshots(source: str | Path) -> list[dict]:
         folder = folder / SNAPSHOT_DIR
     files = sorted(folder.glob("step_*.pt")) if folder.is_dir() else []
     if not files:
-        raise ValueError(f"crop.source {str(source)!r} holds no generator snapshots (step_*.pt): point it at a finished "
-                         f"learned-crop run's folder (or its {SNAPSHOT_DIR}/), or at runs:/<run id> in a study")
+        raise ValueError(f"crop.source {str(source)!r} holds no generator snapshots (step_*.pt): point it at a "
+                         f"finished learned-crop run's folder (or its {SNAPSHOT_DIR}/), or runs:/<run id> in a study")
     snapshots = sorted((torch.load(f, map_location="cpu", weights_only=True) for f in files), key=lambda s: s["step"])
     methods = {s["crop"]["method"] for s in snapshots}
     if len(methods) != 1 or methods == {"replay"}:
