@@ -97,6 +97,21 @@ def resolve_replay_source(cfg: TrainConfig, spec: StudySpec, trial: optuna.Trial
     return cfg.with_overrides({"crop.source": str(folder)}), {TAG_REPLAY_OF: run_id}
 
 
+def resolve_train_source(cfg: TrainConfig, tracking_uri: str, runs_root: Path) -> TrainConfig:
+    """``paramcrop train``'s replay source: ``runs:/<id>`` downloaded under ``runs_root``; a ``trial:``
+    reference is refused (``ValueError``: it exists only inside a study)."""
+    source = str(cfg.crop.get("source", ""))
+    if cfg.crop.get("method") != "replay" or not is_reference(source):
+        return cfg
+    if source.startswith(TRIAL_SCHEME):
+        raise ValueError(f"crop.source {source!r} refers to a study's trial: use it in a study spec, or give "
+                         f"runs:/<run id> or a run folder")
+    from studies.tracking import open_tracking_store
+
+    folder = _download(open_tracking_store(tracking_uri), source[len(RUNS_SCHEME):].strip("/"), runs_root)
+    return cfg.with_overrides({"crop.source": str(folder)})
+
+
 def _download(client, run_id: str, study_dir: Path) -> Path:
     from studies.tracking import call
 

@@ -289,3 +289,29 @@ def test_trainer_follow_schedule_logs_the_backbone_factor(workdir):
     assert backbone[0] == pytest.approx(1e-2 * 0.5)  # warm-up (0 + 1) / 2: the factor really varies
     with pytest.raises(ValueError, match="optim.generator_schedule"):
         TrainConfig.from_dict({"optim": {"generator_schedule": "exp"}})
+
+
+def test_paramcrop_train_replay_sources(tmp_path):
+    from studies.replay import resolve_train_source
+
+    plain = TrainConfig.from_dict({"crop": {"method": "paramcrop"}})
+    assert resolve_train_source(plain, "sqlite:///unused.db", tmp_path) is plain
+    trial = TrainConfig.from_dict({"crop": {"method": "replay", "source": "trial:paramcrop"}})
+    with pytest.raises(ValueError, match="refers to a study's trial"):
+        resolve_train_source(trial, "sqlite:///unused.db", tmp_path)
+
+
+def test_builtin_controls_specs():
+    from studies.replay import check_replay_references
+    from studies.spec import load_spec
+
+    controls = load_spec("controls")
+    check_replay_references(controls)
+    crops = controls.grid()["variant:crop"]
+    assert set(crops) == {"random", "matched", "curriculum", "replay", "paramcrop-l0", "paramcrop"}
+    assert controls.seeds == [0, 1, 2] and controls.objectives[0].metric == "eval/val/knn_top1"
+    quick = load_spec("quickstart").search_space[0].choices
+    assert {k: (v["crop.method"], v.get("crop.strength")) for k, v in quick.items()} == {
+        "random": ("random", None), "paramcrop-l1": ("paramcrop", 1.0), "paramcrop-l0": ("paramcrop", 0.0)}
+    tune = load_spec("tune-baseline")
+    assert tune.grid_size() == 24 and tune.base_config().crop["method"] == "random"
