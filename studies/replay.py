@@ -15,8 +15,10 @@ reference and this module finds them:
   waits for it. A reference that failed, or never ran, fails the replay trial with the reason.
   ``trial:`` references need the grid sampler (:func:`check_replay_references`).
 
-The replay trial's run gets the tag ``paramcrop.replay_of`` (the reference's MLflow run id) and logs
-the resolved folder as ``crop.source``.
+The replay trial's run logs ``crop.source`` as the spec wrote it (``trial:paramcrop``: the same for
+every seed, so an analysis grouping runs by their params keeps the replays of all seeds together)
+and gets the tags ``paramcrop.replay_of`` (the reference's MLflow run id) and
+``paramcrop.replay_source`` (the folder it read); its ``config.yaml`` holds the folder.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from paramcrop.crops.replay import SNAPSHOT_DIR, is_reference
 from studies.spec import StudySpec
 
 TAG_REPLAY_OF = "paramcrop.replay_of"
+TAG_REPLAY_SOURCE = "paramcrop.replay_source"
 TRIAL_SCHEME, RUNS_SCHEME = "trial:", "runs:/"
 REPLAY_SOURCES = "replay-sources"
 
@@ -76,11 +79,36 @@ def grid_sampler(spec: StudySpec) -> optuna.samplers.GridSampler:
     return sampler
 
 
+class _SpecSource:
+    """A metrics sink that logs ``crop.source`` as the spec wrote it; everything else passes through."""
+
+    def __init__(self, sink, source: str) -> None:
+        self._sink, self._source = sink, source
+
+    def __getattr__(self, name: str):
+        return getattr(self._sink, name)
+
+    def log_params(self, params) -> None:
+        self._sink.log_params({**params, "crop.source": self._source} if "crop.source" in params else params)
+
+
+def prepare_replay_trial(cfg: TrainConfig, spec: StudySpec, trial: optuna.Trial, client, runs_root: Path, sink,
+                         say: Callable[[str], None] = print):
+    """A trial's ``(config, sink)`` for its trainer: for a replay with a reference source, the config with
+    the folder (:func:`resolve_replay_source`), the run tagged and the sink logging the spec's source
+    (module doc); otherwise both unchanged."""
+    resolved, tags = resolve_replay_source(cfg, spec, trial, client, runs_root, say=say)
+    if not tags:
+        return cfg, sink
+    sink.set_tags(tags)
+    return resolved, _SpecSource(sink, str(cfg.crop["source"]))
+
+
 def resolve_replay_source(cfg: TrainConfig, spec: StudySpec, trial: optuna.Trial | None, client, runs_root: Path,
                           wait_s: float = 5.0,
                           say: Callable[[str], None] = print) -> tuple[TrainConfig, dict[str, str]]:
     """``cfg`` with a reference ``crop.source`` replaced by a local folder of snapshots, and the run's
-    tags (``paramcrop.replay_of``); other configs are returned unchanged with no tags."""
+    tags (``paramcrop.replay_of``, ``paramcrop.replay_source``); other configs unchanged, no tags."""
     source = str(cfg.crop.get("source", ""))
     if cfg.crop.get("method") != "replay" or not is_reference(source):
         return cfg, {}
@@ -94,7 +122,7 @@ def resolve_replay_source(cfg: TrainConfig, spec: StudySpec, trial: optuna.Trial
         folder = runs_root / spec.name / f"trial-{origin:04d}" / SNAPSHOT_DIR
         if not any(folder.glob("step_*.pt")):  # ran on another host: its MLflow artifacts
             folder = _download(client, run_id, runs_root / spec.name)
-    return cfg.with_overrides({"crop.source": str(folder)}), {TAG_REPLAY_OF: run_id}
+    return cfg.with_overrides({"crop.source": str(folder)}), {TAG_REPLAY_OF: run_id, TAG_REPLAY_SOURCE: str(folder)}
 
 
 def resolve_train_source(cfg: TrainConfig, tracking_uri: str, runs_root: Path) -> TrainConfig:

@@ -44,7 +44,7 @@ from rich.console import Console
 from paramcrop import sinks
 from paramcrop.train import CHECKPOINT_NAME, Trainer
 from studies.conventions import describe_study, log_study_summary, trial_run_name
-from studies.replay import check_replay_references, grid_sampler, resolve_replay_source
+from studies.replay import check_replay_references, grid_sampler, prepare_replay_trial
 from studies.spec import StudySpec
 from studies.storage import HEARTBEAT_ATTR, open_storage, redact
 from studies.tracking import (SPOOL_PREFIX, GracefulStop, MlflowSink, TrackingUnavailable, call, check_tracking_store,
@@ -357,14 +357,12 @@ class StudyRunner:
                     # built inside the run: a configuration that cannot be built ends it FAILED with the reason
                     # the trainer flushes the metrics with each checkpoint (a retry copies them) and
                     # takes a SIGINT/SIGTERM at a step boundary, with a checkpoint
-                    cfg, replay_tags = resolve_replay_source(cfg, spec, trial, self.client, self.options.runs_root,
-                                                             say=console.print)
-                    if replay_tags:
-                        sink.set_tags(replay_tags)
+                    cfg, trial_sink = prepare_replay_trial(cfg, spec, trial, self.client, self.options.runs_root,
+                                                           sink, say=console.print)  # a replay's source
                     trainer = Trainer(cfg, run_dir, progress=self.options.progress, on_eval=on_eval)
                     trainer.stop = self.stop
                     self.stop.deferring = True
-                    result = trainer.fit(sink, resume=resume_step is not None)
+                    result = trainer.fit(trial_sink, resume=resume_step is not None)
                     self.stop.deferring = False
                     values = [_metric_value(o.metric, result) for o in spec.objectives]
                     logged = {**result.final_metrics, **result.eval_metrics}

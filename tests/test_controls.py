@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from paramcrop.config import TrainConfig
 from paramcrop.crops import create_crop
@@ -191,7 +192,7 @@ def test_a_study_replays_its_own_reference_trial_of_the_same_seed(workdir):
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from studies.replay import TAG_REPLAY_OF, resolve_replay_source
+    from studies.replay import TAG_REPLAY_OF, TAG_REPLAY_SOURCE, resolve_replay_source
     from tests.test_studies import run_cli, study_and_runs, write_spec
 
     spec_path = write_spec(workdir / "replay.yaml", _replay_spec())
@@ -207,7 +208,11 @@ def test_a_study_replays_its_own_reference_trial_of_the_same_seed(workdir):
         ref_run, replay_run = by_id[ref.user_attrs["mlflow_run_id"]], by_id[replay.user_attrs["mlflow_run_id"]]
         assert replay_run.data.tags[TAG_REPLAY_OF] == ref_run.info.run_id
         folder = Path("paramcrop-runs") / "replay-study" / f"trial-{ref.number:04d}" / "generator-snapshots"
-        assert replay_run.data.params["crop.source"] == str(folder)
+        assert replay_run.data.tags[TAG_REPLAY_SOURCE] == str(folder)
+        assert replay_run.data.params["crop.source"] == "trial:paramcrop"  # as the spec says, for every seed
+        written = yaml.safe_load((Path("paramcrop-runs") / "replay-study" / f"trial-{replay.number:04d}" /
+                                  "config.yaml").read_text())
+        assert written["crop"]["source"] == str(folder)
         assert {a.path for a in client.list_artifacts(ref_run.info.run_id, "generator-snapshots")} == {
             "generator-snapshots/step_000000.pt"}
         # the same seed: the same noise through the same (step-0) generator at step 0
@@ -221,7 +226,7 @@ def test_a_study_replays_its_own_reference_trial_of_the_same_seed(workdir):
     cfg = Config.from_dict({"crop": {"method": "replay", "source": f"runs:/{ref_id}"}})
     resolved, tags = resolve_replay_source(cfg, StudySpec.from_dict(_replay_spec()), None,
                                            MlflowClient(os.environ["MLFLOW_TRACKING_URI"]), Path("paramcrop-runs"))
-    assert tags == {TAG_REPLAY_OF: ref_id}
+    assert tags == {TAG_REPLAY_OF: ref_id, TAG_REPLAY_SOURCE: resolved.crop["source"]}
     assert sorted(p.name for p in Path(resolved.crop["source"]).glob("*.pt")) == ["step_000000.pt"]
 
 
