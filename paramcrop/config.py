@@ -210,9 +210,8 @@ class TrainConfig:
             "data.workers": self.data.workers, "eval.every": self.eval.every,
             "eval.finetune_steps": self.eval.finetune_steps, "optim.warmup_steps":
             self.optim.warmup_steps, "optim.weight_decay": self.optim.weight_decay,
-            "optim.grad_clip": self.optim.grad_clip, "optim.generator_warmup_steps": self.optim.generator_warmup_steps,
-            "checkpoint_every": self.checkpoint_every,
-            "snapshot_every": self.snapshot_every,
+            "optim.grad_clip": self.optim.grad_clip, "checkpoint_every": self.checkpoint_every,
+            "optim.generator_warmup_steps": self.optim.generator_warmup_steps, "snapshot_every": self.snapshot_every,
             "visualize_at": self.visualize_at, "objectives.region": self.objectives.region,
             "objectives.order": self.objectives.order,
         }

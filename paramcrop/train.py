@@ -4,8 +4,8 @@ The loop reports to a :class:`~paramcrop.sinks.MetricsSink` and knows nothing of
 Optuna. With a learned crop, one backward pass serves both sides: the backbone's optimiser
 descends the loss, and the generator's optimiser steps on gradients that the reversal layer
 has already negated and scaled by lambda, so it ascends the same loss. The generator's Adam
-would cancel that scale, so its learning rate is ``optim.generator_lr * lambda(step)``: lambda
-sets the adversary's step size.
+would cancel that scale, so its learning rate is ``optim.generator_lr * lambda(step)`` (times the
+factor of ``optim.generator_schedule``): lambda sets the adversary's step size.
 
 The framework also receives each view's augmentation vector (cube, flip, relative shift), as the
 projection head's ``augmentation_inputs`` asks for it (the CATE head; the MLP head takes none). The loss is the
