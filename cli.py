@@ -93,7 +93,8 @@ def train(
                                        "hmdb51:ROOT[:SPLIT], kinetics:CSV:ROOT. [default: synthetic]"),
     backbone: Optional[str] = typer.Option(None, help="tiny3d, r3d_18, mc3_18, r2plus1d_18, s3d. [default: tiny3d]"),
     framework: Optional[str] = typer.Option(None, help="simclr, moco, byol. [default: simclr]"),
-    crop: Optional[str] = typer.Option(None, help="Crop method: random, cvrl, paramcrop. [default: paramcrop]"),
+    crop: Optional[str] = typer.Option(None, help="Crop method: random, cvrl, paramcrop, matched, curriculum, "
+                                       "replay. [default: paramcrop]"),
     head: Optional[str] = typer.Option(None, help="Projection head: mlp, cate (augmentation-aware, CATE); its "
                                        "settings via --set head.depth=2 etc. [default: mlp]"),
     objective: list[str] = typer.Option([], "--objective", help="Add a loss term: region (soft region contrast), "
@@ -125,6 +126,12 @@ def train(
     except ConfigError as exc:
         raise fail(str(exc))
     uri = check_tracking_uri(tracking_uri)
+    from studies.replay import resolve_train_source
+
+    try:
+        cfg = resolve_train_source(cfg, uri, Path("paramcrop-runs") / experiment)  # a replay's runs:/<id>
+    except ValueError as exc:
+        raise fail(str(exc))
 
     from studies.runs import run_training
 

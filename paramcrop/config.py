@@ -57,6 +57,8 @@ class OptimConfig:
     warmup_steps: int = 20
     min_lr_ratio: float = 0.05  # the cosine ends at lr * min_lr_ratio
     generator_lr: float = 2.5e-4  # scaled by lambda at each step (Adam would cancel the reversal scale)
+    generator_schedule: str = "constant"  # constant, follow (the backbone's) or warmup_cosine (crops/adversary.py)
+    generator_warmup_steps: int = 0  # the warm-up of generator_schedule=warmup_cosine
     grad_clip: float = 0.0  # max global grad norm of the backbone side (0 = off)
 
 
@@ -117,6 +119,7 @@ class TrainConfig:
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
     log_every: int = 10
     checkpoint_every: int = 0  # 0 = only at the end
+    snapshot_every: int = 25  # a learned crop's generator snapshots every N steps, for `replay` (0 = none)
     visualize_at: int = 3  # crop visualisations at this many points of training (0 = none)
 
     # --- construction ------------------------------------------------------------------
@@ -219,6 +222,7 @@ class TrainConfig:
             "eval.finetune_steps": self.eval.finetune_steps, "optim.warmup_steps":
             self.optim.warmup_steps, "optim.weight_decay": self.optim.weight_decay,
             "optim.grad_clip": self.optim.grad_clip, "checkpoint_every": self.checkpoint_every,
+            "optim.generator_warmup_steps": self.optim.generator_warmup_steps, "snapshot_every": self.snapshot_every,
             "visualize_at": self.visualize_at, "objectives.region": self.objectives.region,
             "objectives.order": self.objectives.order,
         }
@@ -250,6 +254,11 @@ class TrainConfig:
                 f"the view ({self.view.frames}x{self.view.size}) cannot be larger than the raw clip "
                 f"({self.data.frames}x{self.data.size}): lower view.* or raise data.*"
             )
+        from paramcrop.crops.adversary import SCHEDULES
+
+        if self.optim.generator_schedule not in SCHEDULES:
+            raise ConfigError(f"optim.generator_schedule must be one of {', '.join(SCHEDULES)}, got "
+                              f"{self.optim.generator_schedule!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):

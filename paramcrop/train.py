@@ -4,8 +4,8 @@ The loop reports to a :class:`~paramcrop.sinks.MetricsSink` and knows nothing of
 Optuna. With a learned crop, one backward pass serves both sides: the backbone's optimiser
 descends the loss, and the generator's optimiser steps on gradients that the reversal layer
 has already negated and scaled by lambda, so it ascends the same loss. The generator's Adam
-would cancel that scale, so its learning rate is ``optim.generator_lr * lambda(step)``: lambda
-sets the adversary's step size.
+would cancel that scale, so its learning rate is ``optim.generator_lr * lambda(step)`` (times the
+factor of ``optim.generator_schedule``): lambda sets the adversary's step size.
 
 The framework also receives each view's augmentation vector (cube, flip, relative shift), as the
 projection head's ``augmentation_inputs`` asks for it (the CATE head; the MLP head takes none). The loss is the
@@ -16,7 +16,6 @@ unweighted. Objectives that are off cost nothing.
 from __future__ import annotations
 
 import csv
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 from paramcrop import sinks
 from paramcrop.augment import ClipAugment
 from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.crops.adversary import warmup_cosine
 from paramcrop.distributed import DistInfo, average_gradients, init_from_env, shard
 from paramcrop.frameworks.base import pool
 from paramcrop.geometry import view_disparity
@@ -169,7 +169,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True,
                  on_eval: Callable[[int, dict[str, float]], None] | None = None) -> None:
         from paramcrop.backbones import create_backbone
-        from paramcrop.crops import create_crop
+        from paramcrop.crops import CROPS, create_crop
         from paramcrop.data import EvalClips, TrainClips, resolve_source
         from paramcrop.data.datasets import check_window_fits
         from paramcrop.frameworks import create_framework
@@ -207,6 +207,9 @@ class Trainer:
         self.downstream = [DownstreamDataset(source, cfg) for source in cfg.eval.datasets]  # scanned once
 
         crop_name, crop_kw = cfg.component("crop")
+        if "steps" in CROPS.valid_keys(crop_name, 1) and crop_kw.get("steps") is None:  # a scheduled crop
+            self.cfg = cfg = cfg.with_overrides({"crop.steps": cfg.steps})  # spans the run, recorded as crop.steps
+            crop_kw["steps"] = cfg.steps
         self.crop = create_crop(crop_name, (cfg.view.frames, cfg.view.size, cfg.view.size), **crop_kw).to(self.device)
         self.augment = ClipAugment(**cfg.augment)
         fw_name, fw_kw = cfg.component("framework")
@@ -230,7 +233,10 @@ class Trainer:
         params = [p for m in (self.framework, self.objectives) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.adversary = self.crop.adversary(cfg.optim.generator_lr)  # the learned crop's update rule
+        o = cfg.optim  # the learned crop's update rule and its schedule
+        self.adversary = self.crop.adversary(o.generator_lr, schedule=o.generator_schedule,
+                                             warmup_steps=o.generator_warmup_steps, total_steps=cfg.steps,
+                                             min_lr_ratio=o.min_lr_ratio)
         self.gen_optimizer = self.adversary.optimizer  # None for crops that learn nothing
         self.step = 0
         self.history: list[dict[str, float]] = []  # the trajectory rows (logged train steps) so far
@@ -240,10 +246,7 @@ class Trainer:
     # --- schedule ------------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
         o = self.cfg.optim
-        if step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        progress = (step - o.warmup_steps) / max(1, self.cfg.steps - o.warmup_steps)
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return warmup_cosine(step, o.warmup_steps, self.cfg.steps, o.min_lr_ratio)
 
     # --- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -399,7 +402,8 @@ class Trainer:
         if cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.optim.grad_clip)
         self.optimizer.step()
-        self.adversary.step(self.step)  # lr x lambda, skipped at lambda 0, averaged across ranks; clears its grads
+        # lr x lambda x its schedule, skipped at lambda 0, averaged across ranks; clears its grads
+        self.adversary.step(self.step, self._lr_factor(self.step))
         self.step_lr = self.scheduler.get_last_lr()[0]  # the rate this step used (train/lr)
         self.scheduler.step()
         self.framework.update_targets()
@@ -461,6 +465,9 @@ class Trainer:
                 if self.stop is not None and self.stop.requested:
                     self.checkpoint()  # a step boundary: the stop leaves a consistent checkpoint
                     self.stop.check()
+                if self.gen_optimizer is not None and cfg.snapshot_every and self.step % cfg.snapshot_every == 0 \
+                        and self.dist.is_main:
+                    self._snapshot()
                 clips = next(batches).to(self.device, non_blocking=True)
                 loss, metrics, views = self.train_step(clips)
                 loss_sum, loss_n = loss_sum + loss.float().cpu(), loss_n + 1
@@ -471,6 +478,8 @@ class Trainer:
                     last = {sinks.TRAIN_LOSS: float(loss_sum) / loss_n, sinks.TRAIN_LR: self.step_lr,
                             sinks.TRAIN_CLIPS_PER_S: loss_n * cfg.batch_size * self.dist.world_size / max(elapsed, 1e-9),
                             sinks.TRAIN_LAMBDA: self.crop.strength_at(step),
+                            **({sinks.TRAIN_GENERATOR_LR: self.adversary.lr_at(step, self._lr_factor(step))}
+                               if self.gen_optimizer is not None else {}),
                             **{k: float(v) for k, v in metrics.items()}}
                     self.sink.log_metrics(last, step)
                     history.append({"step": step, **last})
@@ -526,6 +535,13 @@ class Trainer:
                 {"method": name, "shape": [view.frames, view.size, view.size], "keys": keys}, sort_keys=False))
             for file in ("generator.pt", "crop.yaml"):
                 self.sink.log_artifact(folder / file, sinks.ARTIFACT_GENERATOR)
+
+    def _snapshot(self) -> None:
+        """The learned crop's state before this step, for the ``replay`` crop (:mod:`paramcrop.crops.replay`)."""
+        from paramcrop.crops.replay import SNAPSHOT_DIR, save_snapshot
+
+        path = save_snapshot(self.run_dir, self.step, self.cfg.resolved()["crop"], self.crop)
+        self.sink.log_artifact(path, SNAPSHOT_DIR)
 
     def _visualize(self, clips: Tensor, views, step: int) -> None:
         from paramcrop.visualize import save_crop_strip

@@ -44,6 +44,7 @@ from rich.console import Console
 from paramcrop import sinks
 from paramcrop.train import CHECKPOINT_NAME, Trainer
 from studies.conventions import describe_study, log_study_summary, trial_run_name
+from studies.replay import check_replay_references, grid_sampler, prepare_replay_trial
 from studies.spec import StudySpec
 from studies.storage import HEARTBEAT_ATTR, open_storage, redact
 from studies.tracking import (SPOOL_PREFIX, GracefulStop, MlflowSink, TrackingUnavailable, call, check_tracking_store,
@@ -95,7 +96,7 @@ def resume_command() -> str:
 
 def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     if spec.sampler == "grid":
-        return optuna.samplers.GridSampler(spec.grid(), seed=spec.sampler_seed)
+        return grid_sampler(spec)  # Optuna's, with `trial:` replay points last (studies/replay.py)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=spec.sampler_seed)
     return optuna.samplers.TPESampler(seed=spec.sampler_seed)
@@ -143,6 +144,7 @@ class StudyRunner:
         from paramcrop.train import resolve_device
 
         spec, overrides = self.spec, self.options.overrides or {}
+        check_replay_references(spec)
         searched = {key: dim.key for dim in spec.dimensions for key in
                     ({k for choice in dim.choices.values() for k in choice} if dim.type == "variants" else {dim.key})}
         for key in overrides:
@@ -362,10 +364,12 @@ class StudyRunner:
                     # built inside the run: a configuration that cannot be built ends it FAILED with the reason
                     # the trainer flushes the metrics with each checkpoint (a retry copies them) and
                     # takes a SIGINT/SIGTERM at a step boundary, with a checkpoint
+                    cfg, trial_sink = prepare_replay_trial(cfg, spec, trial, self.client, self.options.runs_root,
+                                                           sink, say=console.print)  # a replay's source
                     trainer = Trainer(cfg, run_dir, progress=self.options.progress, on_eval=on_eval)
                     trainer.stop = self.stop
                     self.stop.deferring = True
-                    result = trainer.fit(sink, resume=resume_step is not None)
+                    result = trainer.fit(trial_sink, resume=resume_step is not None)
                     self.stop.deferring = False
                     values = [_metric_value(o.metric, result) for o in spec.objectives]
                     logged = {**result.final_metrics, **result.eval_metrics}

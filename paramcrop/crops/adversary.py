@@ -11,7 +11,12 @@ one backward pass gives the generator gradients that are already negated and sca
 - at lambda 0 nothing is stepped (the reversal layer detached the cubes: no gradient, no decay);
 - under torchrun the generator's gradients are averaged across ranks first
   (:func:`paramcrop.distributed.average_gradients`; the generator is not inside DDP);
-- afterwards the gradients are cleared, so the caller needs no ``zero_grad`` for the generator.
+- afterwards the gradients are cleared, so the caller needs no ``zero_grad`` for the generator;
+- the rate follows a schedule (``optim.generator_schedule``), a factor on top of lr x lambda:
+  ``constant`` (1: the behaviour before the option existed), ``follow`` (the backbone's own
+  warm-up + cosine factor at that step, passed in by the trainer) or ``warmup_cosine`` (its own:
+  linear warm-up over ``optim.generator_warmup_steps``, then a cosine to ``optim.min_lr_ratio`` at
+  the last step; :func:`warmup_cosine`, the backbone's formula with the generator's warm-up).
 
 For a crop that learns nothing, every method is a no-op.
 """
@@ -19,32 +24,59 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import math
+
 import torch
 
 from paramcrop.distributed import average_gradients
+
+SCHEDULES = ("constant", "follow", "warmup_cosine")
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """The learning-rate factor at ``step``: ``(step + 1) / warmup_steps`` during the warm-up, then a
+    cosine from 1 down to ``min_ratio`` at ``total_steps`` (held there after)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 if TYPE_CHECKING:
     from paramcrop.crops.base import CropMethod
 
 
 class Adversary:
-    """The generator's optimiser and update rule for ``crop`` (``lr``: the rate at lambda = 1)."""
+    """The generator's optimiser and update rule for ``crop`` (``lr``: the rate at lambda = 1 and
+    schedule factor 1); ``schedule``, ``warmup_steps``, ``total_steps``, ``min_lr_ratio``: the module doc."""
 
-    def __init__(self, crop: "CropMethod", lr: float) -> None:
+    def __init__(self, crop: "CropMethod", lr: float, schedule: str = "constant", warmup_steps: int = 0,
+                 total_steps: int = 1, min_lr_ratio: float = 0.0) -> None:
         if not lr > 0:
             raise ValueError(f"the generator's lr must be > 0, got {lr}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown generator schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
         self.crop, self.lr = crop, float(lr)
+        self.schedule, self.warmup_steps, self.total_steps = schedule, int(warmup_steps), int(total_steps)
+        self.min_lr_ratio = float(min_lr_ratio)
         self.params = crop.generator_parameters()
         self.optimizer = torch.optim.Adam(self.params, lr=self.lr) if self.params else None
 
-    def step(self, step: int) -> None:
+    def lr_at(self, step: int, backbone_factor: float = 1.0) -> float:
+        """The generator's rate at ``step``: ``lr * lambda(step) * schedule factor``; ``backbone_factor``
+        is the backbone's warm-up + cosine factor at ``step`` (read by ``follow``)."""
+        factor = {"constant": 1.0, "follow": backbone_factor}.get(self.schedule)
+        if factor is None:
+            factor = warmup_cosine(step, self.warmup_steps, self.total_steps, self.min_lr_ratio)
+        return self.lr * self.crop.strength_at(step) * factor
+
+    def step(self, step: int, backbone_factor: float = 1.0) -> None:
         """Update the generator from the gradients of the last backward pass, then clear them."""
         if self.optimizer is None:
             return
         average_gradients(self.params)
-        strength = self.crop.strength_at(step)
-        if strength > 0:
+        lr = self.lr_at(step, backbone_factor)
+        if lr > 0:
             for group in self.optimizer.param_groups:
-                group["lr"] = self.lr * strength
+                group["lr"] = lr
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

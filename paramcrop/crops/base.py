@@ -58,13 +58,13 @@ class CropMethod(nn.Module):
         empty for crops that learn nothing."""
         return list(self.parameters())
 
-    def adversary(self, lr: float) -> "Adversary":  # noqa: F821
-        """The update of this crop's learned parameters at rate ``lr`` (at lambda = 1): call its
-        ``step(step)`` after each ``loss.backward()`` (:mod:`paramcrop.crops.adversary`; a no-op
-        for crops that learn nothing)."""
+    def adversary(self, lr: float, **schedule) -> "Adversary":  # noqa: F821
+        """The update of this crop's learned parameters at rate ``lr`` (at lambda = 1; ``schedule``: the
+        :class:`~paramcrop.crops.adversary.Adversary`'s schedule keys): call its ``step(step)`` after
+        each ``loss.backward()`` (:mod:`paramcrop.crops.adversary`; a no-op for crops that learn nothing)."""
         from paramcrop.crops.adversary import Adversary
 
-        return Adversary(self, lr)
+        return Adversary(self, lr, **schedule)
 
     def forward(self, clips: Tensor, step: int = 0) -> Views:
         with torch.autocast(clips.device.type, enabled=False):  # the cube maths in float32 under autocast
