@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from paramcrop import sinks
 from paramcrop.augment import ClipAugment
-from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.config import AUTO, ConfigError, TrainConfig
 from paramcrop.distributed import DistInfo, average_gradients, init_from_env, shard
 from paramcrop.frameworks.base import pool
 from paramcrop.geometry import view_disparity
@@ -69,6 +70,19 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} was asked for but CUDA is not available: use --device cpu or auto")
     return device
+
+
+def resolve_workers(setting: int | str, device: torch.device) -> int:
+    """The DataLoader worker count for ``data.workers``: an int is used as given; ``"auto"`` is
+    ``min(8, cores // GPUs)`` on CUDA (each GPU's process gets its share of the cores) and on CPU
+    ``min(4, cores - 1)`` when there are more than 2 cores, else 0 (on 1-2 cores workers would
+    take cores from the training step itself), ``cores`` being ``os.cpu_count()``."""
+    if setting != AUTO:
+        return int(setting)
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cores // max(1, torch.cuda.device_count()))
+    return min(4, cores - 1) if cores > 2 else 0
 
 
 def seed_everything(seed: int) -> None:
@@ -182,6 +196,8 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
+        if cfg.data.workers == AUTO:  # resolved once: the params and config.yaml record the count used
+            self.cfg = cfg = cfg.with_overrides({"data.workers": resolve_workers(cfg.data.workers, self.device)})
         self.autocast = (cfg.precision == "bf16") or (cfg.precision == "auto" and self.device.type == "cuda")
         seed_everything(cfg.seed)
 
@@ -442,7 +458,7 @@ class Trainer:
         self.history = history = self._earlier_trajectory()  # a resumed run keeps the rows before its checkpoint
         last: dict[str, float] = {}
         eval_metrics: dict[str, float] = {}
-        loss_sum, loss_n, interval_start = torch.zeros(()), 0, time.perf_counter()
+        loss_sum, loss_n, interval_start, data_wait = torch.zeros(()), 0, time.perf_counter(), 0.0
         columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
         batches = self._loader()
@@ -453,7 +469,9 @@ class Trainer:
                 if self.stop is not None and self.stop.requested:
                     self.checkpoint()  # a step boundary: the stop leaves a consistent checkpoint
                     self.stop.check()
+                wait_start = time.perf_counter()  # train/data_wait_s: blocked on the loader + the copy to the device
                 clips = next(batches).to(self.device, non_blocking=True)
+                data_wait += time.perf_counter() - wait_start
                 loss, metrics, views = self.train_step(clips)
                 loss_sum, loss_n = loss_sum + loss.float().cpu(), loss_n + 1
                 step = self.step
@@ -462,13 +480,13 @@ class Trainer:
                     elapsed = time.perf_counter() - interval_start
                     last = {sinks.TRAIN_LOSS: float(loss_sum) / loss_n, sinks.TRAIN_LR: self.step_lr,
                             sinks.TRAIN_CLIPS_PER_S: loss_n * cfg.batch_size * self.dist.world_size / max(elapsed, 1e-9),
-                            sinks.TRAIN_LAMBDA: self.crop.strength_at(step),
+                            sinks.TRAIN_LAMBDA: self.crop.strength_at(step), sinks.TRAIN_DATA_WAIT_S: data_wait,
                             **{k: float(v) for k, v in metrics.items()}}
                     self.sink.log_metrics(last, step)
                     history.append({"step": step, **last})
                     bar.update(task, status=f"loss {last[sinks.TRAIN_LOSS]:.3f}  iou {last[sinks.VIEW_IOU]:.2f}  "
                                             f"{last[sinks.TRAIN_CLIPS_PER_S]:.0f} clips/s")
-                    loss_sum, loss_n, interval_start = torch.zeros(()), 0, time.perf_counter()
+                    loss_sum, loss_n, interval_start, data_wait = torch.zeros(()), 0, time.perf_counter(), 0.0
                 main = self.dist.is_main
                 if main and step in vis_steps:
                     self._visualize(clips, views, step)
