@@ -1,13 +1,27 @@
 """Data loading off the critical path: ``data.workers`` (``auto``) and ``train/data_wait_s``."""
+import os
+import signal
+import subprocess
+import sys
+import time
 import types
+from pathlib import Path
 
+import optuna
 import pytest
 import torch
+import yaml
+from mlflow.tracking import MlflowClient
 
 from paramcrop import sinks
 from paramcrop.config import ConfigError, TrainConfig
 from paramcrop.data import datasets
 from paramcrop.train import Trainer, resolve_workers, train
+from studies.commands import worker_env
+from studies.runner import RUN_ATTR
+from studies.storage import DEFAULT_STORAGE, open_storage
+
+REPO = Path(__file__).resolve().parent.parent
 
 TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"
 
@@ -93,3 +107,85 @@ def test_workers_config_accepts_auto_or_a_count():
         TrainConfig().with_overrides({"data.workers": "many"})
     with pytest.raises(ConfigError, match="data.workers must be >= 0"):
         TrainConfig().with_overrides({"data.workers": -1})
+
+
+# --- paramcrop study run --workers N ------------------------------------------------------------
+STUDY_CONFIG = {"steps": 4, "batch_size": 8, "log_every": 1, "visualize_at": 0,
+                "data": {"frames": 16, "stride": 1, "size": 32},
+                "view": {"frames": 8, "size": 32}, "eval": {"linear": False, "retrieval": False},
+                "augment": {"blur_p": 0.0}}
+CROPS = {"crop": {"type": "variants", "choices": {
+    "random": {"crop.method": "random"}, "paramcrop": {"crop.method": "paramcrop", "crop.strength": 1.0}}}}
+
+
+def study_spec(workdir: Path, name: str, config: dict | None = None, **extra) -> Path:
+    spec = {"name": name, "data": TINY_SOURCE, "config": {**STUDY_CONFIG, **(config or {})},
+            "search_space": CROPS, "sampler": "grid", "heartbeat": 1, **extra}
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def start_parent(workdir: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """``paramcrop study run ARGS`` in a subprocess with SIGINT at its default (a background job of a
+    non-interactive shell would ignore it), output in a file."""
+    log = workdir / f"parent-{time.monotonic_ns()}.log"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200", "PYTHONPATH": str(REPO)}
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "study", "run", *args, "--no-progress"], cwd=workdir,
+                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return proc, log
+
+
+def load_study(workdir: Path, name: str):
+    study = optuna.load_study(study_name=name, storage=open_storage(str(workdir / DEFAULT_STORAGE)))
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    return study, client.search_runs([client.get_experiment_by_name(name).experiment_id])
+
+
+def test_two_workers_finish_a_four_point_grid_once_each(workdir):
+    path = study_spec(workdir, "pair", seeds=[0, 1])  # 2 crops x 2 seeds = 4 points
+    proc, log = start_parent(workdir, str(path), "--workers", "2")
+    assert proc.wait(timeout=600) == 0, log.read_text()
+    study, runs = load_study(workdir, "pair")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4  # 4 distinct points
+    children = [r for r in runs if r.data.tags.get(sinks.TAG_ROLE) == "trial"]
+    assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs[RUN_ATTR] for t in study.trials)
+    assert sorted(int(r.data.tags[sinks.TAG_TRIAL]) for r in children) == [0, 1, 2, 3]  # no duplicate run
+    assert all(r.info.status == "FINISHED" for r in runs)  # the parent run too
+    logs = sorted((workdir / "paramcrop-runs" / "pair").glob("worker-*.log"))
+    assert [p.name for p in logs] == ["worker-0.log", "worker-1.log"]
+    output = log.read_text()
+    for t in study.trials:  # the combined view: each trial's end, read from the storage
+        assert f"trial {t.number} COMPLETE" in output
+
+
+def test_sigterm_to_the_parent_stops_every_worker_cleanly(workdir):
+    path = study_spec(workdir, "halt", {"steps": 400, "checkpoint_every": 2})  # 2 points, long enough to stop
+    proc, log = start_parent(workdir, str(path), "--workers", "2")
+    runs_dir = workdir / "paramcrop-runs" / "halt"
+    deadline = time.monotonic() + 300
+    while not all((runs_dir / f"trial-000{i}" / "checkpoint.pt").exists() for i in (0, 1)):  # both training
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143, log.read_text()
+    study, runs = load_study(workdir, "halt")
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["FAIL", "FAIL", "WAITING", "WAITING"], states  # both stopped and queued again
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    killed = [r for r in runs if r.data.tags.get(sinks.TAG_ROLE) == "trial"]
+    assert sorted(r.info.status for r in killed) == ["KILLED", "KILLED"]
+    assert all("SIGTERM" in r.data.tags[sinks.TAG_FAILURE] for r in killed)
+    assert "resume with" in " ".join(log.read_text().split()).lower()
+
+
+@pytest.mark.parametrize("visible, n_gpus, expected", [
+    (None, 0, [None, None, None]), (None, 1, [None, None, None]),  # one GPU or none: no pinning
+    (None, 2, ["0", "1", "0"]), ("3,5", 2, ["3", "5", "3"]), ("7", 1, ["7", "7", "7"]),
+])
+def test_each_worker_is_pinned_to_one_visible_gpu(visible, n_gpus, expected):
+    environ = {"PATH": "/bin"} | ({"CUDA_VISIBLE_DEVICES": visible} if visible else {})
+    assert [worker_env(i, environ, n_gpus).get("CUDA_VISIBLE_DEVICES") for i in range(3)] == expected
