@@ -72,6 +72,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+PHASE_PREFIX = "paramcrop:"
+
+
+def phase(name: str) -> torch.profiler.record_function:
+    """A ``torch.profiler`` region ``paramcrop:NAME`` around one phase of a step (``benchmarks/profile_step.py``
+    breaks a step down by them); a few microseconds when no profiler runs."""
+    return torch.profiler.record_function(PHASE_PREFIX + name)
+
+
 def resolve_workers(setting: int | str, device: torch.device) -> int:
     """The DataLoader worker count for ``data.workers``: an int is used as given; ``"auto"`` is
     ``min(8, cores // GPUs)`` on CUDA (each GPU's process gets its share of the cores) and on CPU
@@ -390,28 +399,36 @@ class Trainer:
         """One optimisation step on raw clips ``(B, 3, T, H, W)``; returns (loss, metrics, views)."""
         cfg = self.cfg
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            views = self.crop(clips, self.step)
-            x1, aug1 = self.augment(views.x1 / 255.0)
-            x2, aug2 = self.augment(views.x2 / 255.0)
-            vectors = self.framework.projector.augmentation_inputs(views.cubes1, views.cubes2, aug1.flip, aug2.flip)
-            out = self.model(to_input(x1), to_input(x2), *vectors)
-            terms = self.objective_terms(clips, views, (aug1.flip, aug2.flip), out.maps)
+            with phase("crop"):
+                views = self.crop(clips, self.step)
+            with phase("augment"):
+                x1, aug1 = self.augment(views.x1 / 255.0)
+                x2, aug2 = self.augment(views.x2 / 255.0)
+            with phase("framework"):
+                vectors = self.framework.projector.augmentation_inputs(views.cubes1, views.cubes2, aug1.flip, aug2.flip)
+                out = self.model(to_input(x1), to_input(x2), *vectors)
+            with phase("objectives"):
+                terms = self.objective_terms(clips, views, (aug1.flip, aug2.flip), out.maps)
         loss = out.loss + sum(self.objective_weights[name] * value for name, value in terms.items())
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.step}: lower optim.lr, "
                                      f"check the data, or use precision=fp32")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.dist.enabled:
-            average_gradients(self.objectives.parameters())
-        if cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.optim.grad_clip)
-        self.optimizer.step()
-        self.adversary.step(self.step)  # lr x lambda, skipped at lambda 0, averaged across ranks; clears its grads
+        with phase("backward"):
+            loss.backward()
+        with phase("optimizer"):
+            if self.dist.enabled:
+                average_gradients(self.objectives.parameters())
+            if cfg.optim.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.optim.grad_clip)
+            self.optimizer.step()
+        with phase("generator"):
+            self.adversary.step(self.step)  # lr x lambda, skipped at lambda 0, averaged across ranks; clears its grads
         self.step_lr = self.scheduler.get_last_lr()[0]  # the rate this step used (train/lr)
         self.scheduler.step()
-        self.framework.update_targets()
-        with torch.no_grad():
+        with phase("optimizer"):
+            self.framework.update_targets()
+        with torch.no_grad(), phase("metrics"):
             disparity = view_disparity(views.cubes1.detach().float(), views.cubes2.detach().float())
         return loss.detach(), {**disparity, **out.metrics, **{k: v.detach() for k, v in terms.items()}}, views
 
@@ -470,7 +487,8 @@ class Trainer:
                     self.checkpoint()  # a step boundary: the stop leaves a consistent checkpoint
                     self.stop.check()
                 wait_start = time.perf_counter()  # train/data_wait_s: blocked on the loader + the copy to the device
-                clips = next(batches).to(self.device, non_blocking=True)
+                with phase("data"):
+                    clips = next(batches).to(self.device, non_blocking=True)
                 data_wait += time.perf_counter() - wait_start
                 loss, metrics, views = self.train_step(clips)
                 loss_sum, loss_n = loss_sum + loss.float().cpu(), loss_n + 1
