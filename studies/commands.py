@@ -129,8 +129,9 @@ def run_workers(spec: StudySpec, child_args: list[str], workers: int, *, storage
     ``--device`` names none (:func:`worker_env`), runs in its own session (a terminal's Ctrl-C
     reaches only this process) and writes to :data:`WORKER_LOG`. The view: a line per trial that
     starts or ends, read from the study storage, and a progress bar of finished / wanted trials.
-    SIGINT / SIGTERM here are forwarded once to every worker, which stops as a single worker does
-    (trials FAIL and queued again, runs KILLED); then the exit code is 130 / 143. Otherwise the
+    SIGINT / SIGTERM here are forwarded to every worker, which stops as a single worker does (the
+    first signal at the end of the step with a checkpoint, a second at once; trials FAIL and queued
+    again, runs KILLED); the exit code is then 130 / 143 (the first signal's). Otherwise the
     summary and ``register`` follow as in :func:`run_study`; a worker that failed makes it 1."""
     import os
     import signal
@@ -151,12 +152,11 @@ def run_workers(spec: StudySpec, child_args: list[str], workers: int, *, storage
     procs: list[subprocess.Popen] = []
     received: list[int] = []
 
-    def forward(signum, frame):
-        if not received:  # once: a second signal to a worker would stop it without a checkpoint
-            received.append(signum)
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signum)
+    def forward(signum, frame):  # the workers are in their own sessions: this is the only signal they get
+        received.append(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

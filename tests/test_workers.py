@@ -127,13 +127,14 @@ def study_spec(workdir: Path, name: str, config: dict | None = None, **extra) ->
 
 
 def start_parent(workdir: Path, *args: str) -> tuple[subprocess.Popen, Path]:
-    """``paramcrop study run ARGS`` in a subprocess with SIGINT at its default (a background job of a
-    non-interactive shell would ignore it), output in a file."""
+    """``paramcrop study run ARGS`` in a subprocess, in its own process group (as a terminal's foreground
+    job) with SIGINT at its default (a background job of a non-interactive shell would ignore it),
+    output in a file."""
     log = workdir / f"parent-{time.monotonic_ns()}.log"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200", "PYTHONPATH": str(REPO)}
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "cli", "study", "run", *args, "--no-progress"], cwd=workdir,
-                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return proc, log
 
@@ -162,7 +163,10 @@ def test_two_workers_finish_a_four_point_grid_once_each(workdir):
         assert f"trial {t.number} COMPLETE" in output
 
 
-def test_sigterm_to_the_parent_stops_every_worker_cleanly(workdir):
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_the_parent_stops_every_worker_cleanly(workdir, sig, code):
+    """SIGTERM as a scheduler sends it (to the parent); SIGINT as a terminal's Ctrl-C does (to the
+    parent's process group: the workers, in their own sessions, get it from the parent only)."""
     path = study_spec(workdir, "halt", {"steps": 400, "checkpoint_every": 2})  # 2 points, long enough to stop
     proc, log = start_parent(workdir, str(path), "--workers", "2")
     runs_dir = workdir / "paramcrop-runs" / "halt"
@@ -170,15 +174,18 @@ def test_sigterm_to_the_parent_stops_every_worker_cleanly(workdir):
     while not all((runs_dir / f"trial-000{i}" / "checkpoint.pt").exists() for i in (0, 1)):  # both training
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=300) == 143, log.read_text()
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    assert proc.wait(timeout=300) == code, log.read_text()
     study, runs = load_study(workdir, "halt")
     states = sorted(t.state.name for t in study.trials)
     assert states == ["FAIL", "FAIL", "WAITING", "WAITING"], states  # both stopped and queued again
     assert not [r for r in runs if r.info.status == "RUNNING"]
     killed = [r for r in runs if r.data.tags.get(sinks.TAG_ROLE) == "trial"]
     assert sorted(r.info.status for r in killed) == ["KILLED", "KILLED"]
-    assert all("SIGTERM" in r.data.tags[sinks.TAG_FAILURE] for r in killed)
+    assert all(sig.name in r.data.tags[sinks.TAG_FAILURE] for r in killed)
     assert "resume with" in " ".join(log.read_text().split()).lower()
 
 
