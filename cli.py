@@ -165,6 +165,8 @@ def study_run(
     register: Optional[str] = typer.Option(None, "--register", metavar="NAME", help="Then register the best "
                                            "trial's backbone in the MLflow model registry as model NAME (a new "
                                            "version; see `paramcrop study register`)."),
+    workers: int = typer.Option(1, min=1, help="Run this many worker processes on the study (each pinned to one "
+                                "GPU when several are visible), with one combined progress view."),
 ) -> None:
     """Run (or resume) an Optuna study; every trial is a child MLflow run under the study's parent run.
 
@@ -189,6 +191,15 @@ def study_run(
 
     if register is not None and not register.strip():
         raise fail("--register needs a model name")
+    if workers > 1:
+        from studies.commands import run_workers
+
+        child_args = [spec, *(["--name", name] if name else []), *(["--n-trials", str(n_trials)] if n_trials else []),
+                      *(["--timeout", str(timeout)] if timeout else []), *(["--storage", storage] if storage else []),
+                      "--tracking-uri", uri, *(["--data", data] if data else []),
+                      *(["--device", device] if device else []), *(a for s in sets for a in ("--set", s))]
+        raise typer.Exit(run_workers(loaded, child_args, workers, storage=storage, tracking_uri=uri, n_trials=n_trials,
+                                     timeout=timeout, overrides=overrides, progress=progress, register=register))
     raise typer.Exit(run_study(loaded, storage=storage, tracking_uri=uri, n_trials=n_trials, timeout=timeout,
                                overrides=overrides, progress=progress, register=register))
 

@@ -7,6 +7,12 @@ DataLoader throughput with 0, 1 and 2 workers (and 0 workers with one torch thre
 short side, and the synthetic default as TrainClips(frames=16, stride=2, size=64).
 
     .venv/bin/python benchmarks/data.py [--source SOURCE] [--videos 48] [--rounds 3]
+
+``--against-step [--device cuda] [--tiny] [--csv results.csv]`` measures instead whether decoding
+keeps up with training: the clips/s of the training DataLoader at the quickstart size (batch 32,
+16x64x64 clips at stride 2 from the synthetic default, ``data.workers: auto`` and 0 workers) over
+the clips/s of the quickstart's full training step (tiny3d, random crop) on the device; a ratio
+>= 1 means the step never waits for data. ``--tiny``: a tiny synthetic set and batch 4, seconds.
 """
 from __future__ import annotations
 
@@ -88,14 +94,52 @@ def run_case(name: str, records: list[VideoRecord], size: int, rounds: int, batc
     print(f"  DataLoader, 0 workers, 1 torch thread : {rate:7.1f} clips/s")
 
 
+def against_step(device: str, tiny: bool, csv_path: str | None, videos: int) -> None:
+    """Decoding clips/s over training-step clips/s on ``device`` (see the module docstring)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _timing import Results, compare
+    from train import make_trainer
+
+    from paramcrop.train import resolve_workers
+
+    results = Results("data", csv_path)
+    source, batch, raw, view = (("synthetic:videos_per_class=4,frames=24,size=32,shapes=2,motions=2", 4, (8, 32),
+                                 (4, 24)) if tiny else ("synthetic", 32, (16, 64), (8, 48)))
+    records = resolve_source(source).train
+    dataset = TrainClips((records * videos)[:max(videos, 3 * batch)], frames=raw[0], stride=2 if not tiny else 1,
+                         size=raw[1], seed=0)
+    auto = resolve_workers("auto", torch.device(device))
+    trainer = make_trainer("random", "tiny3d", batch, raw, view, device)
+    clips = torch.randint(0, 256, (batch, 3, raw[0], raw[1], raw[1]), dtype=torch.uint8, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    step_s = compare({"step": lambda: (trainer.train_step(clips), sync())}, repeats=3 if tiny else 10, warmup=1)["step"]
+    step_rate = results.add("step_clips_per_s", batch / step_s, "clips_per_s")
+    print(f"{device}: full training step (tiny3d, random crop, batch {batch}): {step_rate:.0f} clips/s")
+    for workers in sorted({0, auto}):
+        rate = results.add(f"loader_{workers}_workers_clips_per_s", loader_clips_per_second(dataset, workers, batch),
+                           "clips_per_s")
+        ratio = results.add(f"loader_{workers}_workers_over_step", rate / step_rate, "ratio")
+        print(f"  DataLoader, {workers} worker(s){' (auto)' if workers == auto else ''}: {rate:7.1f} clips/s = "
+              f"{ratio:.2f} x the step (>= 1: decoding keeps up)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", help="data source string for the 128 px case [default: ../shared/videos clips]")
     parser.add_argument("--videos", type=int, default=48, help="videos per case (files repeated if fewer)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--against-step", action="store_true", help="decoding clips/s over the training step's")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--csv", help="append the results to this CSV (benchmark,name,value,kind)")
     args = parser.parse_args()
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), decord {decord.__version__}")
+    if args.against_step:
+        against_step(args.device, args.tiny, args.csv, args.videos)
+        return
 
     if args.source:
         real = resolve_source(args.source).train

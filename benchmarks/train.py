@@ -1,16 +1,21 @@
 """Training-step costs, as ratios measured side by side in one run (issue 4).
 
-    python benchmarks/train.py [--device cpu|cuda] [--repeats 10] [--skip-r3d]
+    python benchmarks/train.py [--device cpu|cuda] [--repeats 10] [--skip-r3d] [--precision fp32 bf16]
+                               [--r3d-batch 32] [--tiny] [--csv results.csv]
 
 1. Pipeline overhead: a full training step (crop + augmentation + framework + optimisers + view
    metrics + logging) over the bare backbone forward+backward+step on the same two views.
 2. ParamCrop step over random-crop step, same backbone and batch.
    Both for tiny3d at the quickstart size (batch 32, 16x64x64 clips -> 8x48x48 views) and for
-   r3d_18 at 16x112x112 views (batch 4 on CPU, 16 on CUDA).
+   r3d_18 at 16x112x112 views (batch 4 on CPU, 32 on CUDA; ``--r3d-batch``), in each ``--precision``
+   (bf16 = autocast; the bare step autocast alike). The floor of a learned-crop step is the bare
+   step that also computes the gradient to its input (the adversary needs it): "ParamCrop / floor".
 3. Metrics logging time over training time for a 500-step run logging every 10 steps (MLflow,
    local SQLite store, batched).
-4. Peak memory (max RSS) after the quickstart-size measurements; on CUDA also r3d_18 clips/s
-   with and without bf16 autocast.
+4. Peak memory (max RSS) after the quickstart-size measurements; clips/s of each full step.
+
+``--tiny`` (CI smoke run, seconds): tiny3d in both cases at batch 4, 8x32 clips -> 4x24 views, no
+logging measurement.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import compare  # noqa: E402
+from _timing import Results, compare  # noqa: E402
 
 from paramcrop import sinks  # noqa: E402
 from paramcrop.config import TrainConfig  # noqa: E402
@@ -46,9 +51,12 @@ def make_trainer(crop: str, backbone: str, batch: int, raw: tuple[int, int], vie
     return Trainer(cfg, Path(tempfile.mkdtemp()), progress=False)
 
 
-def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats: int) -> dict[str, float]:
+def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats: int,
+                     precision: str = "fp32") -> dict[str, float]:
+    """Median seconds of ``full-random``, ``full-paramcrop``, ``bare`` and ``floor`` (bare + input gradient)."""
     clips = torch.randint(0, 256, (batch, 3, raw[0], raw[1], raw[1]), dtype=torch.uint8, device=device)
-    trainers = {crop: make_trainer(crop, backbone, batch, raw, view, device) for crop in ("random", "paramcrop")}
+    trainers = {crop: make_trainer(crop, backbone, batch, raw, view, device, precision)
+                for crop in ("random", "paramcrop")}
     sink = sinks.MemorySink()
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
@@ -64,14 +72,22 @@ def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats:
     backbone_module = trainers["random"].framework.backbone
     bare_opt = torch.optim.AdamW(backbone_module.parameters(), lr=1e-4)
 
-    def bare():
-        bare_opt.zero_grad(set_to_none=True)
-        backbone_module(x).float().pow(2).mean().backward()
-        bare_opt.step()
-        sync()
+    autocast = trainers["random"].autocast
+    x_grad = x.clone().requires_grad_()
+
+    def bare_step(inputs):
+        def run():
+            bare_opt.zero_grad(set_to_none=True)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
+                out = backbone_module(inputs)
+            out.float().pow(2).mean().backward()
+            bare_opt.step()
+            inputs.grad = None
+            sync()
+        return run
 
     t = compare({"full-random": full(trainers["random"]), "full-paramcrop": full(trainers["paramcrop"]),
-                 "bare": bare}, repeats=repeats, warmup=2)
+                 "bare": bare_step(x), "floor": bare_step(x_grad)}, repeats=repeats, warmup=2)
     return t
 
 
@@ -97,36 +113,55 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--skip-r3d", action="store_true")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--r3d-batch", type=int, help="[default: 32 on CUDA, 4 on CPU]")
+    parser.add_argument("--tiny", action="store_true", help="CI-sized: tiny3d, tiny clips, seconds")
+    parser.add_argument("--csv", help="append the results to this CSV (benchmark,name,value,kind)")
     args = parser.parse_args()
+    results = Results("train", args.csv)
     print(f"device={args.device}, torch threads={torch.get_num_threads()}, medians of {args.repeats} interleaved repeats")
 
-    cases = [("tiny3d", 32, (16, 64), (8, 48))]
-    if not args.skip_r3d:
-        cases.append(("r3d_18", 16 if args.device.startswith("cuda") else 4, (16, 128), (16, 112)))
-    tiny_step = None
-    for backbone, batch, raw, view in cases:
-        t = measure_backbone(backbone, batch, raw, view, args.device, args.repeats)
-        if backbone == "tiny3d":
-            tiny_step = t["full-paramcrop"]
-            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"{backbone} batch {batch}, {raw[0]}x{raw[1]}px clips -> {view[0]}x{view[1]}px views:")
-        print(f"  bare backbone fwd+bwd+step {t['bare'] * 1e3:8.1f} ms")
-        print(f"  full step, random crop     {t['full-random'] * 1e3:8.1f} ms   overhead ratio "
-              f"{t['full-random'] / t['bare']:.3f}")
-        print(f"  full step, ParamCrop       {t['full-paramcrop'] * 1e3:8.1f} ms   overhead ratio "
-              f"{t['full-paramcrop'] / t['bare']:.3f}")
-        print(f"  ParamCrop / random step    {t['full-paramcrop'] / t['full-random']:.3f}")
-    logging, training = measure_logging(tiny_step)
-    print(f"logging, 500 steps every 10 (MLflow SQLite, batched): {logging:.3f} s over {training:.1f} s of "
-          f"training = {100 * logging / training:.2f}%")
+    if args.tiny:
+        cases = [("quickstart", "tiny3d", 4, (8, 32), (4, 24)), ("r3d", "tiny3d", 4, (8, 32), (4, 24))]
+    else:
+        r3d_batch = args.r3d_batch or (32 if args.device.startswith("cuda") else 4)
+        cases = [("quickstart", "tiny3d", 32, (16, 64), (8, 48)), ("r3d", "r3d_18", r3d_batch, (16, 128), (16, 112))]
+    if args.skip_r3d:
+        cases = cases[:1]
+    tiny_step = peak_mb = None
+    speed: dict[tuple[str, str], float] = {}  # (case, precision) -> clips/s of the full random-crop step
+    for precision in args.precision:
+        for case, backbone, batch, raw, view in cases:
+            t = measure_backbone(backbone, batch, raw, view, args.device, args.repeats, precision)
+            if case == "quickstart" and peak_mb is None:
+                tiny_step = t["full-paramcrop"]
+                peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            key = f"{case}/{precision}"
+            results.add(f"{key}/full_random_over_bare", t["full-random"] / t["bare"], "ratio")
+            results.add(f"{key}/full_paramcrop_over_floor", t["full-paramcrop"] / t["floor"], "ratio")
+            results.add(f"{key}/paramcrop_over_random", t["full-paramcrop"] / t["full-random"], "ratio")
+            for crop in ("random", "paramcrop"):
+                results.add(f"{key}/full_{crop}_clips_per_s", batch / t[f"full-{crop}"], "clips_per_s")
+            speed[case, precision] = batch / t["full-random"]
+            print(f"{backbone} ({case}) {precision} batch {batch}, {raw[0]}x{raw[1]}px clips -> {view[0]}x{view[1]}px "
+                  f"views:")
+            print(f"  bare backbone fwd+bwd+step {t['bare'] * 1e3:8.1f} ms")
+            print(f"  floor (bare + input grad)  {t['floor'] * 1e3:8.1f} ms")
+            print(f"  full step, random crop     {t['full-random'] * 1e3:8.1f} ms   overhead ratio "
+                  f"{t['full-random'] / t['bare']:.3f}   {batch / t['full-random']:.0f} clips/s")
+            print(f"  full step, ParamCrop       {t['full-paramcrop'] * 1e3:8.1f} ms   ratio to bare "
+                  f"{t['full-paramcrop'] / t['bare']:.3f}, to floor {t['full-paramcrop'] / t['floor']:.3f}")
+            print(f"  ParamCrop / random step    {t['full-paramcrop'] / t['full-random']:.3f}")
+    for case, *_ in cases:
+        if (case, "bf16") in speed and (case, "fp32") in speed:  # separate interleaved sets: a coarser ratio
+            ratio = results.add(f"{case}/bf16_over_fp32_clips_per_s", speed[case, "bf16"] / speed[case, "fp32"], "ratio")
+            print(f"{case}: bf16 / fp32 clips/s of the full random-crop step {ratio:.2f} (target > 1 on CUDA)")
+    if not args.tiny:
+        logging, training = measure_logging(tiny_step)
+        print(f"logging, 500 steps every 10 (MLflow SQLite, batched): {logging:.3f} s over {training:.1f} s of "
+              f"training = {100 * logging / training:.2f}%")
     print(f"peak memory (max RSS) after the quickstart-size measurements: {peak_mb:.0f} MiB")
-
-    if args.device.startswith("cuda") and not args.skip_r3d:
-        clips = torch.randint(0, 256, (16, 3, 16, 128, 128), dtype=torch.uint8, device=args.device)
-        for precision in ("fp32", "bf16"):
-            trainer = make_trainer("paramcrop", "r3d_18", 16, (16, 128), (16, 112), args.device, precision)
-            t = compare({"step": lambda: (trainer.train_step(clips), torch.cuda.synchronize())}, args.repeats)
-            print(f"r3d_18 on {args.device}, {precision}: {16 / t['step']:.0f} clips/s")
+    results.add("peak_rss_mib", peak_mb, "mib")
 
 
 if __name__ == "__main__":

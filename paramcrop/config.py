@@ -18,6 +18,11 @@ import yaml
 from paramcrop.registry import constructor_defaults, constructor_keys
 
 
+AUTO = "auto"
+AUTO_KEYS = ("data.workers",)
+"""Integer leaves that also accept the string ``"auto"`` (resolved where the run starts)."""
+
+
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key and the fix."""
 
@@ -36,7 +41,7 @@ class DataConfig:
     frames: int = 16  # raw clip length in frames (the views are cut from it)
     stride: int = 2  # temporal stride between decoded frames
     size: int = 64  # raw clip side (short side resized to it, then center-cropped square)
-    workers: int = 0  # DataLoader worker processes
+    workers: int | str = 0  # DataLoader worker processes, or "auto" (paramcrop.train.resolve_workers)
     val_fraction: float = 0.2  # of each class's training videos, held out for validation (0 = none)
 
 
@@ -218,7 +223,7 @@ class TrainConfig:
             if value < 1:
                 raise ConfigError(f"{key} must be >= 1, got {value}")
         non_negative = {
-            "data.workers": self.data.workers, "eval.every": self.eval.every,
+            "data.workers": 0 if self.data.workers == AUTO else self.data.workers, "eval.every": self.eval.every,
             "eval.finetune_steps": self.eval.finetune_steps, "optim.warmup_steps":
             self.optim.warmup_steps, "optim.weight_decay": self.optim.weight_decay,
             "optim.grad_clip": self.optim.grad_clip, "checkpoint_every": self.checkpoint_every,
@@ -344,13 +349,16 @@ def _merge_component(section: str, default: dict, value: dict) -> dict:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Type-check a leaf against its default's type (ints accepted for floats)."""
+    """Type-check a leaf against its default's type (ints accepted for floats; ``"auto"`` for the
+    integer leaves in :data:`AUTO_KEYS`)."""
+    if value == AUTO and key in AUTO_KEYS:
+        return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
     elif isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+            raise ConfigError(f"{key} must be an integer{' or auto' if key in AUTO_KEYS else ''}, got {value!r}")
     elif isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")

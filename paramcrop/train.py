@@ -16,6 +16,7 @@ unweighted. Objectives that are off cost nothing.
 from __future__ import annotations
 
 import csv
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from paramcrop import sinks
 from paramcrop.augment import ClipAugment
-from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.config import AUTO, ConfigError, TrainConfig
 from paramcrop.crops.adversary import warmup_cosine
 from paramcrop.distributed import DistInfo, average_gradients, init_from_env, shard
 from paramcrop.frameworks.base import pool
@@ -69,6 +70,28 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} was asked for but CUDA is not available: use --device cpu or auto")
     return device
+
+
+PHASE_PREFIX = "paramcrop:"
+
+
+def phase(name: str) -> torch.profiler.record_function:
+    """A ``torch.profiler`` region ``paramcrop:NAME`` around one phase of a step (``benchmarks/profile_step.py``
+    breaks a step down by them); a few microseconds when no profiler runs."""
+    return torch.profiler.record_function(PHASE_PREFIX + name)
+
+
+def resolve_workers(setting: int | str, device: torch.device) -> int:
+    """The DataLoader worker count for ``data.workers``: an int is used as given; ``"auto"`` is
+    ``min(8, cores // GPUs)`` on CUDA (each GPU's process gets its share of the cores) and on CPU
+    ``min(4, cores - 1)`` when there are more than 2 cores, else 0 (on 1-2 cores workers would
+    take cores from the training step itself), ``cores`` being ``os.cpu_count()``."""
+    if setting != AUTO:
+        return int(setting)
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cores // max(1, torch.cuda.device_count()))
+    return min(4, cores - 1) if cores > 2 else 0
 
 
 def seed_everything(seed: int) -> None:
@@ -183,6 +206,8 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
+        if cfg.data.workers == AUTO:  # resolved once: the params and config.yaml record the count used
+            self.cfg = cfg = cfg.with_overrides({"data.workers": resolve_workers(cfg.data.workers, self.device)})
         self.autocast = (cfg.precision == "bf16") or (cfg.precision == "auto" and self.device.type == "cuda")
         seed_everything(cfg.seed)
 
@@ -385,29 +410,37 @@ class Trainer:
         """One optimisation step on raw clips ``(B, 3, T, H, W)``; returns (loss, metrics, views)."""
         cfg = self.cfg
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            views = self.crop(clips, self.step)
-            x1, aug1 = self.augment(views.x1 / 255.0)
-            x2, aug2 = self.augment(views.x2 / 255.0)
-            vectors = self.framework.projector.augmentation_inputs(views.cubes1, views.cubes2, aug1.flip, aug2.flip)
-            out = self.model(to_input(x1), to_input(x2), *vectors)
-            terms = self.objective_terms(clips, views, (aug1.flip, aug2.flip), out.maps)
+            with phase("crop"):
+                views = self.crop(clips, self.step)
+            with phase("augment"):
+                x1, aug1 = self.augment(views.x1 / 255.0)
+                x2, aug2 = self.augment(views.x2 / 255.0)
+            with phase("framework"):
+                vectors = self.framework.projector.augmentation_inputs(views.cubes1, views.cubes2, aug1.flip, aug2.flip)
+                out = self.model(to_input(x1), to_input(x2), *vectors)
+            with phase("objectives"):
+                terms = self.objective_terms(clips, views, (aug1.flip, aug2.flip), out.maps)
         loss = out.loss + sum(self.objective_weights[name] * value for name, value in terms.items())
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.step}: lower optim.lr, "
                                      f"check the data, or use precision=fp32")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.dist.enabled:
-            average_gradients(self.objectives.parameters())
-        if cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.optim.grad_clip)
-        self.optimizer.step()
-        # lr x lambda x its schedule, skipped at lambda 0, averaged across ranks; clears its grads
-        self.adversary.step(self.step, self._lr_factor(self.step))
+        with phase("backward"):
+            loss.backward()
+        with phase("optimizer"):
+            if self.dist.enabled:
+                average_gradients(self.objectives.parameters())
+            if cfg.optim.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.optim.grad_clip)
+            self.optimizer.step()
+        with phase("generator"):
+            # lr x lambda x its schedule, skipped at lambda 0, averaged across ranks; clears its grads
+            self.adversary.step(self.step, self._lr_factor(self.step))
         self.step_lr = self.scheduler.get_last_lr()[0]  # the rate this step used (train/lr)
         self.scheduler.step()
-        self.framework.update_targets()
-        with torch.no_grad():
+        with phase("optimizer"):
+            self.framework.update_targets()
+        with torch.no_grad(), phase("metrics"):
             disparity = view_disparity(views.cubes1.detach().float(), views.cubes2.detach().float())
         return loss.detach(), {**disparity, **out.metrics, **{k: v.detach() for k, v in terms.items()}}, views
 
@@ -454,7 +487,7 @@ class Trainer:
         self.history = history = self._earlier_trajectory()  # a resumed run keeps the rows before its checkpoint
         last: dict[str, float] = {}
         eval_metrics: dict[str, float] = {}
-        loss_sum, loss_n, interval_start = torch.zeros(()), 0, time.perf_counter()
+        loss_sum, loss_n, interval_start, data_wait = torch.zeros(()), 0, time.perf_counter(), 0.0
         columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
         batches = self._loader()
@@ -468,7 +501,10 @@ class Trainer:
                 if self.gen_optimizer is not None and cfg.snapshot_every and self.step % cfg.snapshot_every == 0 \
                         and self.dist.is_main:
                     self._snapshot()
-                clips = next(batches).to(self.device, non_blocking=True)
+                wait_start = time.perf_counter()  # train/data_wait_s: blocked on the loader + the copy to the device
+                with phase("data"):
+                    clips = next(batches).to(self.device, non_blocking=True)
+                data_wait += time.perf_counter() - wait_start
                 loss, metrics, views = self.train_step(clips)
                 loss_sum, loss_n = loss_sum + loss.float().cpu(), loss_n + 1
                 step = self.step
@@ -477,7 +513,7 @@ class Trainer:
                     elapsed = time.perf_counter() - interval_start
                     last = {sinks.TRAIN_LOSS: float(loss_sum) / loss_n, sinks.TRAIN_LR: self.step_lr,
                             sinks.TRAIN_CLIPS_PER_S: loss_n * cfg.batch_size * self.dist.world_size / max(elapsed, 1e-9),
-                            sinks.TRAIN_LAMBDA: self.crop.strength_at(step),
+                            sinks.TRAIN_LAMBDA: self.crop.strength_at(step), sinks.TRAIN_DATA_WAIT_S: data_wait,
                             **({sinks.TRAIN_GENERATOR_LR: self.adversary.lr_at(step, self._lr_factor(step))}
                                if self.gen_optimizer is not None else {}),
                             **{k: float(v) for k, v in metrics.items()}}
@@ -485,7 +521,7 @@ class Trainer:
                     history.append({"step": step, **last})
                     bar.update(task, status=f"loss {last[sinks.TRAIN_LOSS]:.3f}  iou {last[sinks.VIEW_IOU]:.2f}  "
                                             f"{last[sinks.TRAIN_CLIPS_PER_S]:.0f} clips/s")
-                    loss_sum, loss_n, interval_start = torch.zeros(()), 0, time.perf_counter()
+                    loss_sum, loss_n, interval_start, data_wait = torch.zeros(()), 0, time.perf_counter(), 0.0
                 main = self.dist.is_main
                 if main and step in vis_steps:
                     self._visualize(clips, views, step)

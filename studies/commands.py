@@ -39,9 +39,31 @@ def run_study(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_tria
     0 done, 1 no trial completed, the tracking store stayed down or ``register`` (a registered
     model name: the best trial's backbone goes there) failed, 2 bad input (nothing created),
     130 SIGINT, 143 SIGTERM."""
-    import optuna
+    from studies.runner import resume_command
+    from studies.tracking import TrackingUnavailable
 
-    from studies.runner import StudyOptions, StudyRunner, resume_command
+    runner = _open_runner(spec, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, timeout=timeout,
+                          overrides=overrides, progress=progress)
+    if isinstance(runner, int):
+        return runner
+    try:
+        runner.run()
+    except KeyboardInterrupt as exc:
+        return _interrupted("SIGTERM" in str(exc))
+    except TrackingUnavailable as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}.\nThe study stopped (every further trial would wait for "
+                  f"the tracking store); the trials' results are kept in the study storage. When the store is "
+                  f"back, resume with: {escape(resume_command())}", highlight=False)
+        return 1
+    return _finish(runner, tracking_uri, register)
+
+
+def _open_runner(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_trials: int | None,
+                 timeout: float | None, overrides: dict[str, Any], progress: bool):
+    """The :class:`~studies.runner.StudyRunner` (the study and its parent run created or joined),
+    with the header printed; or the exit code when it cannot be (2 bad input, nothing created; 1
+    the tracking store went away)."""
+    from studies.runner import StudyOptions, StudyRunner
     from studies.storage import DEFAULT_STORAGE
     from studies.tracking import TrackingUnavailable
 
@@ -56,24 +78,139 @@ def run_study(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_tria
     console.print(f"  {spec.grid_size() if spec.sampler == 'grid' else runner.target()} trials wanted "
                   f"({spec.sampler} sampler), {runner.finished_count()} finished already; storage "
                   f"{redact(storage or DEFAULT_STORAGE)}, MLflow {redact(tracking_uri)}", highlight=False)
-    try:
-        runner.run()
-    except KeyboardInterrupt as exc:
-        sigterm = "SIGTERM" in str(exc)
-        err.print(f"[yellow]{'terminated (SIGTERM)' if sigterm else 'interrupted (SIGINT)'}[/]: a trial that was "
-                  f"running is marked FAIL, its MLflow run KILLED, and it is queued again to resume from its last "
-                  f"checkpoint. Finished trials are kept. Resume with: {escape(resume_command())}", highlight=False)
-        return 143 if sigterm else 130
-    except TrackingUnavailable as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}.\nThe study stopped (every further trial would wait for "
-                  f"the tracking store); the trials' results are kept in the study storage. When the store is "
-                  f"back, resume with: {escape(resume_command())}", highlight=False)
-        return 1
+    return runner
+
+
+def _interrupted(sigterm: bool) -> int:
+    """Say what a stop left and how to resume; the exit code (143 SIGTERM, 130 SIGINT)."""
+    from studies.runner import resume_command
+
+    err.print(f"[yellow]{'terminated (SIGTERM)' if sigterm else 'interrupted (SIGINT)'}[/]: a trial that was "
+              f"running is marked FAIL, its MLflow run KILLED, and it is queued again to resume from its last "
+              f"checkpoint. Finished trials are kept. Resume with: {escape(resume_command())}", highlight=False)
+    return 143 if sigterm else 130
+
+
+def _finish(runner, tracking_uri: str, register: str | None) -> int:
+    """The summary, then ``register``; the exit code (0 some trial completed and registered when asked)."""
+    import optuna
+
     print_summary(runner, tracking_uri)
     complete = runner.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if complete and register:
-        return 0 if _register(runner.client, runner.study, register, [o.metric for o in spec.objectives]) else 1
+        return 0 if _register(runner.client, runner.study, register, [o.metric for o in runner.spec.objectives]) else 1
     return 0 if complete else 1
+
+
+WORKER_LOG = "worker-{index}.log"
+"""Each worker's output, in the study's runs folder (``paramcrop-runs/STUDY/worker-0.log``)."""
+
+
+def worker_env(index: int, environ: dict[str, str], n_gpus: int) -> dict[str, str]:
+    """Worker ``index``'s environment: with several GPUs visible, pinned to one of them
+    (``CUDA_VISIBLE_DEVICES`` = visible id ``index % n_gpus``: the ids of the parent's own
+    ``CUDA_VISIBLE_DEVICES`` when it has one, else ``0..n_gpus-1``); otherwise ``environ``'s own."""
+    env = {**environ, "COLUMNS": environ.get("COLUMNS", "200")}  # wide log lines
+    if n_gpus > 1:
+        listed = environ.get("CUDA_VISIBLE_DEVICES")
+        ids = [d.strip() for d in listed.split(",")][:n_gpus] if listed else [str(g) for g in range(n_gpus)]
+        env["CUDA_VISIBLE_DEVICES"] = ids[index % len(ids)]
+    return env
+
+
+def run_workers(spec: StudySpec, child_args: list[str], workers: int, *, storage: str | None, tracking_uri: str,
+                n_trials: int | None, timeout: float | None, overrides: dict[str, Any], progress: bool,
+                register: str | None = None) -> int:
+    """``paramcrop study run --workers N``: N ``paramcrop study run CHILD_ARGS --no-progress``
+    subprocesses on the same study, and one view of it here.
+
+    This process checks the input and creates (or joins) the study and its parent run first, so bad
+    input starts no worker (exit 2). Each worker is pinned to one GPU when several are visible and
+    ``--device`` names none (:func:`worker_env`), runs in its own session (a terminal's Ctrl-C
+    reaches only this process) and writes to :data:`WORKER_LOG`. The view: a line per trial that
+    starts or ends, read from the study storage, and a progress bar of finished / wanted trials.
+    SIGINT / SIGTERM here are forwarded to every worker, which stops as a single worker does (the
+    first signal at the end of the step with a checkpoint, a second at once; trials FAIL and queued
+    again, runs KILLED); the exit code is then 130 / 143 (the first signal's). Otherwise the
+    summary and ``register`` follow as in :func:`run_study`; a worker that failed makes it 1."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    runner = _open_runner(spec, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, timeout=timeout,
+                          overrides=overrides, progress=progress)
+    if isinstance(runner, int):
+        return runner
+    import torch
+
+    explicit = str((overrides or {}).get("device", "")).startswith(("cuda:", "cpu"))
+    n_gpus = 0 if explicit else torch.cuda.device_count()
+    log_dir = runner.options.runs_root / spec.name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "cli", "study", "run", *child_args, "--no-progress"]
+    procs: list[subprocess.Popen] = []
+    received: list[int] = []
+
+    def forward(signum, frame):  # the workers are in their own sessions: this is the only signal they get
+        received.append(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for index in range(workers):
+            if received:
+                break
+            with (log_dir / WORKER_LOG.format(index=index)).open("w") as out:
+                procs.append(subprocess.Popen(command, env=worker_env(index, dict(os.environ), n_gpus), stdout=out,
+                                              stderr=subprocess.STDOUT, start_new_session=True))
+        pinned = f", pinned to {min(n_gpus, workers)} GPUs" if n_gpus > 1 else ""
+        console.print(f"{len(procs)} workers{pinned}; their output: {log_dir / WORKER_LOG.format(index='N')}",
+                      highlight=False)
+        _watch(runner, procs, progress)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        return _interrupted(received[0] == signal.SIGTERM)
+    failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
+    for index, code in failed:
+        log = log_dir / WORKER_LOG.format(index=index)
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        err.print(f"[red]worker {index} exited with {code}[/]; the end of {log}:\n{escape(tail)}", highlight=False)
+    code = _finish(runner, tracking_uri, register)
+    return 1 if failed else code
+
+
+def _watch(runner, procs: list, progress: bool, poll_s: float = 0.5) -> None:
+    """Until every process in ``procs`` has exited: a line per trial whose state changes, and a
+    progress bar of finished (complete + pruned) / :meth:`~studies.runner.StudyRunner.target` trials."""
+    import time
+
+    from optuna.trial import TrialState
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
+    seen = {t.number: t.state for t in runner.study.get_trials(deepcopy=False)}  # earlier trials: not shown again
+    columns = [TextColumn("[bold]study"), BarColumn(), TextColumn("{task.completed}/{task.total} trials"),
+               TextColumn("{task.fields[running]} running"), TimeElapsedColumn()]
+    with Progress(*columns, console=console, disable=not progress) as bar:
+        task = bar.add_task("study", total=runner.target(), completed=runner.finished_count(), running=0)
+        while True:
+            exited = all(p.poll() is not None for p in procs)  # before the read: the last states are shown
+            trials = runner.study.get_trials(deepcopy=False)
+            for t in trials:
+                if seen.get(t.number) != t.state:
+                    seen[t.number] = t.state
+                    value = "" if t.values is None else " " + ", ".join(f"{v:.4f}" for v in t.values)
+                    console.print(f"trial {t.number} {t.state.name}{value}  ({_params(t.params)})", highlight=False)
+            bar.update(task, completed=sum(t.state in finished_states for t in trials),
+                       running=sum(t.state == TrialState.RUNNING for t in trials))
+            if exited:
+                return
+            time.sleep(poll_s)
 
 
 def _register(client, study, name: str, metrics: list[str], trial: int | None = None) -> bool:
