@@ -121,12 +121,13 @@ class TrainClips(_Clips):
     ``i % len(self)`` at a random position (with ``labelled``: the pair ``(clip, label)``, for
     supervised fine-tuning).
 
-    The position comes from a generator seeded with ``(seed, i, n, b)``: ``n`` counts earlier draws
-    of item ``i`` in this process (so a sampler repeating ``0..len-1`` gets new windows each epoch)
-    and ``b`` is the DataLoader's base seed inside a worker (the same for all its workers, drawn from
-    the loader's generator or torch's RNG; 0 outside workers). A sampler may pass indices past the
-    end, e.g. ``epoch * len(self) + i``: each is drawn once, so the windows depend on ``seed``, the
-    index and ``b`` only, and a resumed run sees the same ones.
+    The position comes from a generator seeded with ``(seed, i, n)``: ``n`` counts earlier draws of
+    item ``i`` in this process. A sampler passes indices past the end, ``epoch * len(self) + i``
+    (:class:`paramcrop.train.EpochBatches`): each is drawn once, so the windows depend on ``seed`` and
+    the index only, whichever process decodes them: ``data.workers`` (or ``auto``, which differs
+    between hosts) never changes the training data, and a resumed run sees the same windows. (A
+    sampler that repeats indices gets new windows per repeat in one process; in worker processes,
+    which each count their own draws, repeats may see the same window again.)
     """
 
     def __init__(self, records: Sequence[VideoRecord], frames: int, stride: int, size: int, seed: int = 0,
@@ -136,9 +137,8 @@ class TrainClips(_Clips):
         self._draws: Counter[int] = Counter()
 
     def _item(self, video: int, index: int) -> torch.Tensor | tuple[torch.Tensor, int]:
-        worker = get_worker_info()
-        base_seed = worker.seed - worker.id if worker is not None else 0
-        rng = np.random.default_rng([self.seed, index, self._draws[index], base_seed])
+        # the trailing 0 was a worker term (now gone): kept, so single-process windows stay as before
+        rng = np.random.default_rng([self.seed, index, self._draws[index], 0])
         self._draws[index] += 1
         start = int(rng.integers(0, max(self.infos[video].frames - self.span, 0) + 1))
         clip = self._windows(video, [start])[0]
