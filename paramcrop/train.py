@@ -446,8 +446,8 @@ class Trainer:
 
     def fit(self, sink: sinks.MetricsSink, resume: bool = False, until: int | None = None) -> TrainResult:
         """Train to ``cfg.steps``. With ``resume``, continue from ``run_dir``'s checkpoint (metrics
-        continue at the step where they stopped; no checkpoint: ``ConfigError``, nothing logged);
-        otherwise log params and config. ``until`` stops early at that step with a checkpoint and
+        continue at the step where they stopped; no checkpoint: ``ConfigError``, nothing logged); in
+        both cases log params, config and datasets. ``until`` stops early at that step with a checkpoint and
         no final evaluation (as if preempted). Under torchrun only rank 0 reports, evaluates,
         visualises and writes the checkpoint (each other rank its own RNG state)."""
         if not self.dist.is_main:
@@ -459,13 +459,15 @@ class Trainer:
                 raise ConfigError(f"nothing to resume: {self.run_dir} holds no {CHECKPOINT_NAME}; start anew without "
                                   f"resuming")
             self.load_checkpoint(checkpoint)
-        else:
-            sink.log_params(self.cfg.flatten())
-            config_path = self.run_dir / "config.yaml"
-            config_path.parent.mkdir(parents=True, exist_ok=True)
-            config_path.write_text(self.cfg.to_yaml(resolved=True))  # every default spelled out
-            sink.log_artifact(config_path)
-        self._log_datasets(sink)  # on resume too: a retry's new run needs them (a run keeps one copy)
+        # params, config and datasets on resume too: a study's retry is a new run (and one that resumes
+        # its own run logs the same values again, which MLflow accepts); they are the config this
+        # trainer resolved (e.g. a source's augmentation defaults), not the one it was given
+        sink.log_params(self.cfg.flatten())
+        config_path = self.run_dir / "config.yaml"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(self.cfg.to_yaml(resolved=True))  # every default spelled out
+        sink.log_artifact(config_path)
+        self._log_datasets(sink)
         return self._run(self.cfg.steps if until is None else min(until, self.cfg.steps))
 
     def _log_datasets(self, sink: sinks.MetricsSink) -> None:

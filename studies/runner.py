@@ -359,7 +359,7 @@ class StudyRunner:
                              spool_dir=run_dir) as sink:
                 trial.set_user_attr(RUN_ATTR, sink.run_id)
                 if resume_step is not None:
-                    self._continue_history(sink, cfg, run_dir, frozen.user_attrs.get(PREVIOUS_RUN_ATTR), resume_step)
+                    self._continue_history(sink, run_dir, frozen.user_attrs.get(PREVIOUS_RUN_ATTR), resume_step)
                 try:
                     # built inside the run: a configuration that cannot be built ends it FAILED with the reason
                     # the trainer flushes the metrics with each checkpoint (a retry copies them) and
@@ -412,13 +412,9 @@ class StudyRunner:
         self.tracking_down = exc
         study.stop()
 
-    def _continue_history(self, sink: MlflowSink, cfg, run_dir: Path, previous_run: str | None, step: int) -> None:
-        """A retry resuming at ``step``: params and config (``fit`` logs them only for a fresh run),
-        the earlier crop images, and the earlier attempt's metrics for the steps before ``step``."""
-        sink.log_params(cfg.flatten())
-        for path in [run_dir / "config.yaml"]:
-            if path.exists():
-                sink.log_artifact(path)
+    def _continue_history(self, sink: MlflowSink, run_dir: Path, previous_run: str | None, step: int) -> None:
+        """A retry resuming at ``step``: the earlier crop images and the earlier attempt's metrics for
+        the steps before ``step`` (``Trainer.fit`` logs the params, config and datasets)."""
         for path in sorted((run_dir / "crops").glob("*.png")):
             sink.log_artifact(path, "crops")
         if previous_run:
