@@ -9,6 +9,17 @@ import torch  # noqa: E402
 
 TEST_SYNTHETIC_CACHE = Path(__file__).parent.parent / ".cache" / "test-synthetic"
 """Where the tests' tiny synthetic benchmarks are written once and reused (gitignored)."""
+TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"
+"""A tiny synthetic benchmark (4 classes, 6 videos each, 24 frames at 32 px) for training tests."""
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """A fresh synthetic-data cache for one test module (``pytestmark = pytest.mark.usefixtures("tiny_cache")``)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PARAMCROP_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
 
 
 @pytest.fixture()

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_train import tiny_cache, tiny_config  # noqa: F401  (tiny_cache: the module's synthetic-data fixture)
+from test_train import tiny_config
 
 from paramcrop import sinks
 from paramcrop.backbones import create_backbone
@@ -12,6 +12,8 @@ from paramcrop.config import ConfigError, TrainConfig
 from paramcrop.frameworks import FRAMEWORKS, create_framework, encode_pair
 from paramcrop.heads import AUG_DIM, CATEHead, HeadSpec, MLPHead, augmentation_vectors, create_head
 from paramcrop.train import Trainer
+
+pytestmark = pytest.mark.usefixtures("tiny_cache")  # the module's synthetic-data cache (conftest)
 
 CATE = HeadSpec("cate", {"depth": 1, "width": 16, "heads": 2})
 

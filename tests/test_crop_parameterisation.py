@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_cubes_inside
+from conftest import TINY_SOURCE, assert_cubes_inside
 from scipy import stats
 
 from paramcrop import Adversary, ParamCrop, RandomCubicCrop, create_crop, parse_dof, view_iou
@@ -417,7 +417,6 @@ def test_parameterisation_spec_crosses_dof_with_learned_and_random_plus_the_lear
     assert crops["paramcrop-relative"].coupling == "relative"
 
 
-TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"
 
 
 def test_training_with_spatial_dof_logs_whole_clip_temporal_views_at_every_step(workdir):

@@ -6,17 +6,10 @@ from paramcrop import sinks
 from paramcrop.config import TrainConfig
 from paramcrop.geometry import crop_video, crop_video_reference
 from paramcrop.train import train
+from conftest import TINY_SOURCE
 
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PARAMCROP_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
+pytestmark = [pytest.mark.usefixtures("tiny_cache"), pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])

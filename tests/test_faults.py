@@ -32,9 +32,9 @@ from paramcrop.train import SKIPPED_NAME as SKIPPED_ARTIFACT
 from studies.runner import PREVIOUS_RUN_ATTR, RUN_ATTR, TAG_RESUMED_AT, TAG_RETRY_OF
 from studies.storage import DEFAULT_STORAGE, open_storage
 from studies.tracking import SPOOL_PREFIX
+from conftest import TINY_SOURCE
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"
 TINY_CONFIG = {"steps": 4, "batch_size": 8, "log_every": 1, "visualize_at": 1,
                "data": {"frames": 16, "stride": 1, "size": 32},
                "view": {"frames": 8, "size": 32}, "eval": {"linear": False, "retrieval": False},

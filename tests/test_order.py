@@ -4,13 +4,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train import tiny_cache, tiny_config  # noqa: F401  (tiny_cache: the module's synthetic-data fixture)
+from test_train import tiny_config
 
 from paramcrop import sinks
 from paramcrop.config import ConfigError, TrainConfig
 from paramcrop.geometry import FULL_CUBE
 from paramcrop.objectives import ORDER_LOSS, REGION_LOSS, TemporalOrder, global_view, order_targets
 from paramcrop.train import Trainer
+
+pytestmark = pytest.mark.usefixtures("tiny_cache")  # the module's synthetic-data cache (conftest)
 
 
 def temporal(ct, ht=0.25):

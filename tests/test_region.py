@@ -3,12 +3,14 @@ import math
 
 import pytest
 import torch
-from test_train import tiny_cache, tiny_config  # noqa: F401  (tiny_cache: the module's synthetic-data fixture)
+from test_train import tiny_config
 
 from paramcrop import sinks
 from paramcrop.config import ConfigError, TrainConfig
 from paramcrop.objectives import REGION_LOSS, RegionContrast, cell_boxes, region_contrast_loss, soft_targets
 from paramcrop.train import Trainer
+
+pytestmark = pytest.mark.usefixtures("tiny_cache")  # the module's synthetic-data cache (conftest)
 
 FULL = torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]])
 

@@ -15,12 +15,11 @@ import torch.multiprocessing as mp
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TEST_SYNTHETIC_CACHE
+from conftest import TEST_SYNTHETIC_CACHE, TINY_SOURCE
 from paramcrop import sinks
 from paramcrop.config import TrainConfig
 from paramcrop.train import CHECKPOINT_NAME, TRAJECTORY_NAME, Trainer, rank_seed
 
-TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"
 TINY_SETS = {"data.frames": 16, "data.stride": 1, "data.size": 32, "view.frames": 8, "view.size": 32,
              "batch_size": 8, "log_every": 1, "visualize_at": 3, "eval.linear": False, "eval.retrieval": False,
              "augment.blur_p": 0.0}

@@ -15,8 +15,8 @@ from cli import app
 from paramcrop import sinks
 from studies.spec import SpecError, StudySpec, load_spec
 from studies.storage import DEFAULT_STORAGE, open_storage
+from conftest import TINY_SOURCE
 
-TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"
 TINY_CONFIG = {"steps": 4, "batch_size": 8, "log_every": 1, "visualize_at": 1,
                "data": {"frames": 16, "stride": 1, "size": 32},  # a clip (16 frames) fits the 24-frame videos
                "view": {"frames": 8, "size": 32}, "eval": {"linear": False, "retrieval": False},

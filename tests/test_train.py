@@ -5,16 +5,9 @@ import torch
 from paramcrop import sinks
 from paramcrop.config import TrainConfig
 from paramcrop.train import NonFiniteLossError, Trainer, train
+from conftest import TINY_SOURCE
 
-TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PARAMCROP_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("tiny_cache")
 
 
 def tiny_config(**overrides) -> TrainConfig:

@@ -12,8 +12,8 @@ import torch
 
 from paramcrop import sinks
 from paramcrop.config import ConfigError, TrainConfig
+from conftest import TINY_SOURCE
 
-TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"
 VARIANT_SOURCE = "synthetic:variant=textures,videos_per_class=4,frames=24,size=32,shapes=2,motions=2"
 TINY = {"data": {"source": TINY_SOURCE, "size": 32, "stride": 1}, "view": {"size": 32}, "steps": 3,
         "batch_size": 4, "log_every": 1, "visualize_at": 0, "device": "cpu",

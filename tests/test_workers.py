@@ -18,18 +18,11 @@ from paramcrop.train import Trainer, resolve_workers, train
 from studies.commands import worker_env
 from studies.runner import RUN_ATTR
 from studies.storage import DEFAULT_STORAGE, open_storage
+from conftest import TINY_SOURCE
+
+pytestmark = pytest.mark.usefixtures("tiny_cache")
 
 REPO = Path(__file__).resolve().parent.parent
-
-TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PARAMCROP_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
 
 
 def tiny_config(**overrides) -> TrainConfig:
