@@ -152,7 +152,8 @@ def test_replay_source_errors_name_the_fix(tmp_path):
 
 # --- replay references in a study --------------------------------------------------------------
 def _replay_spec(**extra):
-    from tests.test_studies import TINY_CONFIG, TINY_SOURCE
+    from conftest import TINY_SOURCE
+    from test_studies import TINY_CONFIG
 
     spec = {"name": "replay-study", "data": TINY_SOURCE, "config": dict(TINY_CONFIG),
             "search_space": {"crop": {"type": "variants", "choices": {
@@ -193,7 +194,7 @@ def test_a_study_replays_its_own_reference_trial_of_the_same_seed(workdir):
     from mlflow.tracking import MlflowClient
 
     from studies.replay import TAG_REPLAY_OF, TAG_REPLAY_SOURCE, resolve_replay_source
-    from tests.test_studies import run_cli, study_and_runs, write_spec
+    from test_studies import run_cli, study_and_runs, write_spec
 
     spec_path = write_spec(workdir / "replay.yaml", _replay_spec())
     result = run_cli("study", "run", str(spec_path), "--no-progress")
