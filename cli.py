@@ -64,7 +64,7 @@ def _show_renamed_keys() -> None:
         else:
             shown(message, category, *args, **kwargs)
 
-    warnings.filterwarnings("always", message="config key .* is deprecated", category=DeprecationWarning)
+    warnings.filterwarnings("default", message="config key .* is deprecated", category=DeprecationWarning)
     warnings.showwarning = show
 
 
@@ -142,7 +142,8 @@ def train(
         overrides = collect_overrides(sets, data=data, backbone=backbone, framework=framework, head=head, crop=crop,
                                       strength=strength, steps=steps, batch_size=batch_size, seed=seed, device=device)
         if objective:
-            typer.secho("deprecated: --objective is now --loss (read as --loss)", err=True, fg=typer.colors.YELLOW)
+            typer.secho("warning: --objective is deprecated: read as --loss, write that instead", err=True,
+                        fg=typer.colors.YELLOW)
         cfg = base.with_overrides(overrides).with_losses(loss + objective)
     except OSError as exc:
         raise fail(f"cannot read the config file: {exc}")

@@ -93,7 +93,7 @@ def extra_keys(values: pd.DataFrame, keys: Sequence[str] = KEYS) -> list[str]:
 
 
 def losses_labels(table: pd.DataFrame) -> list[str]:
-    """:func:`analysis.plots.losses_label` of each row's objective weights."""
+    """:func:`analysis.plots.losses_label` of each row's auxiliary-loss weights."""
     return [plots.losses_label(dict(zip(P_LOSSES, w))) for w in zip(*(table[p] for p in P_LOSSES))]
 
 

@@ -58,7 +58,7 @@ def _params(experiment: str) -> dict:
 def test_train_loss_flag_and_its_deprecated_aliases(workdir):
     result = _train("--objective", "region", "--set", "objectives.order=0.5", "--experiment", "old")
     assert result.exit_code == 0, result.output
-    assert "--objective is now --loss" in result.stderr
+    assert "--objective is deprecated: read as --loss" in result.stderr
     assert "config key 'objectives.order' is deprecated" in result.stderr
     old = _params("old")
     assert (old["losses.region"], old["losses.order"]) == ("1.0", "0.5")
