@@ -121,7 +121,8 @@ def train(
                                    "order (local-global temporal order); repeatable or comma-separated. Weight "
                                    "1 unless set: --set losses.region=0.5."),
     objective: list[str] = typer.Option([], "--objective", hidden=True, help="Deprecated name of --loss."),
-    strength: Optional[float] = typer.Option(None, help="Adversarial strength lambda of a learned crop (crop.strength, >= 0)."),
+    strength: Optional[float] = typer.Option(None, help="Adversarial strength lambda of a learned crop "
+                                             "(crop.strength, >= 0)."),
     steps: Optional[int] = typer.Option(None, help="Training steps. [default: 300]"),
     batch_size: Optional[int] = typer.Option(None, help="Clips per step. [default: 32]"),
     seed: Optional[int] = typer.Option(None, help="Random seed. [default: 0]"),

@@ -817,9 +817,12 @@ def test_configuration_labels_of_trainer_params():
                 rows.append({"run_id": str(len(rows)), **{f"params.{k}": str(v) for k, v in cfg.flatten().items()}})
     frame, _ = configurations(pd.DataFrame(rows))
     labels = list(frame.sort_values("config")["configuration"])
-    assert labels[:4] == ["Random crop (baseline), MLP head, no extra losses", "Random crop (baseline), MLP head, region+order",
-                          "Random crop (baseline), CATE head, no extra losses", "Random crop (baseline), CATE head, region+order"]
-    assert labels[4] == "CVRL crop, MLP head, no extra losses" and labels[8] == "ParamCrop, λ=1.0, MLP head, no extra losses"
+    assert labels[:4] == ["Random crop (baseline), MLP head, no extra losses",
+                          "Random crop (baseline), MLP head, region+order",
+                          "Random crop (baseline), CATE head, no extra losses",
+                          "Random crop (baseline), CATE head, region+order"]
+    assert labels[4] == "CVRL crop, MLP head, no extra losses"
+    assert labels[8] == "ParamCrop, λ=1.0, MLP head, no extra losses"
     assert frame["config"].nunique() == 12
 
 

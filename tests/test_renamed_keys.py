@@ -33,7 +33,8 @@ def test_old_section_in_a_config_reads_as_losses_with_a_deprecation_warning():
 def test_new_names_raise_no_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        cfg = TrainConfig.from_dict({"losses": {"region": 2}}).with_overrides({"losses.order": 1}).with_losses(["region"])
+        cfg = TrainConfig.from_dict({"losses": {"region": 2}}).with_overrides({"losses.order": 1})
+        cfg = cfg.with_losses(["region"])
     assert (cfg.losses.region, cfg.losses.order) == (2.0, 1.0)
 
 
