@@ -165,6 +165,9 @@ class TrainConfig:
         """
         data = self.to_dict()
         names = {f"{section}.{key}" for section, key in _COMPONENT_KEYS.items()}
+        both = sorted(key for key in overrides if current_key(key) != key and current_key(key) in overrides)
+        if both:
+            raise ConfigError(f"{both[0]!r} and {current_key(both[0])!r} both set: keep only {current_key(both[0])!r}")
         overrides = {current_key(key, warn=True): value for key, value in overrides.items()}
         for key, value in sorted(overrides.items(), key=lambda kv: kv[0] not in names):
             if key in names:

@@ -26,6 +26,8 @@ def test_old_section_in_a_config_reads_as_losses_with_a_deprecation_warning():
     assert TrainConfig.from_yaml(over.to_yaml(resolved=True)).losses.order == 0.5  # round trip, new name
     with pytest.raises(ConfigError, match="both 'objectives' and 'losses'"), pytest.warns(RenamedKeyWarning):
         TrainConfig.from_dict({"objectives": {"region": 1}, "losses": {"order": 1}})
+    with pytest.raises(ConfigError, match="'objectives.order' and 'losses.order' both set"):
+        TrainConfig().with_overrides({"objectives.order": 1, "losses.order": 2})
     with pytest.raises(ConfigError, match="losses.region must be >= 0"), pytest.warns(RenamedKeyWarning):
         TrainConfig.from_dict({"objectives": {"region": -1}})  # errors name the new key
 
