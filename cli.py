@@ -46,6 +46,26 @@ def main(
     ),
 ) -> None:
     """Learned 3D crops for video contrastive learning, studied with Optuna and tracked in MLflow."""
+    _show_renamed_keys()
+
+
+def _show_renamed_keys() -> None:
+    """Show each old config key (``paramcrop.config.RenamedKeyWarning``, a DeprecationWarning that
+    Python hides by default) as one line on stderr; paramcrop.config is not imported for it (torch)."""
+    import sys
+    import warnings
+
+    shown = warnings.showwarning
+
+    def show(message, category, *args, **kwargs):
+        config = sys.modules.get("paramcrop.config")  # loaded: it raised the warning
+        if config is not None and issubclass(category, config.RenamedKeyWarning):
+            typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    warnings.filterwarnings("default", message="config key .* is deprecated", category=DeprecationWarning)
+    warnings.showwarning = show
 
 
 # --- shared option handling ----------------------------------------------------------------
@@ -97,10 +117,12 @@ def train(
                                        "replay. [default: paramcrop]"),
     head: Optional[str] = typer.Option(None, help="Projection head: mlp, cate (augmentation-aware, CATE); its "
                                        "settings via --set head.depth=2 etc. [default: mlp]"),
-    objective: list[str] = typer.Option([], "--objective", help="Add a loss term: region (soft region contrast), "
-                                        "order (local-global temporal order); repeatable or comma-separated. Weight "
-                                        "1 unless set: --set objectives.region=0.5."),
-    strength: Optional[float] = typer.Option(None, help="Adversarial strength lambda of a learned crop (>= 0)."),
+    loss: list[str] = typer.Option([], "--loss", help="Add an auxiliary loss: region (soft region contrast), "
+                                   "order (local-global temporal order); repeatable or comma-separated. Weight "
+                                   "1 unless set: --set losses.region=0.5."),
+    objective: list[str] = typer.Option([], "--objective", hidden=True, help="Deprecated name of --loss."),
+    strength: Optional[float] = typer.Option(None, help="Adversarial strength lambda of a learned crop "
+                                             "(crop.strength, >= 0)."),
     steps: Optional[int] = typer.Option(None, help="Training steps. [default: 300]"),
     batch_size: Optional[int] = typer.Option(None, help="Clips per step. [default: 32]"),
     seed: Optional[int] = typer.Option(None, help="Random seed. [default: 0]"),
@@ -120,7 +142,10 @@ def train(
         base = TrainConfig.from_yaml(config.read_text()) if config else TrainConfig()
         overrides = collect_overrides(sets, data=data, backbone=backbone, framework=framework, head=head, crop=crop,
                                       strength=strength, steps=steps, batch_size=batch_size, seed=seed, device=device)
-        cfg = base.with_overrides(overrides).with_objectives(objective)
+        if objective:
+            typer.secho("warning: --objective is deprecated: read as --loss, write that instead", err=True,
+                        fg=typer.colors.YELLOW)
+        cfg = base.with_overrides(overrides).with_losses(loss + objective)
     except OSError as exc:
         raise fail(f"cannot read the config file: {exc}")
     except ConfigError as exc:
@@ -557,7 +582,7 @@ def analyze_strength(
     level: float = typer.Option(0.95, "--level", help="Confidence level of the error bars (t-interval over runs)."),
     logx: bool = typer.Option(False, "--logx", help="Logarithmic (symlog) strength axis."),
 ) -> None:
-    """Objective against adversarial strength (crop.strength), per framework, head and objectives.
+    """Objective against adversarial strength (crop.strength), per framework, head and auxiliary losses.
 
     Mean and 95% t-interval over runs per strength; the random crop's mean as a dashed reference
     line per setting. Writes strength.png/.pdf/.csv."""
@@ -577,7 +602,7 @@ def analyze_table(
     level: float = typer.Option(0.95, "--level", help="Confidence level of the t-interval in table.csv."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help=BASELINE_HELP),
 ) -> None:
-    """Framework x backbone x head x objectives x crop table of the objective (mean ± std over seeds, n).
+    """Framework x backbone x head x losses x crop table of the objective (mean ± std over seeds, n).
 
     A configuration is every param that differs between the runs (all but the seed and run bookkeeping).
     Writes table.md, table.csv (with the 95% t-interval and the difference from the baseline, paired by seed)

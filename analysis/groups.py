@@ -8,12 +8,14 @@ that groups runs (``table``, ``compare``, ``iou-curves``, ``learning-curves``, `
   ``checkpoint_every``, ``visualize_at``). Everything else counts, ``steps`` and ``eval.every``
   included. Values compare as numbers when both parse as numbers (``"1"`` = ``"1.0"``), else as
   stripped strings; a param a run lacks is a value of its own ("–"), except those of
-  :data:`PARAM_DEFAULTS` (runs logged before heads and extra objectives existed used them).
+  :data:`PARAM_DEFAULTS` (runs logged before heads and auxiliary losses existed used them);
+  runs logged before the rename of ``objectives.*`` to ``losses.*`` read as ``losses.*``
+  (:func:`analysis.load.runs_frame`).
   Different configurations are never pooled. (Study trials do not log their Optuna variant label
   ``variant:<name>`` as an MLflow param, so identity comes from params alone.)
 - **Label**: the crop label (:func:`analysis.plots.crop_label` of ``crop.method`` and
-  ``crop.strength``), then ``key=value`` (:func:`analysis.plots.param_label`; the objective
-  weights as one :func:`analysis.plots.objectives_label`) for each other param
+  ``crop.strength``), then ``key=value`` (:func:`analysis.plots.param_label`; the auxiliary-loss
+  weights as one :func:`analysis.plots.losses_label`) for each other param
   that *varies*: takes two or more values among the runs that have it (a run without it shows
   nothing for it). A param of a component's
   namespace (``crop.area``, ``framework.temperature``) varies only when it takes two values among
@@ -30,12 +32,12 @@ from typing import Sequence
 import pandas as pd
 
 from analysis import plots
-from analysis.plots import BASELINE_METHOD, P_CROP, P_HEAD, P_OBJECTIVES, P_ORDER, P_REGION, P_SEED, P_STRENGTH
+from analysis.plots import BASELINE_METHOD, P_CROP, P_HEAD, P_LOSSES, P_ORDER, P_REGION, P_SEED, P_STRENGTH
 
 EXCLUDED = frozenset({P_SEED, "data.workers", "device", "log_every", "checkpoint_every", "visualize_at"})
 """Params that never define a configuration (see module doc)."""
 PARAM_DEFAULTS = {P_HEAD: plots.DEFAULT_HEAD, P_REGION: "0.0", P_ORDER: "0.0"}
-"""What a run without the param used (runs logged before heads and objectives existed)."""
+"""What a run without the param used (runs logged before heads and auxiliary losses existed)."""
 PARAMETERISATION_PARAMS = ("crop.dof", "crop.generator_input", "crop.coupling", "crop.uncontrolled")
 """The crop parameterisation (:mod:`paramcrop.crops.dof`): in the crop label when one of them varies."""
 CROP_LABEL_PARAMS = (P_CROP, P_STRENGTH, *PARAMETERISATION_PARAMS)
@@ -110,7 +112,7 @@ def configurations(runs: pd.DataFrame, omit: Sequence[str] = (),
     # "ParamCrop spatial, λ=1.0" only where the parameterisation differs between the runs
     parameterised = any(k in p.columns and k not in omit and varying(p, k) for k in PARAMETERISATION_PARAMS)
     crop_keys = CROP_LABEL_PARAMS if parameterised else (P_CROP, P_STRENGTH)
-    for k in dict.fromkeys(crop_keys + tuple(label_keys) + P_OBJECTIVES):
+    for k in dict.fromkeys(crop_keys + tuple(label_keys) + P_LOSSES):
         frame[k] = p[k].to_numpy() if k in p.columns else None
     first = frame.drop_duplicates("_id")
 
@@ -119,8 +121,8 @@ def configurations(runs: pd.DataFrame, omit: Sequence[str] = (),
         parameterisation = [r[k] if parameterised else None for k in PARAMETERISATION_PARAMS]
         parts = [plots.crop_label(r[P_CROP], strength, *parameterisation)]
         for k in label_keys:
-            if k in P_OBJECTIVES:  # the objective weights as one part: "no objectives", "region", "region=0.5+order"
-                part = plots.objectives_words(plots.objectives_label({o: canonical(r[o]) for o in P_OBJECTIVES}))
+            if k in P_LOSSES:  # the loss weights as one part: "no extra losses", "region", "region=0.5+order"
+                part = plots.losses_words(plots.losses_label({o: canonical(r[o]) for o in P_LOSSES}))
             elif not plots._missing(r[k]):  # noqa: SLF001
                 part = plots.param_label(k, r[k])
             else:

@@ -18,7 +18,8 @@ Frames are tidy:
 - runs: one row per run; columns ``run_id, run_name, experiment_id, experiment, status,
   start_time, end_time`` then ``params.<key>`` (strings, as logged), ``tags.<key>`` and
   ``metrics.<key>`` (the final value: MLflow's latest by step, then time), like
-  ``mlflow.search_runs``.
+  ``mlflow.search_runs``; params of runs logged under an old config name (``objectives.*``) under
+  the current one (``losses.*``).
 - histories: one row per logged point, columns ``run_id, metric, step, timestamp, value``,
   sorted by run, metric, step, time. Nothing is cached between calls.
 
@@ -39,6 +40,7 @@ import pandas as pd
 
 from analysis.errors import NoDataError, NotFoundError
 from paramcrop import sinks
+from paramcrop.config import current_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -126,7 +128,9 @@ def _search_runs(client: "MlflowClient", experiment_ids: Sequence[str], filter_s
 
 
 def runs_frame(runs: Iterable["Run"], experiment_names: dict[str, str] | None = None) -> pd.DataFrame:
-    """One row per run: identity, status, times, ``params.*``, ``tags.*``, ``metrics.*``."""
+    """One row per run: identity, status, times, ``params.*``, ``tags.*``, ``metrics.*``. Params
+    under an old config name (:data:`paramcrop.config.RENAMED_SECTIONS`: ``objectives.region`` of runs
+    logged before the rename) are read under the current one (``losses.region``)."""
     rows = []
     for run in runs:
         info, data = run.info, run.data
@@ -139,7 +143,7 @@ def runs_frame(runs: Iterable["Run"], experiment_names: dict[str, str] | None = 
             "start_time": pd.to_datetime(info.start_time, unit="ms", utc=True) if info.start_time else pd.NaT,
             "end_time": pd.to_datetime(info.end_time, unit="ms", utc=True) if info.end_time else pd.NaT,
         }
-        row.update({f"params.{k}": v for k, v in data.params.items()})
+        row.update({f"params.{current_key(k)}": v for k, v in data.params.items()})  # objectives.* -> losses.*
         row.update({f"tags.{k}": v for k, v in data.tags.items()})
         row.update({f"metrics.{k}": v for k, v in data.metrics.items()})
         rows.append(row)

@@ -30,9 +30,9 @@ P_STRENGTH = "crop.strength"
 P_FRAMEWORK = "framework.name"
 P_BACKBONE = "backbone.name"
 P_HEAD = "head.name"
-P_REGION = "objectives.region"  # objective weights: 0 = off
-P_ORDER = "objectives.order"
-P_OBJECTIVES = (P_REGION, P_ORDER)
+P_REGION = "losses.region"  # auxiliary-loss weights: 0 = off
+P_ORDER = "losses.order"
+P_LOSSES = (P_REGION, P_ORDER)
 DEFAULT_HEAD = "mlp"  # what a run without a head.name param used
 P_SEED = "seed"
 P_STEPS = "steps"
@@ -52,7 +52,7 @@ BACKBONE_NAMES = {"tiny3d": "Tiny3D", "r3d_18": "R3D-18", "mc3_18": "MC3-18",
                   "r2plus1d_18": "R(2+1)D-18", "s3d": "S3D"}
 HEAD_NAMES = {"mlp": "MLP", "cate": "CATE"}
 BASELINE_LABEL = "Random crop (baseline)"
-NO_OBJECTIVES = "none"
+NO_LOSSES = "none"
 
 
 def _missing(value) -> bool:
@@ -83,23 +83,23 @@ def head_label(name) -> str:
     return HEAD_NAMES.get(name, str(name))
 
 
-def objectives_label(weights: Mapping[str, float]) -> str:
-    """The extra objectives that are on, by name: ``"none"``, ``"region"``, ``"order"``,
+def losses_label(weights: Mapping[str, float]) -> str:
+    """The auxiliary losses that are on, by name: ``"none"``, ``"region"``, ``"order"``,
     ``"region+order"``; a weight other than 1 is shown, ``"region=0.5+order"``.
-    ``weights``: objective param (``objectives.region``) -> weight (missing or 0 = off)."""
+    ``weights``: loss param (``losses.region``) -> weight (missing or 0 = off)."""
     on = []
-    for param in P_OBJECTIVES:
+    for param in P_LOSSES:
         w = weights.get(param)
         w = 0.0 if _missing(w) else float(w)
         if w != 0:
             name = param.split(".", 1)[1]
             on.append(name if w == 1 else f"{name}={w:g}")
-    return "+".join(on) or NO_OBJECTIVES
+    return "+".join(on) or NO_LOSSES
 
 
-def objectives_words(label: str) -> str:
-    """An :func:`objectives_label` for a legend or row label: ``"none"`` -> ``"no objectives"``."""
-    return "no objectives" if label == NO_OBJECTIVES else label
+def losses_words(label: str) -> str:
+    """An :func:`losses_label` for a legend or row label: ``"none"`` -> ``"no extra losses"``."""
+    return "no extra losses" if label == NO_LOSSES else label
 
 
 def legend_width_in(chars: int) -> float:
@@ -151,8 +151,8 @@ def head_sort_key(name):
     return (name != DEFAULT_HEAD, sort_key(name))
 
 
-def objectives_sort_key(region: float, order: float) -> tuple:
-    """Objective weights: none, region, order, region+order; then by weight."""
+def losses_sort_key(region: float, order: float) -> tuple:
+    """Auxiliary-loss weights: none, region, order, region+order; then by weight."""
     return (int(region != 0) + int(order != 0), region == 0, region, order)
 
 

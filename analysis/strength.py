@@ -2,13 +2,13 @@
 
 Runs with a numeric ``crop.strength`` param are grouped by configuration (:mod:`analysis.groups`:
 every param that differs, never pooled); a *setting* (framework, projection head and
-extra-objective weights, as in :mod:`analysis.tables`; runs without those params count as head
-``mlp``, objectives off) is a colour, each other varying param (``steps=100``, another crop
+auxiliary-loss weights, as in :mod:`analysis.tables`; runs without those params count as head
+``mlp``, losses off) is a colour, each other varying param (``steps=100``, another crop
 param) a series of its own; each configuration's final objective values give
 ``n, mean, std`` and the 95 % t-interval (:mod:`analysis.stats`), drawn as points with error bars
 joined by lines, one colour per setting (and one line per crop method when several have a
 strength), series dodged sideways a little so that their bars stay visible. The random-crop runs (``crop.method == random``) of each setting give a horizontal
-dashed reference line at their mean objective. Legends name the head and objectives only when
+dashed reference line at their mean objective. Legends name the head and losses only when
 they vary. ``strength.csv`` holds the plotted rows, the references with ``crop.method = random``
 and an empty strength.
 """
@@ -25,7 +25,7 @@ from analysis.load import RunQuery
 from analysis.plots import BASELINE_METHOD, P_CROP, P_FRAMEWORK, P_HEAD, P_ORDER, P_REGION, P_STRENGTH
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
-from analysis.tables import OBJECTIVES, extra_keys, objective_values, objectives_labels
+from analysis.tables import LOSSES, extra_keys, objective_values, losses_labels
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -35,16 +35,16 @@ KEYS = SETTING + [P_CROP, P_STRENGTH]
 
 
 def _order(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows by framework, head (MLP first), objectives (none first), crop method (random last),
+    """Rows by framework, head (MLP first), losses (none first), crop method (random last),
     configuration, strength."""
     key = [(plots.sort_key(r[P_FRAMEWORK]), plots.head_sort_key(r[P_HEAD]),
-            plots.objectives_sort_key(r[P_REGION], r[P_ORDER]), r[P_CROP] == BASELINE_METHOD,
+            plots.losses_sort_key(r[P_REGION], r[P_ORDER]), r[P_CROP] == BASELINE_METHOD,
             plots.sort_key(r[P_CROP]), r["configuration"], plots.sort_key(r[P_STRENGTH])) for _, r in frame.iterrows()]
     return frame.iloc[sorted(range(len(frame)), key=key.__getitem__)]
 
 
 def strength_data(values: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Rows ``framework.name, head.name, objectives.region, objectives.order, objectives,
+    """Rows ``framework.name, head.name, losses.region, losses.order, losses,
     crop.method, crop.strength (float), <other varying params>, configuration, n, mean, std, lower,
     upper``: per setting, its strength points, then its random-crop references (empty strength).
     ``configuration`` labels a series: the crop and the other varying params, without strength
@@ -57,19 +57,19 @@ def strength_data(values: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     refs = grouped_interval(v[v[P_CROP] == BASELINE_METHOD], ["config"], "objective", level).merge(info, on="config")
     refs[P_STRENGTH] = np.nan
     out = _order(pd.concat([points, refs], ignore_index=True)).reset_index(drop=True)
-    out[OBJECTIVES] = objectives_labels(out)
-    return out[SETTING + [OBJECTIVES, P_CROP, P_STRENGTH, *extras, "configuration"] + STAT_COLUMNS]
+    out[LOSSES] = losses_labels(out)
+    return out[SETTING + [LOSSES, P_CROP, P_STRENGTH, *extras, "configuration"] + STAT_COLUMNS]
 
 
 def setting_labels(data: pd.DataFrame) -> list[str]:
-    """Each row's setting in words: the framework, plus the head and the objectives when they
+    """Each row's setting in words: the framework, plus the head and the losses when they
     vary across ``data`` (``"SimCLR"``, ``"SimCLR, CATE head, region"``)."""
     vary_head = data[P_HEAD].nunique() > 1
-    vary_objectives = data[OBJECTIVES].nunique() > 1
+    vary_losses = data[LOSSES].nunique() > 1
     return [", ".join([plots.param_label(P_FRAMEWORK, fw)]
                       + ([plots.param_label(P_HEAD, h)] if vary_head else [])
-                      + ([plots.objectives_words(j)] if vary_objectives else []))
-            for fw, h, j in zip(data[P_FRAMEWORK], data[P_HEAD], data[OBJECTIVES])]
+                      + ([plots.losses_words(j)] if vary_losses else []))
+            for fw, h, j in zip(data[P_FRAMEWORK], data[P_HEAD], data[LOSSES])]
 
 
 def dodge(x: np.ndarray, j: int, m: int, all_x: pd.Series, logx: bool) -> np.ndarray:

@@ -1,20 +1,20 @@
 """``paramcrop analyze table``: the objective per configuration: framework x backbone x head x
-extra objectives x crop.
+auxiliary losses x crop.
 
 Each run counts once with its final value of the objective metric (the study's
 ``paramcrop.objective`` tag, default ``eval/knn_top1``, or ``--objective``). A configuration is
 defined by every param that differs between the selected runs (:mod:`analysis.groups`: all but
 the seed and run bookkeeping), never pooled; rows are ``framework.name`` · ``backbone.name``,
-``head.name`` and the objective weights ``objectives.region``, ``objectives.order`` (0 = off),
+``head.name`` and the auxiliary-loss weights ``losses.region``, ``losses.order`` (0 = off),
 columns the crop (:func:`analysis.plots.crop_label`) plus ``key=value`` for each other param that
-varies (``Random crop (baseline), crop.area=(0.5, 1.0)``); a run without a head or objective
-param (older runs) counts as head ``mlp``, objectives off.
+varies (``Random crop (baseline), crop.area=(0.5, 1.0)``); a run without a head or loss
+param (older runs) counts as head ``mlp``, losses off.
 Per cell: ``n``, ``mean``, ``std`` (sample, ``ddof=1``; NaN for ``n = 1``) and the 95 %
 t-interval (:mod:`analysis.stats`). Written as ``table.csv`` (tidy, one row per configuration;
-the ``objectives`` column names the objectives that are on: ``none``, ``region``, ``order``,
+the ``losses`` column names the auxiliary losses that are on: ``none``, ``region``, ``order``,
 ``region+order``, with the weight when it is not 1, ``region=0.5``; one column per other varying
-param), ``table.md`` (rows framework · backbone, head, objectives; columns crop configuration; cells
-``mean ± std (n=k)``) and a heatmap of the means (``table.png``, ``table.pdf``; head and objectives
+param), ``table.md`` (rows framework · backbone, head, losses; columns crop configuration; cells
+``mean ± std (n=k)``) and a heatmap of the means (``table.png``, ``table.pdf``; head and losses
 are part of the row labels when they vary, else named in the title when not the default).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pandas as pd
 from analysis import groups, plots
 from analysis.errors import NoDataError
 from analysis.load import RunQuery, Selection, column
-from analysis.plots import P_BACKBONE, P_CROP, P_FRAMEWORK, P_HEAD, P_OBJECTIVES, P_ORDER, P_REGION, P_STRENGTH
+from analysis.plots import P_BACKBONE, P_CROP, P_FRAMEWORK, P_HEAD, P_LOSSES, P_ORDER, P_REGION, P_STRENGTH
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
 
@@ -36,12 +36,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
 
 KEYS = [P_FRAMEWORK, P_BACKBONE, P_CROP, P_STRENGTH, P_HEAD, P_REGION, P_ORDER]
-ROW_PARAMS = (P_FRAMEWORK, P_BACKBONE, P_HEAD, *P_OBJECTIVES)
+ROW_PARAMS = (P_FRAMEWORK, P_BACKBONE, P_HEAD, *P_LOSSES)
 """Params the table's rows show (left out of its crop labels)."""
 CROP_WRAP = 28
 """Heatmap column labels are wrapped at this many characters."""
-OBJECTIVES = "objectives"
-"""Column of the readable objectives label (:func:`analysis.plots.objectives_label`)."""
+LOSSES = "losses"
+"""Column of the readable auxiliary-losses label (:func:`analysis.plots.losses_label`)."""
 
 
 def objective_values(sel: Selection, keys: Sequence[str] = KEYS,
@@ -56,7 +56,7 @@ def objective_values(sel: Selection, keys: Sequence[str] = KEYS,
         values = column(runs, f"params.{key}")
         if key in groups.PARAM_DEFAULTS:
             values = values.where(values.notna(), groups.PARAM_DEFAULTS[key])
-        if key in P_OBJECTIVES:
+        if key in P_LOSSES:
             values = plots.numeric(values).astype(float)
         frame[key] = values.to_numpy()
     configs, label_keys = groups.configurations(runs, omit=omit)
@@ -92,27 +92,27 @@ def extra_keys(values: pd.DataFrame, keys: Sequence[str] = KEYS) -> list[str]:
     return [c for c in values.columns if c not in fixed]
 
 
-def objectives_labels(table: pd.DataFrame) -> list[str]:
-    """:func:`analysis.plots.objectives_label` of each row's objective weights."""
-    return [plots.objectives_label(dict(zip(P_OBJECTIVES, w))) for w in zip(*(table[p] for p in P_OBJECTIVES))]
+def losses_labels(table: pd.DataFrame) -> list[str]:
+    """:func:`analysis.plots.losses_label` of each row's auxiliary-loss weights."""
+    return [plots.losses_label(dict(zip(P_LOSSES, w))) for w in zip(*(table[p] for p in P_LOSSES))]
 
 
 def objective_table(values: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """One row per configuration: :data:`KEYS`, the other varying params, the ``objectives`` and
+    """One row per configuration: :data:`KEYS`, the other varying params, the ``losses`` and
     ``crop`` labels, ``config`` and stats, sorted by framework, backbone, head (MLP first),
-    objectives (none first), crop (baseline first)."""
+    losses (none first), crop (baseline first)."""
     extras = extra_keys(values)
     stats = grouped_interval(values, ["config"], "objective", level)
     info = values.drop_duplicates("config")[["config", *KEYS, *extras, "configuration"]]
     table = stats.merge(info, on="config").rename(columns={"configuration": "crop"})
-    table[OBJECTIVES] = objectives_labels(table)
+    table[LOSSES] = losses_labels(table)
     table["_o"] = table["config"]
     table["_f"] = table[P_FRAMEWORK].map(plots.sort_key)
     table["_b"] = table[P_BACKBONE].map(plots.sort_key)
     table["_h"] = table[P_HEAD].map(plots.head_sort_key)
-    table["_j"] = [plots.objectives_sort_key(r, o) for r, o in zip(table[P_REGION], table[P_ORDER])]
+    table["_j"] = [plots.losses_sort_key(r, o) for r, o in zip(table[P_REGION], table[P_ORDER])]
     table = table.sort_values(["_f", "_b", "_h", "_j", "_o"], kind="stable")
-    return table.reset_index(drop=True)[KEYS + extras + [OBJECTIVES, "crop", "config"] + STAT_COLUMNS]
+    return table.reset_index(drop=True)[KEYS + extras + [LOSSES, "crop", "config"] + STAT_COLUMNS]
 
 
 def cell_text(mean: float, std: float, n: int) -> str:
@@ -127,17 +127,17 @@ def row_label(framework, backbone) -> str:
     return f"{plots.param_label(P_FRAMEWORK, framework)} · {plots.param_label(P_BACKBONE, backbone)}"
 
 
-ROW_NAMES = ["framework · backbone", "head", OBJECTIVES]
+ROW_NAMES = ["framework · backbone", "head", LOSSES]
 
 
 def _rows(table: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """(framework · backbone, head label, objectives label) of each row of ``table``."""
+    """(framework · backbone, head label, losses label) of each row of ``table``."""
     return list(zip([row_label(f, b) for f, b in zip(table[P_FRAMEWORK], table[P_BACKBONE])],
-                    [plots.head_label(h) for h in table[P_HEAD]], table[OBJECTIVES]))
+                    [plots.head_label(h) for h in table[P_HEAD]], table[LOSSES]))
 
 
 def wide(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows (framework · backbone, head, objectives), columns crop labels, cells :func:`cell_text`."""
+    """Rows (framework · backbone, head, losses), columns crop labels, cells :func:`cell_text`."""
     rows = _rows(table)
     t = table.assign(_r=[r[0] for r in rows], _h=[r[1] for r in rows], _j=[r[2] for r in rows],
                      cell=[cell_text(m, s, n) for m, s, n in zip(table["mean"], table["std"], table["n"])])
@@ -154,7 +154,7 @@ def markdown(table: pd.DataFrame, title: str, objective: str, level: float) -> s
     header = list(w.index.names) + list(w.columns)
     lines = [f"# {title}", "",
              f"Objective `{objective}`: mean ± sample std over runs (seeds/trials), n runs per cell. "
-             f"Head: the projection head; objectives: the extra loss terms that are on (weight shown when "
+             f"Head: the projection head; losses: the auxiliary loss terms that are on (weight shown when "
              f"not 1). table.csv also holds the {level:.0%} t-interval.", "",
              "| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] * w.index.nlevels + [":---:"] * len(w.columns)) + "|"]
@@ -164,20 +164,20 @@ def markdown(table: pd.DataFrame, title: str, objective: str, level: float) -> s
 
 def heatmap_rows(table: pd.DataFrame) -> tuple[list[str], str, str]:
     """Row labels of the heatmap, its y-axis label and a title suffix. Each of framework · backbone,
-    head and objectives is part of the rows when it varies; a constant one is named in the title
-    instead (head and objectives only when not the default), framework · backbone stays in the
+    head and losses is part of the rows when it varies; a constant one is named in the title
+    instead (head and losses only when not the default), framework · backbone stays in the
     rows when it is all that could label them."""
     rows = _rows(table)
     parts = [{r[i] for r in rows} for i in range(3)]
     vary_h, vary_j = len(parts[1]) > 1, len(parts[2]) > 1
     vary_fb = len(parts[0]) > 1 or not (vary_h or vary_j)
     labels = [" · ".join(([r[0]] if vary_fb else []) + ([f"{r[1]} head"] if vary_h else [])
-                         + ([plots.objectives_words(r[2])] if vary_j else [])) for r in rows]
+                         + ([plots.losses_words(r[2])] if vary_j else [])) for r in rows]
     ylabel = " · ".join((["framework · backbone"] if vary_fb else []) + (["head"] if vary_h else [])
-                        + (["objectives"] if vary_j else []))
+                        + ([LOSSES] if vary_j else []))
     constant = (([rows[0][0]] if not vary_fb else [])
                 + [f"{h} head" for h in parts[1] if not vary_h and h != plots.head_label(plots.DEFAULT_HEAD)]
-                + [o for o in parts[2] if not vary_j and o != plots.NO_OBJECTIVES])
+                + [o for o in parts[2] if not vary_j and o != plots.NO_LOSSES])
     return labels, ylabel[0].upper() + ylabel[1:], f" ({', '.join(constant)})" if constant else ""
 
 
@@ -194,7 +194,7 @@ def heatmap(table: pd.DataFrame, title: str, objective: str):
                      dtype=object)
     ncols, nrows = means.shape[1], means.shape[0]
     width = plots.PANEL_WIDTH_IN if ncols <= 3 else min(2 * plots.PANEL_WIDTH_IN, 1.5 + 0.9 * ncols)
-    label_in = 0.06 * max(len(r) for r in labels)  # long row labels (head, objectives) must not squeeze the cells
+    label_in = 0.06 * max(len(r) for r in labels)  # long row labels (head, losses) must not squeeze the cells
     width = max(width, min(2 * plots.PANEL_WIDTH_IN, label_in + 0.9 + 0.6 * ncols))
     columns = [textwrap.fill(c, CROP_WRAP) for c in means.columns]  # long labels (varying params): wrapped
     crop_in = 0.06 * max(len(line) for c in columns for line in c.splitlines()) / 2  # at 30°: half is height

@@ -6,7 +6,7 @@
 The quickstart spec's configuration (tiny3d, SimCLR, batch 32, 16x64x64 clips at stride 2 -> 8x48x48
 views, the synthetic benchmark, decoding in the main process) for each crop method. Phases are the
 ``paramcrop:*`` regions of :meth:`paramcrop.train.Trainer.train_step` (crop, augment, framework,
-objectives, backward, optimizer, generator, metrics), ``data`` (the loader: decoding + collation) and
+losses, backward, optimizer, generator, metrics), ``data`` (the loader: decoding + collation) and
 ``logging`` (the sink call) around it here, and two regions added here by module hooks: ``backbone``
 (inside ``framework``) and ``generator net`` (inside ``crop``, ParamCrop's MLPs). The backward is split
 by the region whose forward op each autograd node belongs to (``sequence_nr``): "backward: augment" is
@@ -94,7 +94,7 @@ def breakdown(events, cuda: bool) -> dict[str, float]:
 ROWS = [  # (phase, label, nested under the row above)
     ("data", "data (decode + collate)", False), ("crop", "crop", False), ("generator net", "generator net", True),
     ("augment", "augmentation forward", False), ("framework", "framework forward", False),
-    ("backbone", "backbone forward", True), ("objectives", "objectives", False), ("backward", "backward", False),
+    ("backbone", "backbone forward", True), ("losses", "losses", False), ("backward", "backward", False),
     ("backward: framework", "backward: head + loss", True),
     ("backward: backbone", "backward: backbone", True), ("backward: augment", "backward: augmentation", True),
     ("backward: crop", "backward: crop", True), ("backward: generator net", "backward: generator net", True),

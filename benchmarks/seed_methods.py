@@ -3,7 +3,7 @@
     python benchmarks/seed_methods.py [--repeats 15] [--batch 32]
 
 tiny3d + SimCLR at the quickstart size (batch 32, 16x64x64 raw clips -> 8x48x48 views, random
-crop): one full training step (crop, augmentation, framework, objectives, backward, optimiser)
+crop): one full training step (crop, augmentation, framework, auxiliary losses, backward, optimiser)
 with the MLP head, the CATE head, the MLP head + region contrast, the MLP head + temporal order.
 Median seconds per step, the candidates interleaved; ratios against the MLP head.
 """
@@ -26,8 +26,8 @@ from paramcrop.config import TrainConfig  # noqa: E402
 from paramcrop.train import Trainer  # noqa: E402
 
 TINY_SOURCE = "synthetic:videos_per_class=6,frames=40,size=32,shapes=2,motions=2"  # construction only
-VARIANTS = {"mlp": {}, "cate": {"head.name": "cate"}, "mlp+region": {"objectives.region": 1.0},
-            "mlp+order": {"objectives.order": 1.0}}
+VARIANTS = {"mlp": {}, "cate": {"head.name": "cate"}, "mlp+region": {"losses.region": 1.0},
+            "mlp+order": {"losses.order": 1.0}}
 
 
 def main() -> None:

@@ -99,7 +99,7 @@ def measure_logging(step_seconds: float) -> tuple[float, float]:
         client = client_for(f"sqlite:///{tmp}/mlflow.db")
         run = client.create_run(client.create_experiment("bench"))
         sink = MlflowSink(client, run.info.run_id)
-        names = [*sinks.VIEW_METRICS, sinks.TRAIN_LOSS, sinks.TRAIN_LR, sinks.TRAIN_CLIPS_PER_S, sinks.TRAIN_LAMBDA]
+        names = [*sinks.VIEW_METRICS, sinks.TRAIN_LOSS, sinks.TRAIN_LR, sinks.TRAIN_CLIPS_PER_S, sinks.TRAIN_STRENGTH]
         start = time.perf_counter()
         for step in range(0, 500, 10):
             sink.log_metrics({n: 0.5 for n in names}, step)

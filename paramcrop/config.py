@@ -4,12 +4,15 @@ One schema serves ``paramcrop train`` (YAML + ``--set key=value``) and every stu
 spec's fixed config + the sampled params, dotted keys alike). The sections ``crop``,
 ``framework``, ``backbone``, ``head`` and ``augment`` are open dicts: their keys are the
 constructor arguments of the chosen component, checked against its registry in
-:meth:`TrainConfig.validate`. ``objectives`` holds the weights of the extra loss terms (0 = off),
-plain numbers so that a study can switch or tune them like any other key.
+:meth:`TrainConfig.validate`. ``losses`` holds the weights of the auxiliary loss terms (0 = off),
+plain numbers so that a study can switch or tune them like any other key. Old key names
+(:data:`RENAMED_SECTIONS`: the section ``objectives``, now ``losses``) are still read, with a
+:class:`RenamedKeyWarning`, in :meth:`TrainConfig.from_dict` and :meth:`TrainConfig.with_overrides`.
 """
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -89,8 +92,8 @@ class EvalConfig:
 
 
 @dataclass
-class ObjectivesConfig:
-    """Extra loss terms added to the framework's loss (:mod:`paramcrop.objectives`, SPEC 3.6):
+class LossesConfig:
+    """Auxiliary loss terms added to the framework's loss (:mod:`paramcrop.losses`, SPEC 3.6):
     each name is the term's weight, 0 = off; the other keys are the terms' settings."""
 
     region: float = 0.0  # soft spatio-temporal region contrast
@@ -99,8 +102,8 @@ class ObjectivesConfig:
     order_bins: int = 4  # temporal position bins of a local view within the global view
 
 
-OBJECTIVE_NAMES = ("region", "order")
-"""The weight keys of :class:`ObjectivesConfig`, i.e. the objectives ``paramcrop train --objective`` knows."""
+LOSS_NAMES = ("region", "order")
+"""The weight keys of :class:`LossesConfig`, i.e. the losses ``paramcrop train --loss`` knows."""
 
 
 @dataclass
@@ -114,7 +117,7 @@ class TrainConfig:
     framework: dict = field(default_factory=lambda: {"name": "simclr"})
     backbone: dict = field(default_factory=lambda: {"name": "tiny3d"})
     head: dict = field(default_factory=lambda: {"name": "mlp"})  # projection head (paramcrop.heads)
-    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    losses: LossesConfig = field(default_factory=LossesConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     steps: int = 300
@@ -131,7 +134,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "TrainConfig":
         """Build from a (possibly partial) nested dict; unknown keys raise :class:`ConfigError`."""
-        cfg = _from_dict(cls, dict(data or {}), prefix="")
+        cfg = _from_dict(cls, _current_sections(dict(data or {})), prefix="")
         cfg.validate()
         return cfg
 
@@ -162,6 +165,10 @@ class TrainConfig:
         """
         data = self.to_dict()
         names = {f"{section}.{key}" for section, key in _COMPONENT_KEYS.items()}
+        both = sorted(key for key in overrides if current_key(key) != key and current_key(key) in overrides)
+        if both:
+            raise ConfigError(f"{both[0]!r} and {current_key(both[0])!r} both set: keep only {current_key(both[0])!r}")
+        overrides = {current_key(key, warn=True): value for key, value in overrides.items()}
         for key, value in sorted(overrides.items(), key=lambda kv: kv[0] not in names):
             if key in names:
                 section, name_key = key.split(".")
@@ -170,18 +177,17 @@ class TrainConfig:
             set_dotted(data, key, value)
         return TrainConfig.from_dict(data)
 
-    def with_objectives(self, names: list[str]) -> "TrainConfig":
-        """A copy with the named objectives switched on: weight 1.0 unless they already have one.
+    def with_losses(self, names: list[str]) -> "TrainConfig":
+        """A copy with the named auxiliary losses switched on: weight 1.0 unless they already have one.
 
         ``names`` entries may be comma lists (``["region,order"]``); an unknown name raises
         :class:`ConfigError` listing the valid ones.
         """
         requested = [n.strip() for entry in names for n in entry.split(",") if n.strip()]
-        unknown = sorted(set(requested) - set(OBJECTIVE_NAMES))
+        unknown = sorted(set(requested) - set(LOSS_NAMES))
         if unknown:
-            raise ConfigError(f"unknown objective(s) {', '.join(unknown)}; "
-                              f"valid objectives: {', '.join(OBJECTIVE_NAMES)}")
-        return self.with_overrides({f"objectives.{n}": 1.0 for n in requested if getattr(self.objectives, n) == 0})
+            raise ConfigError(f"unknown loss(es) {', '.join(unknown)}; valid losses: {', '.join(LOSS_NAMES)}")
+        return self.with_overrides({f"losses.{n}": 1.0 for n in requested if getattr(self.losses, n) == 0})
 
     def resolved(self) -> dict[str, Any]:
         """The config as a dict with every component's constructor defaults filled in, so that a
@@ -228,8 +234,8 @@ class TrainConfig:
             self.optim.warmup_steps, "optim.weight_decay": self.optim.weight_decay,
             "optim.grad_clip": self.optim.grad_clip, "checkpoint_every": self.checkpoint_every,
             "optim.generator_warmup_steps": self.optim.generator_warmup_steps, "snapshot_every": self.snapshot_every,
-            "visualize_at": self.visualize_at, "objectives.region": self.objectives.region,
-            "objectives.order": self.objectives.order,
+            "visualize_at": self.visualize_at, "losses.region": self.losses.region,
+            "losses.order": self.losses.order,
         }
         for key, value in non_negative.items():
             if value < 0:
@@ -237,7 +243,7 @@ class TrainConfig:
         for key, value in (("optim.lr", self.optim.lr), ("optim.generator_lr", self.optim.generator_lr),
                            ("eval.knn_temperature", self.eval.knn_temperature),
                            ("eval.finetune_lr", self.eval.finetune_lr),
-                           ("objectives.region_temperature", self.objectives.region_temperature)):
+                           ("losses.region_temperature", self.losses.region_temperature)):
             if not value > 0:
                 raise ConfigError(f"{key} must be > 0, got {value}")
         if not 0 <= self.data.val_fraction < 1:
@@ -250,8 +256,8 @@ class TrainConfig:
                 dataset_name(source)
             except ValueError as exc:
                 raise ConfigError(f"eval.datasets: {exc}") from None
-        if self.objectives.order_bins < 2:
-            raise ConfigError(f"objectives.order_bins must be >= 2, got {self.objectives.order_bins}")
+        if self.losses.order_bins < 2:
+            raise ConfigError(f"losses.order_bins must be >= 2, got {self.losses.order_bins}")
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2 for contrastive learning, got {self.batch_size}")
         if self.view.size > self.data.size or self.view.frames > self.data.frames:
@@ -304,6 +310,38 @@ class TrainConfig:
 
 # --- helpers ------------------------------------------------------------------------------
 _COMPONENT_KEYS = {"crop": "method", "framework": "name", "backbone": "name", "head": "name"}
+RENAMED_SECTIONS = {"objectives": "losses"}
+"""Old config section -> its name now: the old name is still read (with a :class:`RenamedKeyWarning`)
+in configs, specs and ``--set``, and :func:`current_key` maps the params of runs logged before."""
+
+
+class RenamedKeyWarning(DeprecationWarning):
+    """A config key given under its old name (:data:`RENAMED_SECTIONS`); it is read as the new one."""
+
+
+def current_key(key: str, warn: bool = False) -> str:
+    """A dotted key (or a section name) under its current name: ``objectives.region`` -> ``losses.region``;
+    ``warn``: a :class:`RenamedKeyWarning` when it was an old name."""
+    section, dot, rest = key.partition(".")
+    if section not in RENAMED_SECTIONS:
+        return key
+    new = RENAMED_SECTIONS[section] + dot + rest
+    if warn:
+        warnings.warn(f"config key {key!r} is deprecated: read as {new!r}, write that instead", RenamedKeyWarning,
+                      stacklevel=3)
+    return new
+
+
+def _current_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a top-level config dict) with old section names mapped to the new ones (a warning each);
+    both names of one section is a :class:`ConfigError`."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        new = current_key(key, warn=True)
+        if new != key and new in data:
+            raise ConfigError(f"the config has both {key!r} and {new!r}: keep only {new!r} ({key!r} is its old name)")
+        out[new] = value
+    return out
 
 
 def _check_keys(section: str, params: Mapping[str, Any], valid: list[str], what: str = "") -> None:

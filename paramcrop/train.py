@@ -1,4 +1,4 @@
-"""One self-supervised pretraining run: crop -> augment -> framework (+ objectives), evaluated on frozen features.
+"""One self-supervised pretraining run: crop -> augment -> framework (+ auxiliary losses), evaluated on frozen features.
 
 The loop reports to a :class:`~paramcrop.sinks.MetricsSink` and knows nothing of MLflow or
 Optuna. With a learned crop, one backward pass serves both sides: the backbone's optimiser
@@ -9,7 +9,7 @@ factor of ``optim.generator_schedule``): lambda sets the adversary's step size.
 
 The framework also receives each view's augmentation vector (cube, flip, relative shift), as the
 projection head's ``augmentation_inputs`` asks for it (the CATE head; the MLP head takes none). The loss is the
-framework's loss plus the switched-on objectives (:mod:`paramcrop.objectives`) times their
+framework's loss plus the switched-on auxiliary losses (:mod:`paramcrop.losses`) times their
 weights; ``train/loss`` logs that total, ``train/region_loss`` / ``train/order_loss`` each term
 unweighted. Objectives that are off cost nothing.
 """
@@ -36,7 +36,7 @@ from paramcrop.distributed import DistInfo, average_gradients, init_from_env, sh
 from paramcrop.frameworks.base import pool
 from paramcrop.geometry import view_disparity
 from paramcrop.heads import HeadSpec
-from paramcrop.objectives import ORDER_LOSS, REGION_LOSS, RegionContrast, TemporalOrder, global_view
+from paramcrop.losses import ORDER_LOSS, REGION_LOSS, RegionContrast, TemporalOrder, global_view
 
 # the Kinetics statistics that torchvision's video models use
 MEAN = (0.43216, 0.394666, 0.37645)
@@ -239,15 +239,15 @@ class Trainer:
         self.augment = ClipAugment(**cfg.augment)
         fw_name, fw_kw = cfg.component("framework")
         self.framework = create_framework(fw_name, backbone, HeadSpec(*cfg.component("head")), **fw_kw).to(self.device)
-        obj = cfg.objectives
-        self.objectives = nn.ModuleDict()  # the switched-on extra loss terms, by metric name
+        obj = cfg.losses
+        self.losses = nn.ModuleDict()  # the switched-on extra loss terms, by metric name
         if obj.region > 0:
-            self.objectives[REGION_LOSS] = RegionContrast(backbone.feature_dim, temperature=obj.region_temperature)
+            self.losses[REGION_LOSS] = RegionContrast(backbone.feature_dim, temperature=obj.region_temperature)
         if obj.order > 0:
-            self.objectives[ORDER_LOSS] = TemporalOrder(backbone.feature_dim, bins=obj.order_bins)
-        self.objectives.to(self.device)
-        self.objective_weights = {REGION_LOSS: obj.region, ORDER_LOSS: obj.order}
-        # Under torchrun the framework is wrapped in DDP; the generator and the objectives' small
+            self.losses[ORDER_LOSS] = TemporalOrder(backbone.feature_dim, bins=obj.order_bins)
+        self.losses.to(self.device)
+        self.loss_weights = {REGION_LOSS: obj.region, ORDER_LOSS: obj.order}
+        # Under torchrun the framework is wrapped in DDP; the generator and the auxiliary losses' small
         # heads have their gradients averaged explicitly (the generator has none while lambda = 0,
         # which DDP's reducer does not allow).
         self.model: nn.Module = self.framework
@@ -255,7 +255,7 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.framework, device_ids=device_ids)
 
-        params = [p for m in (self.framework, self.objectives) for p in m.parameters() if p.requires_grad]
+        params = [p for m in (self.framework, self.losses) for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         o = cfg.optim  # the learned crop's update rule and its schedule
@@ -278,7 +278,7 @@ class Trainer:
         state = {
             "step": self.step,
             "framework": self.framework.state_dict(),
-            "objectives": self.objectives.state_dict(),
+            "losses": self.losses.state_dict(),
             "crop": self.crop.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -317,7 +317,7 @@ class Trainer:
         """Restore a checkpoint; ``weights_only=True``: loading never executes code."""
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.framework.load_state_dict(state["framework"])
-        self.objectives.load_state_dict(state["objectives"])
+        self.losses.load_state_dict(state["losses" if "losses" in state else "objectives"])  # or pre-rename
         self.crop.load_state_dict(state["crop"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -388,21 +388,21 @@ class Trainer:
                             generator=torch.Generator().manual_seed(self.cfg.seed))
         return iter(loader)
 
-    def objective_terms(self, clips: Tensor, views: "Views", flips: tuple[Tensor, Tensor],  # noqa: F821
+    def loss_terms(self, clips: Tensor, views: "Views", flips: tuple[Tensor, Tensor],  # noqa: F821
                         maps: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
-        """The switched-on objectives' unweighted values by metric name (empty, and free, when none is on).
+        """The switched-on auxiliary losses' unweighted values by metric name (empty, and free, when none is on).
 
         ``clips (B, 3, T, H, W)`` raw; ``flips``: the views' flip flags ``(B,)``; ``maps``: the
         framework's online feature maps of the two views.
         """
         terms = {}
-        if REGION_LOSS in self.objectives:
-            terms[REGION_LOSS] = self.objectives[REGION_LOSS](*maps, views.cubes1, views.cubes2, *flips)
-        if ORDER_LOSS in self.objectives:
+        if REGION_LOSS in self.losses:
+            terms[REGION_LOSS] = self.losses[REGION_LOSS](*maps, views.cubes1, views.cubes2, *flips)
+        if ORDER_LOSS in self.losses:
             x, cubes = global_view(clips, self.crop.size)
             x, _ = self.augment(x / 255.0)
-            features = self.framework.backbone(to_input(x))  # the objective's one extra backbone pass
-            terms[ORDER_LOSS] = self.objectives[ORDER_LOSS](features, [pool(m) for m in maps],
+            features = self.framework.backbone(to_input(x))  # the order loss's one extra backbone pass
+            terms[ORDER_LOSS] = self.losses[ORDER_LOSS](features, [pool(m) for m in maps],
                                                             [views.cubes1, views.cubes2], cubes)
         return terms
 
@@ -418,9 +418,9 @@ class Trainer:
             with phase("framework"):
                 vectors = self.framework.projector.augmentation_inputs(views.cubes1, views.cubes2, aug1.flip, aug2.flip)
                 out = self.model(to_input(x1), to_input(x2), *vectors)
-            with phase("objectives"):
-                terms = self.objective_terms(clips, views, (aug1.flip, aug2.flip), out.maps)
-        loss = out.loss + sum(self.objective_weights[name] * value for name, value in terms.items())
+            with phase("losses"):
+                terms = self.loss_terms(clips, views, (aug1.flip, aug2.flip), out.maps)
+        loss = out.loss + sum(self.loss_weights[name] * value for name, value in terms.items())
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.step}: lower optim.lr, "
                                      f"check the data, or use precision=fp32")
@@ -429,7 +429,7 @@ class Trainer:
             loss.backward()
         with phase("optimizer"):
             if self.dist.enabled:
-                average_gradients(self.objectives.parameters())
+                average_gradients(self.losses.parameters())
             if cfg.optim.grad_clip > 0:
                 nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.optim.grad_clip)
             self.optimizer.step()
@@ -515,7 +515,7 @@ class Trainer:
                     elapsed = time.perf_counter() - interval_start
                     last = {sinks.TRAIN_LOSS: float(loss_sum) / loss_n, sinks.TRAIN_LR: self.step_lr,
                             sinks.TRAIN_CLIPS_PER_S: loss_n * cfg.batch_size * self.dist.world_size / max(elapsed, 1e-9),
-                            sinks.TRAIN_LAMBDA: self.crop.strength_at(step), sinks.TRAIN_DATA_WAIT_S: data_wait,
+                            sinks.TRAIN_STRENGTH: self.crop.strength_at(step), sinks.TRAIN_DATA_WAIT_S: data_wait,
                             **({sinks.TRAIN_GENERATOR_LR: self.adversary.lr_at(step, self._lr_factor(step))}
                                if self.gen_optimizer is not None else {}),
                             **{k: float(v) for k, v in metrics.items()}}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from paramcrop import sinks
 from paramcrop.sinks import redact_url
-from paramcrop.config import OBJECTIVE_NAMES, ConfigError, TrainConfig
+from paramcrop.config import LOSS_NAMES, ConfigError, TrainConfig
 from studies.tracking import (GracefulStop, TrackingUnavailable, call, check_tracking_store, get_or_create_experiment,
                               open_tracking_store, run_tags, tracked_run)
 
@@ -15,7 +15,7 @@ RUN_ID_FILE = "mlflow_run_id.txt"
 
 def run_name(cfg: TrainConfig) -> str:
     """A readable run name (and run folder): crop (and strength), framework, backbone, then the
-    head when it is not ``mlp`` and each extra objective that is on (its weight when not 1), seed:
+    head when it is not ``mlp`` and each auxiliary loss that is on (its weight when not 1), seed:
     ``paramcrop-l1-simclr-tiny3d-cate-region-order0.5-s0``."""
     crop = cfg.crop["method"]
     if "strength" in cfg.crop:
@@ -23,10 +23,10 @@ def run_name(cfg: TrainConfig) -> str:
     parts = [crop, cfg.framework["name"], cfg.backbone["name"]]
     if cfg.head["name"] != "mlp":
         parts.append(cfg.head["name"])
-    for objective in OBJECTIVE_NAMES:
-        weight = getattr(cfg.objectives, objective)
+    for loss in LOSS_NAMES:
+        weight = getattr(cfg.losses, loss)
         if weight > 0:
-            parts.append(objective if weight == 1 else f"{objective}{weight:g}")
+            parts.append(loss if weight == 1 else f"{loss}{weight:g}")
     return "-".join([*parts, f"s{cfg.seed}"])
 
 

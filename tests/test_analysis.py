@@ -489,21 +489,21 @@ def test_table_aggregates(store, tmp_path):
         assert (out / name).stat().st_size > 3000
 
 
-def test_table_groups_by_head_and_objectives(tmp_path):
-    """Runs differing only by head or extra objectives are separate cells; runs without those
-    params count as head mlp, objectives off (so they join the explicit mlp / 0-weight runs)."""
+def test_table_groups_by_head_and_losses(tmp_path):
+    """Runs differing only by head or auxiliary losses are separate cells; runs without those
+    params count as head mlp, losses off (so they join the explicit mlp / 0-weight runs)."""
     s = Store(tmp_path / "store")
     eid, parent = s.study("heads")
     base = {"crop.method": "random", "framework.name": "simclr", "backbone.name": "tiny3d", "steps": 100}
     groups = [  # (extra params, objective values)
         ({}, [0.30, 0.34]),
-        ({"head.name": "mlp", "objectives.region": "0.0", "objectives.order": "0.0"}, [0.38]),
+        ({"head.name": "mlp", "losses.region": "0.0", "losses.order": "0.0"}, [0.38]),
         ({"head.name": "cate"}, [0.40, 0.44]),
-        ({"objectives.region": "1.0", "objectives.order": "0.0"}, [0.50, 0.54, 0.49]),
-        ({"objectives.order": "1.0"}, [0.45, 0.47]),
-        ({"objectives.region": "1.0", "objectives.order": "1.0"}, [0.60]),
-        ({"objectives.region": "0.5"}, [0.52]),
-        ({"head.name": "cate", "objectives.region": "1.0", "objectives.order": "1.0"}, [0.70, 0.74]),
+        ({"losses.region": "1.0", "losses.order": "0.0"}, [0.50, 0.54, 0.49]),
+        ({"losses.order": "1.0"}, [0.45, 0.47]),
+        ({"losses.region": "1.0", "losses.order": "1.0"}, [0.60]),
+        ({"losses.region": "0.5"}, [0.52]),
+        ({"head.name": "cate", "losses.region": "1.0", "losses.order": "1.0"}, [0.70, 0.74]),
     ]
     for extra, objs in groups:
         for seed, v in enumerate(objs):
@@ -512,23 +512,23 @@ def test_table_groups_by_head_and_objectives(tmp_path):
     result = cli_run(["analyze", "table", "--study", "heads", "--tracking-uri", s.uri, "--out", str(out), "--no-log"])
     assert result.exit_code == 0, result.output
     data = pd.read_csv(out / "table.csv")
-    # by hand: (head, objectives label) -> n, mean, sample std (NaN for n = 1), in table order
+    # by hand: (head, losses label) -> n, mean, sample std (NaN for n = 1), in table order
     expected = [
         ("mlp", "none", 3, 0.34, 0.04),  # 0.30, 0.34 (no params) and 0.38 (explicit defaults)
-        ("mlp", "region=0.5", 1, 0.52, math.nan),  # the same objective at another weight: its own cell
+        ("mlp", "region=0.5", 1, 0.52, math.nan),  # the same loss at another weight: its own cell
         ("mlp", "region", 3, 0.51, math.sqrt(0.0007)),  # deviations -0.01, 0.03, -0.02
         ("mlp", "order", 2, 0.46, math.sqrt(0.0002)),
         ("mlp", "region+order", 1, 0.60, math.nan),
         ("cate", "none", 2, 0.42, math.sqrt(0.0008)),
         ("cate", "region+order", 2, 0.72, math.sqrt(0.0008)),
     ]
-    assert list(zip(data["head.name"], data["objectives"])) == [e[:2] for e in expected]
+    assert list(zip(data["head.name"], data["losses"])) == [e[:2] for e in expected]
     for (_, _, n, mean, std), (_, r) in zip(expected, data.iterrows()):
         assert r["n"] == n and r["mean"] == pytest.approx(mean, abs=1e-12)
         assert (math.isnan(std) and math.isnan(r["std"])) or r["std"] == pytest.approx(std, abs=1e-12)
-    assert set(data["objectives.region"]) == {0.0, 0.5, 1.0} and set(data["objectives.order"]) == {0.0, 1.0}
+    assert set(data["losses.region"]) == {0.0, 0.5, 1.0} and set(data["losses.order"]) == {0.0, 1.0}
     md = (out / "table.md").read_text()
-    assert "| framework · backbone | head | objectives | Random crop (baseline) |" in md
+    assert "| framework · backbone | head | losses | Random crop (baseline) |" in md
     assert "| SimCLR · Tiny3D | MLP | none | 0.340 ± 0.040 (n=3) |" in md
     assert "| SimCLR · Tiny3D | MLP | region | 0.510 ± 0.026 (n=3) |" in md
     assert "| SimCLR · Tiny3D | MLP | region+order | 0.600 (n=1) |" in md
@@ -539,14 +539,14 @@ def test_table_groups_by_head_and_objectives(tmp_path):
 
     tab = objective_table(objective_values(select(s.client, study="heads"))[0])
     labels, ylabel, suffix = heatmap_rows(tab)  # one framework and backbone: named in the title
-    assert labels[0] == "MLP head · no objectives" and labels[-1] == "CATE head · region+order"
-    assert ylabel == "Head · objectives" and suffix == " (SimCLR · Tiny3D)"
+    assert labels[0] == "MLP head · no extra losses" and labels[-1] == "CATE head · region+order"
+    assert ylabel == "Head · losses" and suffix == " (SimCLR · Tiny3D)"
     only_cate = tab[tab["head.name"] == "cate"].iloc[1:]
     assert heatmap_rows(only_cate) == (["SimCLR · Tiny3D"], "Framework · backbone", " (CATE head, region+order)")
     two_frameworks = pd.concat([tab, tab.iloc[:1].assign(**{"framework.name": "moco"})], ignore_index=True)
     labels, ylabel, suffix = heatmap_rows(two_frameworks)
-    assert labels[-1] == "MoCo v2 · Tiny3D · MLP head · no objectives" and suffix == ""
-    assert ylabel == "Framework · backbone · head · objectives"
+    assert labels[-1] == "MoCo v2 · Tiny3D · MLP head · no extra losses" and suffix == ""
+    assert ylabel == "Framework · backbone · head · losses"
     for name in ("table.png", "table.pdf"):
         assert (out / name).stat().st_size > 3000
 
@@ -564,9 +564,9 @@ def test_strength(store, tmp_path):
     assert (out / "strength.png").exists() and (out / "strength.pdf").exists()
 
 
-def test_strength_groups_by_head_and_objectives(tmp_path):
-    """Runs of another head or other objectives are their own line and reference, never averaged
-    in; their legend names the head and objectives (they vary here)."""
+def test_strength_groups_by_head_and_losses(tmp_path):
+    """Runs of another head or other auxiliary losses are their own line and reference, never averaged
+    in; their legend names the head and losses (they vary here)."""
     s = Store(tmp_path / "store")
     eid, parent = s.study("heads")
     base = {"framework.name": "simclr", "backbone.name": "tiny3d", "steps": 100}
@@ -581,7 +581,7 @@ def test_strength_groups_by_head_and_objectives(tmp_path):
         for seed, v in enumerate(objs):
             params = {**base, "head.name": head, "crop.method": crop, "seed": seed}
             params.update({"crop.strength": lam} if lam else {})
-            params.update({"objectives.region": region} if region else {})
+            params.update({"losses.region": region} if region else {})
             s.run(eid, parent, params, final={sinks.EVAL_KNN_TOP1: v})
     out = tmp_path / "strength"
     result = cli_run(["analyze", "strength", "--study", "heads", "--tracking-uri", s.uri, "--out", str(out),
@@ -592,7 +592,7 @@ def test_strength_groups_by_head_and_objectives(tmp_path):
     expected = [("mlp", "none", "paramcrop", [0.50, 0.54]), ("mlp", "none", "random", [0.30, 0.32]),
                 ("mlp", "region", "paramcrop", [0.60]),
                 ("cate", "none", "paramcrop", [0.70, 0.74, 0.72]), ("cate", "none", "random", [0.40])]
-    assert list(zip(data["head.name"], data["objectives"], data["crop.method"])) == [e[:3] for e in expected]
+    assert list(zip(data["head.name"], data["losses"], data["crop.method"])) == [e[:3] for e in expected]
     for (*_, values), (_, r) in zip(expected, data.iterrows()):
         n, mean, lo, hi = ci(values)
         assert r["n"] == n and r["mean"] == pytest.approx(mean, abs=1e-12)
@@ -600,9 +600,9 @@ def test_strength_groups_by_head_and_objectives(tmp_path):
 
     from analysis.strength import setting_labels
 
-    assert setting_labels(data)[:4] == ["SimCLR, MLP head, no objectives", "SimCLR, MLP head, no objectives",
-                                        "SimCLR, MLP head, region", "SimCLR, CATE head, no objectives"]
-    assert setting_labels(data[data["objectives"] == "none"]) == ["SimCLR, MLP head"] * 2 + ["SimCLR, CATE head"] * 2
+    assert setting_labels(data)[:4] == ["SimCLR, MLP head, no extra losses", "SimCLR, MLP head, no extra losses",
+                                        "SimCLR, MLP head, region", "SimCLR, CATE head, no extra losses"]
+    assert setting_labels(data[data["losses"] == "none"]) == ["SimCLR, MLP head"] * 2 + ["SimCLR, CATE head"] * 2
 
 
 def test_strength_without_strength_param(store, tmp_path):
@@ -804,7 +804,7 @@ def test_variants_that_differ_in_one_crop_key_are_never_pooled(tmp_path):
 
 def test_configuration_labels_of_trainer_params():
     """Runs logged like the trainer (every config key, component defaults filled in): the labels name
-    only what varies within a component; objective weights read as words; MLP and no objectives first."""
+    only what varies within a component; loss weights read as words; MLP and no extra losses first."""
     from analysis.groups import configurations
     from paramcrop.config import TrainConfig
 
@@ -812,14 +812,17 @@ def test_configuration_labels_of_trainer_params():
     for crop in ({"crop.method": "random"}, {"crop.method": "cvrl"}, {"crop.method": "paramcrop"}):
         for head in ("cate", "mlp"):
             for region, order in ((1.0, 1.0), (0.0, 0.0)):
-                cfg = TrainConfig().with_overrides({**crop, "head.name": head, "objectives.region": region,
-                                                    "objectives.order": order, "seed": len(rows)})
+                cfg = TrainConfig().with_overrides({**crop, "head.name": head, "losses.region": region,
+                                                    "losses.order": order, "seed": len(rows)})
                 rows.append({"run_id": str(len(rows)), **{f"params.{k}": str(v) for k, v in cfg.flatten().items()}})
     frame, _ = configurations(pd.DataFrame(rows))
     labels = list(frame.sort_values("config")["configuration"])
-    assert labels[:4] == ["Random crop (baseline), MLP head, no objectives", "Random crop (baseline), MLP head, region+order",
-                          "Random crop (baseline), CATE head, no objectives", "Random crop (baseline), CATE head, region+order"]
-    assert labels[4] == "CVRL crop, MLP head, no objectives" and labels[8] == "ParamCrop, λ=1.0, MLP head, no objectives"
+    assert labels[:4] == ["Random crop (baseline), MLP head, no extra losses",
+                          "Random crop (baseline), MLP head, region+order",
+                          "Random crop (baseline), CATE head, no extra losses",
+                          "Random crop (baseline), CATE head, region+order"]
+    assert labels[4] == "CVRL crop, MLP head, no extra losses"
+    assert labels[8] == "ParamCrop, λ=1.0, MLP head, no extra losses"
     assert frame["config"].nunique() == 12
 
 

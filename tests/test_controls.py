@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from paramcrop import sinks
 from paramcrop.config import TrainConfig
 from paramcrop.crops import create_crop
 from paramcrop.geometry import view_iou
@@ -123,7 +124,7 @@ def test_replay_reproduces_the_reference_cubes_at_and_between_snapshots(workdir)
         replay_cfg = ref_cfg.with_overrides({"crop.method": "replay", "crop.source": str(workdir / f"ref{every}")})
         replay, sink, cubes, inputs = _recorded_run(replay_cfg, workdir / f"replay{every}", inner=lambda c: c.inner)
         assert replay.gen_optimizer is None and not list(replay.crop.generator_parameters())
-        assert all(s == 0.0 for _, s in sink.series("train/lambda"))
+        assert all(s == 0.0 for _, s in sink.series(sinks.TRAIN_STRENGTH))
         assert not (workdir / f"replay{every}" / "generator-snapshots").exists()
         snapshots = {s["step"]: s for s in load_snapshots(workdir / f"ref{every}")}
         for step in range(6):

@@ -9,7 +9,7 @@ from test_train import tiny_config
 from paramcrop import sinks
 from paramcrop.config import ConfigError, TrainConfig
 from paramcrop.geometry import FULL_CUBE
-from paramcrop.objectives import ORDER_LOSS, REGION_LOSS, TemporalOrder, global_view, order_targets
+from paramcrop.losses import ORDER_LOSS, REGION_LOSS, TemporalOrder, global_view, order_targets
 from paramcrop.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")  # the module's synthetic-data cache (conftest)
@@ -74,29 +74,29 @@ def count_backbone_passes(trainer) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("objectives, passes", [({}, [16]), ({"objectives.region": 1.0}, [16]),
-                                                ({"objectives.order": 1.0}, [16, 8])])
-def test_only_the_order_objective_makes_an_extra_backbone_pass(tmp_path, objectives, passes):
-    trainer = Trainer(tiny_config(**{"crop.method": "random", "steps": 1, **objectives}), tmp_path, progress=False)
+@pytest.mark.parametrize("losses, passes", [({}, [16]), ({"losses.region": 1.0}, [16]),
+                                                ({"losses.order": 1.0}, [16, 8])])
+def test_only_the_order_loss_makes_an_extra_backbone_pass(tmp_path, losses, passes):
+    trainer = Trainer(tiny_config(**{"crop.method": "random", "steps": 1, **losses}), tmp_path, progress=False)
     calls = count_backbone_passes(trainer)
     loss, metrics, _ = trainer.train_step(next(trainer._loader()))
     assert calls == passes  # both views in one batch of 2B = 16; the global view of B = 8 clips
-    assert (ORDER_LOSS in metrics) == ("objectives.order" in objectives)
-    assert (REGION_LOSS in metrics) == ("objectives.region" in objectives)
+    assert (ORDER_LOSS in metrics) == ("losses.order" in losses)
+    assert (REGION_LOSS in metrics) == ("losses.region" in losses)
 
 
-def test_order_objective_in_training_with_other_terms(tmp_path):
-    cfg = tiny_config(**{"crop.method": "paramcrop", "steps": 2, "framework.name": "byol"}).with_objectives(
+def test_order_loss_in_training_with_other_terms(tmp_path):
+    cfg = tiny_config(**{"crop.method": "paramcrop", "steps": 2, "framework.name": "byol"}).with_losses(
         ["order,region"])
     sink = sinks.MemorySink()
     Trainer(cfg, tmp_path, progress=False).fit(sink)
     for name in (ORDER_LOSS, REGION_LOSS):
         values = [v for _, v in sink.series(name)]
         assert len(values) == 2 and all(math.isfinite(v) and v > 0 for v in values)
-    assert cfg.objectives.order == 1.0 and cfg.objectives.region == 1.0
-    kept = TrainConfig().with_overrides({"objectives.order": 0.25}).with_objectives(["order", "region"])
-    assert (kept.objectives.order, kept.objectives.region) == (0.25, 1.0)  # an explicit weight is kept
-    with pytest.raises(ConfigError, match="unknown objective.*valid objectives: region, order"):
-        TrainConfig().with_objectives(["ordre"])
-    with pytest.raises(ConfigError, match="objectives.order_bins must be >= 2"):
-        TrainConfig().with_overrides({"objectives.order_bins": 1})
+    assert cfg.losses.order == 1.0 and cfg.losses.region == 1.0
+    kept = TrainConfig().with_overrides({"losses.order": 0.25}).with_losses(["order", "region"])
+    assert (kept.losses.order, kept.losses.region) == (0.25, 1.0)  # an explicit weight is kept
+    with pytest.raises(ConfigError, match="unknown loss.*valid losses: region, order"):
+        TrainConfig().with_losses(["ordre"])
+    with pytest.raises(ConfigError, match="losses.order_bins must be >= 2"):
+        TrainConfig().with_overrides({"losses.order_bins": 1})

@@ -7,7 +7,7 @@ from test_train import tiny_config
 
 from paramcrop import sinks
 from paramcrop.config import ConfigError, TrainConfig
-from paramcrop.objectives import REGION_LOSS, RegionContrast, cell_boxes, region_contrast_loss, soft_targets
+from paramcrop.losses import REGION_LOSS, RegionContrast, cell_boxes, region_contrast_loss, soft_targets
 from paramcrop.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")  # the module's synthetic-data cache (conftest)
@@ -137,17 +137,17 @@ def test_region_module_trains_the_maps_not_the_cubes():
         RegionContrast(8, temperature=-1)
 
 
-def test_region_objective_in_training_and_config(tmp_path):
-    cfg = tiny_config(**{"crop.method": "cvrl", "steps": 2, "objectives.region": 0.5})
+def test_region_loss_in_training_and_config(tmp_path):
+    cfg = tiny_config(**{"crop.method": "cvrl", "steps": 2, "losses.region": 0.5})
     trainer = Trainer(cfg, tmp_path, progress=False)
     sink = sinks.MemorySink()
     trainer.fit(sink)
     values = [v for _, v in sink.series(REGION_LOSS)]
     assert len(values) == 2 and all(math.isfinite(v) and v > 0 for v in values)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert any(k.startswith(f"{REGION_LOSS}.projector") for k in state["objectives"])
-    assert sink.params["objectives.region"] == 0.5 and sink.params["objectives.order"] == 0.0
-    with pytest.raises(ConfigError, match="objectives.region must be >= 0"):
-        TrainConfig().with_overrides({"objectives.region": -1})
-    with pytest.raises(ConfigError, match="objectives.region_temperature must be > 0"):
-        TrainConfig().with_overrides({"objectives.region_temperature": 0})
+    assert any(k.startswith(f"{REGION_LOSS}.projector") for k in state["losses"])
+    assert sink.params["losses.region"] == 0.5 and sink.params["losses.order"] == 0.0
+    with pytest.raises(ConfigError, match="losses.region must be >= 0"):
+        TrainConfig().with_overrides({"losses.region": -1})
+    with pytest.raises(ConfigError, match="losses.region_temperature must be > 0"):
+        TrainConfig().with_overrides({"losses.region_temperature": 0})

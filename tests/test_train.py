@@ -30,7 +30,7 @@ def test_loss_decreases_and_all_metrics_are_logged(tmp_path):
     assert len(curve) == 30
     assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.05
     names = {name for _, name, _ in sink.history}
-    assert set(sinks.VIEW_METRICS) | {sinks.TRAIN_LR, sinks.TRAIN_CLIPS_PER_S, sinks.TRAIN_LAMBDA,
+    assert set(sinks.VIEW_METRICS) | {sinks.TRAIN_LR, sinks.TRAIN_CLIPS_PER_S, sinks.TRAIN_STRENGTH,
                                       sinks.EVAL_KNN_TOP1} <= names
     assert [s for s, _ in sink.series(sinks.VIEW_IOU)] == list(range(30))
     assert 0 <= result.eval_metrics[sinks.EVAL_KNN_TOP1] <= 1

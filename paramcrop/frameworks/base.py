@@ -8,7 +8,7 @@ crops all reach it the same way, and the gradient of ``loss`` with respect to ``
 a learned crop receives. Its projection head comes from :mod:`paramcrop.heads` (a
 :class:`~paramcrop.heads.HeadSpec`, MLP by default); the online branch runs the backbone's
 feature map, pools it, and hands the (online) maps of both views back in the output, so that
-extra objectives (:mod:`paramcrop.objectives`) need no second backbone pass.
+auxiliary losses (:mod:`paramcrop.losses`) need no second backbone pass.
 
 Losses are computed in float32 even under bf16 autocast (:func:`float32_loss`).
 """

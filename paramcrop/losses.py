@@ -1,7 +1,7 @@
-"""Controllable-augmentation objectives (Qian, Lin, See, Li, 2022, arXiv 2203.16632; SPEC 3.6).
+"""Controllable-augmentation auxiliary losses (Qian, Lin, See, Li, 2022, arXiv 2203.16632; SPEC 3.6).
 
 Two extra loss terms that the trainer adds to the framework's loss, each with its weight (config
-``objectives.region`` and ``objectives.order``; 0 = off, and then none of their code runs), and
+``losses.region`` and ``losses.order``; 0 = off, and then none of their code runs), and
 logs unweighted as ``train/region_loss`` and ``train/order_loss``. Both work with every framework
 (they use the *online* branch's backbone) and every crop method (all produce cubes). A learned
 crop's generator ascends the whole weighted loss through the pixels of its views; the cubes enter
@@ -25,7 +25,7 @@ two directions.
 **Local-global temporal order** (:class:`TemporalOrder`). The global view is the whole raw clip
 resampled to the view size (:func:`global_view`, cube ``FULL_CUBE``), augmented like the other
 views and encoded by the online backbone: the one extra backbone pass, made only when the
-objective is on. The two crop views are the local views. Target (:func:`order_targets`): the bin,
+order loss is on. The two crop views are the local views. Target (:func:`order_targets`): the bin,
 among ``bins`` equal bins of the global view's time span, that holds the local view's temporal
 center (clamped to the first/last bin if outside). A classifier ``mlp(2 D, hidden_dim, bins)`` on
 ``[global feature, local feature]`` (pooled backbone features) predicts it; the loss is the
