@@ -102,7 +102,8 @@ STUDY_TRIALS = "study/trials_{state}"  # trials per state: complete, pruned, fai
 
 # --- dataset inputs (``MetricsSink.log_dataset``) -------------------------------------------
 DATASET_TRAINING = "training"  # context of the training split
-DATASET_EVALUATION = "evaluation"  # context of the split evaluated on
+DATASET_EVALUATION = "evaluation"  # context of the split evaluated on (the test split)
+DATASET_VALIDATION = "validation"  # context of the validation split (carved from the training videos)
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # the dataset input's tag holding the context
 
 
@@ -125,8 +126,8 @@ class MetricsSink(Protocol):
 
     def log_dataset(self, name: str, source: str, digest: str, context: str, n_videos: int) -> None:
         """A dataset the run used: ``name`` its data source string, ``source`` its folder, ``digest``
-        (:func:`paramcrop.data.sources.dataset_digest`), ``context`` :data:`DATASET_TRAINING` or
-        :data:`DATASET_EVALUATION`, ``n_videos`` its size."""
+        (:func:`paramcrop.data.sources.dataset_digest`), ``context`` :data:`DATASET_TRAINING`,
+        :data:`DATASET_EVALUATION` or :data:`DATASET_VALIDATION`, ``n_videos`` its size."""
 
     def log_model(self, name: str, module: "nn.Module", input_example: "Tensor") -> None:
         """Keep ``module`` (on the CPU, in eval mode; the caller hands over a copy it no longer

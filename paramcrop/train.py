@@ -471,11 +471,14 @@ class Trainer:
         return self._run(self.cfg.steps if until is None else min(until, self.cfg.steps))
 
     def _log_datasets(self, sink: sinks.MetricsSink) -> None:
-        """The training split and the split evaluated on, as the run's dataset inputs."""
+        """The training split (what pretraining draws from), the test split and, when there is one, the
+        validation split, as the run's dataset inputs."""
         from paramcrop.data.sources import dataset_digest, dataset_root
 
-        for context, records in ((sinks.DATASET_TRAINING, self.train_set.records),
-                                 (sinks.DATASET_EVALUATION, self.eval_sets[1].records)):
+        splits = [(sinks.DATASET_TRAINING, self.train_set.records), (sinks.DATASET_EVALUATION, self.eval_sets[1].records)]
+        if self.val_set is not None:
+            splits.append((sinks.DATASET_VALIDATION, self.val_set.records))
+        for context, records in splits:
             sink.log_dataset(self.cfg.data.source, str(dataset_root(records)), dataset_digest(records), context,
                              len(records))
 

@@ -13,16 +13,15 @@ from studies.registration import TAG_OBJECTIVE_VALUE
 
 
 def log_backbones(client, study) -> dict[int, nn.Module]:
-    """A tiny module per trial, logged as its run's `backbone` model (as finished runs do); trial -> module."""
-    import os
+    """A tiny module per trial, logged as its run's `backbone` model (as finished runs do); trial -> module.
+    Through the project's own logging (no global MLflow tracking URI left behind for later tests)."""
+    from studies.tracking import log_torch_model
 
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     modules = {}
     for trial in study.trials:
         torch.manual_seed(100 + trial.number)
         modules[trial.number] = module = nn.Linear(4, 3)
-        with mlflow.start_run(run_id=trial.user_attrs["mlflow_run_id"]):
-            mlflow.pytorch.log_model(module, name="backbone", serialization_format="pickle", pip_requirements=["torch"])
+        log_torch_model(client, trial.user_attrs["mlflow_run_id"], "backbone", module, torch.zeros(1, 4))
     return modules
 
 

@@ -114,9 +114,10 @@ def test_tiny_study_names_notes_sources_datasets_and_summary(workdir):
     assert [m.value for m in client.get_metric_history(parent.info.run_id, sinks.STUDY_BEST_VALUE) if m.step == 1] \
         == [pytest.approx(first)]
 
-    # dataset inputs: the training and the test split, named by the source, digests of their files
-    dataset = resolve_source(TINY_SOURCE)
-    expected = {sinks.DATASET_TRAINING: dataset.train, sinks.DATASET_EVALUATION: dataset.test}
+    # dataset inputs: the training, test and validation splits, named by the source, digests of their files
+    dataset = resolve_source(TINY_SOURCE).with_validation(TrainConfig().data.val_fraction)
+    expected = {sinks.DATASET_TRAINING: dataset.train, sinks.DATASET_EVALUATION: dataset.test,
+                sinks.DATASET_VALIDATION: dataset.val}
     for run in trials.values():
         inputs = _inputs(client.get_run(run.info.run_id))
         assert set(inputs) == set(expected)
@@ -145,9 +146,10 @@ def test_train_run_keeps_its_name_and_gets_sources_and_datasets(workdir):
     assert run.data.tags[sinks.SOURCE_NAME_TAG] == source_name()
     assert run.data.tags[sinks.SOURCE_COMMIT_TAG] == git_commit()
     inputs = _inputs(run)
-    dataset = resolve_source(TINY_SOURCE)
+    dataset = resolve_source(TINY_SOURCE).with_validation(cfg.data.val_fraction)
     assert inputs[sinks.DATASET_TRAINING][1] == dataset_digest(dataset.train)
     assert inputs[sinks.DATASET_EVALUATION][1] == dataset_digest(dataset.test)
+    assert inputs[sinks.DATASET_VALIDATION][1] == dataset_digest(dataset.val)
 
 
 class DownClient:
