@@ -44,7 +44,7 @@ def _train(*args):
     from typer.testing import CliRunner
 
     from cli import app
-    from tests.test_runs import TINY_TRAIN
+    from test_runs import TINY_TRAIN
 
     return CliRunner().invoke(app, ["train", *TINY_TRAIN, "--crop", "random", *args])
 
@@ -77,7 +77,7 @@ def test_train_loss_flag_and_its_deprecated_aliases(workdir):
 
 def test_strength_is_logged_as_train_strength_each_logged_step(tmp_path):
     from paramcrop.train import Trainer
-    from tests.test_train import tiny_config
+    from test_train import tiny_config
 
     cfg = tiny_config(**{"crop.method": "paramcrop", "crop.strength": 0.5, "crop.warmup_steps": 4, "steps": 6,
                          "log_every": 2})
@@ -95,7 +95,7 @@ def test_analysis_reads_runs_logged_with_the_old_loss_params(tmp_path):
     the same config are one configuration; an old run with the loss off joins the new default."""
     import pandas as pd
 
-    from tests.test_analysis import Store, cli_run
+    from test_analysis import Store, cli_run
 
     s = Store(tmp_path / "store")
     eid, parent = s.study("renamed")
