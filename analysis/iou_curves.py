@@ -222,9 +222,11 @@ def _draw(ax, data: pd.DataFrame, metric: str, x: str, styles: dict) -> None:
     ax.set_ylabel(metric_label(metric))
     if x == "progress":
         ax.set_xlim(0, 1)
-    if _bounded(metric):
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(max(lo, 0.0) if lo >= -0.05 else lo, min(hi, 1.02) if hi <= 1.05 else hi)
+    lo, hi = ax.get_ylim()
+    if _bounded(metric):  # a t-band of few runs (t = 12.7 at n = 2) must not stretch a [0, 1] axis
+        ax.set_ylim(max(lo, -0.02), min(hi, 1.02))
+    elif "distance" in metric:  # distances are >= 0; the top keeps the means in view, not the widest band
+        ax.set_ylim(max(lo, 0.0), min(hi, 1.25 * float(d["mean"].max()) + 0.05))
 
 
 BASELINE_STYLES = [(plots.BASELINE_COLOUR, "--"), ("0.5", ":"), ("0.35", "-."), ("0.6", (0, (5, 1, 1, 1)))]
