@@ -372,18 +372,21 @@ def evaluate(
     retrieval: bool = True,
     knn: bool = True,
 ) -> dict[str, float]:
-    """Extract frozen features of both loaders and compute the evaluation metrics.
+    """Extract frozen features of both loaders and compute the evaluation metrics
+    (:func:`feature_metrics`). Loaders and ``normalize`` as in :func:`extract_features`; the
+    metrics are computed on ``device`` too."""
+    train = [t.to(device) for t in extract_features(backbone, train_loader, device=device, normalize=normalize)]
+    test = [t.to(device) for t in extract_features(backbone, test_loader, device=device, normalize=normalize)]
+    return feature_metrics(*train, *test, knn_k=knn_k, knn_temperature=knn_temperature, linear=linear,
+                           retrieval=retrieval, knn=knn)
 
-    Returns ``eval/knn_top1`` if ``knn``, plus ``eval/linear_top1`` if ``linear`` and ``eval/recall_at_{k}``
-    for k in 1, 5, 10 if ``retrieval``. Loaders and ``normalize`` as in :func:`extract_features`;
-    the metrics are computed on ``device`` too.
-    """
-    train_feats, train_labels = (
-        t.to(device) for t in extract_features(backbone, train_loader, device=device, normalize=normalize)
-    )
-    test_feats, test_labels = (
-        t.to(device) for t in extract_features(backbone, test_loader, device=device, normalize=normalize)
-    )
+
+def feature_metrics(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor, *,
+                    knn_k: int = 20, knn_temperature: float = 0.07, linear: bool = True, retrieval: bool = True,
+                    knn: bool = True) -> dict[str, float]:
+    """The evaluation metrics of features already extracted (``(N, D)`` and ``(N,)`` per split):
+    ``eval/knn_top1`` if ``knn``, plus ``eval/linear_top1`` if ``linear`` and ``eval/recall_at_{k}``
+    for k in 1, 5, 10 if ``retrieval``. One memory bank serves several query splits this way."""
     metrics = {}
     if knn:
         metrics[EVAL_KNN_TOP1] = knn_top1(

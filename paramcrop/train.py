@@ -341,13 +341,13 @@ class Trainer:
         """The evaluation metrics of the backbone now (:func:`paramcrop.evaluation.evaluate`): the
         test split's as ``eval/<metric>`` and, with a validation split, the validation videos'
         as ``eval/val/<metric>``, both against the same memory bank (the remaining training videos;
-        its features are extracted once per split, which costs one more pass over them). Plus
+        its features extracted once for both). Plus
         ``eval/finetune_top1`` when ``final`` and ``eval.finetune_steps`` > 0, plus each of
         ``eval.datasets``' ``eval/<name>/...`` (:mod:`paramcrop.transfer`) when ``final`` or
         ``eval.online_datasets``, its skipped parts as a tag. Runs on a forked
         RNG: evaluating never changes the training's random stream, so ``eval.every`` changes no
         training result."""
-        from paramcrop.evaluation import evaluate
+        from paramcrop.evaluation import extract_features, feature_metrics
 
         e = self.cfg.eval
         loaders = [DataLoader(ds, batch_size=e.batch_size, num_workers=self.cfg.data.workers) for ds in self.eval_sets]
@@ -357,10 +357,14 @@ class Trainer:
                            sinks.val_metric))
         metrics = {}
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            def features(loader):
+                return [t.to(self.device) for t in extract_features(self.framework.backbone, loader,
+                                                                    device=self.device, normalize=normalize_clips)]
+
+            bank = features(loaders[0])  # the memory bank, extracted once for every query split
             for queries, metric_name in splits:
-                found = evaluate(self.framework.backbone, loaders[0], queries, device=self.device,
-                                 normalize=normalize_clips, knn_k=e.knn_k, knn_temperature=e.knn_temperature,
-                                 linear=e.linear, retrieval=e.retrieval)
+                found = feature_metrics(*bank, *features(queries), knn_k=e.knn_k, knn_temperature=e.knn_temperature,
+                                        linear=e.linear, retrieval=e.retrieval)
                 metrics.update({metric_name(name): value for name, value in found.items()})
             if final and e.finetune_steps > 0:
                 metrics[sinks.EVAL_FINETUNE_TOP1] = self.finetune_top1(loaders[1])
