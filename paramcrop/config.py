@@ -46,6 +46,7 @@ class DataConfig:
     size: int = 64  # raw clip side (short side resized to it, then center-cropped square)
     workers: int | str = 0  # DataLoader worker processes, or "auto" (paramcrop.train.resolve_workers)
     val_fraction: float = 0.2  # of each class's training videos, held out for validation (0 = none)
+    cache_mb: float = 1024  # a split whose decoded videos fit in this (MiB, per process) is decoded once, 0 = off
 
 
 @dataclass
@@ -235,7 +236,7 @@ class TrainConfig:
             "optim.grad_clip": self.optim.grad_clip, "checkpoint_every": self.checkpoint_every,
             "optim.generator_warmup_steps": self.optim.generator_warmup_steps, "snapshot_every": self.snapshot_every,
             "visualize_at": self.visualize_at, "losses.region": self.losses.region,
-            "losses.order": self.losses.order,
+            "losses.order": self.losses.order, "data.cache_mb": self.data.cache_mb,
         }
         for key, value in non_negative.items():
             if value < 0:

@@ -37,6 +37,7 @@ from paramcrop.frameworks.base import pool
 from paramcrop.geometry import view_disparity
 from paramcrop.heads import HeadSpec
 from paramcrop.losses import ORDER_LOSS, REGION_LOSS, RegionContrast, TemporalOrder, global_view
+from paramcrop.runtime import tune_allocator
 
 # the Kinetics statistics that torchvision's video models use
 MEAN = (0.43216, 0.394666, 0.37645)
@@ -198,6 +199,7 @@ class Trainer:
         from paramcrop.frameworks import create_framework
         from paramcrop.transfer import DownstreamDataset, eval_stride
 
+        tune_allocator()  # large blocks reused, not refaulted each step (paramcrop.runtime)
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.sink: sinks.MetricsSink = sinks.MemorySink()
         self.progress, self.on_eval = progress, on_eval
@@ -222,12 +224,14 @@ class Trainer:
         if source_defaults:
             self.cfg = cfg = cfg.with_overrides(source_defaults)
         check_window_fits(dataset.train, cfg.data.frames, cfg.data.stride)  # refuse a clip longer than every video
-        self.train_set = TrainClips(dataset.train, cfg.data.frames, cfg.data.stride, cfg.data.size, seed=cfg.seed)
+        cache = cfg.data.cache_mb
+        self.train_set = TrainClips(dataset.train, cfg.data.frames, cfg.data.stride, cfg.data.size, seed=cfg.seed,
+                                    cache_mb=cache)
         self.eval_stride = eval_stride(cfg)  # span of a whole raw clip
         view = (cfg.view.frames, self.eval_stride, cfg.view.size, cfg.eval.clips_per_video)
-        self.eval_sets = [EvalClips(self.train_set.records, *view, infos=self.train_set.infos),  # scanned once
-                          EvalClips(dataset.test, *view)]
-        self.val_set = EvalClips(dataset.val, *view) if dataset.val else None  # queries only, never trained on
+        self.eval_sets = [EvalClips(self.train_set.records, *view, infos=self.train_set.infos, cache_mb=cache),
+                          EvalClips(dataset.test, *view, cache_mb=cache)]  # the first: scanned once
+        self.val_set = EvalClips(dataset.val, *view, cache_mb=cache) if dataset.val else None  # never trained on
         self.num_classes = len(dataset.classes)
         self.downstream = [DownstreamDataset(source, cfg) for source in cfg.eval.datasets]  # scanned once
 

@@ -131,8 +131,8 @@ class DownstreamDataset:
             spec = resolve_source(split_source, cache_dir=cache_dir)
             split = _Split(dataset_name(split_source), spec.classes)
             try:
-                split.train = EvalClips(spec.train, *geometry)
-                split.test = EvalClips(spec.test, *geometry)
+                split.train = EvalClips(spec.train, *geometry, cache_mb=cfg.data.cache_mb)
+                split.test = EvalClips(spec.test, *geometry, cache_mb=cfg.data.cache_mb)
             except ValueError as exc:  # an empty list, or nothing readable in it
                 split.reason = f"{'train' if split.train is None else 'test'} split: {exc}"
             self.splits.append(split)

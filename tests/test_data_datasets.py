@@ -228,3 +228,67 @@ def test_real_clip_resize_matches_an_independent_resize():
     reference = torch.nn.functional.interpolate(full[None], size=(96, 96), mode="bilinear", antialias=True)[0]
     assert ours.shape == (3, 96, 96)
     assert (ours - reference).abs().mean() < 4
+
+
+def _files_read(monkeypatch) -> list[int]:
+    """Patch the datasets module's ``read_frames`` to count the frames each call decodes from a file."""
+    from paramcrop.data import datasets
+
+    calls: list[int] = []
+    real = datasets.read_frames
+
+    def counting(path, info, indices, size):
+        indices = list(indices)
+        calls.append(len(indices))
+        return real(path, info, indices, size)
+
+    monkeypatch.setattr(datasets, "read_frames", counting)
+    return calls
+
+
+def _cache_records(tmp_path) -> list[VideoRecord]:
+    records = [grey_video(tmp_path / f"v{i}.mp4", 30 + 5 * i) for i in range(3)]
+    if SHARED_VIDEOS.is_dir():  # real clips: H.264 with B-frames, MPEG-4 with audio
+        records += [VideoRecord(UCF_STYLE, 1), VideoRecord(KINETICS_STYLE, 1)]
+    return records
+
+
+def test_decoded_cache_gives_the_windows_decoding_gives_and_reads_each_file_once(tmp_path, monkeypatch):
+    records = _cache_records(tmp_path)
+    calls = _files_read(monkeypatch)
+    plain = TrainClips(records, frames=8, stride=2, size=32, seed=3)
+    cached = TrainClips(records, frames=8, stride=2, size=32, seed=3, cache_mb=64)
+    indices = [i + epoch * len(records) for epoch in range(3) for i in range(len(records))]
+    calls.clear()
+    expected = [plain[i] for i in indices]
+    assert calls == [8] * len(indices)  # no cache: one window decoded per item
+    calls.clear()
+    got = [cached[i] for i in indices]
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    assert calls == [cached.infos[v].frames for v in range(len(records))]  # each video once, whole
+    plain_eval = EvalClips(records, frames=4, stride=3, size=24, clips_per_video=3)
+    cached_eval = EvalClips(records, frames=4, stride=3, size=24, clips_per_video=3, cache_mb=64)
+    for i in range(len(records)):
+        (a, la), (b, lb) = plain_eval[i], cached_eval[i]
+        assert torch.equal(a, b) and la == lb
+
+
+def test_decoded_cache_is_off_when_the_split_does_not_fit_or_is_zero(tmp_path, monkeypatch):
+    records = [grey_video(tmp_path / f"v{i}.mp4", 40) for i in range(2)]
+    need_mb = 2 * 40 * 32 * 32 * 3 / 2**20  # 0.23 MiB decoded
+    calls = _files_read(monkeypatch)
+    for cache_mb, cached in ((0, False), (need_mb * 0.99, False), (need_mb, True)):
+        dataset = TrainClips(records, frames=8, stride=2, size=32, cache_mb=cache_mb)
+        calls.clear()
+        dataset[0], dataset[2]
+        assert calls == ([40] if cached else [8, 8]), cache_mb
+
+
+def test_a_video_that_fails_on_its_first_cached_decode_is_skipped_as_without_the_cache(tmp_path):
+    good = grey_video(tmp_path / "good.mp4", 40)
+    bad = grey_video(tmp_path / "bad.mp4", 40)
+    dataset = TrainClips([bad, good], frames=8, stride=2, size=32, cache_mb=64)
+    bad.path.write_bytes(good.path.read_bytes()[:300])  # broken after the scan
+    with pytest.warns(RuntimeWarning, match="fails to decode"):
+        clip = dataset[0]
+    assert clip.shape == (3, 8, 32, 32) and [p.name for p, _ in dataset.skipped] == ["bad.mp4"]

@@ -57,10 +57,16 @@ class _Clips(Dataset):
     """The scan, the decoding of windows and the fallback for videos that fail after the scan.
 
     ``infos``: the scan of ``records`` when another dataset over the same videos already made it
-    (pass its ``records`` and ``infos``): the videos are not probed again, nothing is skipped."""
+    (pass its ``records`` and ``infos``): the videos are not probed again, nothing is skipped.
+
+    ``cache_mb``: when every readable video of the set, decoded whole at ``size``, fits in this many
+    MiB, each video is decoded once (all its frames) and its windows are sliced from memory after
+    that, in each process that reads it (DataLoader workers keep their own); otherwise every window
+    is decoded from the file. The frames are the same either way (decord decodes a frame alike
+    whichever others it is asked for: ``tests/test_data_datasets.py``); 0 = never cache."""
 
     def __init__(self, records: Sequence[VideoRecord], frames: int, stride: int, size: int,
-                 infos: Sequence[VideoInfo] | None = None) -> None:
+                 infos: Sequence[VideoInfo] | None = None, cache_mb: float = 0) -> None:
         if min(frames, stride, size) < 1:
             raise ValueError(f"frames, stride and size must be >= 1, got {frames}, {stride}, {size}")
         records = list(records)
@@ -81,6 +87,8 @@ class _Clips(Dataset):
         self.frames, self.stride, self.size = frames, stride, size
         self.span = window_span(frames, stride)
         self._broken: set[int] = set()
+        decoded_mb = sum(info.frames for info in self.infos) * size * size * 3 / 2**20
+        self._decoded: dict[int, np.ndarray] | None = {} if 0 < decoded_mb <= cache_mb else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -89,7 +97,12 @@ class _Clips(Dataset):
         """Windows starting at ``starts`` of video ``video``: ``uint8 (K, 3, T, S, S)``."""
         info = self.infos[video]
         indices = np.concatenate([window_indices(info.frames, self.frames, self.stride, s) for s in starts])
-        array = read_frames(self.records[video].path, info, indices, self.size)
+        if self._decoded is None:
+            array = read_frames(self.records[video].path, info, indices, self.size)
+        else:
+            if video not in self._decoded:
+                self._decoded[video] = read_frames(self.records[video].path, info, range(info.frames), self.size)
+            array = self._decoded[video][indices]
         clips = array.reshape(len(starts), self.frames, self.size, self.size, 3)
         # numpy's transpose copy: torch's permute().contiguous() is ~40x slower on a busy CPU
         return torch.from_numpy(np.ascontiguousarray(clips.transpose(0, 4, 1, 2, 3)))
@@ -131,8 +144,8 @@ class TrainClips(_Clips):
     """
 
     def __init__(self, records: Sequence[VideoRecord], frames: int, stride: int, size: int, seed: int = 0,
-                 labelled: bool = False, infos: Sequence[VideoInfo] | None = None) -> None:
-        super().__init__(records, frames, stride, size, infos)
+                 labelled: bool = False, infos: Sequence[VideoInfo] | None = None, cache_mb: float = 0) -> None:
+        super().__init__(records, frames, stride, size, infos, cache_mb)
         self.seed, self.labelled = seed, labelled
         self._draws: Counter[int] = Counter()
 
@@ -151,11 +164,11 @@ class EvalClips(_Clips):
 
     def __init__(
         self, records: Sequence[VideoRecord], frames: int, stride: int, size: int, clips_per_video: int = 1,
-        infos: Sequence[VideoInfo] | None = None,
+        infos: Sequence[VideoInfo] | None = None, cache_mb: float = 0,
     ) -> None:
         if clips_per_video < 1:
             raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
-        super().__init__(records, frames, stride, size, infos)
+        super().__init__(records, frames, stride, size, infos, cache_mb)
         self.clips_per_video = clips_per_video
 
     def _item(self, video: int, index: int) -> tuple[torch.Tensor, int]:
