@@ -43,6 +43,7 @@ from paramcrop.runtime import tune_allocator
 MEAN = (0.43216, 0.394666, 0.37645)
 STD = (0.22803, 0.22145, 0.216989)
 CHECKPOINT_NAME = "checkpoint.pt"
+COMPILE_ENV = "PARAMCROP_COMPILE"  # "0": no torch.compile whatever the config says (tests, debugging)
 RANK_RNG_NAME = "rng-rank{rank}.pt"  # rank r > 0's RNG state at the checkpoint (rank 0's is in the checkpoint)
 TRAJECTORY_NAME = "trajectory.csv"
 SKIPPED_NAME = "skipped_videos.csv"
@@ -241,6 +242,10 @@ class Trainer:
             crop_kw["steps"] = cfg.steps
         self.crop = create_crop(crop_name, (cfg.view.frames, cfg.view.size, cfg.view.size), **crop_kw).to(self.device)
         self.augment = ClipAugment(**cfg.augment)
+        if cfg.compile and os.environ.get(COMPILE_ENV) == "0":  # recorded as used
+            self.cfg = cfg = cfg.with_overrides({"compile": False})
+        if cfg.compile:
+            self.augment.fuse_color()
         fw_name, fw_kw = cfg.component("framework")
         self.framework = create_framework(fw_name, backbone, HeadSpec(*cfg.component("head")), **fw_kw).to(self.device)
         obj = cfg.losses

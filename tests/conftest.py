@@ -3,6 +3,9 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as cli.py does: set before torch loads OpenMP
+# torch.compile costs seconds for each new shape: the tests train eagerly (their subprocesses too),
+# except tests/test_compile.py, which compares the compiled path with the eager one
+os.environ.setdefault("PARAMCROP_COMPILE", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
