@@ -148,8 +148,8 @@ def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
     n = idx.numel()
     kernel, y = (kernel, x) if n == B else (kernel[idx], x[idx])
     y = torch.bmm(y.reshape(n, C * T * H, W), _blur_matrix(kernel, W).transpose(1, 2))
-    y = torch.matmul(_blur_matrix(kernel, H)[:, None], y.view(n, C * T, H, W)).view(n, C, T, H, W)
-    return y if n == B else x.index_put((idx,), y)
+    y = torch.matmul(_blur_matrix(kernel, H)[:, None], y.view(n, C * T, H, W)).view(n, C, T, H, W).to(x.dtype)
+    return y if n == B else x.index_put((idx,), y)  # .to: under autocast the products are bf16
 
 
 def _on_subset(x: Tensor, mask: Tensor, fn) -> Tensor:
@@ -166,7 +166,7 @@ def _on_subset(x: Tensor, mask: Tensor, fn) -> Tensor:
         return x
     if n == x.shape[0]:
         return fn(x, slice(None))
-    return x.index_put((idx,), fn(x[idx], idx))
+    return x.index_put((idx,), fn(x[idx], idx).to(x.dtype))
 
 
 def _color(x: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor, hue: Tensor,
