@@ -445,19 +445,32 @@ def _fluent_tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = env
 
 
+# what unpickling a logged backbone imports (MLflow's inference found the same, plus pandas for pyfunc)
+MODEL_REQUIREMENTS = ("mlflow", "cloudpickle", "numpy", "pandas", "torch", "torchvision", "paramcrop")
+
+
 def log_torch_model(client, run_id: str, name: str, module, input_example) -> None:
     """Log ``module`` into run ``run_id`` of ``client``'s store with ``mlflow.pytorch.log_model``
     (an MLflow 3 logged model named ``name``, loadable as ``runs:/<run_id>/<name>``), with the
     signature inferred from ``input_example`` (a CPU tensor) and the module's output on it, and
     the example itself as the model's input example. Pickled (not MLflow's default ``pt2``
     export, which fixes the batch size and drops ``feature_dim`` / ``forward_features``): loading
-    gives back the module itself and needs ``paramcrop`` importable."""
+    gives back the module itself and needs ``paramcrop`` importable. The pip requirements are
+    the installed versions of what loading it imports (:data:`MODEL_REQUIREMENTS`): MLflow's own
+    inference runs the model in a subprocess, ~8 s a run."""
     import logging
+    from importlib.metadata import PackageNotFoundError, version
 
     import mlflow.pytorch
     import torch
     from mlflow.models import infer_signature
 
+    requirements = []
+    for package in MODEL_REQUIREMENTS:
+        try:
+            requirements.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            pass
     with torch.no_grad():
         output = module(input_example)
     example = input_example.numpy()
@@ -471,7 +484,8 @@ def log_torch_model(client, run_id: str, name: str, module, input_example) -> No
     try:
         with _fluent_tracking_uri(client.tracking_uri):
             mlflow.pytorch.log_model(module, name=name, signature=signature, input_example=example, run_id=run_id,
-                                     model_id=model.model_id, serialization_format="pickle")
+                                     model_id=model.model_id, serialization_format="pickle",
+                                     pip_requirements=requirements)
     finally:
         pytorch_log.setLevel(level)
 

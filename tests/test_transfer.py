@@ -57,13 +57,23 @@ def tracked_train(cfg: TrainConfig, tmp: Path, experiment: str = "transfer"):
 # --- the backbone as an MLflow model -----------------------------------------------------------
 
 
-def test_logged_backbone_and_generator_round_trip(workdir):
+def test_logged_backbone_and_generator_round_trip(workdir, monkeypatch):
+    from importlib.metadata import version
+
     import mlflow.pytorch
+    import mlflow.utils.requirements_utils
     import yaml
 
     from paramcrop import create_crop, load_backbone
 
+    def no_inference(*args, **kwargs):
+        raise AssertionError("MLflow inferred the pip requirements (a subprocess, ~8 s a run)")
+
+    monkeypatch.setattr(mlflow.utils.requirements_utils, "_capture_imported_modules", no_inference)
     trainer, run_id, client = tracked_train(tiny_cfg(**{"crop.method": "paramcrop", "crop.strength": 1.0}), workdir)
+    requirements = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/backbone/requirements.txt",
+                                                             dst_path=str(workdir / "req"))).read_text().split()
+    assert f"torch=={version('torch')}" in requirements and f"torchvision=={version('torchvision')}" in requirements
     x = torch.randn(2, 3, 8, 32, 32)
     backbone = trainer.framework.backbone.eval()
     with torch.no_grad():
