@@ -4,8 +4,9 @@ that groups runs (``table``, ``compare``, ``iou-curves``, ``learning-curves``, `
 
 - **Identity**: two runs are the same configuration when *every* logged param has the same value
   in both, except the params of :data:`EXCLUDED`: ``seed`` (what repetitions differ by) and run
-  bookkeeping that cannot change a training result (``data.workers``, ``device``, ``log_every``,
-  ``checkpoint_every``, ``visualize_at``). Everything else counts, ``steps`` and ``eval.every``
+  bookkeeping that cannot change a training result beyond float rounding (``data.workers``,
+  ``data.cache_mb``, ``compile``, ``device``, ``log_every``, ``checkpoint_every``,
+  ``visualize_at``). Everything else counts, ``steps`` and ``eval.every``
   included. Values compare as numbers when both parse as numbers (``"1"`` = ``"1.0"``), else as
   stripped strings; a param a run lacks is a value of its own ("–"), except those of
   :data:`PARAM_DEFAULTS` (runs logged before heads and auxiliary losses existed used them);
@@ -34,7 +35,8 @@ import pandas as pd
 from analysis import plots
 from analysis.plots import BASELINE_METHOD, P_CROP, P_HEAD, P_LOSSES, P_ORDER, P_REGION, P_SEED, P_STRENGTH
 
-EXCLUDED = frozenset({P_SEED, "data.workers", "device", "log_every", "checkpoint_every", "visualize_at"})
+EXCLUDED = frozenset({P_SEED, "data.workers", "data.cache_mb", "compile", "device", "log_every", "checkpoint_every",
+                      "visualize_at"})
 """Params that never define a configuration (see module doc)."""
 PARAM_DEFAULTS = {P_HEAD: plots.DEFAULT_HEAD, P_REGION: "0.0", P_ORDER: "0.0"}
 """What a run without the param used (runs logged before heads and auxiliary losses existed)."""

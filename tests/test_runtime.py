@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import resource, sys, torch
 from paramcrop.runtime import tune_allocator
+torch.set_num_threads(1)  # one thread: no thread-pool allocations in the count
 print(int(tune_allocator()))
 x = torch.ones(6 * 2**18)
 def faults():
@@ -45,11 +46,19 @@ def probe(**env: str) -> tuple[bool, float]:
 
 @glibc
 def test_tuned_allocator_reuses_large_blocks_and_the_default_refaults_them():
-    tuned, tuned_faults = probe()
-    default, default_faults = probe(PARAMCROP_DEFAULT_MALLOC="1")
-    assert tuned and not default
-    assert default_faults > 3000  # three 6 MiB blocks of 1536 4 KiB pages each, refaulted
-    assert tuned_faults < 50
+    # glibc's default depends on where the kernel places the heap (ASLR): most processes refault
+    # the three blocks every iteration, some few do not; one that does shows the probe can see it
+    default_faults = 0.0
+    for _ in range(6):
+        default, faults = probe(PARAMCROP_DEFAULT_MALLOC="1")
+        assert not default
+        default_faults = max(default_faults, faults)
+        if default_faults > 3000:  # three 6 MiB blocks of 1536 4 KiB pages each, refaulted
+            break
+    assert default_faults > 3000, default_faults
+    for _ in range(2):
+        tuned, tuned_faults = probe()
+        assert tuned and tuned_faults < default_faults / 10, (tuned_faults, default_faults)  # ~0 alone
 
 
 @glibc
