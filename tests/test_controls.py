@@ -315,10 +315,15 @@ def test_builtin_controls_specs():
     controls = load_spec("controls")
     check_replay_references(controls)
     crops = controls.grid()["variant:crop"]
-    assert set(crops) == {"random", "matched", "curriculum", "replay", "paramcrop-l0", "paramcrop"}
+    assert set(crops) == {"random", "random-cvrl", "matched", "curriculum", "replay", "paramcrop-l0", "paramcrop"}
     assert controls.seeds == [0, 1, 2] and controls.objectives[0].metric == "eval/val/knn_top1"
     quick = load_spec("quickstart").search_space[0].choices
     assert {k: (v["crop.method"], v.get("crop.strength")) for k, v in quick.items()} == {
         "random": ("random", None), "paramcrop-l1": ("paramcrop", 1.0), "paramcrop-l0": ("paramcrop", 0.0)}
+    # one tuned random-crop baseline, the same in both specs; the curriculum ends at CVRL's ranges
+    choices = controls.search_space[0].choices
+    assert quick["random"] == choices["random"]
+    assert choices["curriculum"]["crop.area"] == choices["random-cvrl"]["crop.area"]
+    assert choices["curriculum"]["crop.duration"] == choices["random-cvrl"]["crop.duration"]
     tune = load_spec("tune-baseline")
     assert tune.grid_size() == 24 and tune.base_config().crop["method"] == "random"
