@@ -169,16 +169,22 @@ def _on_subset(x: Tensor, mask: Tensor, fn) -> Tensor:
     return x.index_put((idx,), fn(x[idx], idx).to(x.dtype))
 
 
+def _brightness_contrast_saturation(x: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor) -> Tensor:
+    """torchvision's three adjustments in order, per clip (factors ``(B,)``, 1 = unchanged, exactly):
+    contrast and saturation blend towards a gray with ``torch.lerp`` (one pass each)."""
+    x = (x * _per_clip(brightness.to(x.dtype))).clamp(0, 1)
+    mean = _gray(x).mean(dim=(2, 3, 4), keepdim=True)  # one gray level per clip
+    x = torch.lerp(mean.expand_as(x), x, _per_clip(contrast.to(x.dtype))).clamp(0, 1)
+    return torch.lerp(_gray(x).expand_as(x), x, _per_clip(saturation.to(x.dtype))).clamp(0, 1)
+
+
 def _color(x: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor, hue: Tensor,
            grayscale: Tensor) -> Tensor:
     """Colour jitter then grayscale on the whole batch, in the form ``torch.compile`` fuses (no
     per-clip subsets, whose sizes vary): ``(B, 3, T, H, W)`` and per-clip ``(B,)`` factors (1 =
     unchanged), hue shift (0 = unchanged) and grayscale (0. or 1.) -> same shape. The same values
     as :meth:`ClipAugment.apply`'s eager path to float rounding, and the same gradients."""
-    x = (x * _per_clip(brightness)).clamp(0, 1)
-    mean = _gray(x).mean(dim=(2, 3, 4), keepdim=True)  # one gray level per clip
-    x = torch.lerp(mean.expand_as(x), x, _per_clip(contrast)).clamp(0, 1)
-    x = torch.lerp(_gray(x).expand_as(x), x, _per_clip(saturation)).clamp(0, 1)
+    x = _brightness_contrast_saturation(x, brightness, contrast, saturation)
     x = torch.where(_per_clip(hue != 0), _hue_parts(x, hue)[0].clamp(0, 1), x)
     return torch.lerp(x, _gray(x).expand_as(x), _per_clip(grayscale))
 
@@ -188,6 +194,8 @@ class ClipAugment(nn.Module):
 
     ``forward(x (B, 3, T, H, W) float in [0, 1]) -> (same shape in [0, 1], AugmentParams)``.
     """
+
+    _fused = None  # the torch.compile'd _color once fuse_color() is called
 
     def __init__(
         self,
@@ -237,11 +245,12 @@ class ClipAugment(nn.Module):
     def apply(self, x: Tensor, p: AugmentParams) -> Tensor:
         """Apply given parameters to ``x (B, 3, T, H, W)`` in [0, 1].
 
-        A clip an operation does not change passes through it bit for bit: brightness, contrast and
-        saturation run on the whole batch with factor 1 there (``x * 1`` and ``torch.lerp(a, x, 1)``
-        are exactly ``x``), grayscale is ``torch.lerp(x, gray, 0 or 1)`` (exactly ``x`` or ``gray``);
-        the hue shift (costly), flip and blur are computed only for the clips they change and put
-        back (``_on_subset``), so gradients flow to every clip.
+        Colour jitter and grayscale run compiled (:meth:`fuse_color`, :func:`_color`) or eagerly. A
+        clip an operation does not change passes through it bit for bit on the eager path:
+        brightness, contrast and saturation run on the whole batch with factor 1 there (``x * 1`` and
+        ``torch.lerp(a, x, 1)`` are exactly ``x``), grayscale is ``torch.lerp(x, gray, 0 or 1)``
+        (exactly ``x`` or ``gray``); the hue shift (costly), flip and blur are computed only for the
+        clips they change and put back (``_on_subset``), so gradients flow to every clip.
         """
         if self._fused is not None:
             x = self._fused_color(x, p)
@@ -257,15 +266,10 @@ class ClipAugment(nn.Module):
 
     @staticmethod
     def _jitter(x: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor, hue: Tensor) -> Tensor:
-        """Brightness, contrast, saturation (each ``(B,)``, 1 = unchanged), then hue (only where its
-        shift is not 0); contrast and saturation blend towards a gray with ``torch.lerp`` (one pass)."""
-        x = (x * _per_clip(brightness.to(x.dtype))).clamp(0, 1)
-        mean = _gray(x).mean(dim=(2, 3, 4), keepdim=True)  # one gray level per clip
-        x = torch.lerp(mean.expand_as(x), x, _per_clip(contrast.to(x.dtype))).clamp(0, 1)
-        x = torch.lerp(_gray(x).expand_as(x), x, _per_clip(saturation.to(x.dtype))).clamp(0, 1)
+        """Brightness, contrast, saturation on the whole batch, then the hue shift only where it is
+        not 0 (eagerly, a subset is cheaper than the closed form on every clip)."""
+        x = _brightness_contrast_saturation(x, brightness, contrast, saturation)
         return _on_subset(x, hue != 0, lambda y, i: adjust_hue(y, hue[i]).clamp(0, 1))
-
-    _fused = None  # the torch.compile'd _color once fuse_color() is called
 
     def fuse_color(self) -> None:
         """Run colour jitter and grayscale as :func:`_color` compiled by ``torch.compile``
