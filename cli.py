@@ -14,9 +14,13 @@ from typing import Annotated, Optional
 
 import typer
 
-# Before torch loads OpenMP: idle threads sleep instead of spinning. On a shared machine (several
-# study workers, a busy laptop) spinning threads slowed training steps 3-5x in our measurements.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch loads OpenMP: an idle OpenMP thread spins a short while (GOMP_SPINCOUNT 10000, tens of
+# microseconds), then sleeps. On the 2-core machine a quickstart step alone took 150 ms so, 179 ms
+# sleeping at once (OMP_WAIT_POLICY=PASSIVE); with two processes on the cores, 367 ms and 287 ms: so
+# `study run --workers N` gives its workers PASSIVE (studies/commands.py worker_env). A user's
+# OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 app = typer.Typer(
     name="paramcrop",

@@ -30,7 +30,7 @@ csv="$out/results.csv"
 log="$out/gpu.log"
 : > "$csv"
 : > "$log"
-export OMP_WAIT_POLICY=PASSIVE
+[[ -n "${OMP_WAIT_POLICY:-}" ]] || export GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-10000}  # as cli.py
 python=${PYTHON:-python}
 if [[ $tiny == 1 ]]; then
   repeats=2; size=(--tiny); videos=12

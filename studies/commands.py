@@ -109,8 +109,14 @@ WORKER_LOG = "worker-{index}.log"
 def worker_env(index: int, environ: dict[str, str], n_gpus: int) -> dict[str, str]:
     """Worker ``index``'s environment: with several GPUs visible, pinned to one of them
     (``CUDA_VISIBLE_DEVICES`` = visible id ``index % n_gpus``: the ids of the parent's own
-    ``CUDA_VISIBLE_DEVICES`` when it has one, else ``0..n_gpus-1``); otherwise ``environ``'s own."""
+    ``CUDA_VISIBLE_DEVICES`` when it has one, else ``0..n_gpus-1``); otherwise ``environ``'s own.
+    Several workers share the cores, so their OpenMP threads sleep as soon as idle
+    (``OMP_WAIT_POLICY=PASSIVE``, no ``GOMP_SPINCOUNT``: cli.py's short spin is for a process alone)
+    unless ``environ`` sets ``OMP_WAIT_POLICY``."""
     env = {**environ, "COLUMNS": environ.get("COLUMNS", "200")}  # wide log lines
+    if "OMP_WAIT_POLICY" not in environ:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+        env.pop("GOMP_SPINCOUNT", None)
     if n_gpus > 1:
         listed = environ.get("CUDA_VISIBLE_DEVICES")
         ids = [d.strip() for d in listed.split(",")][:n_gpus] if listed else [str(g) for g in range(n_gpus)]

@@ -2,7 +2,9 @@
 import os
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as cli.py does: set before torch loads OpenMP
+# before torch loads OpenMP: the tests' processes share the cores, so idle threads sleep at once
+# (what `study run --workers N` gives its workers; cli.py alone spins briefly first)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # torch.compile costs seconds for each new shape: the tests train eagerly (their subprocesses too),
 # except tests/test_compile.py, which compares the compiled path with the eager one
 os.environ.setdefault("PARAMCROP_COMPILE", "0")

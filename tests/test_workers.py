@@ -182,3 +182,10 @@ def test_a_signal_to_the_parent_stops_every_worker_cleanly(workdir, sig, code):
 def test_each_worker_is_pinned_to_one_visible_gpu(visible, n_gpus, expected):
     environ = {"PATH": "/bin"} | ({"CUDA_VISIBLE_DEVICES": visible} if visible else {})
     assert [worker_env(i, environ, n_gpus).get("CUDA_VISIBLE_DEVICES") for i in range(3)] == expected
+
+
+def test_workers_sleep_their_idle_openmp_threads_unless_the_user_chose_a_policy():
+    spun = worker_env(0, {"GOMP_SPINCOUNT": "10000", "PATH": "/bin"}, 0)  # cli.py's default for one process
+    assert spun["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in spun and spun["PATH"] == "/bin"
+    chosen = worker_env(1, {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "500"}, 0)
+    assert chosen["OMP_WAIT_POLICY"] == "ACTIVE" and chosen["GOMP_SPINCOUNT"] == "500"
