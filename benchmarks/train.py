@@ -1,7 +1,7 @@
 """Training-step costs, as ratios measured side by side in one run (issue 4).
 
     python benchmarks/train.py [--device cpu|cuda] [--repeats 10] [--skip-r3d] [--precision fp32 bf16]
-                               [--r3d-batch 32] [--tiny] [--csv results.csv] [--pairs]
+                               [--r3d-batch 32] [--tiny] [--csv results.csv]
 
 1. Pipeline overhead: a full training step (crop + augmentation + framework + optimisers + view
    metrics + logging) over the bare backbone forward+backward+step on the same two views.
@@ -53,9 +53,8 @@ def make_trainer(crop: str, backbone: str, batch: int, raw: tuple[int, int], vie
 
 
 def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats: int,
-                     precision: str = "fp32", pairs: bool = False) -> dict[str, float]:
-    """Median seconds of ``full-random``, ``full-paramcrop``, ``bare`` and ``floor`` (bare + input gradient),
-    all four interleaved, or with ``pairs`` each full step interleaved only with its reference."""
+                     precision: str = "fp32") -> dict[str, float]:
+    """Median seconds of ``full-random``, ``full-paramcrop``, ``bare`` and ``floor`` (bare + input gradient)."""
     clips = torch.randint(0, 256, (batch, 3, raw[0], raw[1], raw[1]), dtype=torch.uint8, device=device)
     trainers = {crop: make_trainer(crop, backbone, batch, raw, view, device, precision)
                 for crop in ("random", "paramcrop")}
@@ -88,11 +87,8 @@ def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats:
             sync()
         return run
 
-    groups = [{"full-random": full(trainers["random"]), "bare": bare_step(x)},
-              {"full-paramcrop": full(trainers["paramcrop"]), "floor": bare_step(x_grad)}]
-    if not pairs:
-        groups = [{**groups[0], **groups[1]}]
-    return {name: seconds for group in groups for name, seconds in compare(group, repeats=repeats, warmup=2).items()}
+    return compare({"full-random": full(trainers["random"]), "full-paramcrop": full(trainers["paramcrop"]),
+                    "bare": bare_step(x), "floor": bare_step(x_grad)}, repeats=repeats, warmup=2)
 
 
 def measure_logging(step_seconds: float) -> tuple[float, float]:
@@ -121,10 +117,6 @@ def main() -> None:
     parser.add_argument("--r3d-batch", type=int, help="[default: 32 on CUDA, 4 on CPU]")
     parser.add_argument("--tiny", action="store_true", help="CI-sized: tiny3d, tiny clips, seconds")
     parser.add_argument("--csv", help="append the results to this CSV (benchmark,name,value,kind)")
-    parser.add_argument("--pairs", action="store_true",
-                        help="interleave random with bare and ParamCrop with floor only (the ParamCrop step's larger "
-                             "working set leaves the caches cold for the step after it: on the 2-core CPU the random "
-                             "step measured 183-189 ms among all four, 147-156 ms beside the bare step)")
     args = parser.parse_args()
     results = Results("train", args.csv)
     print(f"device={args.device}, torch threads={torch.get_num_threads()}, medians of {args.repeats} interleaved repeats")
@@ -140,7 +132,7 @@ def main() -> None:
     speed: dict[tuple[str, str], float] = {}  # (case, precision) -> clips/s of the full random-crop step
     for precision in args.precision:
         for case, backbone, batch, raw, view in cases:
-            t = measure_backbone(backbone, batch, raw, view, args.device, args.repeats, precision, args.pairs)
+            t = measure_backbone(backbone, batch, raw, view, args.device, args.repeats, precision)
             if case == "quickstart" and peak_mb is None:
                 tiny_step = t["full-paramcrop"]
                 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
