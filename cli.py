@@ -15,10 +15,10 @@ from typing import Annotated, Optional
 import typer
 
 # Before torch loads OpenMP: an idle OpenMP thread spins a short while (GOMP_SPINCOUNT 10000, tens of
-# microseconds), then sleeps. On the 2-core machine a quickstart step alone took 150 ms so, 179 ms
-# sleeping at once (OMP_WAIT_POLICY=PASSIVE); with two processes on the cores, 367 ms and 287 ms: so
-# `study run --workers N` gives its workers PASSIVE (studies/commands.py worker_env). A user's
-# OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+# microseconds), then sleeps. On the 2-core machine a quickstart step took 150 ms this way and 179 ms
+# with threads that sleep at once (OMP_WAIT_POLICY=PASSIVE) when the process was alone, but 367 ms
+# against 287 ms with two processes on the cores: so `study run --workers N` gives its workers
+# PASSIVE (studies/commands.py worker_env). A user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 

@@ -186,7 +186,12 @@ def _color(x: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor, 
     as :meth:`ClipAugment.apply`'s eager path to float rounding, and the same gradients."""
     x = _brightness_contrast_saturation(x, brightness, contrast, saturation)
     x = torch.where(_per_clip(hue != 0), _hue_parts(x, hue)[0].clamp(0, 1), x)
-    return torch.lerp(x, _gray(x).expand_as(x), _per_clip(grayscale))
+    return _grayscale(x, grayscale)
+
+
+def _grayscale(x: Tensor, grayscale: Tensor) -> Tensor:
+    """Each clip its luma where ``grayscale (B,)`` is 1, itself where 0 (``torch.lerp``: exactly either)."""
+    return torch.lerp(x, _gray(x).expand_as(x), _per_clip(grayscale.to(x.dtype)))
 
 
 class ClipAugment(nn.Module):
@@ -258,7 +263,7 @@ class ClipAugment(nn.Module):
             if bool(((p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0)).any()):
                 x = self._jitter(x, p.brightness, p.contrast, p.saturation, p.hue)
             if bool(p.grayscale.any()):
-                x = torch.lerp(x, _gray(x).expand_as(x), _per_clip(p.grayscale.to(x.dtype)))
+                x = _grayscale(x, p.grayscale)
         x = _on_subset(x, p.flip, lambda y, i: y.flip(-1))
         if bool((p.blur_sigma > 0).any()):
             x = gaussian_blur(x, p.blur_sigma)
