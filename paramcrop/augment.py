@@ -11,14 +11,15 @@ frame size).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from paramcrop import checks
+from paramcrop.runtime import Compiled
 
 _LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
@@ -59,8 +60,12 @@ def _hue_parts(x: Tensor, shift: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
     rel = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
     rel = torch.where(cr > 0, rel / torch.where(cr > 0, cr, torch.ones_like(cr)), torch.zeros_like(cr))
     offset = torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0)).to(x.dtype)
-    h6 = torch.remainder(offset + rel + 6.0 * shift.to(x.dtype).view(-1, 1, 1, 1), 6.0)
-    k = torch.remainder(x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1, 1) + h6[:, None], 6.0)
+    # wrapped into [0, 6] by adding or subtracting 6 (the ranges are known: rel in [-1, 1], the shift
+    # reduced per clip): a per-pixel remainder is ~10 vector ops, the most costly part of the formula
+    h6 = offset + rel + torch.remainder(6.0 * shift.to(x.dtype), 6.0).view(-1, 1, 1, 1)  # [-1, 11)
+    h6 = torch.where(h6 >= 6.0, h6 - 6.0, torch.where(h6 < 0.0, h6 + 6.0, h6))
+    k = x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1, 1) + h6[:, None]  # [1, 11]
+    k = torch.where(k > 6.0, k - 6.0, k)  # [0, 6]: w is the same at 0 and 6
     w = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
     return maxc[:, None] - cr[:, None] * w, (k, w, rel, cr, is_r, is_g)
 
@@ -178,15 +183,25 @@ def _brightness_contrast_saturation(x: Tensor, brightness: Tensor, contrast: Ten
     return torch.lerp(_gray(x).expand_as(x), x, _per_clip(saturation.to(x.dtype))).clamp(0, 1)
 
 
-def _color(x: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor, hue: Tensor,
-           grayscale: Tensor) -> Tensor:
-    """Colour jitter then grayscale on the whole batch, in the form ``torch.compile`` fuses (no
-    per-clip subsets, whose sizes vary): ``(B, 3, T, H, W)`` and per-clip ``(B,)`` factors (1 =
-    unchanged), hue shift (0 = unchanged) and grayscale (0. or 1.) -> same shape. The same values
-    as :meth:`ClipAugment.apply`'s eager path to float rounding, and the same gradients."""
+def _color_flip(x: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor, hue: Tensor,
+                grayscale: Tensor, flip: Tensor) -> Tensor:
+    """Colour jitter, grayscale, then the horizontal flip on the whole batch, in the form
+    ``torch.compile`` fuses (no per-clip subsets, whose sizes vary; the flip is an index in the fused
+    loop, forward and backward): ``(B, 3, T, H, W)`` and per-clip ``(B,)`` factors (1 = unchanged),
+    hue shift (0 = unchanged), grayscale and flip (0. or 1.) -> same shape. The same values as
+    :meth:`ClipAugment.apply`'s eager path to float rounding, and the same gradients."""
     x = _brightness_contrast_saturation(x, brightness, contrast, saturation)
     x = torch.where(_per_clip(hue != 0), _hue_parts(x, hue)[0].clamp(0, 1), x)
-    return _grayscale(x, grayscale)
+    x = _grayscale(x, grayscale)
+    return torch.where(_per_clip(flip != 0), x.flip(-1), x)
+
+
+def _color_flip_recomputed(*args: Tensor) -> Tensor:
+    """:func:`_color_flip` as one checkpointed region, the form :meth:`ClipAugment.fuse` compiles: the
+    partitioner then recomputes the forward inside the backward's fused loops instead of saving ~10
+    intermediates of the batch's size (identical values; forward+backward of the quickstart's view
+    batch 23 -> 14 ms, ``benchmarks/README.md``)."""
+    return checkpoint(_color_flip, *args, use_reentrant=False)
 
 
 def _grayscale(x: Tensor, grayscale: Tensor) -> Tensor:
@@ -200,7 +215,7 @@ class ClipAugment(nn.Module):
     ``forward(x (B, 3, T, H, W) float in [0, 1]) -> (same shape in [0, 1], AugmentParams)``.
     """
 
-    _fused = None  # the torch.compile'd _color once fuse_color() is called
+    _fused: Compiled | None = None  # the torch.compile'd _color_flip once fuse() is called
 
     def __init__(
         self,
@@ -250,21 +265,22 @@ class ClipAugment(nn.Module):
     def apply(self, x: Tensor, p: AugmentParams) -> Tensor:
         """Apply given parameters to ``x (B, 3, T, H, W)`` in [0, 1].
 
-        Colour jitter and grayscale run compiled (:meth:`fuse_color`, :func:`_color`) or eagerly. A
+        Colour jitter, grayscale and flip run compiled (:meth:`fuse`, :func:`_color_flip`) or eagerly. A
         clip an operation does not change passes through it bit for bit on the eager path:
         brightness, contrast and saturation run on the whole batch with factor 1 there (``x * 1`` and
         ``torch.lerp(a, x, 1)`` are exactly ``x``), grayscale is ``torch.lerp(x, gray, 0 or 1)``
         (exactly ``x`` or ``gray``); the hue shift (costly), flip and blur are computed only for the
         clips they change and put back (``_on_subset``), so gradients flow to every clip.
         """
-        if self._fused is not None:
-            x = self._fused_color(x, p)
+        if self._fused is not None and self._fused.active:
+            x = self._fused(x, *(v.to(x.dtype) for v in (p.brightness, p.contrast, p.saturation, p.hue,
+                                                          p.grayscale, p.flip)))
         else:
             if bool(((p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0)).any()):
                 x = self._jitter(x, p.brightness, p.contrast, p.saturation, p.hue)
             if bool(p.grayscale.any()):
                 x = _grayscale(x, p.grayscale)
-        x = _on_subset(x, p.flip, lambda y, i: y.flip(-1))
+            x = _on_subset(x, p.flip, lambda y, i: y.flip(-1))
         if bool((p.blur_sigma > 0).any()):
             x = gaussian_blur(x, p.blur_sigma)
         return x
@@ -276,23 +292,12 @@ class ClipAugment(nn.Module):
         x = _brightness_contrast_saturation(x, brightness, contrast, saturation)
         return _on_subset(x, hue != 0, lambda y, i: adjust_hue(y, hue[i]).clamp(0, 1))
 
-    def fuse_color(self) -> None:
-        """Run colour jitter and grayscale as :func:`_color` compiled by ``torch.compile``
-        (inductor: a few fused loops, forward and backward, instead of ~40 passes over the batch;
-        compiled on first use for each input shape and dtype, ~20 s on a 2-core CPU). Where
-        compiling fails (no C++ compiler, an unsupported platform) it warns once and stays eager."""
-        self._fused = torch.compile(_color, dynamic=False)
-
-    def _fused_color(self, x: Tensor, p: AugmentParams) -> Tensor:
-        args = (p.brightness.to(x.dtype), p.contrast.to(x.dtype), p.saturation.to(x.dtype), p.hue.to(x.dtype),
-                p.grayscale.to(x.dtype))
-        try:
-            return self._fused(x, *args)
-        except Exception as exc:  # noqa: BLE001 - inductor's failures have no common base class
-            warnings.warn(f"torch.compile of the colour augmentation failed ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}); running it eagerly", RuntimeWarning)
-            self._fused = None
-            return _color(x, *args)
+    def fuse(self) -> None:
+        """Run colour jitter, grayscale and flip compiled by ``torch.compile`` (:func:`_color_flip_recomputed`
+        through :class:`~paramcrop.runtime.Compiled`: a few fused loops, forward and backward, instead of
+        ~40 passes over the batch; eager :func:`_color_flip`, with a warning, where compiling fails). The blur stays eager (two
+        batched matrix products: compiled, as products or as shifted taps, it was no faster)."""
+        self._fused = Compiled(_color_flip_recomputed, "the colour augmentation", eager=_color_flip)
 
     def forward(self, x: Tensor) -> tuple[Tensor, AugmentParams]:
         params = self.sample(x.shape[0], x.shape[-2], x.device)

@@ -225,6 +225,43 @@ def crop_video_separable(video: Tensor, cubes: Tensor, size: Sequence[int]) -> T
     return x.reshape(B, C, t, h, w)
 
 
+@torch.compiler.disable  # eager under torch.compile: the fused loop then reads the taps, not recomputes them per voxel
+def _taps(cubes: Tensor, n_in: tuple[int, int, int], n_out: tuple[int, int, int]) -> list[tuple[Tensor, Tensor]]:
+    """``(i0, w1)`` of :func:`_interp_taps` for time, height and width, each ``(B, n_out)``."""
+    cx, cy, ct, hx, hy, ht = cubes.unbind(-1)
+    return [_interp_taps(c, half, n, m)[::2] for c, half, n, m in zip((ct, cy, cx), (ht, hy, hx), n_in, n_out)]
+
+
+def crop_video_taps(video: Tensor, cubes: Tensor, size: Sequence[int]) -> Tensor:
+    """:func:`crop_video` gathering each output voxel's eight trilinear taps: the form ``torch.compile``
+    fuses into a loop over the output (the CPU crop when ``compile`` is on, :meth:`CropMethod.fuse
+    <paramcrop.crops.base.CropMethod.fuse>`; eagerly it is slower than the separable form, as it
+    materialises the four time-height taps). ``(B, C, T, H, W)`` uint8 or float, ``(B, 6)`` ->
+    ``(B, C, t, h, w)``, float32 for uint8 input; differentiable with respect to ``cubes`` (and
+    ``video``), with ``grid_sample``'s values and gradients to float rounding."""
+    _check_crop_args(video, cubes, size)
+    t, h, w = _check_size(size)
+    B, C, T, H, W = video.shape
+    dtype = video.dtype if video.is_floating_point() else torch.float32
+    (it, wt), (iy, wy), (ix, wx) = _taps(cubes.to(dtype), (T, H, W), (t, h, w))
+    b = torch.arange(B, device=video.device).view(B, 1, 1, 1)
+    c = torch.arange(C, device=video.device).view(1, C, 1, 1)
+    it, iy, wy = it.view(B, 1, t, 1), iy.view(B, 1, 1, h), wy.view(B, 1, 1, h, 1)
+    dt, dy, dx = int(T > 1), int(H > 1), int(W > 1)  # the second tap (its weight is 0 on a length-1 axis)
+
+    def rows(ti: Tensor, yi: Tensor) -> Tensor:  # whole source rows (B, C, t, h, W)
+        return video[b, c, ti, yi].to(dtype)
+
+    def lerp(a: Tensor, b: Tensor, weight: Tensor) -> Tensor:  # not torch.lerp: its weight gradient fuses worse
+        return a + (b - a) * weight
+
+    near = lerp(rows(it, iy), rows(it, iy + dy), wy)
+    far = lerp(rows(it + dt, iy), rows(it + dt, iy + dy), wy)
+    x = lerp(near, far, wt.view(B, 1, t, 1, 1))
+    idx = ix.view(B, 1, 1, 1, w).expand(B, C, t, h, w)
+    return lerp(x.gather(4, idx), x.gather(4, idx + dx), wx.view(B, 1, 1, 1, w))
+
+
 def _pos_scales(center: Tensor, half: Tensor, n_in: int, n_out: int) -> tuple[Tensor, Tensor]:
     """``d pos / d center`` and ``d pos / d half``, ``(B, n_out)`` each, zero where clamped."""
     u = (torch.arange(n_out, device=center.device, dtype=center.dtype) * 2 + 1) / n_out - 1

@@ -1,4 +1,4 @@
-"""Process-level settings for training on CPU (issue 15: allocation churn).
+"""Process-level settings for training on CPU (issue 15): the allocator, and compiled kernels.
 
 glibc's ``malloc`` serves each large block (above ``M_MMAP_THRESHOLD``: 128 KiB at first, raised
 as blocks are freed, at most 32 MiB) with a fresh ``mmap``, gives it back with ``munmap`` on
@@ -18,6 +18,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import warnings
+from typing import Callable
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers (malloc.h)
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes a C int
@@ -42,3 +44,31 @@ def tune_allocator() -> bool:
             if mallopt is not None:
                 _tuned = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _tuned
+
+
+class Compiled:
+    """``fn`` through ``torch.compile`` (inductor, ``dynamic=False``: compiled on first use for each
+    input shape and dtype, seconds on a 2-core CPU), called like ``fn``. Where compiling or running
+    the compiled code fails (no C++ compiler, an unsupported platform) it warns once, naming
+    ``what``, and calls ``eager`` (default ``fn``) from then on; :attr:`active` says which."""
+
+    def __init__(self, fn: Callable, what: str, eager: Callable | None = None) -> None:
+        import torch
+
+        self.what, self.eager = what, eager or fn
+        self._compiled: Callable | None = torch.compile(fn, dynamic=False)
+
+    @property
+    def active(self) -> bool:
+        return self._compiled is not None
+
+    def __call__(self, *args):
+        if self._compiled is not None:
+            try:
+                return self._compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - inductor's failures have no common base class
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                warnings.warn(f"torch.compile of {self.what} failed ({type(exc).__name__}: {first}); running it "
+                              f"eagerly", RuntimeWarning)
+                self._compiled = None
+        return self.eager(*args)

@@ -245,7 +245,8 @@ class Trainer:
         if cfg.compile and os.environ.get(COMPILE_ENV) == "0":  # recorded as used
             self.cfg = cfg = cfg.with_overrides({"compile": False})
         if cfg.compile:
-            self.augment.fuse_color()
+            self.crop.fuse()
+            self.augment.fuse()
         fw_name, fw_kw = cfg.component("framework")
         self.framework = create_framework(fw_name, backbone, HeadSpec(*cfg.component("head")), **fw_kw).to(self.device)
         obj = cfg.losses

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from paramcrop import center_distance, crop_video, cube_to_theta, view_iou
 from paramcrop import geometry
-from paramcrop.geometry import crop_video_reference, crop_video_separable, view_disparity
+from paramcrop.geometry import crop_video_reference, crop_video_separable, crop_video_taps, view_disparity
 
 N = 48  # grid cells per axis for voxel counting
 
@@ -130,7 +130,7 @@ def random_valid_cubes(n, generator=None, low=0.15):
     return torch.cat([center, half], -1)
 
 
-@pytest.mark.parametrize("implementation", [crop_video, crop_video_separable])
+@pytest.mark.parametrize("implementation", [crop_video, crop_video_separable, crop_video_taps])
 @pytest.mark.parametrize("size", [(5, 7, 6), (8, 16, 16), (12, 20, 9)])
 def test_crop_video_equals_grid_sample_in_value_and_gradient(size, implementation):
     g = torch.Generator().manual_seed(sum(size))
@@ -170,7 +170,7 @@ def test_crop_video_reference_is_plain_grid_sample():
     torch.testing.assert_close(crop_video(video, cubes, (4, 5, 6)), want, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("implementation", [crop_video, crop_video_separable, crop_video_reference])
+@pytest.mark.parametrize("implementation", [crop_video, crop_video_separable, crop_video_taps, crop_video_reference])
 def test_crop_video_identity_cube_returns_input(implementation):
     video = torch.rand(2, 3, 7, 9, 11)
     full = torch.tensor([[0.0, 0, 0, 1, 1, 1]] * 2)

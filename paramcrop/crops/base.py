@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from paramcrop.checks import range_pair
-from paramcrop.geometry import _check_size, crop_video
+from paramcrop.geometry import _check_size, crop_video, crop_video_taps
 from paramcrop.registry import Registry
+from paramcrop.runtime import Compiled
 
 CROPS: Registry["CropMethod"] = Registry("crop method")
 
@@ -36,6 +37,8 @@ class CropMethod(nn.Module):
     the 0-255 scale (see :mod:`paramcrop.crops.paramcrop` for the conventions); cubes and views are
     float32 even inside an autocast region.
     """
+
+    _fused: Compiled | None = None  # the torch.compile'd _cut_taps once fuse() is called
 
     def __init__(self, size: Sequence[int]) -> None:
         super().__init__()
@@ -66,13 +69,32 @@ class CropMethod(nn.Module):
 
         return Adversary(self, lr, **schedule)
 
+    def fuse(self) -> None:
+        """Cut the two views on CPU with :func:`~paramcrop.geometry.crop_video_taps` compiled by
+        ``torch.compile`` (:class:`~paramcrop.runtime.Compiled`; one graph for both views, forward and
+        backward; eager :func:`crop_video`, with a warning, where compiling fails). CUDA clips keep
+        ``grid_sample``."""
+        self._fused = Compiled(_cut_taps, "the crop", eager=_cut)
+
     def forward(self, clips: Tensor, step: int = 0) -> Views:
         with torch.autocast(clips.device.type, enabled=False):  # the cube maths in float32 under autocast
             cubes1, cubes2 = self.cubes(clips, step)
-            if not clips.is_floating_point() and (clips.is_cuda or (torch.is_grad_enabled() and
-                                                                    (cubes1.requires_grad or cubes2.requires_grad))):
-                clips = clips.float()  # the cube gradient (and CUDA's grid_sample) reads float frames: convert once
-            return Views(crop_video(clips, cubes1, self.size), crop_video(clips, cubes2, self.size), cubes1, cubes2)
+            fused = self._fused is not None and self._fused.active and not clips.is_cuda
+            x1, x2 = (self._fused if fused else _cut)(clips, cubes1, cubes2, self.size)
+            return Views(x1, x2, cubes1, cubes2)
+
+
+def _cut(clips: Tensor, cubes1: Tensor, cubes2: Tensor, size: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+    """The two views ``(B, C, t, h, w)`` of ``clips`` through :func:`crop_video`."""
+    if not clips.is_floating_point() and (clips.is_cuda or (torch.is_grad_enabled() and
+                                                            (cubes1.requires_grad or cubes2.requires_grad))):
+        clips = clips.float()  # the cube gradient (and CUDA's grid_sample) reads float frames: convert once
+    return crop_video(clips, cubes1, size), crop_video(clips, cubes2, size)
+
+
+def _cut_taps(clips: Tensor, cubes1: Tensor, cubes2: Tensor, size: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+    """:func:`_cut` through :func:`crop_video_taps` (the form compiled by :meth:`CropMethod.fuse`)."""
+    return crop_video_taps(clips, cubes1, size), crop_video_taps(clips, cubes2, size)
 
 
 def create_crop(name: str, size: Sequence[int], **params) -> CropMethod:
