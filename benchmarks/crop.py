@@ -6,11 +6,14 @@
 for a CI smoke run). Ratios < 1 mean crop_video is faster.
 Forward is timed with cubes that need no gradient (random/CVRL crops, evaluation), forward+backward
 with cubes that do (ParamCrop). On CPU crop_video is the separable form with an analytic backward to
-the cubes; the separable form differentiated by autograd is shown for comparison.
+the cubes; the separable form differentiated by autograd is shown for comparison, and so is the
+training path with ``compile: true`` (``crop_video_taps`` through ``torch.compile``; CPU only, skipped
+with ``PARAMCROP_COMPILE=0``).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _timing import Results, compare  # noqa: E402
 
 from paramcrop import ParamCrop, RandomCubicCrop, crop_video  # noqa: E402
-from paramcrop.geometry import crop_video_reference, crop_video_separable  # noqa: E402
+from paramcrop.geometry import crop_video_reference, crop_video_separable, crop_video_taps  # noqa: E402
+from paramcrop.runtime import Compiled  # noqa: E402
+from paramcrop.train import COMPILE_ENV  # noqa: E402
 
 SIZE = (8, 64, 64)
 TINY_SIZE = (4, 16, 16)
@@ -59,10 +64,22 @@ def main() -> None:
     print(f"device={device}, threads={torch.get_num_threads()}, clips {n}x3x{raw[0]}x{raw[1]}x{raw[1]} -> "
           f"{'x'.join(map(str, size))}, "
           f"median of {args.repeats} interleaved repeats")
+    compiled = (Compiled(crop_video_taps, "the crop", eager=crop_video)
+                if device.type == "cpu" and os.environ.get(COMPILE_ENV) != "0" else None)
     for dtype, x in (("float32", clips_f32), ("uint8", clips_u8)):
-        t = compare({"crop_video": fwd(crop_video, x), "grid_sample": fwd(crop_video_reference, x)}, args.repeats)
+        extra = {"compiled": fwd(compiled, x)} if compiled else {}
+        t = compare({"crop_video": fwd(crop_video, x), "grid_sample": fwd(crop_video_reference, x), **extra},
+                    args.repeats)
+        extra = {"compiled": fwd_bwd(compiled, x)} if compiled else {}
         tb = compare({"crop_video": fwd_bwd(crop_video, x), "grid_sample": fwd_bwd(crop_video_reference, x),
-                      "separable": fwd_bwd(crop_video_separable, x)}, args.repeats)
+                      "separable": fwd_bwd(crop_video_separable, x), **extra}, args.repeats)
+        if compiled:
+            for name, times in (("forward", t), ("forward_backward", tb)):
+                results.add(f"{dtype}/{name}/compiled_over_grid_sample", times["compiled"] / times["grid_sample"],
+                            "ratio")
+            print(f"  {dtype:7s} compiled (compile: true)  forward {t['compiled'] * 1e3:7.1f} ms, ratio "
+                  f"{t['compiled'] / t['grid_sample']:.2f}; forward+backward {tb['compiled'] * 1e3:7.1f} ms, ratio "
+                  f"{tb['compiled'] / tb['grid_sample']:.2f}")
         results.add(f"{dtype}/forward/crop_video_over_grid_sample", t["crop_video"] / t["grid_sample"], "ratio")
         results.add(f"{dtype}/forward_backward/crop_video_over_grid_sample", tb["crop_video"] / tb["grid_sample"],
                     "ratio")

@@ -182,9 +182,11 @@ def crop_video(video: Tensor, cubes: Tensor, size: Sequence[int]) -> Tensor:
     Two exact implementations; the faster one for the case is used (``benchmarks/crop.py``):
     for CPU clips (uint8, float32, float64) without a gradient to the video, the separable form
     (three 1-D two-tap passes; uint8 is converted to float only for the frames it needs) with an
-    analytic backward to the cubes only (:class:`_SeparableCrop`; 0.33-0.55x the time of
-    ``grid_sample``, forward or forward+backward); otherwise (CUDA: one fused kernel launch; a
-    gradient to the video) ``grid_sample``.
+    analytic backward to the cubes only (:class:`_SeparableCrop`; measured 2026-12-01 against
+    ``grid_sample``: 0.5-0.8x its time forward, 0.7-1.0x forward+backward, at the quickstart's and
+    ``benchmarks/crop.py``'s sizes); otherwise (CUDA: one fused kernel launch; a gradient to the
+    video) ``grid_sample``. Training with ``compile: true`` cuts on CPU with the compiled
+    :func:`crop_video_taps` instead (0.24-0.35x forward, 0.8x forward+backward).
     """
     _check_crop_args(video, cubes, size)
     if video.dtype in _SEPARABLE_DTYPES and not video.is_cuda and not (video.requires_grad and
