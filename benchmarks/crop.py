@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _timing import Results, compare  # noqa: E402
 
 from paramcrop import ParamCrop, RandomCubicCrop, crop_video  # noqa: E402
-from paramcrop.geometry import crop_video_reference, crop_video_separable, crop_video_taps  # noqa: E402
+from paramcrop.geometry import crop_video_reference, crop_video_separable, traceable_crop_video_taps  # noqa: E402
 from paramcrop.runtime import Compiled  # noqa: E402
 from paramcrop.train import COMPILE_ENV  # noqa: E402
 
@@ -64,7 +64,7 @@ def main() -> None:
     print(f"device={device}, threads={torch.get_num_threads()}, clips {n}x3x{raw[0]}x{raw[1]}x{raw[1]} -> "
           f"{'x'.join(map(str, size))}, "
           f"median of {args.repeats} interleaved repeats")
-    compiled = (Compiled(crop_video_taps, "the crop", eager=crop_video)
+    compiled = (Compiled(traceable_crop_video_taps(), "the crop", eager=crop_video)
                 if device.type == "cpu" and os.environ.get(COMPILE_ENV) != "0" else None)
     for dtype, x in (("float32", clips_f32), ("uint8", clips_u8)):
         extra = {"compiled": fwd(compiled, x)} if compiled else {}

@@ -293,10 +293,11 @@ class ClipAugment(nn.Module):
         return _on_subset(x, hue != 0, lambda y, i: adjust_hue(y, hue[i]).clamp(0, 1))
 
     def fuse(self) -> None:
-        """Run colour jitter, grayscale and flip compiled by ``torch.compile`` (:func:`_color_flip_recomputed`
-        through :class:`~paramcrop.runtime.Compiled`: a few fused loops, forward and backward, instead of
-        ~40 passes over the batch; eager :func:`_color_flip`, with a warning, where compiling fails). The blur stays eager (two
-        batched matrix products: compiled, as products or as shifted taps, it was no faster)."""
+        """Run colour jitter, grayscale and flip compiled by ``torch.compile``
+        (:func:`_color_flip_recomputed` through :class:`~paramcrop.runtime.Compiled`: a few fused loops,
+        forward and backward, instead of ~40 passes over the batch; eager :func:`_color_flip`, with a
+        warning, where compiling fails). The blur stays eager (two batched matrix products: compiled,
+        as products or as shifted taps, it was no faster)."""
         self._fused = Compiled(_color_flip_recomputed, "the colour augmentation", eager=_color_flip)
 
     def forward(self, x: Tensor) -> tuple[Tensor, AugmentParams]:

@@ -9,7 +9,8 @@ disparity between views is measured identically for all of them.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -227,25 +228,26 @@ def crop_video_separable(video: Tensor, cubes: Tensor, size: Sequence[int]) -> T
     return x.reshape(B, C, t, h, w)
 
 
-@torch.compiler.disable  # eager under torch.compile: the fused loop then reads the taps, not recomputes them per voxel
-def _taps(cubes: Tensor, n_in: tuple[int, int, int], n_out: tuple[int, int, int]) -> list[tuple[Tensor, Tensor]]:
-    """``(i0, w1)`` of :func:`_interp_taps` for time, height and width, each ``(B, n_out)``."""
+def crop_taps(cubes: Tensor, n_in: tuple[int, int, int], n_out: tuple[int, int, int]) -> list[tuple[Tensor, Tensor]]:
+    """``(i0, w1)`` of the two-tap interpolation for time, height and width, each ``(B, n_out)``,
+    for ``cubes (B, 6)`` on a clip of ``n_in = (T, H, W)`` cut to ``n_out = (t, h, w)``."""
     cx, cy, ct, hx, hy, ht = cubes.unbind(-1)
     return [_interp_taps(c, half, n, m)[::2] for c, half, n, m in zip((ct, cy, cx), (ht, hy, hx), n_in, n_out)]
 
 
-def crop_video_taps(video: Tensor, cubes: Tensor, size: Sequence[int]) -> Tensor:
+def crop_video_taps(video: Tensor, cubes: Tensor, size: Sequence[int], taps=crop_taps) -> Tensor:
     """:func:`crop_video` gathering each output voxel's eight trilinear taps: the form ``torch.compile``
     fuses into a loop over the output (the CPU crop when ``compile`` is on, :meth:`CropMethod.fuse
-    <paramcrop.crops.base.CropMethod.fuse>`; eagerly it is slower than the separable form, as it
-    materialises the four time-height taps). ``(B, C, T, H, W)`` uint8 or float, ``(B, 6)`` ->
-    ``(B, C, t, h, w)``, float32 for uint8 input; differentiable with respect to ``cubes`` (and
-    ``video``), with ``grid_sample``'s values and gradients to float rounding."""
+    <paramcrop.crops.base.CropMethod.fuse>`, through :func:`traceable_crop_video_taps`; eagerly this
+    form is slower than the separable one, as it materialises the four time-height taps).
+    ``(B, C, T, H, W)`` uint8 or float, ``(B, 6)`` -> ``(B, C, t, h, w)``, float32 for uint8 input;
+    differentiable with respect to ``cubes`` and ``video``, with ``grid_sample``'s values and
+    gradients to float rounding."""
     _check_crop_args(video, cubes, size)
     t, h, w = _check_size(size)
     B, C, T, H, W = video.shape
     dtype = video.dtype if video.is_floating_point() else torch.float32
-    (it, wt), (iy, wy), (ix, wx) = _taps(cubes.to(dtype), (T, H, W), (t, h, w))
+    (it, wt), (iy, wy), (ix, wx) = taps(cubes.to(dtype), (T, H, W), (t, h, w))
     b = torch.arange(B, device=video.device).view(B, 1, 1, 1)
     c = torch.arange(C, device=video.device).view(1, C, 1, 1)
     it, iy, wy = it.view(B, 1, t, 1), iy.view(B, 1, 1, h), wy.view(B, 1, 1, h, 1)
@@ -262,6 +264,13 @@ def crop_video_taps(video: Tensor, cubes: Tensor, size: Sequence[int]) -> Tensor
     x = lerp(near, far, wt.view(B, 1, t, 1, 1))
     idx = ix.view(B, 1, 1, 1, w).expand(B, C, t, h, w)
     return lerp(x.gather(4, idx), x.gather(4, idx + dx), wx.view(B, 1, 1, 1, w))
+
+
+def traceable_crop_video_taps() -> Callable[[Tensor, Tensor, Sequence[int]], Tensor]:
+    """:func:`crop_video_taps` for ``torch.compile``: its taps computed outside the graph
+    (``torch.compiler.disable``; inlined, inductor recomputes them for every voxel and the compiled
+    crop is slower than the eager one). Imports ``torch._dynamo`` (1 s), hence a function."""
+    return functools.partial(crop_video_taps, taps=torch.compiler.disable(crop_taps))
 
 
 def _pos_scales(center: Tensor, half: Tensor, n_in: int, n_out: int) -> tuple[Tensor, Tensor]:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from paramcrop.checks import range_pair
-from paramcrop.geometry import _check_size, crop_video, crop_video_taps
+from paramcrop.geometry import _check_size, crop_video, traceable_crop_video_taps
 from paramcrop.registry import Registry
 from paramcrop.runtime import Compiled
 
@@ -38,7 +38,7 @@ class CropMethod(nn.Module):
     float32 even inside an autocast region.
     """
 
-    _fused: Compiled | None = None  # the torch.compile'd _cut_taps once fuse() is called
+    _fused: Compiled | None = None  # the compiled crop of both views once fuse() is called
 
     def __init__(self, size: Sequence[int]) -> None:
         super().__init__()
@@ -70,11 +70,16 @@ class CropMethod(nn.Module):
         return Adversary(self, lr, **schedule)
 
     def fuse(self) -> None:
-        """Cut the two views on CPU with :func:`~paramcrop.geometry.crop_video_taps` compiled by
+        """Cut the two views on CPU with :func:`~paramcrop.geometry.traceable_crop_video_taps` compiled by
         ``torch.compile`` (:class:`~paramcrop.runtime.Compiled`; one graph for both views, forward and
         backward; eager :func:`crop_video`, with a warning, where compiling fails). CUDA clips keep
         ``grid_sample``."""
-        self._fused = Compiled(_cut_taps, "the crop", eager=_cut)
+        crop = traceable_crop_video_taps()
+
+        def cut_taps(clips: Tensor, cubes1: Tensor, cubes2: Tensor, size: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+            return crop(clips, cubes1, size), crop(clips, cubes2, size)
+
+        self._fused = Compiled(cut_taps, "the crop", eager=_cut)
 
     def forward(self, clips: Tensor, step: int = 0) -> Views:
         with torch.autocast(clips.device.type, enabled=False):  # the cube maths in float32 under autocast
@@ -91,10 +96,6 @@ def _cut(clips: Tensor, cubes1: Tensor, cubes2: Tensor, size: tuple[int, int, in
         clips = clips.float()  # the cube gradient (and CUDA's grid_sample) reads float frames: convert once
     return crop_video(clips, cubes1, size), crop_video(clips, cubes2, size)
 
-
-def _cut_taps(clips: Tensor, cubes1: Tensor, cubes2: Tensor, size: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
-    """:func:`_cut` through :func:`crop_video_taps` (the form compiled by :meth:`CropMethod.fuse`)."""
-    return crop_video_taps(clips, cubes1, size), crop_video_taps(clips, cubes2, size)
 
 
 def create_crop(name: str, size: Sequence[int], **params) -> CropMethod:
