@@ -10,8 +10,9 @@ losses, backward, optimizer, generator, metrics), ``data`` (the loader: decoding
 ``logging`` (the sink call) around it here, and two regions added here by module hooks: ``backbone``
 (inside ``framework``) and ``generator net`` (inside ``crop``, ParamCrop's MLPs). The backward is split
 by the region whose forward op each autograd node belongs to (``sequence_nr``): "backward: augment" is
-the augmentation's backward. ``evaluation`` is one online kNN evaluation, also shown amortised over
-``eval.every`` steps. Times are CPU time (on CUDA: device time) per step, in ms and as a share of the
+the augmentation's backward. ``online evaluation`` (kNN, linear probe, retrieval on validation and
+test) is timed twice: its first call, which decodes the evaluation splits into the cache, and a later
+one, also shown amortised over ``eval.every`` steps. Times are CPU time (on CUDA: device time) per step, in ms and as a share of the
 step's wall time; nested rows ("of which") are part of the row above.
 """
 from __future__ import annotations
@@ -145,12 +146,15 @@ def profile_crop(crop: str, args) -> tuple[dict[str, float], float, float, int, 
             one_step()
         wall = (time.perf_counter() - start) / args.steps
     per_step = {k: v / 1e3 / args.steps for k, v in breakdown(prof.events(), cuda).items()}
-    eval_ms = 0.0
+    eval_ms = (0.0, 0.0)  # the first call (decodes the evaluation splits into the cache), a later one
     if not args.no_eval:
-        start = time.perf_counter()
-        trainer.evaluate(final=False)
-        sync()
-        eval_ms = (time.perf_counter() - start) * 1e3
+        calls = []
+        for _ in range(2):
+            start = time.perf_counter()
+            trainer.evaluate(final=False)
+            sync()
+            calls.append((time.perf_counter() - start) * 1e3)
+        eval_ms = tuple(calls)
     return per_step, wall * 1e3, eval_ms, cfg.eval.every, plain
 
 
@@ -176,12 +180,14 @@ def table(results: dict[str, tuple], markdown: bool) -> str:
                       *("" for _ in crops)]))
     lines.append(fmt(["minor page faults per step (without the profiler)", *(f"{results[c][4][1]:.0f}" for c in crops),
                       *("" for _ in crops)]))
-    if any(results[c][2] for c in crops):
-        lines.append(fmt(["evaluation (one online kNN), per call", *(f"{results[c][2]:.0f}" for c in crops),
+    if any(results[c][2][0] for c in crops):
+        lines.append(fmt(["online evaluation, first call (decodes the evaluation splits)",
+                          *(f"{results[c][2][0]:.0f}" for c in crops), *("" for _ in crops)]))
+        lines.append(fmt(["online evaluation, a later call", *(f"{results[c][2][1]:.0f}" for c in crops),
                           *("" for _ in crops)]))
-        lines.append(fmt([f"evaluation amortised over eval.every={results[crops[0]][3]} steps",
-                          *(f"{results[c][2] / max(1, results[c][3]):.1f}" for c in crops),
-                          *(f"{100 * results[c][2] / max(1, results[c][3]) / results[c][1]:.0f}" for c in crops)]))
+        lines.append(fmt([f"later calls amortised over eval.every={results[crops[0]][3]} steps",
+                          *(f"{results[c][2][1] / max(1, results[c][3]):.1f}" for c in crops),
+                          *(f"{100 * results[c][2][1] / max(1, results[c][3]) / results[c][1]:.0f}" for c in crops)]))
     return "\n".join(lines)
 
 
