@@ -67,6 +67,25 @@ def test_grayscale_flip_and_blur():
     torch.testing.assert_close(out[1], clip[1])
 
 
+def test_blur_with_a_gradient_blurs_the_whole_batch_with_the_same_values_and_gradients():
+    """With a gradient to x the blur runs every clip through its products (one-hot kernels for the
+    unblurred ones); values and gradients are those of blurring each clip alone."""
+    torch.manual_seed(2)
+    x = torch.rand(3, 3, 2, 14, 12)
+    sigma = torch.tensor([1.5, 0.0, 1.6])  # radius 5 for both blurred clips, alone or together
+    xg = x.clone().requires_grad_()
+    out = gaussian_blur(xg, sigma)
+    torch.testing.assert_close(out, gaussian_blur(x, sigma), rtol=0, atol=1e-6)  # the subset path
+    assert torch.equal(out[1], x[1])  # the unblurred clip, bit for bit
+    upstream = torch.randn_like(out)
+    (grad,) = torch.autograd.grad((out * upstream).sum(), xg)
+    for i in range(3):
+        xi = x[i:i + 1].clone().requires_grad_()
+        (want,) = torch.autograd.grad((gaussian_blur(xi, sigma[i:i + 1]) * upstream[i:i + 1]).sum(), xi) \
+            if sigma[i] > 0 else (upstream[i:i + 1],)
+        torch.testing.assert_close(grad[i:i + 1], want, rtol=0, atol=1e-6)
+
+
 def test_one_parameter_set_per_clip():
     torch.manual_seed(0)
     clip, _ = static_clip(b=16, t=4)
