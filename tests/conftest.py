@@ -43,3 +43,19 @@ def assert_cubes_inside(cubes: torch.Tensor, tol: float = 1e-6) -> None:
     assert torch.isfinite(cubes).all()
     assert (half > 0).all()
     assert (center.abs() + half <= 1 + tol).all(), (center.abs() + half).max()
+
+
+def random_valid_cubes(n, generator=None, low=0.15):
+    """``(n, 6)`` cubes inside the clip, half-extents at least ``low``."""
+    half = torch.rand(n, 3, generator=generator) * (1 - low) + low
+    center = (torch.rand(n, 3, generator=generator) * 2 - 1) * (1 - half)
+    return torch.cat([center, half], -1)
+
+
+def border_cubes(n, generator, dtype=torch.float32):
+    """Random cubes, the first ones touching or crossing the clip's border (clamped coordinates)."""
+    cubes = random_valid_cubes(n, generator).to(dtype)
+    cubes[0] = torch.tensor([0.0, 0, 0, 1, 1, 1], dtype=dtype)  # the whole clip: edges on the border
+    cubes[1] = torch.tensor([0.3, -0.4, 0.2, 0.9, 0.8, 1.1], dtype=dtype)  # crosses it on every axis
+    cubes[2, :3] = 1 - cubes[2, 3:]  # touches the far border on every axis
+    return cubes

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TINY_SOURCE
+from conftest import TINY_SOURCE, border_cubes
 from paramcrop.augment import ClipAugment
 from paramcrop.config import TrainConfig
 from paramcrop.crops.base import create_crop
@@ -45,15 +45,6 @@ def test_fused_color_and_flip_equal_the_eager_path_in_value_and_gradient():
     assert ga.abs().max() > 0.1  # the comparison is not of zeros
 
 
-def border_cubes(batch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(3)
-    half = torch.rand(batch, 3, generator=g) * 0.8 + 0.15
-    cubes = torch.cat([(torch.rand(batch, 3, generator=g) * 2 - 1) * (1 - half), half], -1)
-    cubes[0] = torch.tensor([0.0, 0, 0, 1, 1, 1])  # the whole clip: edges on the border
-    cubes[1] = torch.tensor([0.3, -0.4, 0.2, 0.9, 0.8, 1.1])  # crosses it on every axis
-    return cubes
-
-
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 @pytest.mark.parametrize("clip", [(9, 13, 11), (1, 13, 11)])
 def test_fused_crop_equals_grid_sample_in_value_and_cube_gradient(dtype, clip):
@@ -63,7 +54,8 @@ def test_fused_crop_equals_grid_sample_in_value_and_cube_gradient(dtype, clip):
     crop.fuse()
     video = torch.randint(0, 256, (4, 2, *clip), dtype=torch.uint8)
     video = video if dtype == torch.uint8 else video.float() / 255
-    cubes1, cubes2 = border_cubes(4).requires_grad_(), border_cubes(4).flip(0).requires_grad_()
+    g = torch.Generator().manual_seed(3)
+    cubes1, cubes2 = border_cubes(4, g).requires_grad_(), border_cubes(4, g).flip(0).requires_grad_()
     crop.cubes = lambda clips, step: (cubes1, cubes2)
     views = crop(video)
     assert crop._fused.active

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from paramcrop import center_distance, crop_video, cube_to_theta, view_iou
 from paramcrop import geometry
 from paramcrop.geometry import crop_video_reference, crop_video_separable, crop_video_taps, view_disparity
+from conftest import border_cubes, random_valid_cubes
 
 N = 48  # grid cells per axis for voxel counting
 
@@ -124,12 +125,6 @@ def test_cube_to_theta_full_cube_is_identity_grid():
     torch.testing.assert_close(theta[0].diagonal(), torch.tensor([0.4, 0.5, 0.6]))
 
 
-def random_valid_cubes(n, generator=None, low=0.15):
-    half = torch.rand(n, 3, generator=generator) * (1 - low) + low
-    center = (torch.rand(n, 3, generator=generator) * 2 - 1) * (1 - half)
-    return torch.cat([center, half], -1)
-
-
 @pytest.mark.parametrize("implementation", [crop_video, crop_video_separable, crop_video_taps])
 @pytest.mark.parametrize("size", [(5, 7, 6), (8, 16, 16), (12, 20, 9)])
 def test_crop_video_equals_grid_sample_in_value_and_gradient(size, implementation):
@@ -202,15 +197,6 @@ def test_crop_video_rejects_bad_input():
         crop_video(torch.zeros(2, 1, 4, 4, 4), torch.zeros(3, 6), (2, 2, 2))
     with pytest.raises(ValueError, match="size"):
         crop_video(torch.zeros(2, 1, 4, 4, 4), torch.zeros(2, 6), (2, 0, 2))
-
-
-def border_cubes(n, generator, dtype=torch.float32):
-    """Random cubes, the first ones touching or crossing the clip's border (clamped coordinates)."""
-    cubes = random_valid_cubes(n, generator).to(dtype)
-    cubes[0] = torch.tensor([0.0, 0, 0, 1, 1, 1], dtype=dtype)  # the whole clip: edges on the border
-    cubes[1] = torch.tensor([0.3, -0.4, 0.2, 0.9, 0.8, 1.1], dtype=dtype)  # crosses it on every axis
-    cubes[2, :3] = 1 - cubes[2, 3:]  # touches the far border on every axis
-    return cubes
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
