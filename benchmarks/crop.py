@@ -7,7 +7,7 @@ for a CI smoke run). Ratios < 1 mean crop_video is faster.
 Forward is timed with cubes that need no gradient (random/CVRL crops, evaluation), forward+backward
 with cubes that do (ParamCrop). On CPU crop_video is the separable form with an analytic backward to
 the cubes; the separable form differentiated by autograd is shown for comparison, and so is the
-training path with ``compile: true`` (``crop_video_taps`` through ``torch.compile``; CPU only, skipped
+training path with ``compile: true`` (``traceable_crop_video_taps`` compiled; CPU only, skipped
 with ``PARAMCROP_COMPILE=0``).
 """
 from __future__ import annotations

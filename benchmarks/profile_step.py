@@ -12,8 +12,8 @@ losses, backward, optimizer, generator, metrics), ``data`` (the loader: decoding
 by the region whose forward op each autograd node belongs to (``sequence_nr``): "backward: augment" is
 the augmentation's backward. ``online evaluation`` (kNN, linear probe, retrieval on validation and
 test) is timed twice: its first call, which decodes the evaluation splits into the cache, and a later
-one, also shown amortised over ``eval.every`` steps. Times are CPU time (on CUDA: device time) per step, in ms and as a share of the
-step's wall time; nested rows ("of which") are part of the row above.
+one, also shown amortised over ``eval.every`` steps. Times are CPU time (on CUDA: device time) per
+step, in ms and as a share of the step's wall time; nested rows ("of which") are part of the row above.
 """
 from __future__ import annotations
 
@@ -107,9 +107,9 @@ ROWS = [  # (phase, label, nested under the row above)
 ]
 
 
-def profile_crop(crop: str, args) -> tuple[dict[str, float], float, float, int, tuple[float, float]]:
-    """(ms per step by phase, profiled wall ms per step, evaluation ms per call, eval.every, (unprofiled
-    wall ms per step, minor page faults per step)) for one crop method."""
+def profile_crop(crop: str, args) -> tuple[dict[str, float], float, tuple[float, float], int, tuple[float, float]]:
+    """(ms per step by phase, profiled wall ms per step, (evaluation ms of the first call, of a later one),
+    eval.every, (unprofiled wall ms per step, minor page faults per step)) for one crop method."""
     cfg = quickstart_config(crop, args.device, args.tiny)
     trainer = Trainer(cfg, Path(tempfile.mkdtemp()), progress=False)
     for method in ("forward", "forward_features"):

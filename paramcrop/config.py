@@ -126,7 +126,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
-    compile: bool = True  # torch.compile the crop, colour jitter and flip (CropMethod.fuse, ClipAugment.fuse); PARAMCROP_COMPILE=0 = off
+    compile: bool = True  # torch.compile crop, colour jitter, flip (the fuse() methods); PARAMCROP_COMPILE=0 = off
     log_every: int = 10
     checkpoint_every: int = 0  # 0 = only at the end
     snapshot_every: int = 25  # a learned crop's generator snapshots every N steps, for `replay` (0 = none)

@@ -76,7 +76,8 @@ class CropMethod(nn.Module):
         ``grid_sample``."""
         crop = traceable_crop_video_taps()
 
-        def cut_taps(clips: Tensor, cubes1: Tensor, cubes2: Tensor, size: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+        def cut_taps(clips: Tensor, cubes1: Tensor, cubes2: Tensor, size: tuple[int, int, int]
+                     ) -> tuple[Tensor, Tensor]:
             return crop(clips, cubes1, size), crop(clips, cubes2, size)
 
         self._fused = Compiled(cut_taps, "the crop", eager=_cut)
