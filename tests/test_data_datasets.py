@@ -123,6 +123,41 @@ def test_every_output_size_decodes(tmp_path):
         assert abs(frames[1].mean() - 34) < 3
 
 
+def test_read_frames_decodes_in_order_from_the_keyframe_and_never_asks_decord_to_skip(tmp_path, monkeypatch):
+    """decord 0.6 sometimes returns the frame before after skipping frames (dmlc/decord#195,
+    benchmarks/decord_skips.py): ``read_frames`` asks it for every frame from the last keyframe at
+    or before the window, in chunks of CHUNK_FRAMES, and picks the window's frames."""
+    from paramcrop.data import video
+
+    levels = 16 + 6 * np.arange(30, dtype=np.uint8)
+    path = tmp_path / "v.mp4"
+    write_mp4(path, np.broadcast_to(levels[:, None, None, None], (30, 32, 32, 3)).copy(), keyframe_every=8)
+    info = probe_video(path)
+    asked: list[list[int]] = []
+    opened = video._reader
+
+    class Recording:
+        def __init__(self, *args):
+            self.reader = opened(*args)
+            self.get_key_indices = self.reader.get_key_indices
+
+        def get_batch(self, indices):
+            asked.append(list(indices))
+            return self.reader.get_batch(indices)
+
+    monkeypatch.setattr(video, "_reader", Recording)
+    monkeypatch.setattr(video, "CHUNK_FRAMES", 5)
+    keys = opened(path).get_key_indices()
+    assert len(keys) >= 3 and keys[0] == 0  # x264 places them at most 8 frames apart
+    for indices in ([10, 13, 16, 19], [27, 29, 1, 3], [5], [9, 9, 2], list(range(30))):
+        asked.clear()
+        frames = torch.from_numpy(read_frames(path, info, indices, 32)).permute(3, 0, 1, 2)
+        assert frame_indices(frames) == indices
+        key = max(k for k in keys if k <= min(indices))
+        assert sum(asked, []) == list(range(key, max(indices) + 1))
+        assert all(len(batch) <= 5 for batch in asked)
+
+
 def test_broken_files_are_skipped_and_reported(tmp_path):
     good = [grey_video(tmp_path / "data" / cls / f"{i}.mp4", 20) for cls in ("a", "b") for i in range(3)]
     expected = write_broken_files(tmp_path / "data" / "a", good[0])

@@ -62,8 +62,9 @@ class _Clips(Dataset):
     ``cache_mb``: when every readable video of the set, decoded whole at ``size``, fits in this many
     MiB, each video is decoded once (all its frames) and its windows are sliced from memory after
     that, in each process that reads it (DataLoader workers keep their own); otherwise every window
-    is decoded from the file. The frames are the same either way (decord decodes a frame alike
-    whichever others it is asked for: ``tests/test_data_datasets.py``); 0 = never cache."""
+    is decoded from the file. The frames are the same either way (:func:`.video.read_frames` asks
+    decord for whole spans, never for frames with gaps: ``tests/test_data_datasets.py``); 0 = never
+    cache."""
 
     def __init__(self, records: Sequence[VideoRecord], frames: int, stride: int, size: int,
                  infos: Sequence[VideoInfo] | None = None, cache_mb: float = 0) -> None:

@@ -218,6 +218,9 @@ def window_indices(num_frames: int, frames: int, stride: int, start: int) -> np.
     return (start + stride * np.arange(frames)) % num_frames
 
 
+CHUNK_FRAMES = 64  # frames :func:`read_frames` asks decord for at a time
+
+
 def window_span(frames: int, stride: int) -> int:
     """Number of source frames a window of ``frames`` frames at ``stride`` covers."""
     return (frames - 1) * stride + 1
@@ -249,20 +252,40 @@ def read_frames(path: Path, info: VideoInfo, indices: Iterable[int], short_side:
     """Decode frames ``indices`` of ``path`` at short side ``short_side`` (resized by decord while
     decoding) and center-crop them: ``uint8 (len(indices), short_side, short_side, 3)`` RGB.
 
+    Every frame from the last keyframe at or before the first index to the last index is decoded
+    in order, in chunks of :data:`CHUNK_FRAMES` (so memory stays bounded), and the frames asked for
+    are kept: decord 0.6 is never asked to skip frames. When it skips some (``get_batch`` with gaps,
+    or a window that starts after a keyframe), its one-thread decoder sometimes hands back the frame
+    it returned before instead of the last one of the video (dmlc/decord#195). On the MPEG-4 test
+    clip's last window under load, 50 and 42 reads of 600 came back wrong with gaps and with a
+    gapless span, none of 600 from the keyframe (``benchmarks/decord_skips.py``). So the frames are
+    the same whichever others are asked for, and the decoded-video cache changes nothing; reading
+    costs 9-13 % more than decord's skipping (``benchmarks/data.py``).
+
     Raises :class:`UnreadableVideo` when decoding fails.
     """
+    indices = np.fromiter(indices, dtype=np.int64)
+    if not len(indices):
+        raise ValueError("no frame indices given")
+    first, last = int(indices.min()), int(indices.max())
     height, width = decode_size(info, short_side)
+    top, left = (height - short_side) // 2, (width - short_side) // 2
+    frames = np.empty((len(indices), short_side, short_side, 3), dtype=np.uint8)
     try:
         reader = _reader(path, height, width)
-        batch = reader.get_batch(list(indices)).asnumpy()
+        key = max((k for k in reader.get_key_indices() if k <= first), default=0)
+        for begin in range(key, last + 1, CHUNK_FRAMES):
+            chunk = reader.get_batch(list(range(begin, min(begin + CHUNK_FRAMES, last + 1)))).asnumpy()
+            inside = (indices >= begin) & (indices < begin + len(chunk))
+            frames[inside] = chunk[indices[inside] - begin, top : top + short_side, left : left + short_side]
     except DECODE_ERRORS as error:
         raise UnreadableVideo(Path(path), f"decoding failed: {_reason(error)}") from None
-    top, left = (height - short_side) // 2, (width - short_side) // 2
-    return batch[:, top : top + short_side, left : left + short_side]
+    return frames
 
 
-def write_mp4(path: Path, frames: np.ndarray, *, fps: int = 25, qp: int = 18) -> None:
+def write_mp4(path: Path, frames: np.ndarray, *, fps: int = 25, qp: int = 18, keyframe_every: int = 250) -> None:
     """Write ``uint8 (T, H, W, 3)`` RGB frames as H.264 (libx264, yuv420p) MP4; H and W must be even.
+    ``keyframe_every``: the longest run of frames between keyframes (x264's ``keyint``).
 
     The output is the same bytes on every run: one encoder thread and a constant quantiser ``qp``
     (x264's multi-threading and its rate control's macroblock tree both made a few percent of
@@ -276,7 +299,7 @@ def write_mp4(path: Path, frames: np.ndarray, *, fps: int = 25, qp: int = 18) ->
     with av.open(os.fspath(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"qp": str(qp), "preset": "veryfast", "threads": "1"}
+        stream.options = {"qp": str(qp), "preset": "veryfast", "threads": "1", "g": str(keyframe_every)}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
