@@ -98,7 +98,6 @@ def _cut(clips: Tensor, cubes1: Tensor, cubes2: Tensor, size: tuple[int, int, in
     return crop_video(clips, cubes1, size), crop_video(clips, cubes2, size)
 
 
-
 def create_crop(name: str, size: Sequence[int], **params) -> CropMethod:
     """Build a registered crop method (``random``, ``cvrl``, ``paramcrop``) for views of ``size``."""
     return CROPS.create(name, size, **params)
