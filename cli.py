@@ -400,12 +400,15 @@ def data_synth(
     shapes: Optional[int] = typer.Option(None, help="Object shapes, 1-4; classes = shapes x motions. [default: 2]"),
     motions: Optional[int] = typer.Option(None, help="Motion directions, 1-8. [default: 4]"),
     test_fraction: Optional[float] = typer.Option(None, help="Fraction of each class in the test split. [default: 0.25]"),
+    variant: Optional[str] = typer.Option(None, help="Background design: default, textures, patchwork, "
+                                          "patchwork-drift, mosaic (see `paramcrop.data.synthetic.VARIANTS`). "
+                                          "[default: default]"),
 ) -> None:
     """Generate the synthetic benchmark (H.264 MP4 + manifest) into the cache, or find it there."""
     from paramcrop.data.synthetic import MANIFEST, SyntheticConfig, cache_root, ensure_synthetic
 
     given = dict(seed=seed, videos_per_class=videos_per_class, frames=frames, size=size, shapes=shapes,
-                 motions=motions, test_fraction=test_fraction)
+                 motions=motions, test_fraction=test_fraction, variant=variant)
     try:
         config = SyntheticConfig(**{k: v for k, v in given.items() if v is not None})
         target = cache_root(out) / config.dirname

@@ -43,10 +43,7 @@ MOTIONS = {  # name -> (dx, dy) in image coordinates (y points down)
     "down_right": (1, 1), "up_left": (-1, -1), "down_left": (-1, 1), "up_right": (1, -1),
 }
 FPS = 25
-VARIANTS = ("default", "textures")
-"""``default``: smooth two-colour backgrounds; ``textures``: the same classes over unseen backgrounds,
-sharp two-colour stripes at a random angle and frequency (a transfer target: what changes is
-the appearance, not the classes)."""
+PATCHWORK_CELLS, MOSAIC_BLOCK = 4, 4
 
 
 @dataclass(frozen=True)
@@ -118,7 +115,7 @@ class SyntheticConfig:
 @dataclass(frozen=True)
 class Scene:
     """One video's random draw: ``centers (T, 2)`` as (x, y) pixels, ``radius`` of the shape in
-    pixels, object ``color (3,)`` and ``background (S, S, 3)``, both float 0-255."""
+    pixels, object ``color (3,)`` and ``background (S, S, 3)`` (static) or ``(T, S, S, 3)``, float 0-255."""
 
     shape: str
     centers: np.ndarray
@@ -146,6 +143,81 @@ def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
     return 1 / (1 + np.exp(-6 * wave))
 
 
+def _normalised(texture: np.ndarray) -> np.ndarray:
+    return (texture - texture.min()) / (np.ptp(texture) + 1e-9)
+
+
+def _two_colours(rng: np.random.Generator, texture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``texture (S, S)`` in [0, 1] painted between two random colours: ``(S, S, 3)`` and the palette ``(2, 3)``."""
+    palette = rng.uniform(0, 255, (2, 3))
+    return palette[0] + (palette[1] - palette[0]) * texture[..., None], palette
+
+
+def _smooth_background(rng: np.random.Generator, size: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    return _two_colours(rng, _normalised(0.7 * _smooth_noise(rng, 4, size) + 0.3 * _smooth_noise(rng, 12, size)))
+
+
+def _stripes_background(rng: np.random.Generator, size: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    return _two_colours(rng, _normalised(_stripes(rng, size)))
+
+
+def _mosaic_background(rng: np.random.Generator, size: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    blocks = -(-size // MOSAIC_BLOCK)
+    shades = np.kron(rng.random((blocks, blocks)), np.ones((MOSAIC_BLOCK, MOSAIC_BLOCK)))[:size, :size]
+    return _two_colours(rng, shades)
+
+
+def _patchwork_cells(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(S, S)`` grating values in [0, 1] and ``(S, S)`` cell index of a :data:`PATCHWORK_CELLS` grid."""
+    pixel = (np.arange(size) + 0.5) / size
+    row = np.minimum((pixel * PATCHWORK_CELLS).astype(int), PATCHWORK_CELLS - 1)
+    cell = row[:, None] * PATCHWORK_CELLS + row[None, :]
+    n = PATCHWORK_CELLS**2
+    angle, cycles, phase = rng.uniform(0, np.pi, n), rng.uniform(6, 12, n), rng.uniform(0, 2 * np.pi, n)
+    along = pixel[None, :] * np.cos(angle[cell]) + pixel[:, None] * np.sin(angle[cell])
+    wave = np.sin(2 * np.pi * cycles[cell] * along + phase[cell])
+    return 1 / (1 + np.exp(-6 * wave)), cell
+
+
+def _patchwork_background(rng: np.random.Generator, size: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    texture, cell = _patchwork_cells(rng, size)
+    colours = rng.uniform(0, 255, (PATCHWORK_CELLS**2, 2, 3))
+    low, high = colours[cell, 0], colours[cell, 1]
+    return low + (high - low) * texture[..., None], colours.reshape(-1, 3)
+
+
+def _patchwork_drift_background(rng: np.random.Generator, size: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    texture, cell = _patchwork_cells(rng, size)
+    start, end = rng.uniform(0, 255, (2, PATCHWORK_CELLS**2, 2, 3))
+    fade = np.linspace(0, 1, frames)[:, None, None, None]
+    colours = start + (end - start) * fade  # (T, cells, 2, 3)
+    low, high = colours[:, cell, 0], colours[:, cell, 1]  # (T, S, S, 3)
+    return low + (high - low) * texture[None, ..., None], np.concatenate([start, end]).reshape(-1, 3)
+
+
+BACKGROUNDS = {
+    "default": _smooth_background, "textures": _stripes_background, "patchwork": _patchwork_background,
+    "patchwork-drift": _patchwork_drift_background, "mosaic": _mosaic_background,
+}
+"""variant -> ``(rng, size, frames) -> (background (S, S, 3) | (T, S, S, 3), palette (K, 3))``, float 0-255."""
+VARIANTS = tuple(BACKGROUNDS)
+"""The background of every video (the classes are the same in each):
+
+- ``default``: a smooth two-colour texture;
+- ``textures``: sharp two-colour stripes at a random angle and frequency (a transfer target: what
+  changes is the appearance, not the classes);
+- ``patchwork``: a 4 x 4 grid of cells, each a sharp grating with its own two colours, angle,
+  frequency (6-12 cycles per frame side) and phase: high-frequency and spatially non-stationary, so
+  two views share background only where they overlap;
+- ``patchwork-drift``: ``patchwork`` whose cell colours fade linearly from one random pair to another
+  over the video, so temporally distant views differ too;
+- ``mosaic``: 4 x 4-pixel blocks of random shades between two colours (a fine pattern unique to
+  each place of each video; its colours are the video's, wherever a view is cut).
+
+The last three give overlapping views a per-video nuisance that distant views do not share (the
+shortcut that view disparity removes, as the backgrounds of InfoMin's Colorful Moving MNIST)."""
+
+
 def sample_scene(config: SyntheticConfig, label: int, index: int) -> Scene:
     """The random draw of video ``index`` of class ``label``; depends only on (seed, label, index)."""
     rng = np.random.default_rng([config.seed, label, index])
@@ -158,16 +230,10 @@ def sample_scene(config: SyntheticConfig, label: int, index: int) -> Scene:
     high = size - radius - np.maximum(0, displacement)
     start = rng.uniform(low, high)
     centers = start + displacement * np.linspace(0, 1, frames)[:, None]
-    if config.variant == "textures":
-        texture = _stripes(rng, size)
-    else:
-        texture = 0.7 * _smooth_noise(rng, 4, size) + 0.3 * _smooth_noise(rng, 12, size)
-    texture = (texture - texture.min()) / (np.ptp(texture) + 1e-9)
-    color_a, color_b = rng.uniform(0, 255, (2, 3))
-    background = color_a + (color_b - color_a) * texture[..., None]
-    # Object colour: of 16 random candidates, the one farthest from both background colours.
+    background, palette = BACKGROUNDS[config.variant](rng, size, frames)
+    # Object colour: of 16 random candidates, the one farthest from every background colour.
     candidates = rng.uniform(0, 255, (16, 3))
-    distance = np.minimum(np.linalg.norm(candidates - color_a, axis=1), np.linalg.norm(candidates - color_b, axis=1))
+    distance = np.linalg.norm(candidates[:, None] - palette[None], axis=2).min(axis=1)
     return Scene(shape, centers, radius, candidates[distance.argmax()], background)
 
 
@@ -188,7 +254,7 @@ def _signed_distance(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def render(scene: Scene) -> np.ndarray:
     """The frames of ``scene``: ``uint8 (T, S, S, 3)`` RGB, shape edges anti-aliased over one pixel."""
-    size = scene.background.shape[0]
+    size = scene.background.shape[-2]
     pixel = np.arange(size) + 0.5
     x = (pixel[None, None, :] - scene.centers[:, 0, None, None]) / scene.radius
     y = (pixel[None, :, None] - scene.centers[:, 1, None, None]) / scene.radius
