@@ -403,12 +403,15 @@ def data_synth(
     variant: Optional[str] = typer.Option(None, help="Background design: default, textures, patchwork, "
                                           "patchwork-drift, mosaic (see `paramcrop.data.synthetic.VARIANTS`). "
                                           "[default: default]"),
+    objects: Optional[int] = typer.Option(None, help="Objects per video, 1-8, all of the class's shape and motion. "
+                                          "[default: 1]"),
 ) -> None:
     """Generate the synthetic benchmark (H.264 MP4 + manifest) into the cache, or find it there."""
     from paramcrop.data.synthetic import MANIFEST, SyntheticConfig, cache_root, ensure_synthetic
 
     given = dict(seed=seed, videos_per_class=videos_per_class, frames=frames, size=size, shapes=shapes,
-                 motions=motions, test_fraction=test_fraction, variant=variant)
+                 motions=motions, test_fraction=test_fraction, variant=variant,
+                 objects=objects)
     try:
         config = SyntheticConfig(**{k: v for k, v in given.items() if v is not None})
         target = cache_root(out) / config.dirname

@@ -213,3 +213,26 @@ def test_bad_variant_and_option_type_exit_2(tmp_path):
     bad = runner.invoke(app, ["data", "check", "synthetic:variant=mosaic,frames=many", "--cache-dir", str(tmp_path)])
     assert bad.exit_code == 2 and "frames='many': expected a value of type int" in bad.output
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_objects_option_renders_every_object_of_the_class():
+    """``objects=3``: three discs of the class's motion, each where its trajectory says (the object's
+    pixels against discs computed here from the scene's centres and radii), smaller by sqrt(3)."""
+    config = SyntheticConfig(objects=3)
+    single = sample_scene(SyntheticConfig(), 0, 0)
+    scene = sample_scene(config, 0, 0)  # circle_right
+    assert len(scene.others) == 2
+    for centers, radius in ((scene.centers, scene.radius), *scene.others):
+        assert 0.15 * 64 / np.sqrt(3) <= radius <= 0.22 * 64 / np.sqrt(3)
+        assert (np.diff(centers[:, 0]) > 0).all() and np.ptp(centers[:, 1]) == 0  # moving right
+    frame = render(scene)[10].astype(float)
+    pixel = np.arange(64) + 0.5
+    inside = np.zeros((64, 64), bool)
+    for centers, radius in ((scene.centers, scene.radius), *scene.others):
+        cx, cy = centers[10]
+        inside |= np.hypot(pixel[None, :] - cx, pixel[:, None] - cy) < radius - 1
+    coloured = np.abs(frame - scene.color).max(axis=-1) < 1
+    assert coloured[inside].all() and coloured.sum() < inside.sum() * 1.5
+    assert single.others == () and SyntheticConfig(objects=3).dirname != SyntheticConfig().dirname
+    with pytest.raises(ValueError, match="objects must be 1..8"):
+        SyntheticConfig(objects=0)

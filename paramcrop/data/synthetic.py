@@ -59,6 +59,7 @@ class SyntheticConfig:
     size: int = 64
     test_fraction: float = 0.25
     variant: str = "default"  # one of VARIANTS
+    objects: int = 1  # objects per video, all of the class's shape and motion (radius / sqrt(objects))
 
     def __post_init__(self) -> None:
         checks = [
@@ -66,6 +67,7 @@ class SyntheticConfig:
             (1 <= self.shapes <= len(SHAPES), f"shapes must be 1..{len(SHAPES)}"),
             (1 <= self.motions <= len(MOTIONS), f"motions must be 1..{len(MOTIONS)}"),
             (self.videos_per_class >= 1, "videos_per_class must be >= 1"),
+            (1 <= self.objects <= 8, "objects must be 1..8"),
             (self.frames >= 2, "frames must be >= 2"),
             (self.size >= 16 and self.size % 2 == 0, "size must be even (yuv420p) and >= 16"),
             (0 <= self.test_fraction < 1, "test_fraction must be in [0, 1)"),
@@ -106,8 +108,9 @@ class SyntheticConfig:
     def dirname(self) -> str:
         """``synthetic-v<version>-<hash of the config>``: any change gives a new folder."""
         fields = dataclasses.asdict(self)
-        if fields["variant"] == "default":
-            del fields["variant"]  # the default keeps the folder it had before variants existed
+        for key, first in (("variant", "default"), ("objects", 1)):
+            if fields[key] == first:
+                del fields[key]  # the first designs keep the folders they had before these options existed
         text = json.dumps(fields, sort_keys=True)
         return f"synthetic-v{GENERATOR_VERSION}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
@@ -115,13 +118,15 @@ class SyntheticConfig:
 @dataclass(frozen=True)
 class Scene:
     """One video's random draw: ``centers (T, 2)`` as (x, y) pixels, ``radius`` of the shape in
-    pixels, object ``color (3,)`` and ``background (S, S, 3)`` (static) or ``(T, S, S, 3)``, float 0-255."""
+    pixels, object ``color (3,)`` and ``background (S, S, 3)`` (static) or ``(T, S, S, 3)``, float 0-255;
+    ``others``: the ``(centers, radius)`` of further objects of the same shape, motion and colour."""
 
     shape: str
     centers: np.ndarray
     radius: float
     color: np.ndarray
     background: np.ndarray
+    others: tuple[tuple[np.ndarray, float], ...] = ()
 
 
 def _smooth_noise(rng: np.random.Generator, cells: int, size: int) -> np.ndarray:
@@ -224,17 +229,22 @@ def sample_scene(config: SyntheticConfig, label: int, index: int) -> Scene:
     size, frames = config.size, config.frames
     shape = SHAPES[label // config.motions]
     direction = np.array(list(MOTIONS.values())[label % config.motions], dtype=float)
-    radius = rng.uniform(0.15, 0.22) * size
-    displacement = direction * rng.uniform(0.6, 1.0) * (size - 2 * radius)
-    low = radius + np.maximum(0, -displacement)
-    high = size - radius - np.maximum(0, displacement)
-    start = rng.uniform(low, high)
-    centers = start + displacement * np.linspace(0, 1, frames)[:, None]
+
+    def trajectory() -> tuple[np.ndarray, float]:
+        radius = rng.uniform(0.15, 0.22) * size / np.sqrt(config.objects)
+        displacement = direction * rng.uniform(0.6, 1.0) * (size - 2 * radius)
+        low = radius + np.maximum(0, -displacement)
+        high = size - radius - np.maximum(0, displacement)
+        start = rng.uniform(low, high)
+        return start + displacement * np.linspace(0, 1, frames)[:, None], radius
+
+    centers, radius = trajectory()
     background, palette = BACKGROUNDS[config.variant](rng, size, frames)
     # Object colour: of 16 random candidates, the one farthest from every background colour.
     candidates = rng.uniform(0, 255, (16, 3))
     distance = np.linalg.norm(candidates[:, None] - palette[None], axis=2).min(axis=1)
-    return Scene(shape, centers, radius, candidates[distance.argmax()], background)
+    others = tuple(trajectory() for _ in range(config.objects - 1))
+    return Scene(shape, centers, radius, candidates[distance.argmax()], background, others)
 
 
 def _signed_distance(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -256,10 +266,12 @@ def render(scene: Scene) -> np.ndarray:
     """The frames of ``scene``: ``uint8 (T, S, S, 3)`` RGB, shape edges anti-aliased over one pixel."""
     size = scene.background.shape[-2]
     pixel = np.arange(size) + 0.5
-    x = (pixel[None, None, :] - scene.centers[:, 0, None, None]) / scene.radius
-    y = (pixel[None, :, None] - scene.centers[:, 1, None, None]) / scene.radius
-    alpha = np.clip(0.5 - _signed_distance(scene.shape, x, y) * scene.radius, 0, 1)[..., None]
-    frames = scene.background * (1 - alpha) + scene.color * alpha
+    frames = scene.background
+    for centers, radius in ((scene.centers, scene.radius), *scene.others):
+        x = (pixel[None, None, :] - centers[:, 0, None, None]) / radius
+        y = (pixel[None, :, None] - centers[:, 1, None, None]) / radius
+        alpha = np.clip(0.5 - _signed_distance(scene.shape, x, y) * radius, 0, 1)[..., None]
+        frames = frames * (1 - alpha) + scene.color * alpha
     return np.rint(frames).astype(np.uint8)
 
 
