@@ -503,12 +503,17 @@ def _run_query(study, experiment, runs, tracking_uri, out, objective, log):
                     tracking_uri=check_tracking_uri(tracking_uri), out=out, log=log)
 
 
-run_query_command = shared_options("query", {
+RUN_QUERY_OPTIONS = {
     "study": (StudyOption, None), "experiment": (ExperimentOption, None), "runs": (RunsOption, None),
     "tracking_uri": (TrackingUriOption, None), "out": (OutOption, None), "objective": (ObjectiveOption, None),
-    "log": (LogOption, True)}, _run_query)
+    "log": (LogOption, True)}
+run_query_command = shared_options("query", RUN_QUERY_OPTIONS, _run_query)
 """The analyze commands that read tracked runs: they get the run-selection options as ``query``,
 an :class:`analysis.load.RunQuery`."""
+run_selection_command = shared_options(
+    "query", {k: v for k, v in RUN_QUERY_OPTIONS.items() if k != "objective"},
+    functools.partial(_run_query, objective=None))
+"""The same without ``--objective``, for a command with objective options of its own (sweet-spot)."""
 
 
 def _curve_options(**values):
@@ -637,6 +642,29 @@ def analyze_compare(
     from analysis.compare import compare
 
     _analysis(compare, query, baseline=baseline, level=level)
+
+
+@analyze_app.command("sweet-spot")
+@run_selection_command
+def analyze_sweet_spot(
+    query,
+    objective: list[str] = typer.Option([], "--objective", help="Objective metric, one panel each (repeatable or "
+                                        "comma-separated). (default: eval/val/knn_top1 and eval/knn_top1)"),
+    ceiling: Optional[float] = typer.Option(None, "--ceiling", help="Supervised ceiling of the test kNN "
+                                            "(eval/knn_top1, from benchmarks/supervised_ceiling.py): a dashed line "
+                                            "in that panel."),
+    level: float = typer.Option(0.95, "--level", help="Confidence level of the t-intervals (error bars and the "
+                                "paired differences)."),
+) -> None:
+    """Downstream accuracy against the measured view IoU (InfoMin's sweet spot), from matched random crops.
+
+    The crop.method=matched configurations form a curve: x = their runs' mean measured view/iou over training,
+    y = the objective's mean with a 95% t-interval over seeds. Every other configuration is a marker with an arrow
+    from its start to its end IoU. The best matched level is compared with the easiest and the hardest, paired by
+    seed. Writes sweet-spot.csv, sweet-spot.md and sweet-spot.png/.pdf."""
+    from analysis.sweet_spot import sweet_spot
+
+    _analysis(sweet_spot, query, objectives=objective, ceiling=ceiling, level=level)
 
 
 @analyze_app.command("importance")

@@ -7,8 +7,8 @@ are imported inside functions so that importing this package is instant.
 Modules: ``store`` (tracking-URI default, client), ``load`` (runs and metric histories as
 tidy frames), ``groups`` (which runs are one configuration, and its label: every analysis),
 ``stats`` (t-intervals), ``plots`` (paper style, labels, atomic outputs), ``iou_curves``,
-``strength``, ``tables``, ``compare`` (paired differences from a baseline), ``importance``,
-``crops``.
+``strength``, ``tables``, ``compare`` (paired differences from a baseline), ``sweet_spot``
+(the objective against the measured view IoU of matched random crops), ``importance``, ``crops``.
 """
 from analysis.errors import AnalysisError, NoDataError, NotFoundError
 

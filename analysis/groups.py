@@ -1,5 +1,6 @@
 """Configurations: which runs are repetitions of one another, and their labels. Every analysis
-that groups runs (``table``, ``compare``, ``iou-curves``, ``learning-curves``, ``strength``) uses
+that groups runs (``table``, ``compare``, ``iou-curves``, ``learning-curves``, ``strength``,
+``sweet-spot``) uses
 :func:`configurations`, so they cannot disagree.
 
 - **Identity**: two runs are the same configuration when *every* logged param has the same value

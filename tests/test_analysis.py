@@ -615,7 +615,7 @@ def test_strength_without_strength_param(store, tmp_path):
 def test_help_lists_analyses():
     result = cli_run(["analyze", "--help"])
     assert result.exit_code == 0
-    for name in ("iou-curves", "learning-curves", "strength", "table", "compare", "importance", "crops"):
+    for name in ("iou-curves", "learning-curves", "strength", "table", "compare", "sweet-spot", "importance", "crops"):
         assert re.search(rf"\b{name}\b", result.stdout)
 
 
