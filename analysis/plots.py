@@ -45,7 +45,7 @@ DPI = 300
 BASELINE_COLOUR = "0.2"
 ARTIFACT_PATH = "analysis"
 
-CROP_NAMES = {"random": "Random crop", "paramcrop": "ParamCrop", "cvrl": "CVRL crop"}
+CROP_NAMES = {"random": "Random crop", "paramcrop": "ParamCrop", "cvrl": "CVRL crop", "hardest": "Hardest views"}
 FRAMEWORK_NAMES = {"simclr": "SimCLR", "moco": "MoCo v2", "mocov2": "MoCo v2", "moco_v2": "MoCo v2",
                    "byol": "BYOL"}
 BACKBONE_NAMES = {"tiny3d": "Tiny3D", "r3d_18": "R3D-18", "mc3_18": "MC3-18",

@@ -55,6 +55,8 @@ VIEW_METRICS = (
     VIEW_IOU, VIEW_IOU_XY, VIEW_IOU_T,
     VIEW_CENTER_DISTANCE, VIEW_CENTER_DISTANCE_XY, VIEW_CENTER_DISTANCE_T,
 )
+VIEW_CANDIDATES_IOU = "view/candidates_iou"
+"""The ``hardest`` crop's mean view IoU over all its candidate pairs (``view/iou`` is the chosen pairs')."""
 EVAL_KNN_TOP1 = "eval/knn_top1"
 EVAL_LINEAR_TOP1 = "eval/linear_top1"
 EVAL_FINETUNE_TOP1 = "eval/finetune_top1"

@@ -249,6 +249,7 @@ class Trainer:
             self.augment.fuse()
         fw_name, fw_kw = cfg.component("framework")
         self.framework = create_framework(fw_name, backbone, HeadSpec(*cfg.component("head")), **fw_kw).to(self.device)
+        self.crop.bind_scorer(self.score_pairs)  # the model's per-pair loss, for crops that choose by it
         obj = cfg.losses
         self.losses = nn.ModuleDict()  # the switched-on extra loss terms, by metric name
         if obj.region > 0:
@@ -402,6 +403,22 @@ class Trainer:
                             generator=torch.Generator().manual_seed(self.cfg.seed))
         return iter(loader)
 
+    @torch.no_grad()
+    def score_pairs(self, x1: Tensor, x2: Tensor, cubes1: Tensor, cubes2: Tensor, groups: int) -> Tensor:
+        """The :data:`~paramcrop.crops.base.PairScorer` handed to the crop: the framework's per-pair loss
+        ``(N,)`` of views ``(N, 3, t, h, w)`` on the 0-255 scale, normalised but not augmented (no flip in
+        the head's augmentation vectors), in evaluation mode (the training mode is restored after)."""
+        was_training = self.framework.training
+        self.framework.eval()
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                unflipped = torch.zeros(x1.shape[0], dtype=torch.bool, device=x1.device)
+                vectors = self.framework.projector.augmentation_inputs(cubes1, cubes2, unflipped, unflipped)
+                return self.framework.pair_losses(to_input(x1 / 255.0), to_input(x2 / 255.0), *vectors,
+                                                  groups=groups).float()
+        finally:
+            self.framework.train(was_training)
+
     def loss_terms(self, clips: Tensor, views: "Views", flips: tuple[Tensor, Tensor],  # noqa: F821
                         maps: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         """The switched-on auxiliary losses' unweighted values by metric name (empty, and free, when none is on).
@@ -456,7 +473,8 @@ class Trainer:
             self.framework.update_targets()
         with torch.no_grad(), phase("metrics"):
             disparity = view_disparity(views.cubes1.detach().float(), views.cubes2.detach().float())
-        return loss.detach(), {**disparity, **out.metrics, **{k: v.detach() for k, v in terms.items()}}, views
+        return loss.detach(), {**disparity, **views.metrics, **out.metrics,
+                               **{k: v.detach() for k, v in terms.items()}}, views
 
     def fit(self, sink: sinks.MetricsSink, resume: bool = False, until: int | None = None) -> TrainResult:
         """Train to ``cfg.steps``. With ``resume``, continue from ``run_dir``'s checkpoint (metrics

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,13 +20,23 @@ CROPS: Registry["CropMethod"] = Registry("crop method")
 class Views:
     """Two views of a batch of clips and the cubes they were cut from.
 
-    ``x1, x2``: float32 ``(B, C, t, h, w)`` on the input's value scale; ``cubes1, cubes2``: ``(B, 6)``.
+    ``x1, x2``: float32 ``(B, C, t, h, w)`` on the input's value scale; ``cubes1, cubes2``: ``(B, 6)``;
+    ``metrics``: what the crop measured while making them, metric name -> 0-d tensor (logged with the
+    step's metrics; e.g. the ``hardest`` crop's ``view/candidates_iou``).
     """
 
     x1: Tensor
     x2: Tensor
     cubes1: Tensor
     cubes2: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+PairScorer = Callable[[Tensor, Tensor, Tensor, Tensor, int], Tensor]
+"""``score(x1, x2, cubes1, cubes2, groups) -> (N,)``: the current model's loss of each of ``N`` view
+pairs, without gradient; views ``(N, C, t, h, w)`` on the 0-255 scale, cubes ``(N, 6)``; the pairs
+form ``groups`` contiguous groups of equal size, each scored as one batch (a pair's negatives are
+the other pairs of its group). The trainer hands one to every crop (:meth:`CropMethod.bind_scorer`)."""
 
 
 class CropMethod(nn.Module):
@@ -69,6 +79,10 @@ class CropMethod(nn.Module):
 
         return Adversary(self, lr, **schedule)
 
+    def bind_scorer(self, score: PairScorer) -> None:
+        """Take the current model's per-pair loss (:data:`PairScorer`), for crops that choose views by it
+        (``hardest``); the others ignore it."""
+
     def fuse(self) -> None:
         """Cut the two views on CPU with :func:`~paramcrop.geometry.traceable_crop_video_taps` compiled by
         ``torch.compile`` (:class:`~paramcrop.runtime.Compiled`; one graph for both views, forward and
@@ -82,12 +96,16 @@ class CropMethod(nn.Module):
 
         self._fused = Compiled(cut_taps, "the crop", eager=_cut)
 
+    def cut(self, clips: Tensor, cubes1: Tensor, cubes2: Tensor) -> tuple[Tensor, Tensor]:
+        """The two views ``(B, C, t, h, w)`` of ``clips (B, C, T, H, W)`` at ``cubes1, cubes2 (B, 6)``
+        (compiled once :meth:`fuse` is called, on CPU)."""
+        fused = self._fused is not None and self._fused.active and not clips.is_cuda
+        return (self._fused if fused else _cut)(clips, cubes1, cubes2, self.size)
+
     def forward(self, clips: Tensor, step: int = 0) -> Views:
         with torch.autocast(clips.device.type, enabled=False):  # the cube maths in float32 under autocast
             cubes1, cubes2 = self.cubes(clips, step)
-            fused = self._fused is not None and self._fused.active and not clips.is_cuda
-            x1, x2 = (self._fused if fused else _cut)(clips, cubes1, cubes2, self.size)
-            return Views(x1, x2, cubes1, cubes2)
+            return Views(*self.cut(clips, cubes1, cubes2), cubes1, cubes2)
 
 
 def _cut(clips: Tensor, cubes1: Tensor, cubes2: Tensor, size: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
@@ -99,7 +117,7 @@ def _cut(clips: Tensor, cubes1: Tensor, cubes2: Tensor, size: tuple[int, int, in
 
 
 def create_crop(name: str, size: Sequence[int], **params) -> CropMethod:
-    """Build a registered crop method (``random``, ``cvrl``, ``paramcrop``) for views of ``size``."""
+    """Build a registered crop method (``random``, ``cvrl``, ``paramcrop``, ``hardest``, ...) for views of ``size``."""
     return CROPS.create(name, size, **params)
 
 
