@@ -34,7 +34,7 @@ from paramcrop.config import AUTO, ConfigError, TrainConfig
 from paramcrop.crops.adversary import warmup_cosine
 from paramcrop.distributed import DistInfo, average_gradients, init_from_env, shard
 from paramcrop.frameworks.base import pool
-from paramcrop.geometry import view_disparity
+from paramcrop.geometry import cube_spread, view_disparity
 from paramcrop.heads import HeadSpec
 from paramcrop.losses import ORDER_LOSS, REGION_LOSS, RegionContrast, TemporalOrder, global_view
 from paramcrop.runtime import tune_allocator
@@ -237,7 +237,7 @@ class Trainer:
         self.downstream = [DownstreamDataset(source, cfg) for source in cfg.eval.datasets]  # scanned once
 
         crop_name, crop_kw = cfg.component("crop")
-        if "steps" in CROPS.valid_keys(crop_name, 1) and crop_kw.get("steps") is None:  # a scheduled crop
+        if CROPS.get(crop_name).uses_run_steps(crop_kw):  # a scheduled crop
             self.cfg = cfg = cfg.with_overrides({"crop.steps": cfg.steps})  # spans the run, recorded as crop.steps
             crop_kw["steps"] = cfg.steps
         self.crop = create_crop(crop_name, (cfg.view.frames, cfg.view.size, cfg.view.size), **crop_kw).to(self.device)
@@ -270,7 +270,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         o = cfg.optim  # the learned crop's update rule and its schedule
-        self.adversary = self.crop.adversary(o.generator_lr, schedule=o.generator_schedule,
+        self.adversary = self.crop.adversary(o.generator_lr, optimizer=o.generator_optimizer,
+                                             schedule=o.generator_schedule,
                                              warmup_steps=o.generator_warmup_steps, total_steps=cfg.steps,
                                              min_lr_ratio=o.min_lr_ratio)
         self.gen_optimizer = self.adversary.optimizer  # None for crops that learn nothing
@@ -466,14 +467,17 @@ class Trainer:
             self.optimizer.step()
         with phase("generator"):
             # lr x lambda x its schedule, skipped at lambda 0, averaged across ranks; clears its grads
-            self.adversary.step(self.step, self._lr_factor(self.step))
+            diagnostics = self.adversary.step(self.step, self._lr_factor(self.step))
         self.step_lr = self.scheduler.get_last_lr()[0]  # the rate this step used (train/lr)
         self.scheduler.step()
         with phase("optimizer"):
             self.framework.update_targets()
         with torch.no_grad(), phase("metrics"):
-            disparity = view_disparity(views.cubes1.detach().float(), views.cubes2.detach().float())
-        return loss.detach(), {**disparity, **views.metrics, **out.metrics,
+            cubes = views.cubes1.detach().float(), views.cubes2.detach().float()
+            disparity = view_disparity(*cubes)
+            if self.gen_optimizer is not None:  # a learned crop: its generator's diagnostics
+                diagnostics.update(cube_spread(*cubes))
+        return loss.detach(), {**disparity, **views.metrics, **diagnostics, **out.metrics,
                                **{k: v.detach() for k, v in terms.items()}}, views
 
     def fit(self, sink: sinks.MetricsSink, resume: bool = False, until: int | None = None) -> TrainResult:

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from paramcrop.checks import range_pair
 from paramcrop.geometry import _check_size, crop_video, traceable_crop_video_taps
-from paramcrop.registry import Registry
+from paramcrop.registry import Registry, constructor_keys
 from paramcrop.runtime import Compiled
 
 CROPS: Registry["CropMethod"] = Registry("crop method")
@@ -22,7 +22,7 @@ class Views:
 
     ``x1, x2``: float32 ``(B, C, t, h, w)`` on the input's value scale; ``cubes1, cubes2``: ``(B, 6)``;
     ``metrics``: what the crop measured while making them, metric name -> 0-d tensor (logged with the
-    step's metrics; e.g. the ``hardest`` crop's ``view/candidates_iou``).
+    step's metrics: ParamCrop's ``train/generator_saturation``, the ``hardest`` crop's ``view/candidates_iou``).
     """
 
     x1: Tensor
@@ -54,6 +54,12 @@ class CropMethod(nn.Module):
         super().__init__()
         self.size = _check_size(size)
 
+    @classmethod
+    def uses_run_steps(cls, keys: Mapping[str, Any]) -> bool:
+        """Whether this crop built with the keys ``keys`` reads the run's total steps: it has a ``steps``
+        key left null (the trainer then fills in the run's ``steps``, recorded as ``crop.steps``)."""
+        return "steps" in constructor_keys(cls, 1) and keys.get("steps") is None
+
     def sample_cubes(self, batch: int, device: torch.device, step: int) -> tuple[Tensor, Tensor]:
         """Two ``(B, 6)`` cube tensors, one per view."""
         raise NotImplementedError
@@ -71,13 +77,13 @@ class CropMethod(nn.Module):
         empty for crops that learn nothing."""
         return list(self.parameters())
 
-    def adversary(self, lr: float, **schedule) -> "Adversary":  # noqa: F821
-        """The update of this crop's learned parameters at rate ``lr`` (at lambda = 1; ``schedule``: the
-        :class:`~paramcrop.crops.adversary.Adversary`'s schedule keys): call its ``step(step)`` after
-        each ``loss.backward()`` (:mod:`paramcrop.crops.adversary`; a no-op for crops that learn nothing)."""
+    def adversary(self, lr: float, **rule) -> "Adversary":  # noqa: F821
+        """The update of this crop's learned parameters at rate ``lr`` (at lambda = 1; ``rule``: the
+        :class:`~paramcrop.crops.adversary.Adversary`'s optimiser and schedule keys): call its ``step(step)``
+        after each ``loss.backward()`` (:mod:`paramcrop.crops.adversary`; a no-op for crops that learn nothing)."""
         from paramcrop.crops.adversary import Adversary
 
-        return Adversary(self, lr, **schedule)
+        return Adversary(self, lr, **rule)
 
     def bind_scorer(self, score: PairScorer) -> None:
         """Take the current model's per-pair loss (:data:`PairScorer`), for crops that choose views by it
