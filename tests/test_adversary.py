@@ -283,3 +283,31 @@ def test_the_options_are_in_the_parameterisation_tag_and_the_crop_labels():
         "ParamCrop spatiotemporal, λ=1.0", "ParamCrop spatiotemporal, optimizer sgd, λ=1.0",
         "ParamCrop spatiotemporal, budget 0.6, λ=1.0", "Random crop spatiotemporal (baseline)",
         "Hardest views spatiotemporal"}
+
+
+# --- the adversary spec ----------------------------------------------------------------------------
+def test_the_adversary_spec_crosses_optimiser_and_budget_beside_hardest_random_and_lambda_0():
+    from studies.spec import load_spec
+
+    spec = load_spec("adversary")
+    spec.validate()
+    assert spec.grid_size() == 35 and spec.seeds == [0, 1, 2, 3, 4]
+    assert spec.objectives[0].metric == "eval/val/knn_top1" and spec.data == "synthetic"
+    quick = load_spec("quickstart")
+    assert spec.base_config() == quick.base_config()  # quickstart's fixed config
+    built = {}
+    for variant in spec.grid()["variant:crop"]:
+        cfg, _ = spec.config_for({"variant:crop": variant})
+        name, keys = cfg.component("crop")
+        built[variant] = (create_crop(name, SIZE, **keys), cfg.optim)
+    for optimizer in ("adam", "sgd"):
+        for suffix, budget in (("", None), ("-budget", 0.6)):
+            crop, optim = built[f"paramcrop-{optimizer}{suffix}"]
+            assert (crop.strength, crop.budget, optim.generator_optimizer) == (1.0, budget, optimizer)
+            assert optim.generator_lr == (2.5e-4 if optimizer == "adam" else 5e-3)
+    assert built["hardest"][0].candidates == 4 and built["hardest"][0].area == (0.3, 1.0)
+    assert (built["random"][0].area, built["random"][0].duration) == ((0.8, 1.0), (1.0, 1.0))
+    assert built["random"][0].area == tuple(quick.search_space[0].choices["random"]["crop.area"])
+    assert built["paramcrop-l0"][0].strength == 0.0 and built["paramcrop-l0"][1].generator_optimizer == "adam"
+    for word in ("Seeds [0, 1, 2, 3, 4]", "eval/val/knn_top1", "hardest", "budget", "sgd", "35 trials"):
+        assert word in " ".join(spec.description.split()), word
