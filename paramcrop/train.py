@@ -5,7 +5,10 @@ Optuna. With a learned crop, one backward pass serves both sides: the backbone's
 descends the loss, and the generator's optimiser steps on gradients that the reversal layer
 has already negated and scaled by lambda, so it ascends the same loss. The generator's Adam
 would cancel that scale, so its learning rate is ``optim.generator_lr * lambda(step)`` (times the
-factor of ``optim.generator_schedule``): lambda sets the adversary's step size.
+factor of ``optim.generator_schedule``): lambda sets the adversary's step size (SGD,
+``optim.generator_optimizer: sgd``, keeps the scale: its rate is not multiplied by lambda). A learned
+crop's step metrics include its diagnostics (:data:`paramcrop.sinks.GENERATOR_METRICS`); a crop that
+chooses views by the model (``hardest``) scores them through :meth:`Trainer.score_pairs`.
 
 The framework also receives each view's augmentation vector (cube, flip, relative shift), as the
 projection head's ``augmentation_inputs`` asks for it (the CATE head; the MLP head takes none). The loss is the
