@@ -410,7 +410,7 @@ def metric_curves(query: RunQuery, options: CurveOptions, metrics: list[str], st
         writers[f"{stem}.csv"] = plots.csv_writer(data)
         plots.publish(report, client, sel, query.out, writers, query.log)
     late_words = f", {LATE_SHARE} of {late}" if late else ""
-    report.tables.append((f"{sel.name}: {', '.join(shown)} at start → middle → end of training (x = {o.x}){late_words}, "
-                          f"objective {sel.objective} (mean ± std, n runs)", display_summary(table, shown)))
+    report.tables.append((f"{sel.name}: {', '.join(shown)} at start → middle → end of training (x = {o.x})"
+                          f"{late_words}, objective {sel.objective} (mean ± std, n runs)", display_summary(table, shown)))
     report.data.update(curves=data, summary=table, selection=sel)
     return report

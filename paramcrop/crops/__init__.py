@@ -13,6 +13,7 @@ from paramcrop.crops.replay import ReplayCrop
 
 __all__ = [
     "CROPS", "DOF_PARAMETERS", "DOF_PRESETS", "Adversary", "CropMethod", "DegreesOfFreedom", "Views",
-    "create_crop", "CurriculumCrop", "CVRLCrop", "HardestViews", "MatchedRandomCrop", "ParamCrop", "RandomCubicCrop", "ReplayCrop",
+    "create_crop", "CurriculumCrop", "CVRLCrop", "HardestViews", "MatchedRandomCrop", "ParamCrop", "RandomCubicCrop",
+    "ReplayCrop",
     "clip_summary", "grad_reverse", "parse_dof", "sample_power_law_interval", "squash",
 ]

@@ -27,12 +27,13 @@ the straight segment (in cube parameters) from its generated cube ``c2`` toward 
 ``IoU(c1, c2') >= bound`` holds (``t = 1``, the generated pair untouched, when it already does).
 ``t`` is found per pair by bisection (20 halvings, without gradient) that keeps the invariant at
 its lower end (``t = 0``: the two views coincide, as they do at a bound of 1), so the bound holds
-whatever the IoU does along the segment. The cubes of the segment are valid (inside the clip, extents in range, the degrees of
-freedom kept: the valid cubes form a convex set that every such constraint keeps), and ``c2'`` is
-differentiable in both generated cubes at the fixed ``t`` (``(1 - t)`` to ``c1``, ``t`` to ``c2``);
-``t`` itself carries no gradient. ``budget_schedule``: ``constant`` (the bound is ``budget``) or
-``linear`` (it moves from 1 at the first step to ``budget`` at the last, ``p = step / (steps - 1)``;
-``steps`` is filled in by the trainer with the run's, as for the curriculum crop).
+whatever the IoU does along the segment. The cubes of the segment are valid (inside the clip,
+extents in range, the degrees of freedom kept: the valid cubes form a convex set that every such
+constraint keeps), and ``c2'`` is differentiable in both generated cubes at the fixed ``t``
+(``(1 - t)`` to ``c1``, ``t`` to ``c2``); ``t`` itself carries no gradient. ``budget_schedule``:
+``constant`` (the bound is ``budget``) or ``linear`` (it moves from 1 at the first step to ``budget``
+at the last, ``p = step / (steps - 1)``; ``steps`` is filled in by the trainer with the run's, as
+for the curriculum crop).
 
 Diagnostics (:data:`Views.metrics <paramcrop.crops.base.Views>`): ``train/generator_saturation``,
 the fraction of the squashed outputs that a controlled parameter reads lying within 1 % of a bound
@@ -104,8 +105,8 @@ def saturation(raw: Tensor, used: Sequence[int]) -> Tensor:
     their range, over the raw parameters ``raw (..., 6)`` (:func:`squash`'s layout) at positions ``used``.
 
     Each squashing mapped onto [0, 1]: a centre's ``(tanh(u) + 1) / 2 = sigmoid(2u)``, an extent's
-    ``sigmoid(v)``; an output is saturated when that is below 0.01 or above 0.99 (its gradient is then
-    below 1 % of its largest)."""
+    ``sigmoid(v)``; an output is saturated when that is below 0.01 or above 0.99 (the squashing's slope
+    is then below 4 % of its largest)."""
     unit = torch.sigmoid(raw[..., list(used)].detach() * raw.new_tensor([2.0, 2, 2, 1, 1, 1])[list(used)])
     return ((unit < SATURATION_MARGIN) | (unit > 1 - SATURATION_MARGIN)).float().mean()
 
