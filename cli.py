@@ -118,7 +118,7 @@ def train(
     backbone: Optional[str] = typer.Option(None, help="tiny3d, r3d_18, mc3_18, r2plus1d_18, s3d. [default: tiny3d]"),
     framework: Optional[str] = typer.Option(None, help="simclr, moco, byol. [default: simclr]"),
     crop: Optional[str] = typer.Option(None, help="Crop method: random, cvrl, paramcrop, matched, curriculum, "
-                                       "replay. [default: paramcrop]"),
+                                       "replay, hardest. [default: paramcrop]"),
     head: Optional[str] = typer.Option(None, help="Projection head: mlp, cate (augmentation-aware, CATE); its "
                                        "settings via --set head.depth=2 etc. [default: mlp]"),
     loss: list[str] = typer.Option([], "--loss", help="Add an auxiliary loss: region (soft region contrast), "
@@ -588,6 +588,20 @@ def analyze_learning_curves(
     from analysis.iou_curves import learning_curves
 
     _analysis(learning_curves, query, curve, metrics=metric)
+
+
+@analyze_app.command("generator")
+@run_query_command
+@curve_options_command
+def analyze_generator(query, curve) -> None:
+    """A learned crop's generator over training: view IoU, gradient and update norms, saturation, cube stds.
+
+    One line per configuration of the runs that logged the diagnostics (learned crops; the others are named
+    in a note): the mean over its runs (seeds) with a 95% t-interval band, like iou-curves. Writes
+    generator.png/.pdf and the plotted data generator.csv, prints a summary with view/iou's late_share."""
+    from analysis.generator import generator
+
+    _analysis(generator, query, curve)
 
 
 @analyze_app.command("strength")

@@ -29,7 +29,16 @@ Definitions (the CSV holds exactly what is plotted):
 - **Summary table**: per configuration, the mean at the first, middle (grid point nearest
   the midpoint of the first and last) and last plotted grid point of each metric, and the
   objective (each run's final value of the metric the study's ``paramcrop.objective`` tag
-  names, default ``eval/knn_top1``) as mean ± std (n).
+  names, default ``eval/knn_top1``) as mean ± std (n); for ``iou-curves`` also ``late_share``.
+- **late_share** (:func:`late_share`, "is the change gradual?"): the share of the total change of
+  the mean IoU trajectory (the plotted mean of ``view/iou``, or ``view/iou_xy`` / ``_t`` with
+  ``--axes``) that happens in the last quarter of training, ``(m(x_q) - m(x_T)) / (m(x_0) - m(x_T))``
+  with ``x_0`` and ``x_T`` the first and last plotted grid points (0 and 1 for complete runs on the
+  progress axis), ``x_q = x_0 + 0.75 (x_T - x_0)`` and ``m`` the mean linearly interpolated between
+  grid points: 0.25 for a linear change, 1 when all of it comes in the last quarter, outside [0, 1]
+  when the trajectory turns back. Undefined (empty) when the total change ``|m(x_0) - m(x_T)|`` is
+  below :data:`LATE_MIN_CHANGE` (0.01 IoU: no change to apportion, e.g. the random crop) or the
+  trajectory has fewer than 2 points. ``analyze table`` reports it too (:func:`late_shares`).
 """
 from __future__ import annotations
 
@@ -168,9 +177,45 @@ def curves(selection_runs: pd.DataFrame, history: pd.DataFrame, metrics: Sequenc
     return out[["metric", "configuration", "baseline", *keys, x, *STAT_COLUMNS]], notes
 
 
+LATE_FROM = 0.75
+"""Where the last quarter of training starts, as a fraction of the plotted span (:func:`late_share`)."""
+LATE_MIN_CHANGE = 0.01
+"""The smallest total change (in IoU) that :func:`late_share` apportions."""
+LATE_SHARE = "late_share"
+
+
+def late_share(x: np.ndarray, mean: np.ndarray) -> float:
+    """The share of a mean trajectory's total change made in its last quarter (module doc):
+    ``(m(x_q) - m(x_T)) / (m(x_0) - m(x_T))``, ``x_q = x_0 + 0.75 (x_T - x_0)``; ``x`` increasing, ``mean``
+    the trajectory's values there. NaN when the total change is below :data:`LATE_MIN_CHANGE` or there
+    are fewer than 2 points."""
+    x, mean = np.asarray(x, float), np.asarray(mean, float)
+    if x.size < 2 or not abs(mean[0] - mean[-1]) >= LATE_MIN_CHANGE:
+        return float("nan")
+    quarter = float(np.interp(x[0] + LATE_FROM * (x[-1] - x[0]), x, mean))
+    return (quarter - mean[-1]) / (mean[0] - mean[-1])
+
+
+def late_shares(runs: pd.DataFrame, history: pd.DataFrame, keys: pd.DataFrame, metric: str = sinks.VIEW_IOU,
+                points: int = 101) -> pd.Series:
+    """:func:`late_share` of each group's mean trajectory of ``metric`` on the progress grid of ``points``
+    (the runs aligned and interpolated as the module doc says); ``keys``: ``run_id`` and one column
+    naming each run's group. A Series by group; groups without the metric are absent."""
+    key = next(c for c in keys.columns if c != "run_id")
+    h = history[history["metric"] == metric]
+    if h.empty:
+        return pd.Series(dtype=float, name=LATE_SHARE)
+    aligned, _ = align(h, runs)
+    values = interpolate(aligned, grid_for(aligned, "progress", points)).merge(keys, on="run_id")
+    means = values.groupby([key, "x"])["value"].mean()
+    return pd.Series({k: late_share(g.index.get_level_values("x"), g.to_numpy()) for k, g in means.groupby(level=0)},
+                     dtype=float, name=LATE_SHARE)
+
+
 def summary(data: pd.DataFrame, selection_runs: pd.DataFrame, metrics: Sequence[str], x: str,
-            objective: str, hue: Sequence[str] = ()) -> pd.DataFrame:
-    """Per configuration: runs, each metric's mean at start / middle / end, the objective."""
+            objective: str, hue: Sequence[str] = (), late: str | None = None) -> pd.DataFrame:
+    """Per configuration: runs, each metric's mean at start / middle / end, the :func:`late_share` of
+    ``late`` (a metric; none without), the objective."""
     configs, _ = configurations(selection_runs, hue)
     rows = []
     for label, group in configs.sort_values("order", kind="stable").groupby("configuration", sort=False):
@@ -184,6 +229,8 @@ def summary(data: pd.DataFrame, selection_runs: pd.DataFrame, metrics: Sequence[
                 mid_i = int(np.argmin(np.abs(xs - (xs[0] + xs[-1]) / 2)))
                 start, mid, end = (float(d["mean"].iloc[i]) for i in (0, mid_i, -1))
             row.update({f"{metric} start": start, f"{metric} mid": mid, f"{metric} end": end})
+            if metric == late:
+                row[LATE_SHARE] = late_share(xs, d["mean"].to_numpy(float))
         vals = plots.numeric(column(selection_runs[selection_runs["run_id"].isin(group["run_id"])],
                                     f"metrics.{objective}")).dropna()
         if vals.empty:
@@ -202,12 +249,14 @@ def display_summary(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame
     for metric in metrics:
         out[metric] = [" → ".join("–" if v != v else f"{v:.2f}" for v in vals) for vals in
                        table[[f"{metric} start", f"{metric} mid", f"{metric} end"]].to_numpy(float)]
+    if LATE_SHARE in table.columns:
+        out[LATE_SHARE] = table[LATE_SHARE]
     out["objective"] = table.iloc[:, -1]
     return out
 
 
 # --- figure --------------------------------------------------------------------------------
-def _draw(ax, data: pd.DataFrame, metric: str, x: str, styles: dict) -> None:
+def draw_metric(ax, data: pd.DataFrame, metric: str, x: str, styles: dict) -> None:
     d = data[data["metric"] == metric]
     for label, g in d.groupby("configuration", sort=False):
         baseline = bool(g["baseline"].iloc[0])
@@ -233,7 +282,7 @@ BASELINE_STYLES = [(plots.BASELINE_COLOUR, "--"), ("0.5", ":"), ("0.35", "-."), 
 """Grey and dash of each random-crop configuration (several when the random crop's params vary)."""
 
 
-def _styles(data: pd.DataFrame) -> dict:
+def line_styles(data: pd.DataFrame) -> dict:
     """Configuration label -> (colour, linestyle): palette colours, solid; baselines grey, dashed."""
     labels = list(dict.fromkeys(data["configuration"]))
     baseline = list(dict.fromkeys(data.loc[data["baseline"], "configuration"]))
@@ -250,7 +299,7 @@ def figures(data: pd.DataFrame, metrics: Sequence[str], x: str, title: str, sepa
     Build and save inside :func:`analysis.plots.paper_style`."""
     from matplotlib.lines import Line2D
 
-    styles = _styles(data)
+    styles = line_styles(data)
     labels = list(dict.fromkeys(data["configuration"]))
     baseline = set(data.loc[data["baseline"], "configuration"])
     handles = [Line2D([], [], color=styles[lab][0], linestyle=styles[lab][1],
@@ -268,7 +317,7 @@ def figures(data: pd.DataFrame, metrics: Sequence[str], x: str, title: str, sepa
         fig = plots.new_figure(width, plots.PANEL_HEIGHT_IN + 0.45 + 0.17 * rows_g)
         axes = fig.subplots(1, len(group), squeeze=False)[0]
         for ax, metric in zip(axes, group):
-            _draw(ax, data, metric, x, styles)
+            draw_metric(ax, data, metric, x, styles)
         fig.suptitle(title)
         fig.legend(handles, labels, loc="outside lower center", ncols=ncol_g, frameon=False,
                    title=legend_title)
@@ -301,7 +350,7 @@ def iou_curves(query: RunQuery, options: CurveOptions = CurveOptions(), axes: st
     why = ("the curves need the per-step view metrics that training logs for every crop method (runs from "
            "another tool, or runs that failed before their first logged step, lack them)")
     return metric_curves(query, options, list(AXES_METRICS[axes]), STEM if axes == "xyt" else f"{STEM}-{axes}",
-                         subject, why, client)
+                         subject, why, client, late=AXES_METRICS[axes][0])
 
 
 LEARNING_STEM = "learning-curves"
@@ -318,14 +367,22 @@ def learning_curves(query: RunQuery, options: CurveOptions = CurveOptions(),
 
 
 def metric_curves(query: RunQuery, options: CurveOptions, metrics: list[str], stem: str, subject: str, why: str,
-                  client: "MlflowClient | None" = None) -> Report:
-    """The curves of ``metrics`` per configuration (module doc): figures ``<stem>.png/.pdf``, the
-    plotted data ``<stem>.csv``, a summary table; ``why`` explains runs that lack the metrics."""
+                  client: "MlflowClient | None" = None, late: str | None = None, draw=figures,
+                  only_with: Sequence[str] = (), summarised: Sequence[str] | None = None,
+                  baseline: bool = True) -> Report:
+    """The curves of ``metrics`` per configuration (module doc): figures ``<stem>.png/.pdf`` (``draw``, with
+    :func:`figures`' arguments), the plotted data ``<stem>.csv``, a summary table of the ``summarised``
+    metrics (default all) with the :func:`late_share` of ``late``; ``why`` explains runs that lack the
+    metrics. Runs without the ``only_with`` metrics are left out (a note names them) whatever
+    ``options.skip_incomplete`` says; ``baseline``: a random-crop baseline belongs in the plot (a
+    warning when there is none)."""
     o = options
     if o.x not in X_MODES:
         raise NotFoundError(f"--x must be one of {', '.join(X_MODES)}, got {o.x!r}")
     check_level(o.level)
     client, sel = query.resolve(client)
+    if only_with:
+        require_metrics(sel, only_with, why, skip=True)
     require_metrics(sel, metrics, why, skip=o.skip_incomplete)
     history = load_histories(client, sel.run_ids, metrics)
     data, notes = curves(sel.runs, history, metrics, o.x, o.hue, o.points, o.level)
@@ -336,7 +393,7 @@ def metric_curves(query: RunQuery, options: CurveOptions, metrics: list[str], st
     for metric, single in (steps[steps < 2].groupby(level="metric")):
         report.warnings.append(f"{len(single)} run(s) logged {metric} at one step only: a point, not a curve. "
                                + why)
-    if not data["baseline"].any():
+    if baseline and not data["baseline"].any():
         where = f"experiment {sel.name!r}" if sel.kind != "runs" else "the given runs"
         report.warnings.append(
             f"no random-crop baseline in {sel.kind} {sel.name!r} (no run with {P_CROP}=random); "
@@ -344,14 +401,16 @@ def metric_curves(query: RunQuery, options: CurveOptions, metrics: list[str], st
             f"choices and resume the study, or log a `paramcrop train` run with {P_CROP}=random "
             f"into {where}, or pass a baseline run's id together with these via --runs."
         )
-    table = summary(data, sel.runs, metrics, o.x, sel.objective, o.hue)
+    shown = list(metrics if summarised is None else summarised)
+    table = summary(data, sel.runs, shown, o.x, sel.objective, o.hue, late)
     with plots.paper_style():
         writers = {}
-        for name, fig in figures(data, metrics, o.x, sel.title(subject), o.separate, o.level, stem):
+        for name, fig in draw(data, metrics, o.x, sel.title(subject), o.separate, o.level, stem):
             writers.update(plots.figure_writers(fig, name))
         writers[f"{stem}.csv"] = plots.csv_writer(data)
         plots.publish(report, client, sel, query.out, writers, query.log)
-    report.tables.append((f"{sel.name}: {', '.join(metrics)} at start → middle → end of training (x = {o.x}), "
-                          f"objective {sel.objective} (mean ± std, n runs)", display_summary(table, metrics)))
+    late_words = f", {LATE_SHARE} of {late}" if late else ""
+    report.tables.append((f"{sel.name}: {', '.join(shown)} at start → middle → end of training (x = {o.x})"
+                          f"{late_words}, objective {sel.objective} (mean ± std, n runs)", display_summary(table, shown)))
     report.data.update(curves=data, summary=table, selection=sel)
     return report

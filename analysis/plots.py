@@ -45,7 +45,7 @@ DPI = 300
 BASELINE_COLOUR = "0.2"
 ARTIFACT_PATH = "analysis"
 
-CROP_NAMES = {"random": "Random crop", "paramcrop": "ParamCrop", "cvrl": "CVRL crop"}
+CROP_NAMES = {"random": "Random crop", "paramcrop": "ParamCrop", "cvrl": "CVRL crop", "hardest": "Hardest views"}
 FRAMEWORK_NAMES = {"simclr": "SimCLR", "moco": "MoCo v2", "mocov2": "MoCo v2", "moco_v2": "MoCo v2",
                    "byol": "BYOL"}
 BACKBONE_NAMES = {"tiny3d": "Tiny3D", "r3d_18": "R3D-18", "mc3_18": "MC3-18",
@@ -60,17 +60,20 @@ def _missing(value) -> bool:
 
 
 def crop_label(method, strength=None, dof=None, generator_input=None, coupling=None,
-               uncontrolled=None) -> str:
-    """``"ParamCrop, λ=1.0"``, ``"Random crop (baseline)"``, ``"CVRL crop"``; with the crop
-    parameterisation params (``crop.dof``, ``crop.generator_input``, ``crop.coupling``,
-    ``crop.uncontrolled``) given:
+               uncontrolled=None, budget=None, budget_schedule=None, optimizer=None) -> str:
+    """``"ParamCrop, λ=1.0"``, ``"Random crop (baseline)"``, ``"CVRL crop"``, ``"Hardest views"``; with
+    the crop parameterisation params (``crop.dof``, ``crop.generator_input``, ``crop.coupling``,
+    ``crop.uncontrolled``, ``crop.budget``, ``crop.budget_schedule``, ``optim.generator_optimizer``) given:
     ``"ParamCrop spatial, λ=1.0"``, ``"ParamCrop spatiotemporal, input none, λ=1.0"``,
-    ``"Random crop temporal (baseline)"``. A run without ``crop.dof`` reads as before."""
+    ``"ParamCrop spatiotemporal, budget 0.6, optimizer sgd, λ=1.0"``, ``"Random crop temporal
+    (baseline)"``. A run without ``crop.dof`` reads as before; the optimiser is named only for a
+    crop with a strength (one with an adversary)."""
     from paramcrop.crops.dof import parameterisation_name
 
     parameterisation = ""
     if not _missing(dof):
-        parameterisation = " " + parameterisation_name(dof, generator_input, coupling, uncontrolled)
+        parameterisation = " " + parameterisation_name(dof, generator_input, coupling, uncontrolled, budget,
+                                                       budget_schedule, None if _missing(strength) else optimizer)
     if method == BASELINE_METHOD:
         return BASELINE_LABEL if not parameterisation else f"{CROP_NAMES[method]}{parameterisation} (baseline)"
     name = CROP_NAMES.get(method, str(method) if not _missing(method) else "unknown crop") + parameterisation

@@ -16,6 +16,10 @@ the ``losses`` column names the auxiliary losses that are on: ``none``, ``region
 param), ``table.md`` (rows framework · backbone, head, losses; columns crop configuration; cells
 ``mean ± std (n=k)``) and a heatmap of the means (``table.png``, ``table.pdf``; head and losses
 are part of the row labels when they vary, else named in the title when not the default).
+Both files also give each configuration's ``late_share``: the share of the total change of its mean
+``view/iou`` trajectory made in the last quarter of training (:func:`analysis.iou_curves.late_share`;
+from the runs the table counts, on the progress grid of 101 points; empty without a ``view/iou``
+history or a change of at least 0.01), a column of table.csv and a section of table.md.
 """
 from __future__ import annotations
 
@@ -27,10 +31,12 @@ import pandas as pd
 
 from analysis import groups, plots
 from analysis.errors import NoDataError
-from analysis.load import RunQuery, Selection, column
+from analysis.iou_curves import LATE_SHARE, late_shares
+from analysis.load import RunQuery, Selection, column, load_histories
 from analysis.plots import P_BACKBONE, P_CROP, P_FRAMEWORK, P_HEAD, P_LOSSES, P_ORDER, P_REGION, P_STRENGTH
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
+from paramcrop import sinks
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -159,6 +165,14 @@ def markdown(table: pd.DataFrame, title: str, objective: str, level: float) -> s
              "| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] * w.index.nlevels + [":---:"] * len(w.columns)) + "|"]
     lines += ["| " + " | ".join(list(idx) + list(r)) + " |" for idx, r in zip(w.index, w.to_numpy())]
+    if LATE_SHARE in table.columns and table[LATE_SHARE].notna().any():
+        lines += ["", "## When the views change", "",
+                  f"`{LATE_SHARE}`: the share of the total change of the mean `view/iou` trajectory made in the last "
+                  "quarter of training, (iou(0.75 T) - iou(T)) / (iou(0) - iou(T)); 0.25 for a linear change, "
+                  "– for a change below 0.01.", "",
+                  "| " + " | ".join([*ROW_NAMES, "crop", LATE_SHARE]) + " |", "|" + "---|" * 4 + ":---:|"]
+        lines += ["| " + " | ".join([*row, crop, "–" if share != share else f"{share:.2f}"]) + " |"
+                  for row, crop, share in zip(_rows(table), table["crop"], table[LATE_SHARE])]
     return "\n".join(lines) + "\n"
 
 
@@ -229,6 +243,8 @@ def table(query: RunQuery, level: float = 0.95, baseline: str | None = None,
     values, configs, notes = seeded_values(sel, omit=ROW_PARAMS)
     chosen = choose_baseline(sel.runs, configs, baseline, required=baseline is not None)
     tab = objective_table(values.drop(columns="seed"), level)
+    history = load_histories(client, list(values["run_id"]), [sinks.VIEW_IOU])
+    tab[LATE_SHARE] = tab["config"].map(late_shares(sel.runs, history, values[["run_id", "config"]]))
     title = sel.title(sel.objective)
     md = markdown(tab, title, sel.objective, level)
     if chosen is None:

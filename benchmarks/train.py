@@ -5,7 +5,8 @@
 
 1. Pipeline overhead: a full training step (crop + augmentation + framework + optimisers + view
    metrics + logging) over the bare backbone forward+backward+step on the same two views.
-2. ParamCrop step over random-crop step, same backbone and batch.
+2. ParamCrop step and hardest-views step (``crop.method: hardest``, K = 4 candidate pairs scored by one
+   extra forward pass) over random-crop step, same backbone and batch.
    Both for tiny3d at the quickstart size (batch 32, 16x64x64 clips -> 8x48x48 views) and for
    r3d_18 at 16x112x112 views (batch 4 on CPU, 32 on CUDA; ``--r3d-batch``), in each ``--precision``
    (bf16 = autocast; the bare step autocast alike). The floor of a learned-crop step is the bare
@@ -40,6 +41,7 @@ from paramcrop.config import TrainConfig  # noqa: E402
 from paramcrop.train import Trainer, to_input  # noqa: E402
 
 TINY_SOURCE = "synthetic:videos_per_class=6,frames=40,size=32,shapes=2,motions=2"  # construction only
+CROPS = ("random", "paramcrop", "hardest")
 
 
 def make_trainer(crop: str, backbone: str, batch: int, raw: tuple[int, int], view: tuple[int, int],
@@ -54,10 +56,10 @@ def make_trainer(crop: str, backbone: str, batch: int, raw: tuple[int, int], vie
 
 def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats: int,
                      precision: str = "fp32") -> dict[str, float]:
-    """Median seconds of ``full-random``, ``full-paramcrop``, ``bare`` and ``floor`` (bare + input gradient)."""
+    """Median seconds of ``full-random``, ``full-paramcrop``, ``full-hardest``, ``bare`` and ``floor`` (bare +
+    input gradient)."""
     clips = torch.randint(0, 256, (batch, 3, raw[0], raw[1], raw[1]), dtype=torch.uint8, device=device)
-    trainers = {crop: make_trainer(crop, backbone, batch, raw, view, device, precision)
-                for crop in ("random", "paramcrop")}
+    trainers = {crop: make_trainer(crop, backbone, batch, raw, view, device, precision) for crop in CROPS}
     sink = sinks.MemorySink()
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
@@ -87,7 +89,7 @@ def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats:
             sync()
         return run
 
-    return compare({"full-random": full(trainers["random"]), "full-paramcrop": full(trainers["paramcrop"]),
+    return compare({**{f"full-{crop}": full(trainer) for crop, trainer in trainers.items()},
                     "bare": bare_step(x), "floor": bare_step(x_grad)}, repeats=repeats, warmup=2)
 
 
@@ -140,7 +142,8 @@ def main() -> None:
             results.add(f"{key}/full_random_over_bare", t["full-random"] / t["bare"], "ratio")
             results.add(f"{key}/full_paramcrop_over_floor", t["full-paramcrop"] / t["floor"], "ratio")
             results.add(f"{key}/paramcrop_over_random", t["full-paramcrop"] / t["full-random"], "ratio")
-            for crop in ("random", "paramcrop"):
+            results.add(f"{key}/hardest_over_random", t["full-hardest"] / t["full-random"], "ratio")
+            for crop in CROPS:
                 results.add(f"{key}/full_{crop}_clips_per_s", batch / t[f"full-{crop}"], "clips_per_s")
             speed[case, precision] = batch / t["full-random"]
             print(f"{backbone} ({case}) {precision} batch {batch}, {raw[0]}x{raw[1]}px clips -> {view[0]}x{view[1]}px "
@@ -152,6 +155,7 @@ def main() -> None:
             print(f"  full step, ParamCrop       {t['full-paramcrop'] * 1e3:8.1f} ms   ratio to bare "
                   f"{t['full-paramcrop'] / t['bare']:.3f}, to floor {t['full-paramcrop'] / t['floor']:.3f}")
             print(f"  ParamCrop / random step    {t['full-paramcrop'] / t['full-random']:.3f}")
+            print(f"  hardest (K 4) / random     {t['full-hardest'] / t['full-random']:.3f}")
     for case, *_ in cases:
         if (case, "bf16") in speed and (case, "fp32") in speed:  # separate interleaved sets: a coarser ratio
             ratio = results.add(f"{case}/bf16_over_fp32_clips_per_s", speed[case, "bf16"] / speed[case, "fp32"], "ratio")

@@ -47,6 +47,13 @@ def in_range(name: str, value: object, low: float, high: float, low_open: bool =
     return number
 
 
+def one_of(name: str, value: object, valid: Sequence[str]) -> str:
+    """``value`` is one of the strings ``valid``, returned as given."""
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"{name} must be one of {', '.join(valid)}, got {value!r}")
+    return value
+
+
 def range_pair(name: str, pair: Sequence[float], low: float, high: float,
                low_open: bool = False) -> tuple[float, float]:
     """A ``(min, max)`` pair with ``low <= min <= max <= high`` (``low < min`` when ``low_open``), as floats."""

@@ -59,7 +59,7 @@ class ViewConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW for the backbone and heads (warm-up + cosine); Adam for a learned crop's generator."""
+    """AdamW for the backbone and heads (warm-up + cosine); Adam (or SGD) for a learned crop's generator."""
 
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -68,6 +68,7 @@ class OptimConfig:
     generator_lr: float = 2.5e-4  # scaled by lambda at each step (Adam would cancel the reversal scale)
     generator_schedule: str = "constant"  # constant, follow (the backbone's) or warmup_cosine (crops/adversary.py)
     generator_warmup_steps: int = 0  # the warm-up of generator_schedule=warmup_cosine
+    generator_optimizer: str = "adam"  # adam (lr x lambda) or sgd (momentum 0.9; lambda in the gradient)
     grad_clip: float = 0.0  # max global grad norm of the backbone side (0 = off)
 
 
@@ -267,11 +268,14 @@ class TrainConfig:
                 f"the view ({self.view.frames}x{self.view.size}) cannot be larger than the raw clip "
                 f"({self.data.frames}x{self.data.size}): lower view.* or raise data.*"
             )
-        from paramcrop.crops.adversary import SCHEDULES
+        from paramcrop.crops.adversary import OPTIMIZERS, SCHEDULES
 
         if self.optim.generator_schedule not in SCHEDULES:
             raise ConfigError(f"optim.generator_schedule must be one of {', '.join(SCHEDULES)}, got "
                               f"{self.optim.generator_schedule!r}")
+        if self.optim.generator_optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optim.generator_optimizer must be one of {', '.join(OPTIMIZERS)}, got "
+                              f"{self.optim.generator_optimizer!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):

@@ -69,6 +69,15 @@ def view_disparity(a: Tensor, b: Tensor) -> dict[str, Tensor]:
     return out
 
 
+def cube_spread(a: Tensor, b: Tensor) -> dict[str, Tensor]:
+    """The sample standard deviation (ddof 1) over the batch of each cube parameter of both views
+    ``(B, 6)``, as 0-d tensors keyed by :func:`paramcrop.sinks.cube_std_metric` (``train/cube_std/view1/cx``, ...)."""
+    from paramcrop.sinks import CUBE_PARAMS, cube_std_metric
+
+    return {cube_std_metric(view, name): value for view, cubes in ((1, a), (2, b))
+            for name, value in zip(CUBE_PARAMS, cubes.std(0))}
+
+
 def cube_to_theta(cubes: Tensor) -> Tensor:
     """Affine matrices for ``F.affine_grid`` on 5-D input: ``(..., 6) -> (..., 3, 4)``.
 

@@ -35,7 +35,28 @@ TRAIN_STRENGTH = "train/strength"
 """The adversarial strength λ in force at that step (``crop.strength``, ramped by its warmup; 0 for a
 crop that learns nothing). Runs logged before the rename have it as ``train/lambda``."""
 TRAIN_GENERATOR_LR = "train/generator_lr"
-"""The learned crop's rate at that step: generator_lr x lambda x its schedule (only for a learned crop)."""
+"""The learned crop's rate at that step: generator_lr x lambda x its schedule (only for a learned crop;
+with ``optim.generator_optimizer: sgd`` lambda is in the gradient instead, :mod:`paramcrop.crops.adversary`)."""
+GENERATOR_GRAD_NORM = "train/generator_grad_norm"
+"""L2 norm of all the generator's gradients at that step, before its optimiser step (0 at lambda 0)."""
+GENERATOR_UPDATE_NORM = "train/generator_update_norm"
+"""L2 norm of the change that step's optimiser step made to all the generator's parameters."""
+GENERATOR_SATURATION = "train/generator_saturation"
+"""Fraction of the generator's used squashed outputs within 1 % of a bound of their range
+(:func:`paramcrop.crops.paramcrop.saturation`): near 1, its gradients vanish."""
+CUBE_PARAMS = ("cx", "cy", "ct", "hx", "hy", "ht")
+"""The six cube parameters, in the cube's order."""
+
+
+def cube_std_metric(view: int, param: str) -> str:
+    """The batch standard deviation of one view's cube parameter, ``train/cube_std/view1/cx`` (view 1 or 2)."""
+    return f"train/cube_std/view{view}/{param}"
+
+
+CUBE_STD_METRICS = tuple(cube_std_metric(v, p) for v in (1, 2) for p in CUBE_PARAMS)
+"""The sample standard deviations (ddof 1) over the batch of each view's cube parameters (learned crops)."""
+GENERATOR_METRICS = (GENERATOR_GRAD_NORM, GENERATOR_UPDATE_NORM, GENERATOR_SATURATION, *CUBE_STD_METRICS)
+"""The generator's diagnostics, logged at every log step of a learned crop (``paramcrop analyze generator``)."""
 TRAIN_DATA_WAIT_S = "train/data_wait_s"
 """Seconds a logged interval's steps waited for their batches (``next`` on the loader + the copy to the
 device, which is asynchronous on CUDA), summed over the interval: near 0 when decoding keeps up."""
@@ -55,6 +76,8 @@ VIEW_METRICS = (
     VIEW_IOU, VIEW_IOU_XY, VIEW_IOU_T,
     VIEW_CENTER_DISTANCE, VIEW_CENTER_DISTANCE_XY, VIEW_CENTER_DISTANCE_T,
 )
+VIEW_CANDIDATES_IOU = "view/candidates_iou"
+"""The ``hardest`` crop's mean view IoU over all its candidate pairs (``view/iou`` is the chosen pairs')."""
 EVAL_KNN_TOP1 = "eval/knn_top1"
 EVAL_LINEAR_TOP1 = "eval/linear_top1"
 EVAL_FINETUNE_TOP1 = "eval/finetune_top1"

@@ -5,7 +5,10 @@ Optuna. With a learned crop, one backward pass serves both sides: the backbone's
 descends the loss, and the generator's optimiser steps on gradients that the reversal layer
 has already negated and scaled by lambda, so it ascends the same loss. The generator's Adam
 would cancel that scale, so its learning rate is ``optim.generator_lr * lambda(step)`` (times the
-factor of ``optim.generator_schedule``): lambda sets the adversary's step size.
+factor of ``optim.generator_schedule``): lambda sets the adversary's step size (SGD,
+``optim.generator_optimizer: sgd``, keeps the scale: its rate is not multiplied by lambda). A learned
+crop's step metrics include its diagnostics (:data:`paramcrop.sinks.GENERATOR_METRICS`); a crop that
+chooses views by the model (``hardest``) scores them through :meth:`Trainer.score_pairs`.
 
 The framework also receives each view's augmentation vector (cube, flip, relative shift), as the
 projection head's ``augmentation_inputs`` asks for it (the CATE head; the MLP head takes none). The loss is the
@@ -34,7 +37,7 @@ from paramcrop.config import AUTO, ConfigError, TrainConfig
 from paramcrop.crops.adversary import warmup_cosine
 from paramcrop.distributed import DistInfo, average_gradients, init_from_env, shard
 from paramcrop.frameworks.base import pool
-from paramcrop.geometry import view_disparity
+from paramcrop.geometry import cube_spread, view_disparity
 from paramcrop.heads import HeadSpec
 from paramcrop.losses import ORDER_LOSS, REGION_LOSS, RegionContrast, TemporalOrder, global_view
 from paramcrop.runtime import tune_allocator
@@ -237,7 +240,7 @@ class Trainer:
         self.downstream = [DownstreamDataset(source, cfg) for source in cfg.eval.datasets]  # scanned once
 
         crop_name, crop_kw = cfg.component("crop")
-        if "steps" in CROPS.valid_keys(crop_name, 1) and crop_kw.get("steps") is None:  # a scheduled crop
+        if CROPS.get(crop_name).uses_run_steps(crop_kw):  # a scheduled crop
             self.cfg = cfg = cfg.with_overrides({"crop.steps": cfg.steps})  # spans the run, recorded as crop.steps
             crop_kw["steps"] = cfg.steps
         self.crop = create_crop(crop_name, (cfg.view.frames, cfg.view.size, cfg.view.size), **crop_kw).to(self.device)
@@ -249,6 +252,7 @@ class Trainer:
             self.augment.fuse()
         fw_name, fw_kw = cfg.component("framework")
         self.framework = create_framework(fw_name, backbone, HeadSpec(*cfg.component("head")), **fw_kw).to(self.device)
+        self.crop.bind_scorer(self.score_pairs)  # the model's per-pair loss, for crops that choose by it
         obj = cfg.losses
         self.losses = nn.ModuleDict()  # the switched-on extra loss terms, by metric name
         if obj.region > 0:
@@ -269,7 +273,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         o = cfg.optim  # the learned crop's update rule and its schedule
-        self.adversary = self.crop.adversary(o.generator_lr, schedule=o.generator_schedule,
+        self.adversary = self.crop.adversary(o.generator_lr, optimizer=o.generator_optimizer,
+                                             schedule=o.generator_schedule,
                                              warmup_steps=o.generator_warmup_steps, total_steps=cfg.steps,
                                              min_lr_ratio=o.min_lr_ratio)
         self.gen_optimizer = self.adversary.optimizer  # None for crops that learn nothing
@@ -402,6 +407,22 @@ class Trainer:
                             generator=torch.Generator().manual_seed(self.cfg.seed))
         return iter(loader)
 
+    @torch.no_grad()
+    def score_pairs(self, x1: Tensor, x2: Tensor, cubes1: Tensor, cubes2: Tensor, groups: int) -> Tensor:
+        """The :data:`~paramcrop.crops.base.PairScorer` handed to the crop: the framework's per-pair loss
+        ``(N,)`` of views ``(N, 3, t, h, w)`` on the 0-255 scale, normalised but not augmented (no flip in
+        the head's augmentation vectors), in evaluation mode (the training mode is restored after)."""
+        was_training = self.framework.training
+        self.framework.eval()
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                unflipped = torch.zeros(x1.shape[0], dtype=torch.bool, device=x1.device)
+                vectors = self.framework.projector.augmentation_inputs(cubes1, cubes2, unflipped, unflipped)
+                return self.framework.pair_losses(to_input(x1 / 255.0), to_input(x2 / 255.0), *vectors,
+                                                  groups=groups).float()
+        finally:
+            self.framework.train(was_training)
+
     def loss_terms(self, clips: Tensor, views: "Views", flips: tuple[Tensor, Tensor],  # noqa: F821
                         maps: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         """The switched-on auxiliary losses' unweighted values by metric name (empty, and free, when none is on).
@@ -449,14 +470,18 @@ class Trainer:
             self.optimizer.step()
         with phase("generator"):
             # lr x lambda x its schedule, skipped at lambda 0, averaged across ranks; clears its grads
-            self.adversary.step(self.step, self._lr_factor(self.step))
+            diagnostics = self.adversary.step(self.step, self._lr_factor(self.step))
         self.step_lr = self.scheduler.get_last_lr()[0]  # the rate this step used (train/lr)
         self.scheduler.step()
         with phase("optimizer"):
             self.framework.update_targets()
         with torch.no_grad(), phase("metrics"):
-            disparity = view_disparity(views.cubes1.detach().float(), views.cubes2.detach().float())
-        return loss.detach(), {**disparity, **out.metrics, **{k: v.detach() for k, v in terms.items()}}, views
+            cubes = views.cubes1.detach().float(), views.cubes2.detach().float()
+            disparity = view_disparity(*cubes)
+            if self.gen_optimizer is not None:  # a learned crop: its generator's diagnostics
+                diagnostics.update(cube_spread(*cubes))
+        return loss.detach(), {**disparity, **views.metrics, **diagnostics, **out.metrics,
+                               **{k: v.detach() for k, v in terms.items()}}, views
 
     def fit(self, sink: sinks.MetricsSink, resume: bool = False, until: int | None = None) -> TrainResult:
         """Train to ``cfg.steps``. With ``resume``, continue from ``run_dir``'s checkpoint (metrics

@@ -847,3 +847,103 @@ def test_configuration_labels_name_the_crop_parameterisation_where_it_varies():
                       "ParamCrop spatiotemporal, input none, λ=1.0"}
     plain = rows([{"crop.method": "random"}, {"crop.method": "paramcrop"}])
     assert set(configurations(plain)[0]["configuration"]) == {"Random crop (baseline)", "ParamCrop, λ=1.0"}
+
+
+# --- issue 21: how late the views change, and the generator's diagnostics -------------------------
+def test_late_share_by_hand():
+    from analysis.iou_curves import late_share
+
+    x = np.linspace(0, 1, 101)
+    assert late_share(x, 0.9 - 0.6 * x) == pytest.approx(0.25)  # a linear change
+    late = np.where(x <= 0.75, 0.98, 0.98 - 0.39 * (x - 0.75) / 0.25)  # the controls study's shape, all late
+    assert late_share(x, late) == pytest.approx(1.0)
+    bent = np.interp(x, [0, 0.5, 0.75, 1], [0.98, 0.95, 0.90, 0.59])  # 0.98 -> 0.95 mid -> 0.59
+    assert late_share(x, bent) == pytest.approx((0.90 - 0.59) / (0.98 - 0.59))
+    assert late_share(x[:51] * 2 + 3, 0.9 - 0.6 * x[:51]) == pytest.approx(0.25)  # any span: its own last quarter
+    assert math.isnan(late_share(x, 0.5 + 0.004 * x))  # under 0.01 of change: nothing to apportion
+    assert math.isnan(late_share(x[:1], x[:1]))
+
+
+def late_store(root: Path) -> Store:
+    """Study ``late``: ParamCrop λ=1 whose IoU holds at 0.95 for three quarters of its 101 steps and then falls to
+    0.55 (two seeds, ± 0.01), ParamCrop λ=0.5 falling linearly 0.9 -> 0.6, and the random crop (flat 0.5, no
+    change to apportion). The λ=1 runs also log the generator diagnostics, linear in progress; the λ=0.5 runs
+    log them only at step 0 (a point); the random crop has none."""
+    s = Store(root)
+    eid, s.parent = s.study("late")
+    parent = s.parent
+    steps = list(range(0, 101, 5))
+    distance = {sinks.VIEW_CENTER_DISTANCE: linear(steps, 100, 0.1, 0.0, 0.0)}
+    for seed in (0, 1):
+        off = 0.01 * (1 if seed else -1)
+        late = [(st, (0.95 if st <= 75 else 0.95 - 0.4 * (st - 75) / 25) + off) for st in steps]
+        diag = {sinks.GENERATOR_GRAD_NORM: linear(steps, 100, 1.0, 1.0, 0.1 * seed),
+                sinks.GENERATOR_UPDATE_NORM: linear(steps, 100, 0.02, -0.01, 0.0),
+                sinks.GENERATOR_SATURATION: linear(steps, 100, 0.0, 0.5, 0.0),
+                **{m: linear(steps, 100, 0.1, 0.1 * (i + 1), 0.0) for i, m in enumerate(sinks.CUBE_STD_METRICS)}}
+        s.run(eid, parent, {"crop.method": "paramcrop", "crop.strength": "1.0", "steps": 101, "seed": seed},
+              {sinks.VIEW_IOU: late, **distance, **diag}, final={sinks.EVAL_KNN_TOP1: 0.5})
+        s.run(eid, parent, {"crop.method": "paramcrop", "crop.strength": "0.5", "steps": 101, "seed": seed},
+              {sinks.VIEW_IOU: linear(steps, 100, 0.9, -0.3, off), **distance,
+               **{m: [(0, 0.0)] for m in sinks.GENERATOR_METRICS}},
+              final={sinks.EVAL_KNN_TOP1: 0.45})
+        s.random_run = s.run(eid, parent, {"crop.method": "random", "steps": 101, "seed": seed},
+                             {sinks.VIEW_IOU: linear(steps, 100, 0.5, 0, 0), **distance},
+                             final={sinks.EVAL_KNN_TOP1: 0.4})
+    return s
+
+
+@pytest.fixture(scope="module")
+def late_runs(tmp_path_factory) -> Store:
+    return late_store(tmp_path_factory.mktemp("late"))
+
+
+def test_iou_curves_and_table_report_the_late_share(late_runs, tmp_path):
+    from analysis.iou_curves import iou_curves
+    from analysis.load import RunQuery
+
+    report = iou_curves(RunQuery(study="late", tracking_uri=late_runs.uri, out=tmp_path / "c", log=False))
+    shares = report.data["summary"].set_index("configuration")["late_share"]
+    assert shares["ParamCrop, λ=1.0"] == pytest.approx(1.0)  # all of the change in the last quarter
+    assert shares["ParamCrop, λ=0.5"] == pytest.approx(0.25)  # linear
+    assert math.isnan(shares["Random crop (baseline)"])
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["iou-curves.csv", "iou-curves.pdf", "iou-curves.png"]
+    out = tmp_path / "t"
+    result = cli_run(["analyze", "table", "--study", "late", "--tracking-uri", late_runs.uri, "--out", str(out),
+                      "--no-log"])
+    assert result.exit_code == 0, result.output
+    tab = pd.read_csv(out / "table.csv").set_index("crop")
+    assert tab.loc["ParamCrop, λ=1.0", "late_share"] == pytest.approx(1.0)
+    assert tab.loc["ParamCrop, λ=0.5", "late_share"] == pytest.approx(0.25)
+    assert math.isnan(tab.loc["Random crop (baseline)", "late_share"])
+    md = (out / "table.md").read_text()
+    assert "## When the views change" in md
+    assert "| ParamCrop, λ=1.0 | 1.00 |" in md and "| ParamCrop, λ=0.5 | 0.25 |" in md
+    assert "| Random crop (baseline) | – |" in md
+
+
+def test_analyze_generator_plots_the_diagnostics_of_learned_crops(late_runs, tmp_path):
+    out = tmp_path / "g"
+    result = cli_run(["analyze", "generator", "--study", "late", "--tracking-uri", late_runs.uri, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["generator.csv", "generator.pdf", "generator.png"]
+    data = pd.read_csv(out / "generator.csv")
+    assert set(data["metric"]) == {sinks.VIEW_IOU, *sinks.GENERATOR_METRICS}
+    assert set(data["configuration"]) == {"ParamCrop, λ=1.0", "ParamCrop, λ=0.5"}  # the random crop: no generator
+    assert "2 run(s) skipped without train/generator_grad_norm" in " ".join(result.stderr.split())
+    assert "no random-crop baseline" not in result.stderr
+    # means over the two seeds, by hand: grad norm 1 + p + 0.05, the last cube std 0.1 + 1.2 p
+    grad = row(data, sinks.GENERATOR_GRAD_NORM, "ParamCrop, λ=1.0", 0.5)
+    assert (grad["n"], grad["mean"]) == pytest.approx((2, 1.55))
+    assert row(data, sinks.CUBE_STD_METRICS[-1], "ParamCrop, λ=1.0", 1.0)["mean"] == pytest.approx(1.3)
+    assert row(data, sinks.VIEW_IOU, "ParamCrop, λ=1.0", 0.9)["mean"] == pytest.approx(0.95 - 0.4 * 15 / 25)
+    assert "late_share" in result.stdout
+    from PIL import Image
+
+    img = np.asarray(Image.open(out / "generator.png").convert("L"), dtype=float)
+    assert img.shape[1] >= 4000 and img.std() > 10  # five panels a row, not blank
+    logged = {Path(a.path).name for a in late_runs.client.list_artifacts(late_runs.parent, "analysis")}
+    assert {"generator.csv", "generator.png", "generator.pdf"} <= logged  # on the study's parent run
+    none = cli_run(["analyze", "generator", "--runs", late_runs.random_run, "--tracking-uri", late_runs.uri,
+                    "--out", str(tmp_path / "n"), "--no-log"])
+    assert none.exit_code == 1 and "train/generator_grad_norm" in none.stderr

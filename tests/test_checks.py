@@ -16,6 +16,9 @@ from paramcrop.crops.base import check_range
     (lambda: checks.in_range("momentum", 1.5, 0, 1), "momentum must be a number in [0, 1], got 1.5"),
     (lambda: checks.in_range("p", 0, 0, 1, low_open=True), "p must be a number in (0, 1], got 0"),
     (lambda: checks.in_range("p", 1, 0, 1, high_open=True), "p must be a number in [0, 1), got 1"),
+    (lambda: checks.one_of("optimizer", "rmsprop", ("adam", "sgd")),
+     "optimizer must be one of adam, sgd, got 'rmsprop'"),
+    (lambda: checks.one_of("optimizer", None, ("adam", "sgd")), "optimizer must be one of adam, sgd, got None"),
     (lambda: checks.range_pair("area", (0.5, 0.2), 0.001, 1.0),
      "area must be a (min, max) pair with 0.001 <= min <= max <= 1.0, got (0.5, 0.2)"),
     (lambda: checks.range_pair("area", (0.5,), 0.001, 1.0),
@@ -34,6 +37,7 @@ def test_valid_values_come_back_converted():
     assert checks.positive("steps", 3, integer=True) == 3 and checks.at_least("w", 0, 0) == 0.0
     assert checks.in_range("p", 0, 0, 1) == 0.0 and checks.in_range("p", 1, 0, 1) == 1.0
     assert checks.range_pair("area", [0.2, 0.2], 0.001, 1) == (0.2, 0.2)
+    assert checks.one_of("optimizer", "sgd", ("adam", "sgd")) == "sgd"
     assert check_range is checks.range_pair  # the crops' historical name
 
 

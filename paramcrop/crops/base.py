@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from paramcrop.checks import range_pair
 from paramcrop.geometry import _check_size, crop_video, traceable_crop_video_taps
-from paramcrop.registry import Registry
+from paramcrop.registry import Registry, constructor_keys
 from paramcrop.runtime import Compiled
 
 CROPS: Registry["CropMethod"] = Registry("crop method")
@@ -20,13 +20,23 @@ CROPS: Registry["CropMethod"] = Registry("crop method")
 class Views:
     """Two views of a batch of clips and the cubes they were cut from.
 
-    ``x1, x2``: float32 ``(B, C, t, h, w)`` on the input's value scale; ``cubes1, cubes2``: ``(B, 6)``.
+    ``x1, x2``: float32 ``(B, C, t, h, w)`` on the input's value scale; ``cubes1, cubes2``: ``(B, 6)``;
+    ``metrics``: what the crop measured while making them, metric name -> 0-d tensor (logged with the
+    step's metrics: ParamCrop's ``train/generator_saturation``, the ``hardest`` crop's ``view/candidates_iou``).
     """
 
     x1: Tensor
     x2: Tensor
     cubes1: Tensor
     cubes2: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+PairScorer = Callable[[Tensor, Tensor, Tensor, Tensor, int], Tensor]
+"""``score(x1, x2, cubes1, cubes2, groups) -> (N,)``: the current model's loss of each of ``N`` view
+pairs, without gradient; views ``(N, C, t, h, w)`` on the 0-255 scale, cubes ``(N, 6)``; the pairs
+form ``groups`` contiguous groups of equal size, each scored as one batch (a pair's negatives are
+the other pairs of its group). The trainer hands one to every crop (:meth:`CropMethod.bind_scorer`)."""
 
 
 class CropMethod(nn.Module):
@@ -43,6 +53,12 @@ class CropMethod(nn.Module):
     def __init__(self, size: Sequence[int]) -> None:
         super().__init__()
         self.size = _check_size(size)
+
+    @classmethod
+    def uses_run_steps(cls, keys: Mapping[str, Any]) -> bool:
+        """Whether this crop built with the keys ``keys`` reads the run's total steps: it has a ``steps``
+        key left null (the trainer then fills in the run's ``steps``, recorded as ``crop.steps``)."""
+        return "steps" in constructor_keys(cls, 1) and keys.get("steps") is None
 
     def sample_cubes(self, batch: int, device: torch.device, step: int) -> tuple[Tensor, Tensor]:
         """Two ``(B, 6)`` cube tensors, one per view."""
@@ -61,13 +77,17 @@ class CropMethod(nn.Module):
         empty for crops that learn nothing."""
         return list(self.parameters())
 
-    def adversary(self, lr: float, **schedule) -> "Adversary":  # noqa: F821
-        """The update of this crop's learned parameters at rate ``lr`` (at lambda = 1; ``schedule``: the
-        :class:`~paramcrop.crops.adversary.Adversary`'s schedule keys): call its ``step(step)`` after
-        each ``loss.backward()`` (:mod:`paramcrop.crops.adversary`; a no-op for crops that learn nothing)."""
+    def adversary(self, lr: float, **rule) -> "Adversary":  # noqa: F821
+        """The update of this crop's learned parameters at rate ``lr`` (at lambda = 1; ``rule``: the
+        :class:`~paramcrop.crops.adversary.Adversary`'s optimiser and schedule keys): call its ``step(step)``
+        after each ``loss.backward()`` (:mod:`paramcrop.crops.adversary`; a no-op for crops that learn nothing)."""
         from paramcrop.crops.adversary import Adversary
 
-        return Adversary(self, lr, **schedule)
+        return Adversary(self, lr, **rule)
+
+    def bind_scorer(self, score: PairScorer) -> None:
+        """Take the current model's per-pair loss (:data:`PairScorer`), for crops that choose views by it
+        (``hardest``); the others ignore it."""
 
     def fuse(self) -> None:
         """Cut the two views on CPU with :func:`~paramcrop.geometry.traceable_crop_video_taps` compiled by
@@ -82,12 +102,16 @@ class CropMethod(nn.Module):
 
         self._fused = Compiled(cut_taps, "the crop", eager=_cut)
 
+    def cut(self, clips: Tensor, cubes1: Tensor, cubes2: Tensor) -> tuple[Tensor, Tensor]:
+        """The two views ``(B, C, t, h, w)`` of ``clips (B, C, T, H, W)`` at ``cubes1, cubes2 (B, 6)``
+        (compiled once :meth:`fuse` is called, on CPU)."""
+        fused = self._fused is not None and self._fused.active and not clips.is_cuda
+        return (self._fused if fused else _cut)(clips, cubes1, cubes2, self.size)
+
     def forward(self, clips: Tensor, step: int = 0) -> Views:
         with torch.autocast(clips.device.type, enabled=False):  # the cube maths in float32 under autocast
             cubes1, cubes2 = self.cubes(clips, step)
-            fused = self._fused is not None and self._fused.active and not clips.is_cuda
-            x1, x2 = (self._fused if fused else _cut)(clips, cubes1, cubes2, self.size)
-            return Views(x1, x2, cubes1, cubes2)
+            return Views(*self.cut(clips, cubes1, cubes2), cubes1, cubes2)
 
 
 def _cut(clips: Tensor, cubes1: Tensor, cubes2: Tensor, size: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
@@ -99,7 +123,7 @@ def _cut(clips: Tensor, cubes1: Tensor, cubes2: Tensor, size: tuple[int, int, in
 
 
 def create_crop(name: str, size: Sequence[int], **params) -> CropMethod:
-    """Build a registered crop method (``random``, ``cvrl``, ``paramcrop``) for views of ``size``."""
+    """Build a registered crop method (``random``, ``cvrl``, ``paramcrop``, ``hardest``, ...) for views of ``size``."""
     return CROPS.create(name, size, **params)
 
 

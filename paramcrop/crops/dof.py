@@ -140,11 +140,13 @@ def dof_name(value: str | Sequence[str] | None) -> str:
     return parse_dof(value).name
 
 
-def parameterisation_name(dof=None, generator_input=None, coupling=None, uncontrolled=None) -> str:
+def parameterisation_name(dof=None, generator_input=None, coupling=None, uncontrolled=None, budget=None,
+                          budget_schedule=None, optimizer=None) -> str:
     """A crop parameterisation in words: ``"spatial"``, ``"spatiotemporal, input none"``,
-    ``"temporal, coupling relative"``, ``"spatial, uncontrolled random"``; defaults (``noise``,
-    ``joint``, ``fixed``) and missing values are left out. Values may be config values or their
-    MLflow param text."""
+    ``"temporal, coupling relative"``, ``"spatial, uncontrolled random"``, ``"spatiotemporal, budget
+    0.6"``, ``"spatiotemporal, budget 0.6 linear, optimizer sgd"``; defaults (``noise``, ``joint``,
+    ``fixed``, no budget, ``constant``, ``adam``) and missing values are left out. Values may be config
+    values or their MLflow param text."""
     def given(value) -> bool:
         return value is not None and value == value and str(value) not in ("", "None", "nan")
 
@@ -155,13 +157,21 @@ def parameterisation_name(dof=None, generator_input=None, coupling=None, uncontr
         parts.append(f"coupling {coupling}")
     if given(uncontrolled) and uncontrolled != "fixed":
         parts.append(f"uncontrolled {uncontrolled}")
+    if given(budget):
+        parts.append(f"budget {budget}" + (f" {budget_schedule}" if given(budget_schedule)
+                                            and budget_schedule != "constant" else ""))
+    if given(optimizer) and optimizer != "adam":
+        parts.append(f"optimizer {optimizer}")
     return ", ".join(parts)
 
 
 def parameterisation_tag(config_flat) -> str:
     """The ``paramcrop.crop_parameterisation`` tag of a flattened (resolved) config: the
-    :func:`parameterisation_name` of its ``crop.*`` keys; empty for a crop without ``crop.dof``."""
+    :func:`parameterisation_name` of its ``crop.*`` keys and, for a crop with an adversary (a
+    ``crop.strength``), of ``optim.generator_optimizer``; empty for a crop without ``crop.dof``."""
     if "crop.dof" not in config_flat:
         return ""
+    optimizer = config_flat.get("optim.generator_optimizer") if "crop.strength" in config_flat else None
     return parameterisation_name(config_flat["crop.dof"], config_flat.get("crop.generator_input"),
-                                 config_flat.get("crop.coupling"), config_flat.get("crop.uncontrolled"))
+                                 config_flat.get("crop.coupling"), config_flat.get("crop.uncontrolled"),
+                                 config_flat.get("crop.budget"), config_flat.get("crop.budget_schedule"), optimizer)

@@ -20,6 +20,25 @@ backbone's forward-backward, are negligible: ``noise`` draws ``B x noise_dim`` n
 draws nothing, ``clip`` adds one pooling pass over the raw clip (``B x 3 x T x H x W`` reads, no
 gradient) and 27 input features; ``independent`` doubles the generator (two MLPs of 6 outputs).
 
+**Disparity budget** (``budget``, null = none): the smallest volume IoU a pair of views may reach,
+enforced for every pair by construction, not by a penalty. After squashing, view 2 is moved along
+the straight segment (in cube parameters) from its generated cube ``c2`` toward view 1's ``c1``:
+``c2' = lerp(c1, c2, t)``, with ``t`` the largest weight in [0, 1] at which
+``IoU(c1, c2') >= bound`` holds (``t = 1``, the generated pair untouched, when it already does).
+``t`` is found per pair by bisection (20 halvings, without gradient) that keeps the invariant at
+its lower end (``t = 0``: the two views coincide, as they do at a bound of 1), so the bound holds
+whatever the IoU does along the segment. The cubes of the segment are valid (inside the clip,
+extents in range, the degrees of freedom kept: the valid cubes form a convex set that every such
+constraint keeps), and ``c2'`` is differentiable in both generated cubes at the fixed ``t``
+(``(1 - t)`` to ``c1``, ``t`` to ``c2``); ``t`` itself carries no gradient. ``budget_schedule``:
+``constant`` (the bound is ``budget``) or ``linear`` (it moves from 1 at the first step to ``budget``
+at the last, ``p = step / (steps - 1)``; ``steps`` is filled in by the trainer with the run's, as
+for the curriculum crop).
+
+Diagnostics (:data:`Views.metrics <paramcrop.crops.base.Views>`): ``train/generator_saturation``,
+the fraction of the squashed outputs that a controlled parameter reads lying within 1 % of a bound
+of their range (:func:`saturation`).
+
 The paper's exact hyper-parameters are not public; ours are documented defaults, each a
 constructor argument.
 """
@@ -32,9 +51,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from paramcrop.crops.base import CROPS, CropMethod
-from paramcrop.crops.dof import DEFAULT_DOF, DEFAULT_FIXED_EXTENT, UNCONTROLLED, parse_dof
+from paramcrop import checks, sinks
+from paramcrop.crops.base import CROPS, CropMethod, Views
+from paramcrop.crops.curriculum import schedule_weight
+from paramcrop.crops.dof import DEFAULT_DOF, DEFAULT_FIXED_EXTENT, UNCONTROLLED, DegreesOfFreedom, parse_dof
 from paramcrop.crops.random import RandomCubicCrop
+from paramcrop.geometry import view_iou
 
 
 class _GradientReversal(torch.autograd.Function):
@@ -75,6 +97,52 @@ def squash(raw: Tensor, s_min: float, s_max: float, t_min: float) -> Tensor:
     return torch.cat([center, half], -1)
 
 
+SATURATION_MARGIN = 0.01
+
+
+def saturation(raw: Tensor, used: Sequence[int]) -> Tensor:
+    """Fraction (0-d tensor) of the squashed outputs within :data:`SATURATION_MARGIN` (1 %) of a bound of
+    their range, over the raw parameters ``raw (..., 6)`` (:func:`squash`'s layout) at positions ``used``.
+
+    Each squashing mapped onto [0, 1]: a centre's ``(tanh(u) + 1) / 2 = sigmoid(2u)``, an extent's
+    ``sigmoid(v)``; an output is saturated when that is below 0.01 or above 0.99 (the squashing's slope
+    is then below 4 % of its largest)."""
+    unit = torch.sigmoid(raw[..., list(used)].detach() * raw.new_tensor([2.0, 2, 2, 1, 1, 1])[list(used)])
+    return ((unit < SATURATION_MARGIN) | (unit > 1 - SATURATION_MARGIN)).float().mean()
+
+
+def used_outputs(dof: DegreesOfFreedom) -> tuple[int, ...]:
+    """The raw outputs ``(ux, uy, ut, vx, vy, vt)`` of a view that ``dof``'s controlled parameters read."""
+    reads = {"position_xy": (0, 1), "position_t": (2,), "extent_xy": (3,), "aspect": (4,), "extent_t": (5,)}
+    return tuple(sorted(i for name in dof.controlled for i in reads[name]))
+
+
+BUDGET_SCHEDULES = ("constant", "linear")
+BISECTION_STEPS = 20
+
+
+@torch.no_grad()
+def budget_weight(cubes1: Tensor, cubes2: Tensor, bound: float, iterations: int = BISECTION_STEPS) -> Tensor:
+    """Per pair of cubes ``(B, 6)``, the weight ``t (B,)`` in [0, 1] of the module doc: 1 where
+    ``IoU(cubes1, cubes2) >= bound``, else the largest ``t`` found by ``iterations`` bisection steps
+    with ``IoU(cubes1, lerp(cubes1, cubes2, t)) >= bound`` (0 when none, and for ``bound >= 1``: the
+    cubes coincide)."""
+    lo, hi = cubes1.new_zeros(cubes1.shape[0]), cubes1.new_ones(cubes1.shape[0])
+    if bound >= 1:
+        return lo
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        holds = view_iou(cubes1, torch.lerp(cubes1, cubes2, mid[:, None])) >= bound
+        lo, hi = torch.where(holds, mid, lo), torch.where(holds, hi, mid)
+    return torch.where(view_iou(cubes1, cubes2) >= bound, torch.ones_like(lo), lo)
+
+
+def hold_budget(cubes1: Tensor, cubes2: Tensor, bound: float) -> Tensor:
+    """View 2's cubes ``(B, 6)`` moved toward view 1's until their IoU is at least ``bound``
+    (:func:`budget_weight`); differentiable in both at the fixed weight."""
+    return torch.lerp(cubes1, cubes2, budget_weight(cubes1.detach(), cubes2.detach(), bound)[:, None])
+
+
 @CROPS.register("paramcrop")
 class ParamCrop(CropMethod):
     """Learned cubic crops for two views.
@@ -107,6 +175,9 @@ class ParamCrop(CropMethod):
             its own input, per view) or ``relative`` (the generator emits view 1 and a raw offset
             ``delta``; view 2 is ``squash(raw1 + delta)``: its centre shifted and its extents scaled
             relative to view 1's in the squashing's coordinates, inside the clip by construction).
+        budget: the smallest view IoU of a pair, in (0, 1], held by construction (module doc); null = none.
+        budget_schedule: ``constant`` or ``linear`` (the bound from 1 at the first step to ``budget``).
+        steps: the training steps ``linear`` spans; null = the run's ``steps`` (filled in by the trainer).
     """
 
     def __init__(
@@ -128,6 +199,9 @@ class ParamCrop(CropMethod):
         uncontrolled: str = "fixed",
         generator_input: str = "noise",
         coupling: str = "joint",
+        budget: float | None = None,
+        budget_schedule: str = "constant",
+        steps: int | None = None,
     ) -> None:
         super().__init__(size)
         if strength < 0:
@@ -150,7 +224,12 @@ class ParamCrop(CropMethod):
                                    ("coupling", coupling, COUPLINGS)):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        self.budget = None if budget is None else checks.in_range("budget", budget, 0, 1, low_open=True)
+        self.budget_schedule = checks.one_of("budget_schedule", budget_schedule, BUDGET_SCHEDULES)
+        self.steps = None if steps is None else checks.positive("steps", steps, integer=True)
         self.dof = parse_dof(dof, fixed_extent_xy, fixed_extent_t)
+        self.used = used_outputs(self.dof)
+        self.last_saturation: Tensor | None = None  # of the last generated batch, read by forward
         self.strength, self.warmup_steps = float(strength), int(warmup_steps)
         self.noise_dim, self.s_min, self.s_max, self.t_min = int(noise_dim), s_min, s_max, t_min
         self.generator_input, self.coupling, self.uncontrolled = generator_input, coupling, uncontrolled
@@ -170,10 +249,32 @@ class ParamCrop(CropMethod):
         if generator_input == "none":
             self.code = nn.Parameter(torch.randn(self.n_inputs, self.noise_dim))
 
+    @classmethod
+    def uses_run_steps(cls, keys) -> bool:
+        """Only the ``linear`` budget schedule reads the run's steps."""
+        return (super().uses_run_steps(keys) and keys.get("budget") is not None
+                and keys.get("budget_schedule") == "linear")
+
     def strength_at(self, step: int) -> float:
         if self.warmup_steps == 0:
             return self.strength
         return self.strength * min(1.0, step / self.warmup_steps)
+
+    def budget_at(self, step: int) -> float | None:
+        """The smallest view IoU allowed at ``step`` (module doc); None without a budget."""
+        if self.budget is None or self.budget_schedule == "constant":
+            return self.budget
+        if self.steps is None:
+            raise ValueError("budget_schedule 'linear' needs the total `steps` (crop.steps; the trainer fills it "
+                             "with the run's steps)")
+        return 1 + schedule_weight("linear", step / max(1, self.steps - 1)) * (self.budget - 1)
+
+    def within_budget(self, cubes: Tensor, step: int) -> Tensor:
+        """Cubes ``(B, 2, 6)`` with view 2 held within the budget in force at ``step`` (:func:`hold_budget`)."""
+        bound = self.budget_at(step)
+        if bound is None:
+            return cubes
+        return torch.stack([cubes[:, 0], hold_budget(cubes[:, 0], cubes[:, 1], bound)], 1)
 
     def inputs(self, batch: int, device: torch.device, clips: Tensor | None = None) -> Tensor:
         """The generators' inputs ``(B, G, width_in)``, ``G`` = 1 or 2 (``independent``)."""
@@ -200,8 +301,7 @@ class ParamCrop(CropMethod):
     def cubes_from_raw(self, raw: Tensor) -> Tensor:
         """Raw outputs ``(B, 2, 6)`` -> valid cubes ``(B, 2, 6)``; the uncontrolled parameters
         are filled in as :mod:`paramcrop.crops.dof` documents."""
-        if self.coupling == "relative":
-            raw = torch.stack([raw[:, 0], raw[:, 0] + raw[:, 1]], 1)
+        raw = self.view_raw(raw)
         squashed = squash(raw, self.s_min, self.s_max, self.t_min)
         half = squashed[..., 3:]
         unit = torch.tanh(raw[..., :3])
@@ -213,9 +313,23 @@ class ParamCrop(CropMethod):
                                           raw.device, raw.dtype, fill=fill))
         return torch.stack(views, 1)
 
+    def view_raw(self, raw: Tensor) -> Tensor:
+        """The generator's raw outputs ``(B, 2, 6)`` -> each view's raw parameters ``(B, 2, 6)``, what
+        :func:`squash` reads (``relative``: view 2's are view 1's plus the offset)."""
+        if self.coupling == "relative":
+            return torch.stack([raw[:, 0], raw[:, 0] + raw[:, 1]], 1)
+        return raw
+
     def generate(self, inputs: Tensor) -> Tensor:
-        """Generator inputs (e.g. noise ``(B, noise_dim)``) -> valid cubes ``(B, 2, 6)`` (no gradient reversal)."""
+        """Generator inputs (e.g. noise ``(B, noise_dim)``) -> valid cubes ``(B, 2, 6)`` (no gradient
+        reversal, no budget)."""
         return self.cubes_from_raw(self.raw_outputs(inputs))
+
+    def forward(self, clips: Tensor, step: int = 0) -> Views:
+        """:meth:`CropMethod.forward`'s views, with ``train/generator_saturation`` of their raw outputs."""
+        views = super().forward(clips, step)
+        views.metrics[sinks.GENERATOR_SATURATION] = self.last_saturation
+        return views
 
     def cubes(self, clips: Tensor, step: int) -> tuple[Tensor, Tensor]:
         return self._reversed(self.inputs(clips.shape[0], clips.device, clips), step)
@@ -225,7 +339,9 @@ class ParamCrop(CropMethod):
 
     def _reversed(self, inputs: Tensor, step: int) -> tuple[Tensor, Tensor]:
         with torch.autocast(inputs.device.type, enabled=False):  # the generator and the cubes in float32
-            cubes = grad_reverse(self.generate(inputs), self.strength_at(step))
+            raw = self.raw_outputs(inputs)
+            self.last_saturation = saturation(self.view_raw(raw), self.used)
+            cubes = grad_reverse(self.within_budget(self.cubes_from_raw(raw), step), self.strength_at(step))
         return cubes[:, 0], cubes[:, 1]
 
 

@@ -31,6 +31,8 @@ FRAMEWORKS: Registry["Framework"] = Registry("framework")
 from paramcrop.sinks import POS_SIM  # mean cosine of the two views' online embeddings (every framework logs it)
 
 LossFn = TypeVar("LossFn", bound=Callable[..., Tensor])
+REDUCTIONS = ("mean", "none")
+"""A loss function's ``reduction``: ``mean`` (the scalar it minimises) or ``none`` (one value per pair, ``(N,)``)."""
 
 
 @dataclass
@@ -107,6 +109,14 @@ def encode_pair(encoder: Callable[[Tensor, Tensor | None], Any], x1: Tensor, x2:
     return tuple(h[0] for h in halves), tuple(h[1] for h in halves)
 
 
+def group_size(n: int, groups: int) -> int:
+    """The size of each of ``groups`` equal groups of ``n`` pairs; ``ValueError`` unless they divide ``n``."""
+    checks.positive("groups", groups, integer=True)
+    if n % groups:
+        raise ValueError(f"groups must divide the {n} pairs, got {groups}")
+    return n // groups
+
+
 @torch.no_grad()
 def mean_cosine(a: Tensor, b: Tensor) -> float:
     """Mean cosine similarity of matching rows of ``a, b (N, D)``."""
@@ -142,6 +152,15 @@ class Framework(nn.Module):
                 aug2: Tensor | None = None) -> FrameworkOutput:
         """Two views ``(B, 3, T, H, W)`` of the same ``B`` clips (and their augmentation vectors
         ``(B, AUG_DIM)``, which the head may use) -> loss, metrics and the online feature maps."""
+        raise NotImplementedError
+
+    def pair_losses(self, x1: Tensor, x2: Tensor, aug1: Tensor | None = None, aug2: Tensor | None = None,
+                    groups: int = 1) -> Tensor:
+        """The loss of each of ``N`` view pairs ``x1, x2 (N, 3, T, H, W)`` -> ``(N,)``, as :meth:`forward`
+        computes it, each of ``groups`` contiguous equal groups of pairs taken as one batch (the
+        negatives of a batch-contrastive loss come from the pair's group), all encoded in one pass; no
+        side effect (no queue update, no target update). Batch-norm statistics are the caller's: the
+        ``hardest`` crop's scorer calls it in evaluation mode, without gradient."""
         raise NotImplementedError
 
 

@@ -20,23 +20,27 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from paramcrop import checks
 from paramcrop.frameworks.base import (
-    FRAMEWORKS, POS_SIM, FrameworkOutput, MomentumFramework, encode_pair, feature_dim_of, float32_loss, mean_cosine,
+    FRAMEWORKS, POS_SIM, REDUCTIONS, FrameworkOutput, MomentumFramework, encode_pair, feature_dim_of, float32_loss,
+    group_size, mean_cosine,
 )
 from paramcrop.heads import MLP_HEAD, HeadSpec, mlp
 
 
 @float32_loss
-def byol_loss(p: Tensor, z: Tensor) -> Tensor:
+def byol_loss(p: Tensor, z: Tensor, reduction: str = "mean") -> Tensor:
     """Normalised MSE: ``mean_i (2 - 2 cos(p_i, z_i))``.
 
     ``p (N, D)``: online predictions; ``z (N, D)``: target projections (the caller detaches them);
-    any norm and dtype (L2-normalised in float32 here). Returns a float32 scalar in ``[0, 4]``.
+    any norm and dtype (L2-normalised in float32 here). Returns a float32 scalar in ``[0, 4]``;
+    ``reduction="none"``: each row's ``(N,)``.
     """
     if p.ndim != 2 or p.shape != z.shape:
         raise ValueError(f"p and z must both be (N, D), got {tuple(p.shape)} and {tuple(z.shape)}")
+    checks.one_of("reduction", reduction, REDUCTIONS)
     cos = (F.normalize(p.float(), dim=1) * F.normalize(z.float(), dim=1)).sum(dim=1)  # (N,)
-    return (2 - 2 * cos).mean()
+    return (2 - 2 * cos).mean() if reduction == "mean" else 2 - 2 * cos
 
 
 @FRAMEWORKS.register("byol")
@@ -57,3 +61,12 @@ class BYOL(MomentumFramework):
         t1, t2 = encode_pair(self.target, x1, x2, aug1, aug2)
         loss = 0.5 * (byol_loss(p1, t2) + byol_loss(p2, t1))
         return FrameworkOutput(loss, {POS_SIM: mean_cosine(z1, z2)}, (maps1, maps2))
+
+    def pair_losses(self, x1: Tensor, x2: Tensor, aug1: Tensor | None = None, aug2: Tensor | None = None,
+                    groups: int = 1) -> Tensor:
+        """Each pair's symmetrised BYOL loss ``(N,)`` (no negatives: ``groups`` changes nothing)."""
+        group_size(x1.shape[0], groups)
+        z1, z2 = encode_pair(self.online, x1, x2, aug1, aug2)
+        t1, t2 = encode_pair(self.target, x1, x2, aug1, aug2)
+        return 0.5 * (byol_loss(self.predictor(z1), t2, reduction="none")
+                      + byol_loss(self.predictor(z2), t1, reduction="none"))

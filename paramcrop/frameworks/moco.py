@@ -43,7 +43,8 @@ from torch import Tensor, nn
 from paramcrop import checks
 from paramcrop.distributed import gather, info, shuffled_map
 from paramcrop.frameworks.base import (
-    FRAMEWORKS, POS_SIM, FrameworkOutput, MomentumFramework, encode_pair, feature_dim_of, float32_loss, mean_cosine,
+    FRAMEWORKS, POS_SIM, REDUCTIONS, FrameworkOutput, MomentumFramework, encode_pair, feature_dim_of, float32_loss,
+    group_size, mean_cosine,
 )
 from paramcrop.heads import MLP_HEAD, HeadSpec
 
@@ -51,25 +52,27 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 @float32_loss
-def moco_infonce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
+def moco_infonce_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float, reduction: str = "mean") -> Tensor:
     """InfoNCE of queries against their keys (positives) and the queue (negatives).
 
     ``q, k (N, D)``: queries and keys (row ``i`` of each from the same clip), any norm and dtype
     (L2-normalised in float32 here); the caller detaches ``k``. ``queue (K, D)``: negatives with
     unit-norm rows. Returns the mean over the ``N`` queries of the cross-entropy of logits
-    ``[q.k, q.queue^T] / temperature`` with the positive at index 0 (a float32 scalar).
+    ``[q.k, q.queue^T] / temperature`` with the positive at index 0 (a float32 scalar);
+    ``reduction="none"``: each query's ``(N,)``.
     """
     if q.ndim != 2 or q.shape != k.shape or queue.ndim != 2 or queue.shape[1] != q.shape[1]:
         raise ValueError(
             f"q and k must be (N, D) and queue (K, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(queue.shape)}"
         )
     checks.positive("temperature", temperature)
+    checks.one_of("reduction", reduction, REDUCTIONS)
     q = F.normalize(q.float(), dim=1)
     k = F.normalize(k.float(), dim=1)
     positive = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
     negatives = q @ queue.float().T  # (N, K)
     logits = torch.cat([positive, negatives], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device), reduction=reduction)
 
 
 def bn_groups(batch: int, groups: int) -> int:
@@ -161,3 +164,13 @@ class MoCo(MomentumFramework):
         if self.training:
             self.enqueue(gather(F.normalize(torch.cat([k1, k2]).float(), dim=1)))  # all ranks' keys
         return FrameworkOutput(loss, {POS_SIM: mean_cosine(q1, q2)}, (maps1, maps2))
+
+    def pair_losses(self, x1: Tensor, x2: Tensor, aug1: Tensor | None = None, aug2: Tensor | None = None,
+                    groups: int = 1) -> Tensor:
+        """Each pair's symmetrised InfoNCE ``(N,)`` against the queue (which ``groups`` leaves alone: the
+        negatives are the queue's); no shuffling BN, nothing enqueued."""
+        group_size(x1.shape[0], groups)
+        q1, q2 = encode_pair(self.online, x1, x2, aug1, aug2)
+        k1, k2 = encode_pair(self.target, x1, x2, aug1, aug2)
+        return 0.5 * (moco_infonce_loss(q1, k2, self.queue, self.temperature, reduction="none")
+                      + moco_infonce_loss(q2, k1, self.queue, self.temperature, reduction="none"))
