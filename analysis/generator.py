@@ -78,8 +78,8 @@ def figures(data: pd.DataFrame, metrics: Sequence[str], x: str, title: str, sepa
 def generator(query: RunQuery, options: CurveOptions = CurveOptions(),
               client: "MlflowClient | None" = None) -> Report:
     """Compute, plot, write and (for a study) log the generator diagnostics (module doc)."""
-    why = ("learned crops (crop.method paramcrop) log the generator diagnostics at every log step, since "
-           "issue 21; other crops have no generator")
+    why = ("learned crops (crop.method paramcrop) log the generator diagnostics at every log step (runs "
+           "logged before the diagnostics existed have none); other crops have no generator")
     return metric_curves(query, options, list(METRICS), STEM, "the generator during training", why, client,
                          late=sinks.VIEW_IOU, draw=figures, only_with=[sinks.GENERATOR_GRAD_NORM],
                          summarised=SCALARS, baseline=False)

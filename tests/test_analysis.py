@@ -849,7 +849,7 @@ def test_configuration_labels_name_the_crop_parameterisation_where_it_varies():
     assert set(configurations(plain)[0]["configuration"]) == {"Random crop (baseline)", "ParamCrop, λ=1.0"}
 
 
-# --- issue 21: how late the views change, and the generator's diagnostics -------------------------
+# --- how late the views change, and the generator's diagnostics -------------------------
 def test_late_share_by_hand():
     from analysis.iou_curves import late_share
 
