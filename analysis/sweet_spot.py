@@ -19,9 +19,11 @@ Definitions (``sweet-spot.csv`` holds exactly what is plotted):
   at its mean IoU with its interval and an arrow from its start to its end IoU at the marker's
   height. One panel per objective, x from 0 to 1; ``ceiling`` (the supervised ceiling of the test
   kNN, ``benchmarks/supervised_ceiling.py``) is a dashed line in the ``eval/knn_top1`` panel.
-- **Paired comparisons** per objective and series: the *best* level (highest mean objective)
-  against the *easiest* (highest mean measured IoU) and the *hardest* (lowest) level, paired by
-  seed (:func:`analysis.compare.paired`): mean of best - other, its t-interval, the pairs.
+- **Paired comparisons** per objective and series: the *best* level against the *easiest*
+  (highest mean measured IoU) and the *hardest* (lowest) level, paired by seed
+  (:func:`analysis.compare.paired`): mean of best - other, its t-interval, the pairs. The best
+  level is the one with the highest mean of the *first* objective (the validation kNN by
+  default), and the same level is compared on every objective: chosen on validation, reported on test.
 """
 from __future__ import annotations
 
@@ -132,18 +134,25 @@ def points(sel: Selection, objective: str, iou: pd.DataFrame, series: dict[str, 
     return rows.drop(columns="_k").reset_index(drop=True), values, notes
 
 
-def pairs(rows: pd.DataFrame, values: pd.DataFrame, objective: str,
+def best_levels(rows: pd.DataFrame) -> dict[str, int]:
+    """Per series of matched levels: the ``config`` of the level with the highest mean objective."""
+    matched = rows[rows["matched"]]
+    return {series: int(lv.loc[lv["mean"].idxmax(), "config"]) for series, lv in matched.groupby("series", sort=False)}
+
+
+def pairs(rows: pd.DataFrame, values: pd.DataFrame, objective: str, best_config: dict[str, int],
           level: float = 0.95) -> tuple[pd.DataFrame, list[str]]:
-    """Per series with two levels or more: the best level against the easiest and the hardest one,
-    paired by seed (:func:`analysis.compare.paired`); :data:`PAIR_COLUMNS`. The best level compared
-    with itself (it is the easiest or the hardest) has no difference (NaN) and ``pairs`` 0."""
+    """Per series with two levels or more: the best level (``best_config``, :func:`best_levels` of the
+    selecting objective) against the easiest and the hardest one, paired by seed
+    (:func:`analysis.compare.paired`); :data:`PAIR_COLUMNS`. The best level compared with itself (it
+    is the easiest or the hardest) has no difference (NaN) and ``pairs`` 0."""
     from analysis.compare import paired
 
     out, notes = [], []
     for series, lv in rows[rows["matched"]].groupby("series", sort=False):
-        if len(lv) < 2:
+        if len(lv) < 2 or best_config.get(series) not in set(lv["config"]):
             continue
-        best = lv.loc[lv["mean"].idxmax()]
+        best = lv.loc[lv["config"] == best_config[series]].iloc[0]
         for versus, other in (("easiest", lv.loc[lv["iou_mean"].idxmax()]),
                               ("hardest", lv.loc[lv["iou_mean"].idxmin()])):
             row = {"objective": objective, "series": series, "best": best["configuration"], "versus": versus,
@@ -280,7 +289,8 @@ def markdown(data: pd.DataFrame, pair_data: pd.DataFrame, title: str, command: s
               f"{_num(r.iou_end)} | {r.objective} | {_num(r.mean)} | {_interval(r.ci_low, r.ci_high)} |"
               for r in data.itertuples(index=False)]
     lines += ["", "## Best matched level against the easiest and the hardest", "",
-              f"Best: the matched level with the highest mean objective; easiest / hardest: the matched level with "
+              f"Best: the matched level with the highest mean `{data['objective'].iloc[0]}` (the first objective "
+              f"selects, every objective compares that level); easiest / hardest: the matched level with "
               f"the highest / lowest measured IoU. Difference best - other, paired by seed: mean over the seeds both "
               f"have, its {level:.0%} t-interval, n pairs; unpaired seeds are left out.", "",
               f"| objective | best | vs | other | difference | {level:.0%} interval | n pairs | unpaired |",
@@ -317,7 +327,7 @@ def sweet_spot(query: RunQuery, objectives: Sequence[str] = (), ceiling: float |
         notes.append(f"{len(lacking)} run(s) without a {sinks.VIEW_IOU} history left out: "
                      + ", ".join(f"{n or ''} ({r})" for n, r in zip(lacking["run_name"], lacking["run_id"])))
     series = series_labels(sel.runs)
-    parts, pair_parts = [], []
+    parts, pair_parts, best_config = [], [], None
     for objective in objectives:
         rows, values, obj_notes = points(sel, objective, iou, series, level)
         levels = rows[rows["matched"]].groupby("series")["config"].nunique()
@@ -329,7 +339,9 @@ def sweet_spot(query: RunQuery, objectives: Sequence[str] = (), ceiling: float |
                 "study runs >= 6); run them, or select a study or runs that hold them")
         for s in levels[levels < 2].index:
             warnings.append(f"{objective}: the matched series {s!r} has one level only: a point, not a curve")
-        pair_data, pair_notes = pairs(rows, values, objective, level)
+        if best_config is None:  # the first objective selects the best level for every objective
+            best_config = best_levels(rows)
+        pair_data, pair_notes = pairs(rows, values, objective, best_config, level)
         notes += [n for n in obj_notes if n not in notes] + pair_notes
         parts.append(rows)
         pair_parts.append(pair_data)
