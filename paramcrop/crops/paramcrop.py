@@ -32,20 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from paramcrop.crops.base import CROPS, CropMethod
+from paramcrop import checks
+from paramcrop.crops.base import CROPS, CropMethod, scale_gradient
 from paramcrop.crops.dof import DEFAULT_DOF, DEFAULT_FIXED_EXTENT, UNCONTROLLED, parse_dof
 from paramcrop.crops.random import RandomCubicCrop
-
-
-class _GradientReversal(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, strength: float) -> Tensor:
-        ctx.strength = strength
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        return -ctx.strength * grad, None
 
 
 def grad_reverse(x: Tensor, strength: float) -> Tensor:
@@ -58,7 +48,7 @@ def grad_reverse(x: Tensor, strength: float) -> Tensor:
         raise ValueError(f"strength must be >= 0, got {strength}")
     if strength == 0:
         return x.detach()
-    return _GradientReversal.apply(x, strength)
+    return scale_gradient(x, -strength)
 
 
 def squash(raw: Tensor, s_min: float, s_max: float, t_min: float) -> Tensor:
@@ -107,6 +97,12 @@ class ParamCrop(CropMethod):
             its own input, per view) or ``relative`` (the generator emits view 1 and a raw offset
             ``delta``; view 2 is ``squash(raw1 + delta)``: its centre shifted and its extents scaled
             relative to view 1's in the squashing's coordinates, inside the clip by construction).
+        grad_fraction: the fraction of each batch's clips whose views carry the gradient to the cubes,
+            in (0, 1]: a uniform random subset of ``round(grad_fraction * B)`` clips (half up, at least
+            1) per step, their cubes' gradient scaled by ``B / n`` (an unbiased estimate of the whole
+            batch's); the other clips' views are cut (and, in the trainer, augmented) without a graph to
+            the cubes, which is cheaper (:func:`~paramcrop.crops.base.by_parts`). 1 (default): every
+            clip, the exact gradient.
     """
 
     def __init__(
@@ -128,6 +124,7 @@ class ParamCrop(CropMethod):
         uncontrolled: str = "fixed",
         generator_input: str = "noise",
         coupling: str = "joint",
+        grad_fraction: float = 1.0,
     ) -> None:
         super().__init__(size)
         if strength < 0:
@@ -150,6 +147,7 @@ class ParamCrop(CropMethod):
                                    ("coupling", coupling, COUPLINGS)):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        self.grad_fraction = checks.in_range("grad_fraction", grad_fraction, 0, 1, low_open=True)
         self.dof = parse_dof(dof, fixed_extent_xy, fixed_extent_t)
         self.strength, self.warmup_steps = float(strength), int(warmup_steps)
         self.noise_dim, self.s_min, self.s_max, self.t_min = int(noise_dim), s_min, s_max, t_min
