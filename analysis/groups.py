@@ -40,8 +40,10 @@ EXCLUDED = frozenset({P_SEED, "data.workers", "data.cache_mb", "compile", "devic
 """Params that never define a configuration (see module doc)."""
 PARAM_DEFAULTS = {P_HEAD: plots.DEFAULT_HEAD, P_REGION: "0.0", P_ORDER: "0.0"}
 """What a run without the param used (runs logged before heads and auxiliary losses existed)."""
-PARAMETERISATION_PARAMS = ("crop.dof", "crop.generator_input", "crop.coupling", "crop.uncontrolled")
-"""The crop parameterisation (:mod:`paramcrop.crops.dof`): in the crop label when one of them varies."""
+PARAMETERISATION_PARAMS = ("crop.dof", "crop.generator_input", "crop.coupling", "crop.uncontrolled",
+                           "crop.grad_fraction")
+"""The crop parameterisation (:mod:`paramcrop.crops.dof`; a learned crop's ``crop.grad_fraction`` too): in
+the crop label when one of them varies."""
 CROP_LABEL_PARAMS = (P_CROP, P_STRENGTH, *PARAMETERISATION_PARAMS)
 """Params that :func:`analysis.plots.crop_label` shows (never repeated as ``key=value``)."""
 SELECTORS = ("name", "method")

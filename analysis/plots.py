@@ -60,17 +60,18 @@ def _missing(value) -> bool:
 
 
 def crop_label(method, strength=None, dof=None, generator_input=None, coupling=None,
-               uncontrolled=None) -> str:
+               uncontrolled=None, grad_fraction=None) -> str:
     """``"ParamCrop, λ=1.0"``, ``"Random crop (baseline)"``, ``"CVRL crop"``; with the crop
     parameterisation params (``crop.dof``, ``crop.generator_input``, ``crop.coupling``,
-    ``crop.uncontrolled``) given:
+    ``crop.uncontrolled``, ``crop.grad_fraction``) given:
     ``"ParamCrop spatial, λ=1.0"``, ``"ParamCrop spatiotemporal, input none, λ=1.0"``,
-    ``"Random crop temporal (baseline)"``. A run without ``crop.dof`` reads as before."""
+    ``"ParamCrop spatiotemporal, grad fraction 0.5, λ=1.0"``, ``"Random crop temporal (baseline)"``.
+    A run without ``crop.dof`` reads as before."""
     from paramcrop.crops.dof import parameterisation_name
 
     parameterisation = ""
     if not _missing(dof):
-        parameterisation = " " + parameterisation_name(dof, generator_input, coupling, uncontrolled)
+        parameterisation = " " + parameterisation_name(dof, generator_input, coupling, uncontrolled, grad_fraction)
     if method == BASELINE_METHOD:
         return BASELINE_LABEL if not parameterisation else f"{CROP_NAMES[method]}{parameterisation} (baseline)"
     name = CROP_NAMES.get(method, str(method) if not _missing(method) else "unknown crop") + parameterisation

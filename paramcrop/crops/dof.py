@@ -140,11 +140,12 @@ def dof_name(value: str | Sequence[str] | None) -> str:
     return parse_dof(value).name
 
 
-def parameterisation_name(dof=None, generator_input=None, coupling=None, uncontrolled=None) -> str:
+def parameterisation_name(dof=None, generator_input=None, coupling=None, uncontrolled=None,
+                          grad_fraction=None) -> str:
     """A crop parameterisation in words: ``"spatial"``, ``"spatiotemporal, input none"``,
-    ``"temporal, coupling relative"``, ``"spatial, uncontrolled random"``; defaults (``noise``,
-    ``joint``, ``fixed``) and missing values are left out. Values may be config values or their
-    MLflow param text."""
+    ``"temporal, coupling relative"``, ``"spatial, uncontrolled random"``, ``"spatiotemporal, grad
+    fraction 0.25"`` (a learned crop's ``grad_fraction``); defaults (``noise``, ``joint``, ``fixed``,
+    1) and missing values are left out. Values may be config values or their MLflow param text."""
     def given(value) -> bool:
         return value is not None and value == value and str(value) not in ("", "None", "nan")
 
@@ -155,6 +156,8 @@ def parameterisation_name(dof=None, generator_input=None, coupling=None, uncontr
         parts.append(f"coupling {coupling}")
     if given(uncontrolled) and uncontrolled != "fixed":
         parts.append(f"uncontrolled {uncontrolled}")
+    if given(grad_fraction) and float(grad_fraction) != 1:
+        parts.append(f"grad fraction {float(grad_fraction):g}")
     return ", ".join(parts)
 
 
@@ -164,4 +167,5 @@ def parameterisation_tag(config_flat) -> str:
     if "crop.dof" not in config_flat:
         return ""
     return parameterisation_name(config_flat["crop.dof"], config_flat.get("crop.generator_input"),
-                                 config_flat.get("crop.coupling"), config_flat.get("crop.uncontrolled"))
+                                 config_flat.get("crop.coupling"), config_flat.get("crop.uncontrolled"),
+                                 config_flat.get("crop.grad_fraction"))
