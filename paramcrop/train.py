@@ -163,9 +163,10 @@ def two_views(crop: CropMethod, augment: ClipAugment, clips: Tensor, step: int
         with phase("augment"):
             return v1, v2, augment.apply(v1 / 255.0, params[0], rows), augment.apply(v2 / 255.0, params[1], rows)
 
-    parts = cut_and_augment(None, cubes1, cubes2) if subset is None else by_parts(cut_and_augment, subset, cubes1,
-                                                                                   cubes2)
-    x1, x2, a1, a2 = parts
+    if subset is None:
+        x1, x2, a1, a2 = cut_and_augment(None, cubes1, cubes2)
+    else:
+        x1, x2, a1, a2 = by_parts(cut_and_augment, subset, cubes1, cubes2)
     return Views(x1, x2, cubes1, cubes2), (a1, params[0]), (a2, params[1])
 
 
