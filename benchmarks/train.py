@@ -48,11 +48,11 @@ CROPS = {"random": {"crop.method": "random"}, "paramcrop": {"crop.method": "para
          **{f"paramcrop-f{f:g}": {"crop.method": "paramcrop", "crop.grad_fraction": f} for f in GRAD_FRACTIONS}}
 
 
-def make_trainer(crop: dict, backbone: str, batch: int, raw: tuple[int, int], view: tuple[int, int],
+def make_trainer(crop: str, backbone: str, batch: int, raw: tuple[int, int], view: tuple[int, int],
                  device: str, precision: str = "fp32") -> Trainer:
     cfg = TrainConfig().with_overrides({
         "data.source": TINY_SOURCE, "data.frames": raw[0], "data.size": raw[1], "view.frames": view[0],
-        "view.size": view[1], **crop, "backbone.name": backbone, "batch_size": batch,
+        "view.size": view[1], **CROPS[crop], "backbone.name": backbone, "batch_size": batch,
         "device": device, "precision": precision, "steps": 10_000,
     })
     return Trainer(cfg, Path(tempfile.mkdtemp()), progress=False)
@@ -63,7 +63,7 @@ def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats:
     """Seconds of each interleaved round of ``full-<crop>`` (each of :data:`CROPS`), ``bare`` and ``floor``
     (bare + input gradient)."""
     clips = torch.randint(0, 256, (batch, 3, raw[0], raw[1], raw[1]), dtype=torch.uint8, device=device)
-    trainers = {name: make_trainer(crop, backbone, batch, raw, view, device, precision) for name, crop in CROPS.items()}
+    trainers = {crop: make_trainer(crop, backbone, batch, raw, view, device, precision) for crop in CROPS}
     sink = sinks.MemorySink()
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
