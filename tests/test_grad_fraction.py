@@ -209,9 +209,8 @@ def test_the_subsets_gradient_is_an_unbiased_estimate_of_the_whole_batchs():
 
 # --- resume ----------------------------------------------------------------------------------------------
 def test_resume_at_a_fraction_below_1_takes_the_same_steps_as_an_uninterrupted_run(workdir):
-    from test_resume import CHECKPOINT_NAME as CKPT, Train, ckpt_step
+    from test_resume import Train, ckpt_step
 
-    assert CKPT == CHECKPOINT_NAME
     steps, args = 12, ("--steps", "12", "--set", "checkpoint_every=3", "--set", "crop.grad_fraction=0.5",
                        "--set", "eval.every=0")
     straight = Train(workdir, *args, "--run-dir", "straight")
