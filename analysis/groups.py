@@ -42,7 +42,7 @@ EXCLUDED = frozenset({P_SEED, "data.workers", "data.cache_mb", "compile", "devic
 PARAM_DEFAULTS = {P_HEAD: plots.DEFAULT_HEAD, P_REGION: "0.0", P_ORDER: "0.0"}
 """What a run without the param used (runs logged before heads and auxiliary losses existed)."""
 PARAMETERISATION_PARAMS = ("crop.dof", "crop.generator_input", "crop.coupling", "crop.uncontrolled", "crop.budget",
-                           "crop.budget_schedule", "optim.generator_optimizer")
+                           "crop.budget_schedule", "optim.generator_optimizer", "crop.grad_fraction")
 """The crop parameterisation (:func:`paramcrop.crops.dof.parameterisation_name`, the run's
 ``paramcrop.crop_parameterisation`` tag): in the crop label when one of them varies."""
 CROP_LABEL_PARAMS = (P_CROP, P_STRENGTH, *PARAMETERISATION_PARAMS)

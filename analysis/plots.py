@@ -60,20 +60,22 @@ def _missing(value) -> bool:
 
 
 def crop_label(method, strength=None, dof=None, generator_input=None, coupling=None,
-               uncontrolled=None, budget=None, budget_schedule=None, optimizer=None) -> str:
+               uncontrolled=None, budget=None, budget_schedule=None, optimizer=None, grad_fraction=None) -> str:
     """``"ParamCrop, λ=1.0"``, ``"Random crop (baseline)"``, ``"CVRL crop"``, ``"Hardest views"``; with
     the crop parameterisation params (``crop.dof``, ``crop.generator_input``, ``crop.coupling``,
-    ``crop.uncontrolled``, ``crop.budget``, ``crop.budget_schedule``, ``optim.generator_optimizer``) given:
-    ``"ParamCrop spatial, λ=1.0"``, ``"ParamCrop spatiotemporal, input none, λ=1.0"``,
-    ``"ParamCrop spatiotemporal, budget 0.6, optimizer sgd, λ=1.0"``, ``"Random crop temporal
-    (baseline)"``. A run without ``crop.dof`` reads as before; the optimiser is named only for a
-    crop with a strength (one with an adversary)."""
+    ``crop.uncontrolled``, ``crop.budget``, ``crop.budget_schedule``, ``optim.generator_optimizer``,
+    ``crop.grad_fraction``) given: ``"ParamCrop spatial, λ=1.0"``, ``"ParamCrop spatiotemporal, input
+    none, λ=1.0"``, ``"ParamCrop spatiotemporal, budget 0.6, optimizer sgd, λ=1.0"``, ``"ParamCrop
+    spatiotemporal, grad fraction 0.5, λ=1.0"``, ``"Random crop temporal (baseline)"``. A run without
+    ``crop.dof`` reads as before; the optimiser is named only for a crop with a strength (one with an
+    adversary)."""
     from paramcrop.crops.dof import parameterisation_name
 
     parameterisation = ""
     if not _missing(dof):
         parameterisation = " " + parameterisation_name(dof, generator_input, coupling, uncontrolled, budget,
-                                                       budget_schedule, None if _missing(strength) else optimizer)
+                                                       budget_schedule, None if _missing(strength) else optimizer,
+                                                       grad_fraction)
     if method == BASELINE_METHOD:
         return BASELINE_LABEL if not parameterisation else f"{CROP_NAMES[method]}{parameterisation} (baseline)"
     name = CROP_NAMES.get(method, str(method) if not _missing(method) else "unknown crop") + parameterisation

@@ -6,8 +6,10 @@ import time
 from typing import Callable
 
 
-def compare(candidates: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3) -> dict[str, float]:
-    """Median seconds per call of each candidate, measured interleaved (A, B, A, B, ...)."""
+def interleaved(candidates: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3
+                ) -> dict[str, list[float]]:
+    """Seconds of each call of each candidate, ``repeats`` rounds measured interleaved (A, B, A, B, ...):
+    round ``r`` of every candidate ran side by side, so ratios can be taken round by round."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -17,7 +19,18 @@ def compare(candidates: dict[str, Callable[[], object]], repeats: int = 20, warm
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def compare(candidates: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per call of each candidate, measured interleaved (:func:`interleaved`)."""
+    return {name: statistics.median(ts) for name, ts in interleaved(candidates, repeats, warmup).items()}
+
+
+def ratio_spread(times: dict[str, list[float]], over: str, under: str) -> tuple[float, float, float]:
+    """``(median, min, max)`` of the round-by-round ratios ``times[over][r] / times[under][r]``."""
+    ratios = [a / b for a, b in zip(times[over], times[under])]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 RESULT_FIELDS = ("benchmark", "name", "value", "kind")

@@ -1,6 +1,7 @@
 """Where a quickstart training step spends its time, by phase (torch.profiler; issue 15 item 1).
 
-    python benchmarks/profile_step.py [--device cpu|cuda] [--steps 6] [--warmup 8] [--crops random paramcrop]
+    python benchmarks/profile_step.py [--device cpu|cuda] [--steps 6] [--warmup 8]
+                                      [--crops random paramcrop paramcrop-f0.5 paramcrop-f0.25]
                                       [--no-eval] [--tiny] [--markdown]
 
 The quickstart spec's configuration (tiny3d, SimCLR, batch 32, 16x64x64 clips at stride 2 -> 8x48x48
@@ -35,7 +36,9 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from paramcrop import sinks  # noqa: E402
 from paramcrop.train import PHASE_PREFIX, Trainer, phase  # noqa: E402
 
-CROPS = {"random": {"crop.method": "random"}, "paramcrop": {"crop.method": "paramcrop", "crop.strength": 1.0}}
+CROPS = {"random": {"crop.method": "random"}, "paramcrop": {"crop.method": "paramcrop", "crop.strength": 1.0},
+         **{f"paramcrop-f{f:g}": {"crop.method": "paramcrop", "crop.strength": 1.0, "crop.grad_fraction": f}
+            for f in (0.5, 0.25)}}  # crop.grad_fraction: the cube gradient from part of the batch
 TINY = {"data.source": "synthetic:videos_per_class=4,frames=24,size=32,shapes=2,motions=2", "batch_size": 4,
         "data.frames": 8, "data.stride": 1, "data.size": 32, "view.frames": 4, "view.size": 24}
 
@@ -198,7 +201,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=8,
                         help="unmeasured steps first: 8 cover an epoch of the quickstart's training videos, so "
                              "decoding is measured in its steady state (the decoded-video cache filled)")
-    parser.add_argument("--crops", nargs="+", default=list(CROPS), choices=list(CROPS))
+    parser.add_argument("--crops", nargs="+", default=["random", "paramcrop"], choices=list(CROPS))
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation row")
     parser.add_argument("--tiny", action="store_true", help="CI-sized: tiny clips and batch, seconds")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")

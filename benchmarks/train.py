@@ -5,9 +5,11 @@
 
 1. Pipeline overhead: a full training step (crop + augmentation + framework + optimisers + view
    metrics + logging) over the bare backbone forward+backward+step on the same two views.
-2. ParamCrop step and hardest-views step (``crop.method: hardest``, K = 4 candidate pairs scored by one
-   extra forward pass) over random-crop step, same backbone and batch.
-   Both for tiny3d at the quickstart size (batch 32, 16x64x64 clips -> 8x48x48 views) and for
+2. ParamCrop step over random-crop step, same backbone and batch; ParamCrop also at
+   ``crop.grad_fraction`` 0.5 and 0.25 (the cube gradient from a random half / quarter of the clips).
+   Ratios are medians of the round-by-round ratios of interleaved repeats, with their range. The
+   hardest-views step (``crop.method: hardest``, K = 4 candidate pairs scored by one extra forward
+   pass) over random-crop step, the same way. Both for tiny3d at the quickstart size (batch 32, 16x64x64 clips -> 8x48x48 views) and for
    r3d_18 at 16x112x112 views (batch 4 on CPU, 32 on CUDA; ``--r3d-batch``), in each ``--precision``
    (bf16 = autocast; the bare step autocast alike). The floor of a learned-crop step is the bare
    step that also computes the gradient to its input (the adversary needs it): "ParamCrop / floor".
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -34,30 +37,33 @@ if "OMP_WAIT_POLICY" not in os.environ:  # as cli.py: OpenMP threads spin briefl
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import Results, compare  # noqa: E402
+from _timing import Results, interleaved, ratio_spread  # noqa: E402
 
 from paramcrop import sinks  # noqa: E402
 from paramcrop.config import TrainConfig  # noqa: E402
 from paramcrop.train import Trainer, to_input  # noqa: E402
 
 TINY_SOURCE = "synthetic:videos_per_class=6,frames=40,size=32,shapes=2,motions=2"  # construction only
-CROPS = ("random", "paramcrop", "hardest")
+GRAD_FRACTIONS = (0.5, 0.25)  # ParamCrop's crop.grad_fraction below 1, each a candidate of its own
+CROPS = {"random": {"crop.method": "random"}, "paramcrop": {"crop.method": "paramcrop"},
+         **{f"paramcrop-f{f:g}": {"crop.method": "paramcrop", "crop.grad_fraction": f} for f in GRAD_FRACTIONS},
+         "hardest": {"crop.method": "hardest"}}
 
 
 def make_trainer(crop: str, backbone: str, batch: int, raw: tuple[int, int], view: tuple[int, int],
                  device: str, precision: str = "fp32") -> Trainer:
     cfg = TrainConfig().with_overrides({
         "data.source": TINY_SOURCE, "data.frames": raw[0], "data.size": raw[1], "view.frames": view[0],
-        "view.size": view[1], "crop.method": crop, "backbone.name": backbone, "batch_size": batch,
+        "view.size": view[1], **CROPS[crop], "backbone.name": backbone, "batch_size": batch,
         "device": device, "precision": precision, "steps": 10_000,
     })
     return Trainer(cfg, Path(tempfile.mkdtemp()), progress=False)
 
 
 def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats: int,
-                     precision: str = "fp32") -> dict[str, float]:
-    """Median seconds of ``full-random``, ``full-paramcrop``, ``full-hardest``, ``bare`` and ``floor`` (bare +
-    input gradient)."""
+                     precision: str = "fp32") -> dict[str, list[float]]:
+    """Seconds of each interleaved round of ``full-<crop>`` (each of :data:`CROPS`), ``bare`` and ``floor``
+    (bare + input gradient)."""
     clips = torch.randint(0, 256, (batch, 3, raw[0], raw[1], raw[1]), dtype=torch.uint8, device=device)
     trainers = {crop: make_trainer(crop, backbone, batch, raw, view, device, precision) for crop in CROPS}
     sink = sinks.MemorySink()
@@ -89,8 +95,8 @@ def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats:
             sync()
         return run
 
-    return compare({**{f"full-{crop}": full(trainer) for crop, trainer in trainers.items()},
-                    "bare": bare_step(x), "floor": bare_step(x_grad)}, repeats=repeats, warmup=2)
+    return interleaved({**{f"full-{name}": full(trainer) for name, trainer in trainers.items()},
+                        "bare": bare_step(x), "floor": bare_step(x_grad)}, repeats=repeats, warmup=2)
 
 
 def measure_logging(step_seconds: float) -> tuple[float, float]:
@@ -134,7 +140,8 @@ def main() -> None:
     speed: dict[tuple[str, str], float] = {}  # (case, precision) -> clips/s of the full random-crop step
     for precision in args.precision:
         for case, backbone, batch, raw, view in cases:
-            t = measure_backbone(backbone, batch, raw, view, args.device, args.repeats, precision)
+            times = measure_backbone(backbone, batch, raw, view, args.device, args.repeats, precision)
+            t = {name: statistics.median(ts) for name, ts in times.items()}
             if case == "quickstart" and peak_mb is None:
                 tiny_step = t["full-paramcrop"]
                 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -155,7 +162,12 @@ def main() -> None:
             print(f"  full step, ParamCrop       {t['full-paramcrop'] * 1e3:8.1f} ms   ratio to bare "
                   f"{t['full-paramcrop'] / t['bare']:.3f}, to floor {t['full-paramcrop'] / t['floor']:.3f}")
             print(f"  ParamCrop / random step    {t['full-paramcrop'] / t['full-random']:.3f}")
-            print(f"  hardest (K 4) / random     {t['full-hardest'] / t['full-random']:.3f}")
+            for name in ("paramcrop", *(f"paramcrop-f{f:g}" for f in GRAD_FRACTIONS), "hardest"):
+                ratio, low, high = ratio_spread(times, f"full-{name}", "full-random")
+                tag = name.replace("paramcrop-f", "paramcrop_f")
+                results.add(f"{key}/{tag}_over_random_per_round", ratio, "ratio")
+                print(f"  {name:<18} {t[f'full-{name}'] * 1e3:8.1f} ms   / random {ratio:.3f} (rounds "
+                      f"{low:.3f}-{high:.3f})   / bare {t[f'full-{name}'] / t['bare']:.3f}")
     for case, *_ in cases:
         if (case, "bf16") in speed and (case, "fp32") in speed:  # separate interleaved sets: a coarser ratio
             ratio = results.add(f"{case}/bf16_over_fp32_clips_per_s", speed[case, "bf16"] / speed[case, "fp32"], "ratio")

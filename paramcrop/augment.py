@@ -11,7 +11,7 @@ frame size).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,10 @@ class AugmentParams:
     grayscale: Tensor
     flip: Tensor
     blur_sigma: Tensor  # 0 where no blur
+
+    def rows(self, index: Tensor) -> "AugmentParams":
+        """The parameters of the clips ``index (n,)``."""
+        return AugmentParams(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
 def _per_clip(v: Tensor) -> Tensor:
@@ -132,16 +136,21 @@ def _blur_matrix(kernel: Tensor, n: int) -> Tensor:
 _BLUR_NEGLIGIBLE = 1e-8
 
 
-def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
+def blur_radius(sigma: Tensor) -> int:
+    """The blur kernel's radius for clips of blur ``sigma (B,)``: ``ceil(3 * max(sigma))``, at least 1."""
+    return max(1, int(math.ceil(3 * float(sigma.max()))))
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, radius: int | None = None) -> Tensor:
     """Separable spatial Gaussian blur with one sigma (pixels) per clip; sigma 0 = unchanged.
 
-    Replicate padding, kernel radius ``ceil(3 * max(sigma))`` (at least 1) for the batch, as
-    torchvision's ``gaussian_blur`` per image. Only the clips whose kernel moves a pixel by more
-    than float rounding are computed, each axis as one batched matrix product with a banded
-    per-clip matrix (faster on CPU, forward and backward, than grouped ``conv3d``).
+    Replicate padding, kernel radius :func:`blur_radius` of ``sigma`` (or ``radius``: a whole batch's,
+    for a part of it), as torchvision's ``gaussian_blur`` per image. Only the clips whose kernel moves
+    a pixel by more than float rounding are computed, each axis as one batched matrix product with a
+    banded per-clip matrix (faster on CPU, forward and backward, than grouped ``conv3d``).
     """
     B, C, T, H, W = x.shape
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    radius = blur_radius(sigma) if radius is None else radius
     offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     s = sigma.to(x.dtype).clamp(min=1e-6)[:, None]
     kernel = torch.exp(-0.5 * (offsets / s) ** 2)
@@ -269,8 +278,10 @@ class ClipAugment(nn.Module):
             blur_sigma=torch.where(blur, sigma, 0 * one),
         )
 
-    def apply(self, x: Tensor, p: AugmentParams) -> Tensor:
-        """Apply given parameters to ``x (B, 3, T, H, W)`` in [0, 1].
+    def apply(self, x: Tensor, p: AugmentParams, rows: Tensor | None = None) -> Tensor:
+        """Apply given parameters to ``x (B, 3, T, H, W)`` in [0, 1]; with ``rows (n,)``, ``x (n, ...)`` holds
+        those clips of the batch ``p`` was drawn for, augmented as in the whole batch (the blur's radius
+        is the batch's).
 
         Colour jitter, grayscale and flip run compiled (:meth:`fuse`, :func:`_color_flip`) or eagerly. A
         clip an operation does not change passes through it bit for bit on the eager path:
@@ -279,6 +290,9 @@ class ClipAugment(nn.Module):
         (exactly ``x`` or ``gray``); the hue shift (costly), flip and blur are computed only for the
         clips they change and put back (``_on_subset``), so gradients flow to every clip.
         """
+        radius = blur_radius(p.blur_sigma)
+        if rows is not None:
+            p = p.rows(rows)
         if self._fused is not None and self._fused.active:
             x = self._fused(x, *(v.to(x.dtype) for v in (p.brightness, p.contrast, p.saturation, p.hue,
                                                           p.grayscale, p.flip)))
@@ -289,7 +303,7 @@ class ClipAugment(nn.Module):
                 x = _grayscale(x, p.grayscale)
             x = _on_subset(x, p.flip, lambda y, i: y.flip(-1))
         if bool((p.blur_sigma > 0).any()):
-            x = gaussian_blur(x, p.blur_sigma)
+            x = gaussian_blur(x, p.blur_sigma, radius)
         return x
 
     @staticmethod

@@ -32,9 +32,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
 from paramcrop import sinks
-from paramcrop.augment import ClipAugment
+from paramcrop.augment import AugmentParams, ClipAugment
 from paramcrop.config import AUTO, ConfigError, TrainConfig
 from paramcrop.crops.adversary import warmup_cosine
+from paramcrop.crops.base import CropMethod, Views, by_parts
 from paramcrop.distributed import DistInfo, average_gradients, init_from_env, shard
 from paramcrop.frameworks.base import pool
 from paramcrop.geometry import cube_spread, view_disparity
@@ -144,6 +145,32 @@ def to_input(x: Tensor) -> Tensor:
 def normalize_clips(x: Tensor) -> Tensor:
     """uint8/float clips on the 0-255 scale -> normalised backbone input (used for evaluation)."""
     return to_input(x.float() / 255.0)
+
+
+def two_views(crop: CropMethod, augment: ClipAugment, clips: Tensor, step: int
+              ) -> tuple[Views, tuple[Tensor, AugmentParams], tuple[Tensor, AugmentParams]]:
+    """The crop's two views of raw ``clips (B, 3, T, H, W)``, then each view augmented on the 0-1 scale:
+    ``(views, (x1, aug1), (x2, aug2))``, ``x1, x2 (B, 3, t, h, w)``. Draws, in order: the cubes, the
+    two views' augmentation parameters, then the crop's :meth:`~CropMethod.grad_subset`. With a subset
+    (``crop.grad_fraction`` < 1) the subset's clips and the others are cut and augmented as two batches
+    (:func:`~paramcrop.crops.base.by_parts`: the crop and augmentation backward run on the subset
+    only), with the values of one batch to float rounding."""
+    with phase("crop"), torch.autocast(clips.device.type, enabled=False):
+        cubes1, cubes2 = crop.cubes(clips, step)
+    params = [augment.sample(clips.shape[0], crop.size[1], clips.device) for _ in range(2)]
+    subset = crop.grad_subset(clips.shape[0], clips.device)
+
+    def cut_and_augment(rows: Tensor | None, c1: Tensor, c2: Tensor) -> tuple[Tensor, ...]:
+        with phase("crop"):
+            v1, v2 = crop.cut(clips if rows is None else clips[rows], c1, c2)
+        with phase("augment"):
+            return v1, v2, augment.apply(v1 / 255.0, params[0], rows), augment.apply(v2 / 255.0, params[1], rows)
+
+    if subset is None:
+        x1, x2, a1, a2 = cut_and_augment(None, cubes1, cubes2)
+    else:
+        x1, x2, a1, a2 = by_parts(cut_and_augment, subset, cubes1, cubes2)
+    return Views(x1, x2, cubes1, cubes2, crop.metrics()), (a1, params[0]), (a2, params[1])
 
 
 class EpochBatches(Sampler[list[int]]):
@@ -445,11 +472,7 @@ class Trainer:
         """One optimisation step on raw clips ``(B, 3, T, H, W)``; returns (loss, metrics, views)."""
         cfg = self.cfg
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            with phase("crop"):
-                views = self.crop(clips, self.step)
-            with phase("augment"):
-                x1, aug1 = self.augment(views.x1 / 255.0)
-                x2, aug2 = self.augment(views.x2 / 255.0)
+            views, (x1, aug1), (x2, aug2) = two_views(self.crop, self.augment, clips, self.step)
             with phase("framework"):
                 vectors = self.framework.projector.augmentation_inputs(views.cubes1, views.cubes2, aug1.flip, aug2.flip)
                 out = self.model(to_input(x1), to_input(x2), *vectors)

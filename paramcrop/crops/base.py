@@ -21,8 +21,8 @@ class Views:
     """Two views of a batch of clips and the cubes they were cut from.
 
     ``x1, x2``: float32 ``(B, C, t, h, w)`` on the input's value scale; ``cubes1, cubes2``: ``(B, 6)``;
-    ``metrics``: what the crop measured while making them, metric name -> 0-d tensor (logged with the
-    step's metrics: ParamCrop's ``train/generator_saturation``, the ``hardest`` crop's ``view/candidates_iou``).
+    ``metrics``: what the crop measured while making them (:meth:`CropMethod.metrics`), metric name ->
+    0-d tensor, logged with the step's metrics.
     """
 
     x1: Tensor
@@ -46,9 +46,13 @@ class CropMethod(nn.Module):
     shared (:func:`crop_video`), so every method is measured the same way. Clips and views are on
     the 0-255 scale (see :mod:`paramcrop.crops.paramcrop` for the conventions); cubes and views are
     float32 even inside an autocast region.
+
+    ``grad_fraction`` (a learned crop's constructor key; 1 for every other crop): the fraction of a
+    batch's clips whose views carry the gradient to the cubes (:meth:`grad_subset`, :func:`by_parts`).
     """
 
     _fused: Compiled | None = None  # the compiled crop of both views once fuse() is called
+    grad_fraction: float = 1.0
 
     def __init__(self, size: Sequence[int]) -> None:
         super().__init__()
@@ -67,6 +71,11 @@ class CropMethod(nn.Module):
     def cubes(self, clips: Tensor, step: int) -> tuple[Tensor, Tensor]:
         """Two ``(B, 6)`` cube tensors for ``clips (B, C, T, H, W)``; by default they ignore the clips."""
         return self.sample_cubes(clips.shape[0], clips.device, step)
+
+    def metrics(self) -> dict[str, Tensor]:
+        """What the last :meth:`cubes` call measured, metric name -> 0-d tensor (ParamCrop's
+        ``train/generator_saturation``, the ``hardest`` crop's ``view/candidates_iou``); none by default."""
+        return {}
 
     def strength_at(self, step: int) -> float:
         """Adversarial strength (lambda) in force at ``step``; 0 for methods that learn nothing."""
@@ -102,16 +111,32 @@ class CropMethod(nn.Module):
 
         self._fused = Compiled(cut_taps, "the crop", eager=_cut)
 
+    def grad_subset(self, batch: int, device: torch.device) -> Tensor | None:
+        """The clips whose views carry the gradient to the cubes this step: ``(n,)`` sorted indices,
+        ``n = grad_subset_size(batch, grad_fraction)``, drawn uniformly from the global torch RNG (CPU;
+        checkpointed, so a resume draws the same subsets); ``None`` (nothing drawn) when that is the
+        whole batch, as at ``grad_fraction`` 1."""
+        n = grad_subset_size(batch, self.grad_fraction)
+        if n == batch:
+            return None
+        return torch.randperm(batch)[:n].sort().values.to(device)
+
     def cut(self, clips: Tensor, cubes1: Tensor, cubes2: Tensor) -> tuple[Tensor, Tensor]:
-        """The two views ``(B, C, t, h, w)`` of ``clips (B, C, T, H, W)`` at ``cubes1, cubes2 (B, 6)``
-        (compiled once :meth:`fuse` is called, on CPU)."""
-        fused = self._fused is not None and self._fused.active and not clips.is_cuda
-        return (self._fused if fused else _cut)(clips, cubes1, cubes2, self.size)
+        """Both views ``(B, C, t, h, w)`` float32 of ``clips (B, C, T, H, W)`` at ``cubes1, cubes2 (B, 6)``:
+        compiled (:meth:`fuse`) on CPU, else :func:`crop_video`; autocast off."""
+        with torch.autocast(clips.device.type, enabled=False):
+            fused = self._fused is not None and self._fused.active and not clips.is_cuda
+            return (self._fused if fused else _cut)(clips, cubes1, cubes2, self.size)
 
     def forward(self, clips: Tensor, step: int = 0) -> Views:
         with torch.autocast(clips.device.type, enabled=False):  # the cube maths in float32 under autocast
             cubes1, cubes2 = self.cubes(clips, step)
-            return Views(*self.cut(clips, cubes1, cubes2), cubes1, cubes2)
+            subset = self.grad_subset(clips.shape[0], clips.device)
+            if subset is None:
+                x1, x2 = self.cut(clips, cubes1, cubes2)
+            else:
+                x1, x2 = by_parts(lambda rows, c1, c2: self.cut(clips[rows], c1, c2), subset, cubes1, cubes2)
+            return Views(x1, x2, cubes1, cubes2, self.metrics())
 
 
 def _cut(clips: Tensor, cubes1: Tensor, cubes2: Tensor, size: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
@@ -120,6 +145,52 @@ def _cut(clips: Tensor, cubes1: Tensor, cubes2: Tensor, size: tuple[int, int, in
                                                             (cubes1.requires_grad or cubes2.requires_grad))):
         clips = clips.float()  # the cube gradient (and CUDA's grid_sample) reads float frames: convert once
     return crop_video(clips, cubes1, size), crop_video(clips, cubes2, size)
+
+
+def grad_subset_size(batch: int, fraction: float) -> int:
+    """Clips of a batch of ``batch`` whose views carry the cube gradient: ``round(fraction * batch)``,
+    half up, at least 1."""
+    return max(1, math.floor(fraction * batch + 0.5))
+
+
+class _GradientScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return ctx.factor * grad, None
+
+
+def scale_gradient(x: Tensor, factor: float) -> Tensor:
+    """Identity forward; the gradient is multiplied by ``factor`` backward."""
+    return _GradientScale.apply(x, factor)
+
+
+def by_parts(fn: Callable[..., Sequence[Tensor]], subset: Tensor, cubes1: Tensor, cubes2: Tensor
+             ) -> tuple[Tensor, ...]:
+    """A per-clip ``fn(rows, cubes1[rows], cubes2[rows]) -> (n, ...) tensors`` run as two batches and put
+    back in the batch's order, ``(B, ...)`` each: the clips ``subset (n,)`` with their cubes' gradient
+    scaled by ``B / n`` (the loss is a mean over ``B`` clips, so the subset's gradient then estimates
+    the whole batch's without bias), and the other clips under ``no_grad`` (no graph to their cubes:
+    their cut, and whatever ``fn`` adds, has no backward)."""
+    batch = cubes1.shape[0]
+    others = torch.ones(batch, dtype=torch.bool, device=subset.device)
+    others[subset] = False
+    rest = others.nonzero().view(-1)
+    scale = batch / subset.numel()
+    first = fn(subset, scale_gradient(cubes1[subset], scale), scale_gradient(cubes2[subset], scale))
+    with torch.no_grad():
+        second = fn(rest, cubes1[rest], cubes2[rest])
+    merged = []
+    for a, b in zip(first, second):
+        out = b.new_empty((batch, *b.shape[1:]))
+        out[rest] = b  # first, without a graph: the backward then only gathers the subset's rows
+        out[subset] = a
+        merged.append(out)
+    return tuple(merged)
 
 
 def create_crop(name: str, size: Sequence[int], **params) -> CropMethod:

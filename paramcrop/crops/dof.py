@@ -141,12 +141,13 @@ def dof_name(value: str | Sequence[str] | None) -> str:
 
 
 def parameterisation_name(dof=None, generator_input=None, coupling=None, uncontrolled=None, budget=None,
-                          budget_schedule=None, optimizer=None) -> str:
+                          budget_schedule=None, optimizer=None, grad_fraction=None) -> str:
     """A crop parameterisation in words: ``"spatial"``, ``"spatiotemporal, input none"``,
     ``"temporal, coupling relative"``, ``"spatial, uncontrolled random"``, ``"spatiotemporal, budget
-    0.6"``, ``"spatiotemporal, budget 0.6 linear, optimizer sgd"``; defaults (``noise``, ``joint``,
-    ``fixed``, no budget, ``constant``, ``adam``) and missing values are left out. Values may be config
-    values or their MLflow param text."""
+    0.6"``, ``"spatiotemporal, budget 0.6 linear, optimizer sgd"``, ``"spatiotemporal, grad fraction
+    0.25"`` (a learned crop's ``grad_fraction``); defaults (``noise``, ``joint``, ``fixed``, no budget,
+    ``constant``, ``adam``, 1) and missing values are left out. Values may be config values or their
+    MLflow param text."""
     def given(value) -> bool:
         return value is not None and value == value and str(value) not in ("", "None", "nan")
 
@@ -162,6 +163,8 @@ def parameterisation_name(dof=None, generator_input=None, coupling=None, uncontr
                                             and budget_schedule != "constant" else ""))
     if given(optimizer) and optimizer != "adam":
         parts.append(f"optimizer {optimizer}")
+    if given(grad_fraction) and float(grad_fraction) != 1:
+        parts.append(f"grad fraction {float(grad_fraction):g}")
     return ", ".join(parts)
 
 
@@ -174,4 +177,5 @@ def parameterisation_tag(config_flat) -> str:
     optimizer = config_flat.get("optim.generator_optimizer") if "crop.strength" in config_flat else None
     return parameterisation_name(config_flat["crop.dof"], config_flat.get("crop.generator_input"),
                                  config_flat.get("crop.coupling"), config_flat.get("crop.uncontrolled"),
-                                 config_flat.get("crop.budget"), config_flat.get("crop.budget_schedule"), optimizer)
+                                 config_flat.get("crop.budget"), config_flat.get("crop.budget_schedule"), optimizer,
+                                 config_flat.get("crop.grad_fraction"))

@@ -17,7 +17,8 @@ augmentation comes after the choice, as for every crop: the crop chooses geometr
 appearance draws of a scoring pass would not be the ones trained on.
 
 Cost: one extra forward pass of ``2 K B`` views per step (no backward), about ``2 K / 3`` of a
-training step's backbone work. Logged: ``view/*`` of the chosen pairs (as every crop) and
+training step's backbone work, and the chosen pair cut once more (the crop returns cubes, as
+every crop, and the views are cut from them by the trainer or :meth:`CropMethod.forward`). Logged: ``view/*`` of the chosen pairs (as every crop) and
 ``view/candidates_iou``, the mean IoU over all ``K B`` candidate pairs.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 from paramcrop import checks, sinks
-from paramcrop.crops.base import CROPS, PairScorer, Views
+from paramcrop.crops.base import CROPS, PairScorer
 from paramcrop.crops.dof import DEFAULT_DOF, DEFAULT_FIXED_EXTENT
 from paramcrop.crops.random import RandomCubicCrop
 from paramcrop.geometry import view_iou
@@ -58,12 +59,14 @@ class HardestViews(RandomCubicCrop):
         super().__init__(size, area, aspect, duration, dof, fixed_extent_xy, fixed_extent_t)
         self.candidates = checks.at_least("candidates", candidates, 2, integer=True)
         self.score: PairScorer | None = None
+        self.last_candidates_iou = torch.tensor(float("nan"))
 
     def bind_scorer(self, score: PairScorer) -> None:
         self.score = score
 
-    def forward(self, clips: Tensor, step: int = 0) -> Views:
-        """Clips ``(B, C, T, H, W)`` -> the hardest of K candidate pairs per clip (module doc)."""
+    def cubes(self, clips: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """Clips ``(B, C, T, H, W)`` -> the cubes ``(B, 6)`` of the hardest of K candidate pairs per clip
+        (module doc); the views are then cut from them as for every crop."""
         if self.score is None:
             raise ValueError("the hardest crop scores its candidates with the model: hand it a scorer first "
                              "(crop.bind_scorer(score); the trainer does)")
@@ -73,5 +76,9 @@ class HardestViews(RandomCubicCrop):
             x1, x2 = self.cut(clips.repeat(k, 1, 1, 1, 1), cubes1, cubes2)
             losses = self.score(x1, x2, cubes1, cubes2, k).view(k, batch)
             rows = losses.argmax(0) * batch + torch.arange(batch, device=clips.device)
-            candidates_iou = view_iou(cubes1, cubes2).mean()
-        return Views(x1[rows], x2[rows], cubes1[rows], cubes2[rows], {sinks.VIEW_CANDIDATES_IOU: candidates_iou})
+            self.last_candidates_iou = view_iou(cubes1, cubes2).mean()
+        return cubes1[rows], cubes2[rows]
+
+    def metrics(self) -> dict[str, Tensor]:
+        """``view/candidates_iou``: the mean IoU of all ``K B`` candidate pairs of the last batch."""
+        return {sinks.VIEW_CANDIDATES_IOU: self.last_candidates_iou}

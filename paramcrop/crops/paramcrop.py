@@ -52,22 +52,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from paramcrop import checks, sinks
-from paramcrop.crops.base import CROPS, CropMethod, Views
+from paramcrop.crops.base import CROPS, CropMethod, scale_gradient
 from paramcrop.crops.curriculum import schedule_weight
 from paramcrop.crops.dof import DEFAULT_DOF, DEFAULT_FIXED_EXTENT, UNCONTROLLED, DegreesOfFreedom, parse_dof
 from paramcrop.crops.random import RandomCubicCrop
 from paramcrop.geometry import view_iou
-
-
-class _GradientReversal(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, strength: float) -> Tensor:
-        ctx.strength = strength
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        return -ctx.strength * grad, None
 
 
 def grad_reverse(x: Tensor, strength: float) -> Tensor:
@@ -80,7 +69,7 @@ def grad_reverse(x: Tensor, strength: float) -> Tensor:
         raise ValueError(f"strength must be >= 0, got {strength}")
     if strength == 0:
         return x.detach()
-    return _GradientReversal.apply(x, strength)
+    return scale_gradient(x, -strength)
 
 
 def squash(raw: Tensor, s_min: float, s_max: float, t_min: float) -> Tensor:
@@ -178,6 +167,12 @@ class ParamCrop(CropMethod):
         budget: the smallest view IoU of a pair, in (0, 1], held by construction (module doc); null = none.
         budget_schedule: ``constant`` or ``linear`` (the bound from 1 at the first step to ``budget``).
         steps: the training steps ``linear`` spans; null = the run's ``steps`` (filled in by the trainer).
+        grad_fraction: the fraction of each batch's clips whose views carry the gradient to the cubes,
+            in (0, 1]: a uniform random subset of ``round(grad_fraction * B)`` clips (half up, at least
+            1) per step, their cubes' gradient scaled by ``B / n`` (an unbiased estimate of the whole
+            batch's); the other clips' views are cut (and, in the trainer, augmented) without a graph to
+            the cubes, which is cheaper (:func:`~paramcrop.crops.base.by_parts`). 1 (default): every
+            clip, the exact gradient.
     """
 
     def __init__(
@@ -202,6 +197,7 @@ class ParamCrop(CropMethod):
         budget: float | None = None,
         budget_schedule: str = "constant",
         steps: int | None = None,
+        grad_fraction: float = 1.0,
     ) -> None:
         super().__init__(size)
         if strength < 0:
@@ -227,6 +223,7 @@ class ParamCrop(CropMethod):
         self.budget = None if budget is None else checks.in_range("budget", budget, 0, 1, low_open=True)
         self.budget_schedule = checks.one_of("budget_schedule", budget_schedule, BUDGET_SCHEDULES)
         self.steps = None if steps is None else checks.positive("steps", steps, integer=True)
+        self.grad_fraction = checks.in_range("grad_fraction", grad_fraction, 0, 1, low_open=True)
         self.dof = parse_dof(dof, fixed_extent_xy, fixed_extent_t)
         self.used = used_outputs(self.dof)
         self.last_saturation: Tensor | None = None  # of the last generated batch, read by forward
@@ -325,11 +322,9 @@ class ParamCrop(CropMethod):
         reversal, no budget)."""
         return self.cubes_from_raw(self.raw_outputs(inputs))
 
-    def forward(self, clips: Tensor, step: int = 0) -> Views:
-        """:meth:`CropMethod.forward`'s views, with ``train/generator_saturation`` of their raw outputs."""
-        views = super().forward(clips, step)
-        views.metrics[sinks.GENERATOR_SATURATION] = self.last_saturation
-        return views
+    def metrics(self) -> dict[str, Tensor]:
+        """``train/generator_saturation`` of the last generated batch's raw outputs."""
+        return {} if self.last_saturation is None else {sinks.GENERATOR_SATURATION: self.last_saturation}
 
     def cubes(self, clips: Tensor, step: int) -> tuple[Tensor, Tensor]:
         return self._reversed(self.inputs(clips.shape[0], clips.device, clips), step)
