@@ -49,7 +49,7 @@ def test_bad_ranges_name_the_argument(kwargs, name):
 
 
 def test_registry_rejects_unknown_names_and_keys():
-    with pytest.raises(ValueError, match="valid crop methods: curriculum, cvrl, matched, paramcrop, random, replay"):
+    with pytest.raises(ValueError, match="valid crop methods: curriculum, cvrl, hardest, matched, paramcrop, random, replay"):
         create_crop("nope", (4, 8, 8))
     with pytest.raises(ValueError, match="'areas'.*valid keys: area, aspect, duration"):
         create_crop("random", (4, 8, 8), areas=(0.3, 1))

@@ -161,12 +161,12 @@ def test_textures_variant_keeps_classes_changes_backgrounds():
     base = SyntheticConfig(shapes=2, motions=2, size=32, frames=4)
     variant = SyntheticConfig.from_options("variant=textures,shapes=2,motions=2,size=32,frames=4")
     assert variant.classes == base.classes and variant.dirname != base.dirname
-    # the default keeps its pre-variant cache folder: the hash of the fields without `variant`
+    # the default keeps its pre-variant cache folder: the hash of the fields without `variant` (nor `objects`)
     import dataclasses
     import hashlib
     import json
 
-    fields = {k: v for k, v in dataclasses.asdict(base).items() if k != "variant"}
+    fields = {k: v for k, v in dataclasses.asdict(base).items() if k not in ("variant", "objects")}
     assert base.dirname.endswith(hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10])
     a, b = sample_scene(base, 1, 0), sample_scene(variant, 1, 0)
     # stripes: many more sharp transitions than the smooth default background
