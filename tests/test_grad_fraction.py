@@ -278,4 +278,4 @@ def test_the_grad_fraction_spec_is_quickstarts_setting_at_three_fractions_over_f
     assert {k: v for k, v in spec.config.items() if k != "crop"} == quickstart.config
     cfg, _ = spec.config_for({"crop.grad_fraction": 0.25, "seed": 3})
     assert cfg.crop == {"method": "paramcrop", "strength": 1.0, "grad_fraction": 0.25} and cfg.seed == 3
-    assert "keep grad_fraction 1.0 until" in " ".join(spec.description.split())
+    assert "keep grad_fraction 1.0 unless" in " ".join(spec.description.split())
