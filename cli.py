@@ -317,8 +317,8 @@ def eval_command(
     if trial is not None and best:
         raise fail("--trial and --best exclude each other")
     from paramcrop.config import TrainConfig
-    from paramcrop.train import resolve_device
-    from paramcrop.transfer import dataset_name
+    from paramcrop.plan import resolve_device
+    from paramcrop.dataset_names import dataset_name
     from studies.evaluate import parse_protocols
 
     try:
@@ -355,6 +355,8 @@ def ui(
     host: str = typer.Option("127.0.0.1", help="Interface to bind; 127.0.0.1 keeps it private to this machine."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI or "
                                                "sqlite:///mlflow.db]"),
+    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="Print this experiment's (a study's "
+                                             "name, or a train --experiment) runs page."),
 ) -> None:
     """Start the MLflow UI on the same tracking store (every run, param, metric and figure)."""
     import subprocess
@@ -363,7 +365,18 @@ def ui(
     uri = check_tracking_uri(tracking_uri)
     from paramcrop.sinks import redact_url
 
-    typer.echo(f"MLflow UI for {redact_url(uri)} at http://{host}:{port}  (Ctrl-C to stop)")
+    page = f"http://{host}:{port}"
+    if experiment:
+        from studies.tracking import TrackingUnavailable, call, open_tracking_store, runs_url
+
+        try:
+            found = call(open_tracking_store(uri).get_experiment_by_name, experiment)
+        except (TrackingUnavailable, ValueError) as exc:
+            raise fail(str(exc), 1)
+        if found is None:
+            raise fail(f"no experiment {experiment!r} in {redact_url(uri)}")
+        page = runs_url(found.experiment_id, host, port)
+    typer.echo(f"MLflow UI for {redact_url(uri)} at {page}  (Ctrl-C to stop)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     try:
         raise typer.Exit(subprocess.call(command))

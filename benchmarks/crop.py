@@ -25,7 +25,7 @@ from _timing import Results, compare  # noqa: E402
 from paramcrop import ParamCrop, RandomCubicCrop, crop_video  # noqa: E402
 from paramcrop.geometry import crop_video_reference, crop_video_separable, traceable_crop_video_taps  # noqa: E402
 from paramcrop.runtime import Compiled  # noqa: E402
-from paramcrop.train import COMPILE_ENV  # noqa: E402
+from paramcrop.plan import COMPILE_ENV  # noqa: E402
 
 SIZE = (8, 64, 64)
 TINY_SIZE = (4, 16, 16)

@@ -102,7 +102,7 @@ def against_step(device: str, tiny: bool, csv_path: str | None, videos: int) -> 
     from _timing import Results, compare
     from train import make_trainer
 
-    from paramcrop.train import resolve_workers
+    from paramcrop.plan import resolve_workers
 
     results = Results("data", csv_path)
     source, batch, raw, view = (("synthetic:videos_per_class=4,frames=24,size=32,shapes=2,motions=2", 4, (8, 32),

@@ -27,7 +27,8 @@ from paramcrop.backbones import create_backbone  # noqa: E402
 from paramcrop.config import TrainConfig  # noqa: E402
 from paramcrop.data import EvalClips, TrainClips, resolve_source  # noqa: E402
 from paramcrop.evaluation import evaluate, finetune, predict_videos  # noqa: E402
-from paramcrop.train import EpochBatches, normalize_clips, seed_everything  # noqa: E402
+from paramcrop.checkpoint import seed_everything  # noqa: E402
+from paramcrop.data.batches import EpochBatches, normalize_clips  # noqa: E402
 
 
 def main() -> int:

@@ -41,7 +41,8 @@ from _timing import Results, interleaved, ratio_spread  # noqa: E402
 
 from paramcrop import sinks  # noqa: E402
 from paramcrop.config import TrainConfig  # noqa: E402
-from paramcrop.train import Trainer, to_input  # noqa: E402
+from paramcrop.data.batches import to_input  # noqa: E402
+from paramcrop.train import Trainer  # noqa: E402
 
 TINY_SOURCE = "synthetic:videos_per_class=6,frames=40,size=32,shapes=2,motions=2"  # construction only
 GRAD_FRACTIONS = (0.5, 0.25)  # ParamCrop's crop.grad_fraction below 1, each a candidate of its own
@@ -101,7 +102,8 @@ def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats:
 
 def measure_logging(step_seconds: float) -> tuple[float, float]:
     """Seconds to log 50 batches of the step metrics to a fresh SQLite MLflow store (500 steps, every 10)."""
-    from studies.tracking import MlflowSink, client_for
+    from studies.mlflow_sink import MlflowSink
+    from studies.tracking import client_for
 
     with tempfile.TemporaryDirectory() as tmp:
         client = client_for(f"sqlite:///{tmp}/mlflow.db")

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from paramcrop.dataset_names import dataset_name
 from paramcrop.registry import constructor_defaults, constructor_keys
 
 
@@ -252,8 +253,6 @@ class TrainConfig:
         if not 0 <= self.data.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in [0, 1) (0 = no validation split), got "
                               f"{self.data.val_fraction}")
-        from paramcrop.transfer import dataset_name
-
         for source in self.eval.datasets:
             try:
                 dataset_name(source)

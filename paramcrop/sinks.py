@@ -1,9 +1,9 @@
 """How training reports what it measures, without knowing who listens.
 
 ``paramcrop/`` never imports MLflow or Optuna: the trainer talks to a :class:`MetricsSink`,
-and ``studies/`` (or ``cli.py``) connects one to MLflow. Metric and tag names are the
-tracking conventions of SPEC section 4 and live here so that every producer and the
-``analysis/`` reader agree on one spelling.
+and ``studies/`` (or ``cli.py``) connects one to MLflow. Metric and tag names are the suite's
+tracking conventions and live here so that every producer and the ``analysis/`` reader agree on
+one spelling.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def default_tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
-# --- metric names (SPEC 4) -------------------------------------------------------------
+# --- metric names ----------------------------------------------------------------------
 TRAIN_LOSS = "train/loss"
 TRAIN_LR = "train/lr"
 TRAIN_CLIPS_PER_S = "train/clips_per_s"

@@ -28,7 +28,6 @@ place in ``paramcrop/`` that touches MLflow, imported inside the function.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,34 +36,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from paramcrop import sinks
+from paramcrop.data.batches import EpochBatches, normalize_clips
+from paramcrop.dataset_names import dataset_name
 
 PROTOCOLS = ("knn", "linear", "retrieval", "finetune")
 MIN_PROBE_PER_CLASS = 2
 """A linear probe needs at least this many train videos in every class (one is memorised, not probed)."""
-
-
-def dataset_name(source: str) -> str:
-    """The metric-name part of a downstream source (see the module table); ``ValueError`` for a bad source."""
-    from paramcrop.data.sources import SOURCE_FORMS, split_of
-
-    scheme, _, rest = source.partition(":")
-    if scheme == "synthetic":
-        from paramcrop.data.synthetic import SyntheticConfig
-
-        SyntheticConfig.from_options(rest)  # checks the keys and values
-        items = [item.partition("=") for item in filter(None, rest.split(","))]
-        parts = [value if key.strip() == "variant" else f"{key.strip()}{value}" for key, _, value in items]
-        name = "-".join(["synthetic", *parts])
-    elif scheme == "folder" and rest:
-        name = f"folder-{Path(rest).resolve().name}"
-    elif scheme in ("ucf101", "hmdb51") and rest:
-        split = split_of(source)
-        name = scheme if split is None else f"{scheme}-{split}"
-    elif scheme == "kinetics" and re.fullmatch(r"(.+?\.csv):(.+)", rest, flags=re.IGNORECASE):
-        name = f"kinetics-{Path(rest.split(':')[0]).stem}"
-    else:
-        raise ValueError(f"bad data source {source!r}: expected one of " + ", ".join(SOURCE_FORMS))
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
 def downstream_metric(name: str, metric: str) -> str:
@@ -169,7 +146,6 @@ class DownstreamDataset:
                         skipped: dict[str, str]) -> dict[str, float]:
         """``eval/<metric>`` -> value on one split; reasons for what is left out go to ``skipped``."""
         from paramcrop.evaluation import evaluate
-        from paramcrop.train import normalize_clips
 
         if split.reason:
             skipped[split.name] = split.reason
@@ -218,7 +194,6 @@ def finetune_top1(backbone: nn.Module, train_records, test_loader: DataLoader, n
     ``infos``: the records' scan when already made."""
     from paramcrop.data import TrainClips
     from paramcrop.evaluation import finetune, predict_videos
-    from paramcrop.train import EpochBatches, normalize_clips
 
     train = TrainClips(train_records, cfg.view.frames, eval_stride(cfg), cfg.view.size, seed=cfg.seed,
                        labelled=True, infos=infos)

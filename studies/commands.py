@@ -241,7 +241,7 @@ def register_study(study_name: str, model_name: str, *, trial: int | None, stora
     """``paramcrop study register``: exit 0 registered, 1 the registration failed (no backbone model,
     no complete trial, the tracking store down), 2 no such study."""
 
-    from studies.runner import SPEC_ATTR
+    from studies.parent import SPEC_ATTR
     from studies.tracking import open_tracking_store
 
     study = load_named_study(study_name, storage)

@@ -99,7 +99,7 @@ def evaluate_runs(client, runs: list, source: str, protocols: tuple[str, ...], *
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download otherwise
 
-    from paramcrop.train import resolve_device
+    from paramcrop.plan import resolve_device
     from paramcrop.transfer import DownstreamDataset, eval_stride, load_backbone
 
     datasets: dict[tuple, DownstreamDataset] = {}

@@ -1,8 +1,8 @@
 """``paramcrop study run``: an Optuna study whose every trial is a tracked MLflow run.
 
-MLflow layout (SPEC 4): one experiment per study, one parent run per study (created by the
-worker that creates the Optuna study, so exactly one exists however many workers join), one
-child run per trial. Trial and run point at each other: the trial's user attribute
+MLflow layout: one experiment per study, one parent run per study (created by the worker that
+creates the Optuna study, so exactly one exists however many workers join, :mod:`studies.parent`),
+one child run per trial. Trial and run point at each other: the trial's user attribute
 ``mlflow_run_id`` and the run's tags ``paramcrop.study`` / ``paramcrop.trial``.
 
 Before anything is created, the space is checked (:meth:`StudyRunner.preflight`: a clip longer
@@ -42,22 +42,22 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from paramcrop import sinks
-from paramcrop.train import CHECKPOINT_NAME, Trainer
-from studies.conventions import describe_study, log_study_summary, trial_run_name
+from paramcrop.checkpoint import CHECKPOINT_NAME, saved_step
+from paramcrop.plan import resolve
+from studies.conventions import log_study_summary, trial_run_name
+from studies.mlflow_sink import SPOOL_PREFIX, MlflowSink, replay_spool
+from studies.parent import StudyParent
 from studies.replay import check_replay_references, grid_sampler, prepare_replay_trial
+from studies.runs import tracked_training
+from studies.signals import GracefulStop
 from studies.spec import StudySpec
 from studies.storage import HEARTBEAT_ATTR, open_storage, redact
-from studies.tracking import (SPOOL_PREFIX, GracefulStop, MlflowSink, TrackingUnavailable, call, check_tracking_store,
-                              get_or_create_experiment, open_tracking_store, replay_spool, run_tags, source_tags,
-                              tracked_run)
+from studies.tracking import (TrackingUnavailable, call, check_tracking_store, open_tracking_store, run_tags,
+                              runs_url)
 
 MAX_RETRY = 2  # retries of a trial whose worker died (interrupted trials are always retried)
-PARENT_ATTR = "mlflow_parent_run_id"
-EXPERIMENT_ATTR = "mlflow_experiment_id"
 RUN_ATTR = "mlflow_run_id"
 PREVIOUS_RUN_ATTR = "mlflow_previous_run_id"  # a retry: the run of the attempt it resumes
-SPEC_ATTR = "spec"
-OVERRIDES_ATTR = "overrides"  # the study's `study run --set` overrides: part of its identity, with the spec
 LOST_ATTR = "paramcrop:lost"  # system attr: how many times this trial's workers died
 RUNS_ROOT = Path("paramcrop-runs")
 TAG_RETRY_OF = "paramcrop.retry_of"  # trial number of the attempt a retry continues
@@ -125,7 +125,7 @@ class StudyRunner:
         self.stop = GracefulStop()
         self.tracking_down: TrackingUnavailable | None = None
         self.preflight()  # each raises ValueError naming the problem, before anything is created
-        uri = options.tracking_uri or sinks.default_tracking_uri()
+        self.tracking_uri = uri = options.tracking_uri or sinks.default_tracking_uri()
         check_tracking_store(uri)  # creates nothing
         self.storage = open_storage(options.storage, heartbeat=spec.heartbeat, on_stale=self._on_stale)
         self.client = open_tracking_store(uri)  # a local store is created here, after the storage opened
@@ -141,7 +141,7 @@ class StudyRunner:
         from paramcrop.backbones import create_backbone
         from paramcrop.data import resolve_source
         from paramcrop.data.datasets import check_window_fits
-        from paramcrop.train import resolve_device
+        from paramcrop.plan import resolve_device
 
         spec, overrides = self.spec, self.options.overrides or {}
         check_replay_references(spec)
@@ -169,100 +169,26 @@ class StudyRunner:
         for device in sorted({c.device for c in configs}):
             resolve_device(device)
 
-    def _fixed_config(self):
-        """The config every trial starts from: the spec's base config with the command's overrides."""
-        return self.spec.base_config().with_overrides(self.options.overrides or {})
-
     # --- study, experiment and parent run -------------------------------------------------------
     def _create_or_join(self) -> tuple[optuna.Study, str, str]:
+        """Create or load the study (objectives named after their metrics), then its experiment and
+        parent run (:mod:`studies.parent`); says where to browse it."""
         spec = self.spec
         kwargs = dict(study_name=spec.name, storage=self.storage, sampler=_sampler(spec), pruner=_pruner(spec))
+        parent = StudyParent(spec, self.client, self.storage, self.options.runs_root, self.options.overrides or {},
+                             self.console)
         try:
             study = optuna.create_study(directions=spec.directions, **kwargs)
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(**kwargs)
-            stored = study.user_attrs.get(SPEC_ATTR)
-            if stored is not None and stored != spec.to_yaml():
-                raise ValueError(f"study {spec.name!r} already exists in this storage with a different spec; "
-                                 f"give a new --name, or run the same spec to resume it")
-            stored_sets = study.user_attrs.get(OVERRIDES_ATTR, {}) if stored is not None else self._overrides()
-            if stored_sets != self._overrides():
-                def shown(sets: dict) -> str:
-                    return " ".join(f"--set {k}={v}" for k, v in sets.items()) or "no --set"
-
-                raise ValueError(f"study {spec.name!r} was run with {shown(stored_sets)}, this command has "
-                                 f"{shown(self._overrides())}: resume it with the same --set values, or give a "
-                                 f"new --name for the new configuration")
-            return study, *self._wait_for_parent(study)
-        return study, *self._record_parent(study)
-
-    def _record_parent(self, study: optuna.Study) -> tuple[str, str]:
-        """Create the experiment and the parent run (or adopt a parent run of this study that a
-        creator which died before recording it left), then record both in the study."""
-        spec = self.spec
-        experiment_id = get_or_create_experiment(self.client, spec.name)
-        orphans = call(self.client.search_runs, [experiment_id], order_by=["attributes.start_time ASC"],
-                       filter_string=f"tags.`{sinks.TAG_ROLE}` = 'study' and tags.`{sinks.TAG_STUDY}` = '{spec.name}'")
-        if orphans:
-            parent_id = orphans[0].info.run_id
-            call(self.client.update_run, parent_id, status="RUNNING")
+            parent.check_same(study)
+            parent_id, experiment_id = parent.wait(study)
         else:
-            parent_id = call(self.client.create_run, experiment_id, run_name=spec.name, tags={
-                sinks.TAG_ROLE: "study", sinks.TAG_STUDY: spec.name,
-                sinks.TAG_OBJECTIVE: ",".join(o.metric for o in spec.objectives),
-                **source_tags(),
-            }).info.run_id
-        # (again) on an adopted parent: its creator may have died before this; same values, so idempotent
-        describe_study(self.client, experiment_id, parent_id, spec.description, self._fixed_config().flatten())
-        spec_path = self.options.runs_root / spec.name / "study.yaml"
-        spec_path.parent.mkdir(parents=True, exist_ok=True)
-        spec_path.write_text(spec.to_yaml())
-        call(self.client.log_artifact, parent_id, str(spec_path))
-        study.set_user_attr(OVERRIDES_ATTR, self._overrides())
-        study.set_user_attr(SPEC_ATTR, spec.to_yaml())
-        study.set_user_attr(EXPERIMENT_ATTR, experiment_id)
-        study.set_user_attr(PARENT_ATTR, parent_id)
-        return parent_id, experiment_id
-
-    def _overrides(self) -> dict[str, Any]:
-        """The ``--set`` overrides, key-sorted (as stored in the study)."""
-        return dict(sorted((self.options.overrides or {}).items()))
-
-    def _wait_for_parent(self, study: optuna.Study) -> tuple[str, str]:
-        """A worker that joins a study another worker is creating waits for its parent run. A creator
-        that recorded nothing for three heartbeats is taken for dead: the waiting workers take turns
-        through numbered claims (``<study>:parent-claim-<k>``, a study name the storage creates
-        atomically, so one worker holds claim k) and the holder records the parent; claim 0 is the
-        creator's own ``create_study``. The claims are deleted once the parent is recorded."""
-        grace, claim = 3 * self.spec.heartbeat, 0
-        deadline = time.monotonic() + grace
-        while True:
-            attrs = optuna.load_study(study_name=self.spec.name, storage=self.storage).user_attrs
-            if PARENT_ATTR in attrs and SPEC_ATTR in attrs:
-                call(self.client.update_run, attrs[PARENT_ATTR], status="RUNNING")
-                self._drop_claims(claim)
-                return attrs[PARENT_ATTR], attrs[EXPERIMENT_ATTR]
-            if time.monotonic() > deadline:
-                claim += 1
-                try:
-                    self.storage.create_new_study(directions=[optuna.study.StudyDirection.MINIMIZE],
-                                                  study_name=f"{self.spec.name}:parent-claim-{claim}")
-                except optuna.exceptions.DuplicatedStudyError:
-                    deadline = time.monotonic() + grace  # another worker holds this claim: give it its turn
-                    continue
-                self.console.print(f"[yellow]study {self.spec.name!r} has no MLflow parent run (its creator died "
-                                   f"before recording it): recording it here[/]")
-                parent = self._record_parent(study)
-                self._drop_claims(claim)
-                return parent
-            time.sleep(0.5)
-
-    def _drop_claims(self, up_to: int) -> None:
-        for k in range(1, up_to + 1):
-            try:
-                optuna.delete_study(study_name=f"{self.spec.name}:parent-claim-{k}", storage=self.storage)
-            except KeyError:
-                pass
+            study.set_metric_names([o.metric for o in spec.objectives])
+            parent_id, experiment_id = parent.record(study)
+        self.console.print(f"browse: paramcrop ui --tracking-uri {redact(self.tracking_uri)} --experiment {spec.name}"
+                           f", then {runs_url(experiment_id)}", soft_wrap=True)
+        return study, parent_id, experiment_id
 
     def _replay_spools(self) -> None:
         """Send what earlier trials could not (the tracking store was down when they ended)."""
@@ -342,7 +268,7 @@ class StudyRunner:
         run_dir = self.trial_dir(trial)
         checkpoint = run_dir / CHECKPOINT_NAME
         # only a retry resumes: a fresh trial never trusts a checkpoint it did not write
-        resume_step = _checkpoint_step(checkpoint) if history and checkpoint.exists() else None
+        resume_step = saved_step(checkpoint) if history and checkpoint.exists() else None
         on_eval = self._pruning_hook(trial) if spec.pruner != "none" else None
         tags = {sinks.TAG_ROLE: "trial", sinks.TAG_STUDY: spec.name, sinks.TAG_TRIAL: str(trial.number),
                 sinks.TAG_TRIAL_STATE: "RUNNING", **run_tags(cfg.flatten())}
@@ -354,23 +280,19 @@ class StudyRunner:
         sink: MlflowSink | None = None
         try:
             name = trial_run_name(trial.number, trial.params, history[-1] if history else None)
-            with tracked_run(self.client, self.experiment_id, name, tags,
-                             parent_run_id=self.parent_run_id, benign=(optuna.TrialPruned,),
-                             spool_dir=run_dir) as sink:
+            with tracked_training(self.client, self.experiment_id, name, tags, stop=self.stop, run_dir=run_dir,
+                                  progress=self.options.progress, parent_run_id=self.parent_run_id,
+                                  benign=(optuna.TrialPruned,), spool_dir=run_dir) as run:
+                sink = run.sink
                 trial.set_user_attr(RUN_ATTR, sink.run_id)
                 if resume_step is not None:
                     self._continue_history(sink, run_dir, frozen.user_attrs.get(PREVIOUS_RUN_ATTR), resume_step)
                 try:
-                    # built inside the run: a configuration that cannot be built ends it FAILED with the reason
-                    # the trainer flushes the metrics with each checkpoint (a retry copies them) and
-                    # takes a SIGINT/SIGTERM at a step boundary, with a checkpoint
+                    # resolved inside the run: a configuration that cannot be built ends it FAILED with the
+                    # reason; the trainer flushes the metrics with each checkpoint (a retry copies them)
                     cfg, trial_sink = prepare_replay_trial(cfg, spec, trial, self.client, self.options.runs_root,
                                                            sink, say=console.print)  # a replay's source
-                    trainer = Trainer(cfg, run_dir, progress=self.options.progress, on_eval=on_eval)
-                    trainer.stop = self.stop
-                    self.stop.deferring = True
-                    result = trainer.fit(trial_sink, resume=resume_step is not None)
-                    self.stop.deferring = False
+                    result = run.fit(resolve(cfg), resume=resume_step is not None, sink=trial_sink, on_eval=on_eval)
                     values = [_metric_value(o.metric, result) for o in spec.objectives]
                     logged = {**result.final_metrics, **result.eval_metrics}
                     sink.log_metrics({o.metric: v for o, v in zip(spec.objectives, values) if o.metric not in logged},
@@ -381,8 +303,6 @@ class StudyRunner:
                 except BaseException:
                     sink.set_tags({sinks.TAG_TRIAL_STATE: "FAIL"})
                     raise
-                finally:
-                    self.stop.deferring = False
                 sink.set_tags({sinks.TAG_TRIAL_STATE: "COMPLETE"})
         except TrackingUnavailable as exc:
             if sink is None:  # not even the run could be created: the trial never started
@@ -526,16 +446,6 @@ class StudyRunner:
             except ValueError:
                 pass
         self.console.print(line)
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    """The step a checkpoint was written at (memory-mapped: the weights are not read)."""
-    import torch
-
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
-    except Exception:  # noqa: BLE001 - a torn or foreign file: the trainer starts afresh... or fails clearly
-        return None
 
 
 def describe_storage(storage: str | None) -> str:

@@ -1,14 +1,27 @@
-"""One tracked training run (``paramcrop train``): the trainer, an MLflow run, a summary."""
+"""Tracked training: the trainer inside an MLflow run, shared by ``paramcrop train`` and study trials.
+
+:func:`tracked_training` opens the run (:func:`~studies.mlflow_sink.tracked_run`) and yields a
+:class:`TrackedTraining` whose :meth:`~TrackedTraining.fit` trains a resolved plan into it, taking
+SIGINT / SIGTERM at a step boundary. :func:`run_training` is ``paramcrop train``: one such run, a summary.
+"""
 from __future__ import annotations
 
+import contextlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 from paramcrop import sinks
-from paramcrop.sinks import redact_url
+from paramcrop.checkpoint import CHECKPOINT_NAME
 from paramcrop.config import LOSS_NAMES, ConfigError, TrainConfig
-from studies.tracking import (GracefulStop, TrackingUnavailable, call, check_tracking_store, get_or_create_experiment,
-                              open_tracking_store, run_tags, tracked_run)
+from paramcrop.plan import RunPlan, resolve
+from paramcrop.sinks import redact_url
+from paramcrop.train import Trainer, TrainResult
+from studies.mlflow_sink import MlflowSink, tracked_run
+from studies.signals import GracefulStop
+from studies.tracking import (TrackingUnavailable, call, check_tracking_store, get_or_create_experiment,
+                              open_tracking_store, run_tags, runs_url)
 
 RUN_ID_FILE = "mlflow_run_id.txt"
 
@@ -30,6 +43,34 @@ def run_name(cfg: TrainConfig) -> str:
     return "-".join([*parts, f"s{cfg.seed}"])
 
 
+@dataclass
+class TrackedTraining:
+    """An open MLflow run (``sink``) to train into, in ``run_dir``; ``stop`` takes a signal at a step boundary."""
+
+    sink: MlflowSink
+    stop: GracefulStop
+    run_dir: Path
+    progress: bool = True
+
+    def fit(self, plan: RunPlan, *, resume: bool = False, sink: sinks.MetricsSink | None = None,
+            on_eval: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+        """Train ``plan`` into the run (or into ``sink``, a sink that forwards to it), resuming from
+        ``run_dir``'s checkpoint with ``resume``; ``on_eval`` as :class:`~paramcrop.train.Trainer` takes it."""
+        trainer = Trainer(plan, self.run_dir, sink=self.sink if sink is None else sink, stop=self.stop,
+                          on_eval=on_eval, progress=self.progress)
+        return trainer.fit(resume=resume)
+
+
+@contextlib.contextmanager
+def tracked_training(client, experiment_id: str, name: str, tags: dict[str, str], *, stop: GracefulStop,
+                     run_dir: Path, progress: bool = True, **run) -> Iterator[TrackedTraining]:
+    """Open MLflow run ``name`` of ``experiment_id`` with ``tags`` (``run``: :func:`tracked_run`'s
+    ``parent_run_id``, ``run_id``, ``benign``, ``spool_dir``) and yield it ready to train into; the run
+    ends FINISHED, FAILED or KILLED with the block."""
+    with tracked_run(client, experiment_id, name, tags, **run) as sink:
+        yield TrackedTraining(sink, stop, Path(run_dir), progress)
+
+
 def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_dir: Path | None = None,
                  resume: bool = False, progress: bool = True) -> int:
     """Train ``cfg`` in an MLflow run of ``experiment``; returns the process exit code
@@ -39,8 +80,6 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
     at once); ``resume`` continues from that checkpoint in the same MLflow run, and is refused
     (exit 2, nothing logged) when ``run_dir`` holds none."""
     from rich.console import Console
-
-    from paramcrop.train import CHECKPOINT_NAME, Trainer
 
     console = Console(stderr=True)
     name = run_name(cfg)
@@ -55,8 +94,8 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
         return 2
     try:
         check_tracking_store(tracking_uri)  # creates nothing; before the (possibly long) build
-        trainer = Trainer(cfg, run_dir, progress=progress)
-        if trainer.dist.is_main:  # under torchrun only rank 0 talks to MLflow
+        plan = resolve(cfg)
+        if plan.dist.is_main:  # under torchrun only rank 0 talks to MLflow
             client = open_tracking_store(tracking_uri)
             experiment_id = get_or_create_experiment(client, experiment)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
@@ -65,21 +104,21 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
     except TrackingUnavailable as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1
-    if not trainer.dist.is_main:
-        trainer.fit(sinks.MemorySink(), resume=resume)
+    if not plan.dist.is_main:
+        Trainer(plan, run_dir, progress=False).fit(resume=resume)
         return 0
     tags = {sinks.TAG_ROLE: "train", **run_tags(cfg.flatten())}
     previous = run_id_path.read_text().strip() if resume else None
     stop = GracefulStop()
     try:
-        with stop.installed(), tracked_run(client, experiment_id, name, tags, run_id=previous) as sink:
+        with stop.installed(), tracked_training(client, experiment_id, name, tags, stop=stop, run_dir=run_dir,
+                                                progress=progress, run_id=previous) as run:
+            sink = run.sink
             run_dir.mkdir(parents=True, exist_ok=True)
             run_id_path.write_text(sink.run_id)
             if previous:
                 sink.logged = logged_points(client, previous)
-            trainer.stop, stop.deferring = stop, True
-            result = trainer.fit(sink, resume=resume)
-            stop.deferring = False
+            result = run.fit(plan, resume=resume)
     except KeyboardInterrupt as exc:
         if (run_dir / CHECKPOINT_NAME).exists():
             console.print(f"[yellow]interrupted[/]: run KILLED; its checkpoint stays in {run_dir}. Resume with the "
@@ -94,7 +133,8 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
     out = Console()
     out.print(f"[bold green]done[/] in {result.seconds:.0f} s, {result.steps} steps: "
               + ", ".join(f"{k} {v:.3f}" for k, v in result.eval_metrics.items()))
-    out.print(f"MLflow run {sink.run_id} in experiment {experiment!r} at {redact_url(tracking_uri)}; browse: paramcrop ui")
+    out.print(f"MLflow run {sink.run_id} in experiment {experiment!r} at {redact_url(tracking_uri)}; browse: "
+              f"paramcrop ui --experiment {experiment}, then {runs_url(experiment_id)}")
     if result.skipped_videos:
         out.print(f"[yellow]{len(result.skipped_videos)} unreadable videos were skipped[/]")
     sys.stdout.flush()

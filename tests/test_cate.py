@@ -140,13 +140,13 @@ def test_mlp_head_ignores_the_parameters_and_cate_needs_them():
 def test_every_framework_trains_two_steps_with_the_cate_head(tmp_path, framework):
     cfg = tiny_config(**{"framework.name": framework, "crop.method": "paramcrop", "steps": 2, "head.name": "cate",
                          "head.depth": 1, "head.width": 32})
-    trainer = Trainer(cfg, tmp_path, progress=False)
+    sink = sinks.MemorySink()
+    trainer = Trainer(cfg, tmp_path, sink=sink, progress=False)
     head = trainer.framework.projector
     assert isinstance(head, CATEHead) and len(head.encoder.layers) == 1
     before = [p.detach().clone() for p in head.parameters()]
     generator = [p.detach().clone() for p in trainer.crop.parameters()]
-    sink = sinks.MemorySink()
-    result = trainer.fit(sink)
+    result = trainer.fit()
     assert all(math.isfinite(v) for _, v in sink.series(sinks.TRAIN_LOSS))
     assert all(not torch.equal(b, p) for b, p in zip(before, head.parameters()))  # every head tensor learned
     assert any(not torch.equal(b, p) for b, p in zip(generator, trainer.crop.parameters()))  # through the pixels

@@ -11,7 +11,8 @@ from paramcrop.augment import ClipAugment
 from paramcrop.config import TrainConfig
 from paramcrop.crops.base import create_crop
 from paramcrop.geometry import crop_video_reference
-from paramcrop.train import COMPILE_ENV, Trainer
+from paramcrop.plan import COMPILE_ENV
+from paramcrop.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
 

@@ -83,7 +83,8 @@ def _recorded_run(cfg, run_dir, inner=lambda crop: crop):
     from paramcrop.sinks import MemorySink
     from paramcrop.train import Trainer
 
-    trainer = Trainer(cfg, run_dir, progress=False)
+    sink = MemorySink()
+    trainer = Trainer(cfg, run_dir, sink=sink, progress=False)
     cubes, inputs = {}, {}
     step_fn, generator = trainer.train_step, inner(trainer.crop)
     inputs_fn = generator.inputs
@@ -99,8 +100,7 @@ def _recorded_run(cfg, run_dir, inner=lambda crop: crop):
         return x
 
     trainer.train_step, generator.inputs = train_step, record_inputs
-    sink = MemorySink()
-    trainer.fit(sink)
+    trainer.fit()
     return trainer, sink, cubes, inputs
 
 

@@ -28,10 +28,10 @@ from typer.testing import CliRunner
 from cli import app
 from paramcrop import sinks
 from paramcrop.data import resolve_source
-from paramcrop.train import SKIPPED_NAME as SKIPPED_ARTIFACT
+from paramcrop.artifacts import SKIPPED_NAME as SKIPPED_ARTIFACT
 from studies.runner import PREVIOUS_RUN_ATTR, RUN_ATTR, TAG_RESUMED_AT, TAG_RETRY_OF
 from studies.storage import DEFAULT_STORAGE, open_storage
-from studies.tracking import SPOOL_PREFIX
+from studies.mlflow_sink import SPOOL_PREFIX
 from conftest import TINY_SOURCE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -454,10 +454,10 @@ def test_a_space_point_that_cannot_run_is_refused(workdir, config, space, messag
 def test_a_trial_that_cannot_be_built_ends_its_run_failed_with_the_reason(workdir, monkeypatch):
     import studies.runner as runner
 
-    def refuse(self, cfg, *args, **kwargs):
+    def refuse(cfg, *args, **kwargs):
         raise RuntimeError(f"cannot build {cfg.crop['method']}")
 
-    monkeypatch.setattr(runner.Trainer, "__init__", refuse)
+    monkeypatch.setattr(runner, "resolve", refuse)
     CliRunner().invoke(app, ["study", "run", str(write_spec(workdir, tiny_spec("unbuildable")))])
     study, client, runs = load("unbuildable", workdir)
     assert {t.params["variant:crop"] for t in study.trials} == {"random", "paramcrop"}

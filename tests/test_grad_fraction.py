@@ -16,7 +16,8 @@ from paramcrop.config import ConfigError, TrainConfig
 from paramcrop.crops.base import grad_subset_size
 from paramcrop.frameworks import nt_xent_loss
 from paramcrop.geometry import crop_video_reference
-from paramcrop.train import CHECKPOINT_NAME, Trainer, two_views
+from paramcrop.checkpoint import CHECKPOINT_NAME
+from paramcrop.train import Trainer, two_views
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
 

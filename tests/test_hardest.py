@@ -12,7 +12,7 @@ from paramcrop.config import TrainConfig
 from paramcrop.crops import RandomCubicCrop, create_crop
 from paramcrop.frameworks import create_framework
 from paramcrop.geometry import crop_video, view_iou
-from paramcrop.train import to_input
+from paramcrop.data.batches import to_input
 
 CPU = torch.device("cpu")
 TINY = {"data.source": TINY_SOURCE, "data.frames": 8, "data.size": 32, "view.frames": 4, "view.size": 16,

@@ -89,7 +89,7 @@ def test_order_loss_in_training_with_other_terms(tmp_path):
     cfg = tiny_config(**{"crop.method": "paramcrop", "steps": 2, "framework.name": "byol"}).with_losses(
         ["order,region"])
     sink = sinks.MemorySink()
-    Trainer(cfg, tmp_path, progress=False).fit(sink)
+    Trainer(cfg, tmp_path, sink=sink, progress=False).fit()
     for name in (ORDER_LOSS, REGION_LOSS):
         values = [v for _, v in sink.series(name)]
         assert len(values) == 2 and all(math.isfinite(v) and v > 0 for v in values)

@@ -139,9 +139,9 @@ def test_region_module_trains_the_maps_not_the_cubes():
 
 def test_region_loss_in_training_and_config(tmp_path):
     cfg = tiny_config(**{"crop.method": "cvrl", "steps": 2, "losses.region": 0.5})
-    trainer = Trainer(cfg, tmp_path, progress=False)
     sink = sinks.MemorySink()
-    trainer.fit(sink)
+    trainer = Trainer(cfg, tmp_path, sink=sink, progress=False)
+    trainer.fit()
     values = [v for _, v in sink.series(REGION_LOSS)]
     assert len(values) == 2 and all(math.isfinite(v) and v > 0 for v in values)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)

@@ -15,7 +15,7 @@ from studies.registration import TAG_OBJECTIVE_VALUE
 def log_backbones(client, study) -> dict[int, nn.Module]:
     """A tiny module per trial, logged as its run's `backbone` model (as finished runs do); trial -> module.
     Through the project's own logging (no global MLflow tracking URI left behind for later tests)."""
-    from studies.tracking import log_torch_model
+    from studies.mlflow_sink import log_torch_model
 
     modules = {}
     for trial in study.trials:

@@ -82,7 +82,7 @@ def test_strength_is_logged_as_train_strength_each_logged_step(tmp_path):
     cfg = tiny_config(**{"crop.method": "paramcrop", "crop.strength": 0.5, "crop.warmup_steps": 4, "steps": 6,
                          "log_every": 2})
     sink = sinks.MemorySink()
-    Trainer(cfg, tmp_path, progress=False).fit(sink)
+    Trainer(cfg, tmp_path, sink=sink, progress=False).fit()
     logged = sink.series(sinks.TRAIN_STRENGTH)
     assert [s for s, _ in logged] == [s for s, _ in sink.series(sinks.TRAIN_LOSS)] and len(logged) >= 3
     for step, value in logged:  # linear warmup to 0.5 over 4 steps, by hand

@@ -18,7 +18,9 @@ from mlflow.tracking import MlflowClient
 from conftest import TEST_SYNTHETIC_CACHE, TINY_SOURCE
 from paramcrop import sinks
 from paramcrop.config import TrainConfig
-from paramcrop.train import CHECKPOINT_NAME, TRAJECTORY_NAME, Trainer, rank_seed
+from paramcrop.artifacts import TRAJECTORY_NAME
+from paramcrop.checkpoint import CHECKPOINT_NAME, rank_seed
+from paramcrop.train import Trainer
 
 TINY_SETS = {"data.frames": 16, "data.stride": 1, "data.size": 32, "view.frames": 8, "view.size": 32,
              "batch_size": 8, "log_every": 1, "visualize_at": 3, "eval.linear": False, "eval.retrieval": False,
@@ -98,7 +100,7 @@ def _rank_worker(rank: int, port: int, run_dir: str, cache: str, out: dict) -> N
                                         "visualize_at": 0, "crop.method": "paramcrop"})
     try:
         trainer = Trainer(cfg, Path(run_dir), progress=False)
-        trainer.fit(sinks.MemorySink(), until=2)  # stops at step 2 with a checkpoint, as if preempted
+        trainer.fit(until=2)  # stops at step 2 with a checkpoint, as if preempted
         after_stop = torch.rand(4).tolist()  # this rank's stream right after the checkpoint
         dist.barrier()  # rank 0's checkpoint is written
         resumed = Trainer(cfg, Path(run_dir), progress=False)

@@ -164,7 +164,8 @@ class DownClient:
 
 
 def test_dataset_inputs_wait_in_the_spool_and_are_sent_by_replay(workdir, monkeypatch):
-    from studies.tracking import MlflowSink, client_for, replay_spool
+    from studies.mlflow_sink import MlflowSink, replay_spool
+    from studies.tracking import client_for
 
     monkeypatch.setenv("PARAMCROP_TRACKING_RETRY_S", "0")
     client = client_for()

@@ -43,7 +43,7 @@ def test_generator_trains_only_when_lambda_positive(tmp_path, strength, moves):
     cfg = tiny_config(**{"crop.method": "paramcrop", "crop.strength": strength, "steps": 5})
     trainer = Trainer(cfg, tmp_path, progress=False)
     before = [p.detach().clone() for p in trainer.crop.parameters()]
-    trainer.fit(sinks.MemorySink())
+    trainer.fit()
     changed = any(not torch.equal(a, b) for a, b in zip(before, trainer.crop.parameters()))
     assert changed is moves
 
@@ -56,7 +56,7 @@ def test_adversarial_strength_scales_the_generator_steps(tmp_path):
         trainer = Trainer(tiny_config(**{"crop.method": "paramcrop", "crop.strength": strength, "steps": 3}),
                           tmp_path / str(strength), progress=False)
         before = torch.cat([p.detach().flatten().clone() for p in trainer.crop.parameters()])
-        trainer.fit(sinks.MemorySink())
+        trainer.fit()
         after = torch.cat([p.detach().flatten() for p in trainer.crop.parameters()])
         moved[strength] = (after - before).norm().item()
     assert 5 < moved[1.0] / moved[0.1] < 20
@@ -70,9 +70,9 @@ def test_same_seed_same_curve_and_resume_equals_straight_run(tmp_path):
     assert losses(straight) == losses(again)
 
     first, second = sinks.MemorySink(), sinks.MemorySink()
-    Trainer(cfg, tmp_path / "c", progress=False).fit(first, until=8)  # stopped at step 8, as if preempted
-    resumed = Trainer(cfg, tmp_path / "c", progress=False)  # a fresh process would rebuild it like this
-    resumed.fit(second, resume=True)
+    Trainer(cfg, tmp_path / "c", sink=first, progress=False).fit(until=8)  # stopped at step 8, as if preempted
+    resumed = Trainer(cfg, tmp_path / "c", sink=second, progress=False)  # a fresh process would rebuild it like this
+    resumed.fit(resume=True)
     assert [s for s, _ in second.series(sinks.TRAIN_LOSS)] == list(range(8, 16))
     torch.testing.assert_close(torch.tensor(losses(first)[:8] + losses(second)),
                                torch.tensor(losses(straight)), rtol=1e-4, atol=1e-5)
@@ -148,12 +148,12 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
 
     trainer.framework.forward = poisoned
     with pytest.raises(NonFiniteLossError, match="non-finite loss.*step 0"):
-        trainer.fit(sinks.MemorySink())
+        trainer.fit()
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path):
     trainer = Trainer(tiny_config(steps=2), tmp_path, progress=False)
-    trainer.fit(sinks.MemorySink())
+    trainer.fit()
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2 and "framework" in state and "crop" in state
 
@@ -169,10 +169,10 @@ def test_synthetic_source_sets_its_augmentation_defaults_unless_the_config_does(
                                          "steps": 1, "visualize_at": 0, "eval.linear": False,
                                          "eval.retrieval": False})
     assert "flip_p" not in base.augment  # the user set no augmentation key
-    trainer = Trainer(base, tmp_path / "a", progress=False)
-    assert (trainer.augment.flip_p, trainer.cfg.augment["strength"]) == (0.0, 0.5)
     sink = sinks.MemorySink()
-    trainer.fit(sink)
+    trainer = Trainer(base, tmp_path / "a", sink=sink, progress=False)
+    assert (trainer.augment.flip_p, trainer.cfg.augment["strength"]) == (0.0, 0.5)
+    trainer.fit()
     assert (sink.params["augment.flip_p"], sink.params["augment.strength"]) == (0.0, 0.5)
     assert "flip_p: 0.0" in (tmp_path / "a" / "config.yaml").read_text()
 

@@ -33,7 +33,7 @@ def direct_knn(backbone, source: str, cfg: TrainConfig) -> float:
 
     from paramcrop.data import EvalClips, resolve_source
     from paramcrop.evaluation import extract_features, knn_top1
-    from paramcrop.train import normalize_clips
+    from paramcrop.data.batches import normalize_clips
 
     spec = resolve_source(source)
     stride = max(1, cfg.data.stride * cfg.data.frames // cfg.view.frames)
@@ -44,13 +44,16 @@ def direct_knn(backbone, source: str, cfg: TrainConfig) -> float:
 
 def tracked_train(cfg: TrainConfig, tmp: Path, experiment: str = "transfer"):
     """A finished tracked run of ``cfg``: (trainer, run id, client)."""
-    from studies.tracking import get_or_create_experiment, open_tracking_store, tracked_run
+    from studies.mlflow_sink import tracked_run
+    from studies.tracking import get_or_create_experiment, open_tracking_store
+    from paramcrop.plan import resolve
     from paramcrop.train import Trainer
 
     client = open_tracking_store(os.environ["MLFLOW_TRACKING_URI"])
-    trainer = Trainer(cfg, tmp / "run", progress=False)
+    plan = resolve(cfg)
     with tracked_run(client, get_or_create_experiment(client, experiment), "r", {sinks.TAG_ROLE: "train"}) as sink:
-        trainer.fit(sink)
+        trainer = Trainer(plan, tmp / "run", sink=sink, progress=False)
+        trainer.fit()
     return trainer, sink.run_id, client
 
 
@@ -291,7 +294,8 @@ def test_paramcrop_eval_refuses_bad_input(workdir):
 def test_a_model_queued_while_the_store_is_down_is_spooled_and_replayed(workdir):
     import mlflow.pytorch
 
-    from studies.tracking import MlflowSink, get_or_create_experiment, open_tracking_store, replay_spool
+    from studies.mlflow_sink import MlflowSink, replay_spool
+    from studies.tracking import get_or_create_experiment, open_tracking_store
 
     client = open_tracking_store(os.environ["MLFLOW_TRACKING_URI"])
     run = client.create_run(get_or_create_experiment(client, "spool"))

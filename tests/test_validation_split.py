@@ -18,7 +18,8 @@ from paramcrop.config import ConfigError, TrainConfig
 from paramcrop.data import resolve_source
 from paramcrop.data.sources import DatasetSpec, VideoRecord, parse_folder
 from paramcrop.evaluation import extract_features, knn_top1
-from paramcrop.train import Trainer, normalize_clips
+from paramcrop.data.batches import normalize_clips
+from paramcrop.train import Trainer
 from studies.spec import DEFAULT_OBJECTIVE, SpecError, StudySpec, builtin_names, load_spec
 from studies.storage import DEFAULT_STORAGE, open_storage
 
@@ -160,7 +161,7 @@ def test_validation_knn_equals_knn_top1_on_the_same_features(workdir, tiny_datas
 
 def test_online_evaluations_report_both_splits_and_no_split_reports_test_only(workdir, tiny_dataset):
     sink = sinks.MemorySink()
-    Trainer(tiny_config(**{"steps": 4, "eval.every": 2}), workdir / "a", progress=False).fit(sink)
+    Trainer(tiny_config(**{"steps": 4, "eval.every": 2}), workdir / "a", sink=sink, progress=False).fit()
     assert [s for s, _ in sink.series(sinks.EVAL_VAL_KNN_TOP1)] == [s for s, _ in sink.series(sinks.EVAL_KNN_TOP1)]
     assert len(sink.series(sinks.EVAL_VAL_KNN_TOP1)) == 2
     trainer = Trainer(tiny_config(**{"data.val_fraction": 0.0}), workdir / "b", progress=False)

@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from paramcrop import sinks
 from paramcrop.config import ConfigError, TrainConfig
-from paramcrop.train import Trainer, resolve_workers, train
+from paramcrop.plan import resolve_workers
+from paramcrop.train import Trainer, train
 from studies.commands import worker_env
 from studies.runner import RUN_ATTR
 from studies.storage import DEFAULT_STORAGE, open_storage
@@ -79,9 +80,10 @@ def test_auto_workers_follow_the_documented_rule(monkeypatch, cores, gpus, expec
 def test_trainer_resolves_auto_once_and_records_the_count(tmp_path, monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 3)
     sink = sinks.MemorySink()
-    trainer = Trainer(tiny_config(**{"data.workers": "auto", "device": "cpu", "steps": 2}), tmp_path, progress=False)
+    trainer = Trainer(tiny_config(**{"data.workers": "auto", "device": "cpu", "steps": 2}), tmp_path, sink=sink,
+                      progress=False)
     assert trainer.cfg.data.workers == 2
-    trainer.fit(sink)
+    trainer.fit()
     assert sink.params["data.workers"] == 2
     assert "workers: 2" in (tmp_path / "config.yaml").read_text()
 

@@ -145,6 +145,13 @@ class Framework(nn.Module):
         maps = self.backbone.forward_features(x)
         return self.projector(pool(maps), aug), maps
 
+    def augmentation_inputs(self, cubes1: Tensor, cubes2: Tensor, flip1: Tensor, flip2: Tensor
+                            ) -> tuple[Tensor | None, Tensor | None]:
+        """The two views' augmentation vectors ``(aug1, aug2)``, each ``(B, AUG_DIM)`` or None when the
+        head takes none, from their cubes ``(B, 6)`` and flip flags ``(B,)`` (bool): the ``aug1, aug2``
+        of :meth:`forward` and :meth:`pair_losses`."""
+        return self.projector.augmentation_inputs(cubes1, cubes2, flip1, flip2)
+
     def update_targets(self) -> None:
         """Called by the trainer after each optimiser step (momentum / EMA updates). No-op here."""
 

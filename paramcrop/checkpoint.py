@@ -1,0 +1,90 @@
+"""Checkpoints and random state: seeding, each process's RNG state, atomic checkpoint files.
+
+A run's folder holds ``checkpoint.pt`` (rank 0: the trainer's state and rank 0's RNG state) and,
+under torchrun, ``rng-rank<r>.pt`` for each rank r > 0 (its RNG state, tagged with the step).
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+CHECKPOINT_NAME = "checkpoint.pt"
+RANK_RNG_NAME = "rng-rank{rank}.pt"  # rank r > 0's RNG state at the checkpoint (rank 0's is in the checkpoint)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of DDP rank ``rank``'s random stream (cubes, ParamCrop noise, augmentation draws):
+    ``seed`` itself on rank 0 (a single process draws what it always drew), on rank r > 0 a 63-bit
+    number from ``numpy.random.SeedSequence([seed, r])``, so every rank draws its own views and
+    the run stays reproducible from ``(seed, world_size)``."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**63, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def rng_state() -> dict[str, Tensor | list[Tensor]]:
+    """This process's torch, numpy, Python (and CUDA) RNG states, as tensors (``weights_only`` loads them)."""
+    state = {"rng_torch": torch.get_rng_state(),
+             "rng_numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+             "rng_python": torch.tensor(random.getstate()[1], dtype=torch.int64)}
+    if torch.cuda.is_available():
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["rng_torch"].cpu())
+    np.random.set_state(("MT19937", state["rng_numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    random.setstate((3, tuple(int(x) for x in state["rng_python"]), None))
+    if "rng_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+
+
+def save_atomic(state: dict, path: Path) -> Path:
+    """``torch.save`` to a temp file, then rename: a crash never leaves a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint's state; ``weights_only=True``: loading never executes code."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def saved_step(path: Path) -> int | None:
+    """The step a checkpoint was written at (memory-mapped: the weights are not read); None for a torn
+    or foreign file."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:  # noqa: BLE001 - whatever a bad file raises
+        return None
+
+
+def save_rank_rng(run_dir: Path, rank: int, step: int) -> None:
+    """Rank ``rank`` > 0's RNG state at ``step``, in its ``rng-rank<r>.pt``."""
+    save_atomic({"step": step, **rng_state()}, run_dir / RANK_RNG_NAME.format(rank=rank))
+
+
+def restore_rank_rng(run_dir: Path, rank: int, step: int, seed: int) -> None:
+    """Rank ``rank`` > 0's stream as saved at ``step``; a rank without one (the world grew, or it died
+    before writing) starts a fresh stream seeded from ``(seed, step, rank)``."""
+    own = run_dir / RANK_RNG_NAME.format(rank=rank)
+    state = load(own) if own.exists() else None
+    if state is not None and int(state["step"]) == step:
+        set_rng_state(state)
+    else:
+        seed_everything(rank_seed(seed * 1_000_003 + step, rank))

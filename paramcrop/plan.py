@@ -1,0 +1,154 @@
+"""Resolving a run: the config with every run-time choice filled in, and the components built from it.
+
+:func:`resolve` runs once before the :class:`~paramcrop.train.Trainer` (so bad input fails before
+anything is tracked). It fills in, in one :meth:`~paramcrop.config.TrainConfig.with_overrides`, what
+the config leaves to the run: ``data.workers: auto`` (:func:`resolve_workers`), the data source's
+augmentation defaults where ``augment`` sets none (synthetic: no flip), ``crop.steps`` for a crop
+scheduled over the run, and ``compile: false`` when ``$PARAMCROP_COMPILE`` is ``0``; the params and
+``config.yaml`` of the run record that resolved config.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from paramcrop.augment import ClipAugment
+from paramcrop.checkpoint import seed_everything
+from paramcrop.config import AUTO, ConfigError, TrainConfig
+from paramcrop.crops.base import CropMethod
+from paramcrop.distributed import DistInfo, init_from_env
+from paramcrop.frameworks.base import Framework
+from paramcrop.heads import HeadSpec
+from paramcrop.losses import ORDER_LOSS, REGION_LOSS, RegionContrast, TemporalOrder
+from paramcrop.runtime import tune_allocator
+
+COMPILE_ENV = "PARAMCROP_COMPILE"  # "0": no torch.compile whatever the config says (tests, debugging)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU) or a torch device name; ``ConfigError`` for CUDA without CUDA."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available: use --device cpu or auto")
+    return device
+
+
+def resolve_workers(setting: int | str, device: torch.device) -> int:
+    """The DataLoader worker count for ``data.workers``: an int is used as given; ``"auto"`` is
+    ``min(8, cores // GPUs)`` on CUDA (each GPU's process gets its share of the cores) and on CPU
+    ``min(4, cores - 1)`` when there are more than 2 cores, else 0 (on 1-2 cores workers would
+    take cores from the training step itself), ``cores`` being ``os.cpu_count()``."""
+    if setting != AUTO:
+        return int(setting)
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cores // max(1, torch.cuda.device_count()))
+    return min(4, cores - 1) if cores > 2 else 0
+
+
+@dataclass
+class RunPlan:
+    """A resolved config and the components of its run, on ``device``.
+
+    ``eval_sets``: the memory bank (the training videos) and the test split, as evaluation clips;
+    ``val_set``: the held-out validation split (None without one); ``losses``: the switched-on
+    auxiliary losses by metric name, ``loss_weights`` their weights; ``autocast``: whether steps
+    run under bf16 autocast.
+    """
+
+    cfg: TrainConfig
+    device: torch.device
+    dist: DistInfo
+    autocast: bool
+    backbone: nn.Module  # the framework's online backbone: what is evaluated and transfers
+    train_set: object  # paramcrop.data.TrainClips
+    eval_sets: list
+    val_set: object | None
+    num_classes: int
+    downstream: list  # paramcrop.transfer.DownstreamDataset per eval.datasets source
+    crop: CropMethod
+    augment: ClipAugment
+    framework: Framework
+    losses: nn.ModuleDict
+    loss_weights: dict[str, float]
+
+    def __post_init__(self) -> None:
+        if len(self.eval_sets) != 2:
+            raise ValueError(f"eval_sets must be (memory bank, test split), got {len(self.eval_sets)} sets")
+        if set(self.losses) - set(self.loss_weights):
+            raise ValueError(f"losses without a weight: {sorted(set(self.losses) - set(self.loss_weights))}")
+        if self.backbone is not self.framework.backbone:
+            raise ValueError("backbone must be the framework's own online backbone")
+
+
+def resolve(cfg: TrainConfig) -> RunPlan:
+    """Resolve ``cfg`` (see the module docstring) and build its components. Draws, from ``cfg.seed``
+    (seeded here): the backbone's, then the crop's, the framework head's and the auxiliary losses'
+    initial weights. Under torchrun the process group is joined here and each rank builds the same weights."""
+    from paramcrop.backbones import create_backbone
+    from paramcrop.crops import CROPS, create_crop
+    from paramcrop.data import EvalClips, TrainClips, resolve_source
+    from paramcrop.data.datasets import check_window_fits
+    from paramcrop.frameworks import create_framework
+    from paramcrop.transfer import DownstreamDataset, eval_stride
+
+    tune_allocator()  # large blocks reused, not refaulted each step (paramcrop.runtime)
+    device = resolve_device(cfg.device)
+    dist = init_from_env(device.type)  # a single process unless launched by torchrun
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    autocast = (cfg.precision == "bf16") or (cfg.precision == "auto" and device.type == "cuda")
+    overrides: dict[str, object] = {}
+    if cfg.data.workers == AUTO:
+        overrides["data.workers"] = resolve_workers(cfg.data.workers, device)
+    seed_everything(cfg.seed)
+
+    backbone_name, backbone_kw = cfg.component("backbone")
+    backbone = create_backbone(backbone_name, **backbone_kw)
+    backbone.check_input(cfg.view.frames, cfg.view.size)
+
+    dataset = resolve_source(cfg.data.source).with_validation(cfg.data.val_fraction)  # val: held out of all else
+    overrides.update({f"augment.{k}": v for k, v in dataset.augment_defaults.items() if k not in cfg.augment})
+    crop_name, crop_kw = cfg.component("crop")
+    if CROPS.get(crop_name).uses_run_steps(crop_kw):  # a scheduled crop spans the run
+        overrides["crop.steps"] = cfg.steps
+    if cfg.compile and os.environ.get(COMPILE_ENV) == "0":
+        overrides["compile"] = False
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
+
+    check_window_fits(dataset.train, cfg.data.frames, cfg.data.stride)  # refuse a clip longer than every video
+    cache = cfg.data.cache_mb
+    train_set = TrainClips(dataset.train, cfg.data.frames, cfg.data.stride, cfg.data.size, seed=cfg.seed,
+                           cache_mb=cache)
+    view = (cfg.view.frames, eval_stride(cfg), cfg.view.size, cfg.eval.clips_per_video)  # a whole raw clip's span
+    eval_sets = [EvalClips(train_set.records, *view, infos=train_set.infos, cache_mb=cache),
+                 EvalClips(dataset.test, *view, cache_mb=cache)]  # the first: scanned once
+    val_set = EvalClips(dataset.val, *view, cache_mb=cache) if dataset.val else None  # never trained on
+    downstream = [DownstreamDataset(source, cfg) for source in cfg.eval.datasets]  # scanned once
+
+    crop_name, crop_kw = cfg.component("crop")
+    crop = create_crop(crop_name, (cfg.view.frames, cfg.view.size, cfg.view.size), **crop_kw).to(device)
+    augment = ClipAugment(**cfg.augment)
+    if cfg.compile:
+        crop.fuse()
+        augment.fuse()
+    fw_name, fw_kw = cfg.component("framework")
+    framework = create_framework(fw_name, backbone, HeadSpec(*cfg.component("head")), **fw_kw).to(device)
+    obj = cfg.losses
+    losses = nn.ModuleDict()
+    if obj.region > 0:
+        losses[REGION_LOSS] = RegionContrast(backbone.feature_dim, temperature=obj.region_temperature)
+    if obj.order > 0:
+        losses[ORDER_LOSS] = TemporalOrder(backbone.feature_dim, bins=obj.order_bins)
+    losses.to(device)
+    return RunPlan(cfg=cfg, device=device, dist=dist, autocast=autocast, backbone=backbone, train_set=train_set,
+                   eval_sets=eval_sets, val_set=val_set, num_classes=len(dataset.classes), downstream=downstream,
+                   crop=crop, augment=augment, framework=framework, losses=losses,
+                   loss_weights={REGION_LOSS: obj.region, ORDER_LOSS: obj.order})
