@@ -1,4 +1,4 @@
-"""Process-level settings for training on CPU (issue 15): the allocator, and compiled kernels.
+"""Process-level settings for training on CPU: the allocator, compiled kernels, and a quiet torch.compile.
 
 glibc's ``malloc`` serves each large block (above ``M_MMAP_THRESHOLD``: 128 KiB at first, raised
 as blocks are freed, at most 32 MiB) with a fresh ``mmap``, gives it back with ``munmap`` on
@@ -12,11 +12,16 @@ quickstart's random-crop run, about 50,000 faults per step with glibc's defaults
 trimming below 2 GiB of free top (``M_TRIM_THRESHOLD``): a step then faults no page once the heap
 has grown to the step's peak (0.4 faults per step measured). The process keeps its peak working set
 instead of returning and refaulting it each step.
+
+On a machine without CUDA, inductor's first compile imports ``torch.utils.cpp_extension``, which logs
+``No CUDA runtime is found, using CUDA_HOME=...`` when a CUDA toolkit folder exists; importing this
+module drops that one message (:class:`NoCudaRuntimeNotice`), every other record of that logger stays.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import warnings
 from typing import Callable
@@ -27,6 +32,26 @@ OPT_OUT = "PARAMCROP_DEFAULT_MALLOC"  # set (to anything) to keep glibc's defaul
 _GLIBC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 _tuned: bool | None = None
+CPP_EXTENSION_LOGGER = "torch.utils.cpp_extension"
+
+
+class NoCudaRuntimeNotice(logging.Filter):
+    """Drops ``torch.utils.cpp_extension``'s "No CUDA runtime is found" warning (CPU-only runs expect no CUDA)."""
+
+    MESSAGE = "No CUDA runtime is found"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.MESSAGE)
+
+
+def quiet_cpp_extension() -> None:
+    """Install :class:`NoCudaRuntimeNotice` on the ``torch.utils.cpp_extension`` logger, once."""
+    logger = logging.getLogger(CPP_EXTENSION_LOGGER)
+    if not any(isinstance(f, NoCudaRuntimeNotice) for f in logger.filters):
+        logger.addFilter(NoCudaRuntimeNotice())
+
+
+quiet_cpp_extension()
 
 
 def tune_allocator() -> bool:
