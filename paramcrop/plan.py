@@ -16,14 +16,20 @@ import torch
 from torch import nn
 
 from paramcrop.augment import ClipAugment
+from paramcrop.backbones import create_backbone
 from paramcrop.checkpoint import seed_everything
 from paramcrop.config import AUTO, ConfigError, TrainConfig
+from paramcrop.crops import CROPS, create_crop
 from paramcrop.crops.base import CropMethod
+from paramcrop.data import EvalClips, TrainClips, resolve_source
+from paramcrop.data.datasets import check_window_fits
 from paramcrop.distributed import DistInfo, init_from_env
+from paramcrop.frameworks import create_framework
 from paramcrop.frameworks.base import Framework
 from paramcrop.heads import HeadSpec
 from paramcrop.losses import ORDER_LOSS, REGION_LOSS, RegionContrast, TemporalOrder
 from paramcrop.runtime import tune_allocator
+from paramcrop.transfer import DownstreamDataset, eval_stride
 
 COMPILE_ENV = "PARAMCROP_COMPILE"  # "0": no torch.compile whatever the config says (tests, debugging)
 
@@ -66,11 +72,11 @@ class RunPlan:
     dist: DistInfo
     autocast: bool
     backbone: nn.Module  # the framework's online backbone: what is evaluated and transfers
-    train_set: object  # paramcrop.data.TrainClips
-    eval_sets: list
-    val_set: object | None
+    train_set: TrainClips
+    eval_sets: list[EvalClips]
+    val_set: EvalClips | None
     num_classes: int
-    downstream: list  # paramcrop.transfer.DownstreamDataset per eval.datasets source
+    downstream: list[DownstreamDataset]  # one per eval.datasets source
     crop: CropMethod
     augment: ClipAugment
     framework: Framework
@@ -90,13 +96,6 @@ def resolve(cfg: TrainConfig) -> RunPlan:
     """Resolve ``cfg`` (see the module docstring) and build its components. Draws, from ``cfg.seed``
     (seeded here): the backbone's, then the crop's, the framework head's and the auxiliary losses'
     initial weights. Under torchrun the process group is joined here and each rank builds the same weights."""
-    from paramcrop.backbones import create_backbone
-    from paramcrop.crops import CROPS, create_crop
-    from paramcrop.data import EvalClips, TrainClips, resolve_source
-    from paramcrop.data.datasets import check_window_fits
-    from paramcrop.frameworks import create_framework
-    from paramcrop.transfer import DownstreamDataset, eval_stride
-
     tune_allocator()  # large blocks reused, not refaulted each step (paramcrop.runtime)
     device = resolve_device(cfg.device)
     dist = init_from_env(device.type)  # a single process unless launched by torchrun
