@@ -429,7 +429,7 @@ class Trainer:
         if self.dist.is_main:
             if self.step == cfg.steps:
                 eval_metrics = self._evaluate_and_report()
-                artifacts.log_models(self.sink, self.run_dir, cfg, self.plan.backbone, self.crop)
+                self._log_models()
             self._report_skipped()  # files that failed to decode during training too
         return TrainResult(steps=self.step, seconds=time.perf_counter() - start_time, final_metrics=last,
                            eval_metrics=eval_metrics, run_dir=self.run_dir, skipped_videos=self.skipped_videos())
@@ -441,6 +441,10 @@ class Trainer:
         if self.on_eval is not None:
             self.on_eval(step, metrics)
         return metrics
+
+    def _log_models(self) -> None:
+        """The finished run's backbone and a learned crop's generator (:func:`paramcrop.artifacts.log_models`)."""
+        artifacts.log_models(self.sink, self.run_dir, self.cfg, self.plan.backbone, self.crop)
 
     def skipped_videos(self) -> list[tuple[str, Path, str]]:
         """``(split, path, reason)`` of every file the datasets could not read so far."""
