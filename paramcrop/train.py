@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Sampler
 from paramcrop import sinks
 from paramcrop.augment import AugmentParams, ClipAugment
 from paramcrop.config import AUTO, ConfigError, TrainConfig
-from paramcrop.crops.adversary import warmup_cosine
+from paramcrop.schedules import warmup_cosine
 from paramcrop.crops.base import CropMethod, Views, by_parts
 from paramcrop.distributed import DistInfo, average_gradients, init_from_env, shard
 from paramcrop.frameworks.base import pool

@@ -535,7 +535,8 @@ def test_table_groups_by_head_and_losses(tmp_path):
     assert "| SimCLR · Tiny3D | CATE | region+order | 0.720 ± 0.028 (n=2) |" in md
 
     from analysis.load import select
-    from analysis.tables import heatmap_rows, objective_table, objective_values
+    from analysis.tables import heatmap_rows, objective_table
+    from analysis.values import objective_values
 
     tab = objective_table(objective_values(select(s.client, study="heads"))[0])
     labels, ylabel, suffix = heatmap_rows(tab)  # one framework and backbone: named in the title

@@ -16,7 +16,8 @@ from cli import app
 from paramcrop import sinks
 from paramcrop.config import ConfigError, TrainConfig
 from paramcrop.data import resolve_source
-from paramcrop.data.sources import DatasetSpec, VideoRecord, parse_folder
+from paramcrop.data.records import DatasetSpec, VideoRecord
+from paramcrop.data.sources import parse_folder
 from paramcrop.evaluation import extract_features, knn_top1
 from paramcrop.train import Trainer, normalize_clips
 from studies.spec import DEFAULT_OBJECTIVE, SpecError, StudySpec, builtin_names, load_spec

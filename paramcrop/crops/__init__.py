@@ -7,8 +7,9 @@ from paramcrop.crops.dof import PARAMETERS as DOF_PARAMETERS
 from paramcrop.crops.dof import PRESETS as DOF_PRESETS
 from paramcrop.crops.dof import DegreesOfFreedom, parse_dof
 from paramcrop.crops.hardest import HardestViews
+from paramcrop.crops.matched import MatchedRandomCrop
 from paramcrop.crops.paramcrop import ParamCrop, clip_summary, grad_reverse, squash
-from paramcrop.crops.random import MatchedRandomCrop, RandomCubicCrop
+from paramcrop.crops.random import RandomCubicCrop
 from paramcrop.crops.replay import ReplayCrop
 
 __all__ = [

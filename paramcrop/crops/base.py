@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from paramcrop.checks import range_pair
+from paramcrop.crops.adversary import Adversary
 from paramcrop.geometry import _check_size, crop_video, traceable_crop_video_taps
 from paramcrop.registry import Registry, constructor_keys
 from paramcrop.runtime import Compiled
@@ -86,12 +87,10 @@ class CropMethod(nn.Module):
         empty for crops that learn nothing."""
         return list(self.parameters())
 
-    def adversary(self, lr: float, **rule) -> "Adversary":  # noqa: F821
+    def adversary(self, lr: float, **rule) -> Adversary:
         """The update of this crop's learned parameters at rate ``lr`` (at lambda = 1; ``rule``: the
         :class:`~paramcrop.crops.adversary.Adversary`'s optimiser and schedule keys): call its ``step(step)``
         after each ``loss.backward()`` (:mod:`paramcrop.crops.adversary`; a no-op for crops that learn nothing)."""
-        from paramcrop.crops.adversary import Adversary
-
         return Adversary(self, lr, **rule)
 
     def bind_scorer(self, score: PairScorer) -> None:
