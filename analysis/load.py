@@ -129,8 +129,8 @@ def _search_runs(client: "MlflowClient", experiment_ids: Sequence[str], filter_s
 
 def runs_frame(runs: Iterable["Run"], experiment_names: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per run: identity, status, times, ``params.*``, ``tags.*``, ``metrics.*``. Params
-    under an old config name (:data:`paramcrop.config.RENAMED_SECTIONS`: ``objectives.region`` of runs
-    logged before the rename) are read under the current one (``losses.region``)."""
+    under an old config name (:data:`paramcrop.config.RENAMED_KEYS`: ``objectives.region``, ``augment.strength``)
+    are read under the current one (``losses.region``, ``augment.jitter_scale``)."""
     rows = []
     for run in runs:
         info, data = run.info, run.data
@@ -143,7 +143,7 @@ def runs_frame(runs: Iterable["Run"], experiment_names: dict[str, str] | None = 
             "start_time": pd.to_datetime(info.start_time, unit="ms", utc=True) if info.start_time else pd.NaT,
             "end_time": pd.to_datetime(info.end_time, unit="ms", utc=True) if info.end_time else pd.NaT,
         }
-        row.update({f"params.{current_key(k)}": v for k, v in data.params.items()})  # objectives.* -> losses.*
+        row.update({f"params.{current_key(k)}": v for k, v in data.params.items()})
         row.update({f"tags.{k}": v for k, v in data.tags.items()})
         row.update({f"metrics.{k}": v for k, v in data.metrics.items()})
         rows.append(row)

@@ -6,8 +6,9 @@ spec's fixed config + the sampled params, dotted keys alike). The sections ``cro
 constructor arguments of the chosen component, checked against its registry in
 :meth:`TrainConfig.validate`. ``losses`` holds the weights of the auxiliary loss terms (0 = off),
 plain numbers so that a study can switch or tune them like any other key. Old key names
-(:data:`RENAMED_SECTIONS`: the section ``objectives``, now ``losses``) are still read, with a
-:class:`RenamedKeyWarning`, in :meth:`TrainConfig.from_dict` and :meth:`TrainConfig.with_overrides`.
+(:data:`RENAMED_KEYS`: the section ``objectives``, now ``losses``; ``augment.strength``, now
+``augment.jitter_scale``) are still read, with a :class:`RenamedKeyWarning`, in
+:meth:`TrainConfig.from_dict` and :meth:`TrainConfig.with_overrides`.
 """
 from __future__ import annotations
 
@@ -137,7 +138,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "TrainConfig":
         """Build from a (possibly partial) nested dict; unknown keys raise :class:`ConfigError`."""
-        cfg = _from_dict(cls, _current_sections(dict(data or {})), prefix="")
+        cfg = _from_dict(cls, _current_names(data or {}), prefix="")
         cfg.validate()
         return cfg
 
@@ -316,37 +317,43 @@ class TrainConfig:
 
 # --- helpers ------------------------------------------------------------------------------
 _COMPONENT_KEYS = {"crop": "method", "framework": "name", "backbone": "name", "head": "name"}
-RENAMED_SECTIONS = {"objectives": "losses"}
-"""Old config section -> its name now: the old name is still read (with a :class:`RenamedKeyWarning`)
-in configs, specs and ``--set``, and :func:`current_key` maps the params of runs logged before."""
+RENAMED_KEYS = {"objectives": "losses", "augment.strength": "augment.jitter_scale"}
+"""Old config key (a section or a dotted key) -> its name now: the old name is still read (with a
+:class:`RenamedKeyWarning`) in configs, specs and ``--set``, and :func:`current_key` maps the params of
+runs logged before. A renamed dotted key stays in its section."""
 
 
 class RenamedKeyWarning(DeprecationWarning):
-    """A config key given under its old name (:data:`RENAMED_SECTIONS`); it is read as the new one."""
+    """A config key given under its old name (:data:`RENAMED_KEYS`); it is read as the new one."""
 
 
 def current_key(key: str, warn: bool = False) -> str:
-    """A dotted key (or a section name) under its current name: ``objectives.region`` -> ``losses.region``;
-    ``warn``: a :class:`RenamedKeyWarning` when it was an old name."""
-    section, dot, rest = key.partition(".")
-    if section not in RENAMED_SECTIONS:
-        return key
-    new = RENAMED_SECTIONS[section] + dot + rest
-    if warn:
-        warnings.warn(f"config key {key!r} is deprecated: read as {new!r}, write that instead", RenamedKeyWarning,
-                      stacklevel=3)
-    return new
+    """A dotted key (or a section name) under its current name: ``objectives.region`` -> ``losses.region``,
+    ``augment.strength`` -> ``augment.jitter_scale``; ``warn``: a :class:`RenamedKeyWarning` when it was
+    an old name."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        old = ".".join(parts[:n])
+        if old in RENAMED_KEYS:
+            new = ".".join([RENAMED_KEYS[old], *parts[n:]])
+            if warn:
+                warnings.warn(f"config key {key!r} is deprecated: read as {new!r}, write that instead",
+                              RenamedKeyWarning, stacklevel=3)
+            return new
+    return key
 
 
-def _current_sections(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` (a top-level config dict) with old section names mapped to the new ones (a warning each);
-    both names of one section is a :class:`ConfigError`."""
+def _current_names(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``data`` (the config dict, or its section ``prefix``) with old key names mapped to the new ones
+    (a warning each), sections included; both names of one key is a :class:`ConfigError`."""
     out: dict[str, Any] = {}
     for key, value in data.items():
-        new = current_key(key, warn=True)
-        if new != key and new in data:
-            raise ConfigError(f"the config has both {key!r} and {new!r}: keep only {new!r} ({key!r} is its old name)")
-        out[new] = value
+        new = current_key(prefix + key, warn=True)
+        name = new[len(prefix):]
+        if name != key and name in data:
+            old = prefix + key
+            raise ConfigError(f"the config has both {old!r} and {new!r}: keep only {new!r} ({old!r} is its old name)")
+        out[name] = _current_names(value, new + ".") if isinstance(value, Mapping) else value
     return out
 
 

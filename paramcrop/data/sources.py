@@ -35,7 +35,7 @@ FOLDER_TEST_PERCENT = 20
 OFFICIAL_SPLITS = (1, 2, 3)
 
 
-SYNTHETIC_AUGMENT = {"flip_p": 0.0, "strength": 0.5}
+SYNTHETIC_AUGMENT = {"flip_p": 0.0, "jitter_scale": 0.5}
 """The synthetic benchmark's augmentation defaults: its classes include left vs right motion (a
 horizontal flip swaps them), and half-strength colour jitter suits its 32-48 px clips."""
 
