@@ -47,7 +47,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from mlflow.entities import Run
 
 ROLE_STUDY = "study"
-DEFAULT_OBJECTIVE = sinks.EVAL_KNN_TOP1
+DEFAULT_REPORTED_METRIC = sinks.EVAL_KNN_TOP1
+"""What an analysis reports when neither ``--objective`` nor the study's ``paramcrop.objective`` tag names
+a metric: the test split's kNN top-1."""
 HISTORY_COLUMNS = ["run_id", "metric", "step", "timestamp", "value"]
 _PAGE = 1000
 
@@ -199,12 +201,12 @@ def finished_only(runs: pd.DataFrame, what: str) -> tuple[pd.DataFrame, list[str
 
 def _objective(parent_tags: dict | None, objective: str | None) -> str:
     """``objective``, else the (first, for a multi-objective study: the tag is comma-separated)
-    metric of the parent's ``paramcrop.objective`` tag, else ``eval/knn_top1``."""
+    metric of the parent's ``paramcrop.objective`` tag, else :data:`DEFAULT_REPORTED_METRIC`."""
     if objective:
         return objective
     tag = (parent_tags or {}).get(sinks.TAG_OBJECTIVE) or ""
     first = tag.split(",")[0].strip()
-    return first or DEFAULT_OBJECTIVE
+    return first or DEFAULT_REPORTED_METRIC
 
 
 def select(
