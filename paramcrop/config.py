@@ -27,6 +27,12 @@ AUTO_KEYS = ("data.workers",)
 """Integer leaves that also accept the string ``"auto"`` (resolved where the run starts)."""
 
 
+BOOKKEEPING = {"bookkeeping": True}
+"""Field metadata of a run's bookkeeping: a key that cannot change a training result beyond float
+rounding (workers, caches, device, compilation, logging, checkpoints, snapshots, visualisations), so
+runs that differ only in it are one configuration (:func:`bookkeeping_keys`)."""
+
+
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key and the fix."""
 
@@ -45,9 +51,9 @@ class DataConfig:
     frames: int = 16  # raw clip length in frames (the views are cut from it)
     stride: int = 2  # temporal stride between decoded frames
     size: int = 64  # raw clip side (short side resized to it, then center-cropped square)
-    workers: int | str = 0  # DataLoader worker processes, or "auto" (paramcrop.train.resolve_workers)
+    workers: int | str = field(default=0, metadata=BOOKKEEPING)  # DataLoader worker processes, or "auto" (paramcrop.train.resolve_workers)
     val_fraction: float = 0.2  # of each class's training videos, held out for validation (0 = none)
-    cache_mb: float = 1024  # a split whose decoded videos fit in this (MiB, per process) is decoded once, 0 = off
+    cache_mb: float = field(default=1024, metadata=BOOKKEEPING)  # a split whose decoded videos fit in this (MiB, per process) is decoded once, 0 = off
 
 
 @dataclass
@@ -126,13 +132,13 @@ class TrainConfig:
     steps: int = 300
     batch_size: int = 32
     seed: int = 0
-    device: str = "auto"  # auto = cuda when available, else cpu
+    device: str = field(default="auto", metadata=BOOKKEEPING)  # auto = cuda when available, else cpu
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
-    compile: bool = True  # torch.compile crop, colour jitter, flip (the fuse() methods); PARAMCROP_COMPILE=0 = off
-    log_every: int = 10
-    checkpoint_every: int = 0  # 0 = only at the end
-    snapshot_every: int = 25  # a learned crop's generator snapshots every N steps, for `replay` (0 = none)
-    visualize_at: int = 3  # crop visualisations at this many points of training (0 = none)
+    compile: bool = field(default=True, metadata=BOOKKEEPING)  # torch.compile crop, colour jitter, flip (the fuse() methods); PARAMCROP_COMPILE=0 = off
+    log_every: int = field(default=10, metadata=BOOKKEEPING)
+    checkpoint_every: int = field(default=0, metadata=BOOKKEEPING)  # 0 = only at the end
+    snapshot_every: int = field(default=25, metadata=BOOKKEEPING)  # a learned crop's generator snapshots every N steps, for `replay` (0 = none)
+    visualize_at: int = field(default=3, metadata=BOOKKEEPING)  # crop visualisations at this many points of training (0 = none)
 
     # --- construction ------------------------------------------------------------------
     @classmethod
@@ -313,6 +319,18 @@ class TrainConfig:
         """``(name, constructor kwargs)`` of the ``crop``, ``framework``, ``backbone`` or ``head`` section."""
         params = dict(getattr(self, section))
         return params.pop(_COMPONENT_KEYS[section]), params
+
+
+def bookkeeping_keys(cls: type | None = None, prefix: str = "") -> frozenset[str]:
+    """The dotted keys of the fields marked :data:`BOOKKEEPING` in ``cls`` (default :class:`TrainConfig`)
+    and its sections: ``{"data.workers", ..., "snapshot_every", "visualize_at"}``."""
+    keys: set[str] = set()
+    for f in dataclasses.fields(cls or TrainConfig):
+        if f.metadata.get("bookkeeping"):
+            keys.add(prefix + f.name)
+        elif f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            keys |= bookkeeping_keys(f.default_factory, f"{prefix}{f.name}.")
+    return frozenset(keys)
 
 
 # --- helpers ------------------------------------------------------------------------------
