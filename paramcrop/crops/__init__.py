@@ -1,6 +1,6 @@
 """Crop methods, one file each, created by name through :func:`create_crop`."""
 from paramcrop.crops.adversary import Adversary
-from paramcrop.crops.base import CROPS, CropMethod, Views, create_crop
+from paramcrop.crops.base import CROPS, CropMethod, Views, create_crop, method_label
 from paramcrop.crops.curriculum import CurriculumCrop
 from paramcrop.crops.cvrl import CVRLCrop, sample_power_law_interval
 from paramcrop.crops.dof import PARAMETERS as DOF_PARAMETERS
@@ -14,7 +14,7 @@ from paramcrop.crops.replay import ReplayCrop
 
 __all__ = [
     "CROPS", "DOF_PARAMETERS", "DOF_PRESETS", "Adversary", "CropMethod", "DegreesOfFreedom", "Views",
-    "create_crop", "CurriculumCrop", "CVRLCrop", "HardestViews", "MatchedRandomCrop", "ParamCrop", "RandomCubicCrop",
+    "create_crop", "method_label", "CurriculumCrop", "CVRLCrop", "HardestViews", "MatchedRandomCrop", "ParamCrop", "RandomCubicCrop",
     "ReplayCrop",
     "clip_summary", "grad_reverse", "parse_dof", "sample_power_law_interval", "squash",
 ]

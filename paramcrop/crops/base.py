@@ -50,8 +50,11 @@ class CropMethod(nn.Module):
 
     ``grad_fraction`` (a learned crop's constructor key; 1 for every other crop): the fraction of a
     batch's clips whose views carry the gradient to the cubes (:meth:`grad_subset`, :func:`by_parts`).
+    ``LABEL``: the method's name in figures and tables (:func:`method_label`); every registered crop
+    sets its own.
     """
 
+    LABEL = "crop"
     _fused: Compiled | None = None  # the compiled crop of both views once fuse() is called
     grad_fraction: float = 1.0
 
@@ -195,6 +198,11 @@ def by_parts(fn: Callable[..., Sequence[Tensor]], subset: Tensor, cubes1: Tensor
 def create_crop(name: str, size: Sequence[int], **params) -> CropMethod:
     """Build a registered crop method (``random``, ``cvrl``, ``paramcrop``, ``hardest``, ...) for views of ``size``."""
     return CROPS.create(name, size, **params)
+
+
+def method_label(name: str) -> str:
+    """The registered crop ``name``'s ``LABEL`` (``"ParamCrop"``, ``"Random crop"``); an unknown name as given."""
+    return CROPS.get(name).LABEL if name in CROPS else name
 
 
 check_range = range_pair  # the crops' name for :func:`paramcrop.checks.range_pair`

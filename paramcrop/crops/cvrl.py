@@ -46,6 +46,8 @@ class CVRLCrop(CropMethod):
     ``duration`` each view's temporal extent as a fraction of the clip (default 0.5);
     ``power`` the exponent p of the interval density (default 1: linearly decreasing)."""
 
+    LABEL = "CVRL crop"
+
     def __init__(
         self,
         size: Sequence[int],

@@ -71,6 +71,8 @@ class MatchedRandomCrop(RandomCubicCrop):
         dof, fixed_extent_xy, fixed_extent_t: as the random crop.
     """
 
+    LABEL = "Matched random crop"
+
     def __init__(
         self,
         size: Sequence[int],

@@ -175,6 +175,8 @@ class ParamCrop(CropMethod):
             clip, the exact gradient.
     """
 
+    LABEL = "ParamCrop"
+
     def __init__(
         self,
         size: Sequence[int],

@@ -31,6 +31,8 @@ class RandomCubicCrop(CropMethod):
             is controlled (e.g. ``dof=position``).
     """
 
+    LABEL = "Random crop"
+
     def __init__(
         self,
         size: Sequence[int],
