@@ -8,7 +8,7 @@ the seed and run bookkeeping), never pooled; rows are ``framework.name`` · ``ba
 ``head.name`` and the auxiliary-loss weights ``losses.region``, ``losses.order`` (0 = off),
 columns the crop (:func:`analysis.plots.crop_label`) plus ``key=value`` for each other param that
 varies (``Random crop (baseline), crop.area=(0.5, 1.0)``); a run without a head or loss
-param (older runs) counts as head ``mlp``, losses off.
+param counts as head ``mlp``, losses off.
 Per cell: ``n``, ``mean``, ``std`` (sample, ``ddof=1``; NaN for ``n = 1``) and the 95 %
 t-interval (:mod:`analysis.stats`). Written as ``table.csv`` (tidy, one row per configuration;
 the ``losses`` column names the auxiliary losses that are on: ``none``, ``region``, ``order``,

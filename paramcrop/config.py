@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Where clips come from: ``source`` (SPEC 1 string), the raw clip cut from each video.
+    """Where clips come from: ``source`` (a data source string, :mod:`paramcrop.data.sources`), the raw clip cut from each video.
 
     ``val_fraction`` of each class's training videos form the validation split
     (:meth:`paramcrop.data.DatasetSpec.with_validation`: stable, by a hash of class and file name).
@@ -102,7 +102,7 @@ class EvalConfig:
 
 @dataclass
 class LossesConfig:
-    """Auxiliary loss terms added to the framework's loss (:mod:`paramcrop.losses`, SPEC 3.6):
+    """Auxiliary loss terms added to the framework's loss (:mod:`paramcrop.losses`):
     each name is the term's weight, 0 = off; the other keys are the terms' settings."""
 
     region: float = 0.0  # soft spatio-temporal region contrast

@@ -1,4 +1,4 @@
-"""Evaluation (SPEC 3.8): on frozen backbone features weighted kNN, linear probe and retrieval;
+"""Evaluation: on frozen backbone features weighted kNN, linear probe and retrieval;
 supervised fine-tuning of a copy of the backbone where a run asks for it.
 
 Features are one L2-normalised vector per video: each of the K clips of a video is embedded

@@ -1,4 +1,4 @@
-"""CVRL crop (Qian et al., CVPR 2021; SPEC 3.3): power-law temporal interval sampling and a
+"""CVRL crop (Qian et al., CVPR 2021): power-law temporal interval sampling and a
 temporally consistent spatial crop per view.
 
 Each view spans a fixed fraction ``duration`` of the raw clip (CVRL's fixed-length clips cut
