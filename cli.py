@@ -14,6 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from studies import DEFAULT_STORAGE
+
 # Before torch loads OpenMP: an idle OpenMP thread spins a short while (GOMP_SPINCOUNT 10000, tens of
 # microseconds), then sleeps. On the 2-core machine a quickstart step took 150 ms this way and 179 ms
 # with threads that sleep at once (OMP_WAIT_POLICY=PASSIVE) when the process was alone, but 367 ms
@@ -173,7 +175,7 @@ def train(
 study_app = typer.Typer(help="Optuna studies over crops, frameworks, backbones and adversarial strength; "
                         "every trial an MLflow run.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
-STORAGE_HELP = ("Optuna storage: a journal file (default ./paramcrop-studies.journal, safe for several local "
+STORAGE_HELP = (f"Optuna storage: a journal file (default ./{DEFAULT_STORAGE}, safe for several local "
                 "workers) or an RDB URL such as postgresql://user:pass@host/db for workers on several hosts.")
 
 
@@ -699,7 +701,7 @@ def analyze_importance(
     study: Optional[str] = typer.Option(None, "--study", help="Optuna study name. (default: the study whose "
                                         "first trial started last)"),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage: a journal file path or an RDB "
-                                          "URL. (default: ./paramcrop-studies.journal)"),
+                                          f"URL. (default: ./{DEFAULT_STORAGE})"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder. (default: ./analysis-STUDY/)"),
     seed: int = typer.Option(0, "--seed", help="Seed of the fANOVA importance evaluator."),

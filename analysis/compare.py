@@ -2,7 +2,7 @@
 ``diff`` columns of ``analyze table``.
 
 - **Configurations** as everywhere (:mod:`analysis.groups`); each run counts with its final value
-  of the objective (:func:`analysis.tables.objective_values`).
+  of the objective (:func:`analysis.values.objective_values`).
 - **Baseline**: ``--baseline`` is a configuration's label exactly as the comparison shows it
   (``"Random crop (baseline), crop.area=(0.5, 1.0)"``), or param conditions ``key=value`` joined
   by ``,`` outside brackets (``crop.method=random`` or ``crop.method=random,crop.area=(0.5, 1.0)``;
@@ -28,10 +28,10 @@ import pandas as pd
 from analysis import groups, plots
 from analysis.errors import NoDataError, NotFoundError
 from analysis.load import RunQuery, column
-from analysis.plots import BASELINE_METHOD, P_CROP, P_SEED
+from analysis.plots import BASELINE_METHOD, P_CROP
 from analysis.report import Report
 from analysis.stats import check_level, t_interval
-from analysis.tables import objective_values
+from analysis.values import seeded_values
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -122,17 +122,6 @@ def paired(values: pd.DataFrame, baseline: int, level: float = 0.95) -> tuple[pd
             notes.append(f"{label} vs {base_label}: {unpaired} unpaired seed(s) or run(s) without a seed left out "
                          f"({', '.join(seeds + ['no seed'] * unseeded)}); {s['n']} pair(s) count.")
     return pd.DataFrame(rows, columns=["config", "configuration", *DIFF_COLUMNS]), notes
-
-
-def seeded_values(sel, omit: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """``(values, configs, notes)``: :func:`analysis.tables.objective_values` (labels without
-    ``omit``) with a ``seed`` column, and :func:`analysis.groups.configurations` of the runs
-    (full labels, same ``config`` ids)."""
-    values, notes = objective_values(sel, omit=omit)
-    seeds = dict(zip(sel.runs["run_id"], column(sel.runs, f"params.{P_SEED}")))
-    values["seed"] = values["run_id"].map(seeds)
-    configs, _ = groups.configurations(sel.runs)
-    return values, configs, notes
 
 
 def forest(data: pd.DataFrame, baseline: str, title: str, objective: str, level: float):

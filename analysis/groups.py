@@ -5,14 +5,13 @@ that groups runs (``table``, ``compare``, ``iou-curves``, ``learning-curves``, `
 
 - **Identity**: two runs are the same configuration when *every* logged param has the same value
   in both, except the params of :data:`EXCLUDED`: ``seed`` (what repetitions differ by) and run
-  bookkeeping that cannot change a training result beyond float rounding (``data.workers``,
-  ``data.cache_mb``, ``compile``, ``device``, ``log_every``, ``checkpoint_every``,
-  ``visualize_at``). Everything else counts, ``steps`` and ``eval.every``
-  included. Values compare as numbers when both parse as numbers (``"1"`` = ``"1.0"``), else as
+  bookkeeping that cannot change a training result beyond float rounding (the config fields marked
+  so, :func:`paramcrop.config.bookkeeping_keys`: ``data.workers``, ``data.cache_mb``, ``compile``,
+  ``device``, ``log_every``, ``checkpoint_every``, ``snapshot_every``, ``visualize_at``). Everything
+  else counts, ``steps`` and ``eval.every`` (the learning curve's resolution) included. Values compare as numbers when both parse as numbers (``"1"`` = ``"1.0"``), else as
   stripped strings; a param a run lacks is a value of its own ("–"), except those of
-  :data:`PARAM_DEFAULTS` (runs logged before heads and auxiliary losses existed used them);
-  runs logged before the rename of ``objectives.*`` to ``losses.*`` read as ``losses.*``
-  (:func:`analysis.load.runs_frame`).
+  :data:`PARAM_DEFAULTS` (the values of a run that has no such param); params under an old config
+  name read under the current one (:func:`analysis.load.runs_frame`).
   Different configurations are never pooled. (Study trials do not log their Optuna variant label
   ``variant:<name>`` as an MLflow param, so identity comes from params alone.)
 - **Label**: the crop label (:func:`analysis.plots.crop_label` of ``crop.method`` and
@@ -35,12 +34,12 @@ import pandas as pd
 
 from analysis import plots
 from analysis.plots import BASELINE_METHOD, P_CROP, P_HEAD, P_LOSSES, P_ORDER, P_REGION, P_SEED, P_STRENGTH
+from paramcrop.config import bookkeeping_keys
 
-EXCLUDED = frozenset({P_SEED, "data.workers", "data.cache_mb", "compile", "device", "log_every", "checkpoint_every",
-                      "visualize_at"})
+EXCLUDED = frozenset({P_SEED, *bookkeeping_keys()})
 """Params that never define a configuration (see module doc)."""
 PARAM_DEFAULTS = {P_HEAD: plots.DEFAULT_HEAD, P_REGION: "0.0", P_ORDER: "0.0"}
-"""What a run without the param used (runs logged before heads and auxiliary losses existed)."""
+"""What a run without the param used (no head: the MLP head; no auxiliary-loss weight: off)."""
 PARAMETERISATION_PARAMS = ("crop.dof", "crop.generator_input", "crop.coupling", "crop.uncontrolled", "crop.budget",
                            "crop.budget_schedule", "optim.generator_optimizer", "crop.grad_fraction")
 """The crop parameterisation (:func:`paramcrop.crops.dof.parameterisation_name`, the run's

@@ -1,7 +1,8 @@
 """``paramcrop analyze importance``: Optuna parameter importances and optimisation history.
 
 Reads the Optuna study (not MLflow) from ``--storage``: an RDB URL, or a journal file path,
-default ``./paramcrop-studies.journal`` (see :func:`analysis.store.open_optuna_storage`).
+default the study runner's (:data:`studies.storage.DEFAULT_STORAGE`, see
+:func:`analysis.store.open_optuna_storage`).
 Without ``--study`` the study whose first trial started last is used.
 
 Importances are fANOVA (Optuna's default evaluator) with a fixed seed (``--seed``, default 0)
@@ -151,7 +152,7 @@ def importance(
 def _mlflow_study(report: Report, name: str, tracking_uri: str | None):
     """``(client, parent run id, objective metric)`` of the MLflow study of that name, or
     ``(None, None, None)`` with a note when the tracking store does not hold it."""
-    from analysis.load import DEFAULT_OBJECTIVE, list_studies
+    from analysis.load import DEFAULT_REPORTED_METRIC, list_studies
     from analysis.store import open_client, resolve_tracking_uri
 
     try:
@@ -166,4 +167,4 @@ def _mlflow_study(report: Report, name: str, tracking_uri: str | None):
                             f"{resolve_tracking_uri(tracking_uri)}")
         return None, None, None
     row = match.iloc[0]
-    return client, row["parent_run_id"], row["objective"] or DEFAULT_OBJECTIVE
+    return client, row["parent_run_id"], row["objective"] or DEFAULT_REPORTED_METRIC

@@ -47,7 +47,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from mlflow.entities import Run
 
 ROLE_STUDY = "study"
-DEFAULT_OBJECTIVE = sinks.EVAL_KNN_TOP1
+DEFAULT_REPORTED_METRIC = sinks.EVAL_KNN_TOP1
+"""What an analysis reports when neither ``--objective`` nor the study's ``paramcrop.objective`` tag names
+a metric: the test split's kNN top-1."""
 HISTORY_COLUMNS = ["run_id", "metric", "step", "timestamp", "value"]
 _PAGE = 1000
 
@@ -129,8 +131,8 @@ def _search_runs(client: "MlflowClient", experiment_ids: Sequence[str], filter_s
 
 def runs_frame(runs: Iterable["Run"], experiment_names: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per run: identity, status, times, ``params.*``, ``tags.*``, ``metrics.*``. Params
-    under an old config name (:data:`paramcrop.config.RENAMED_SECTIONS`: ``objectives.region`` of runs
-    logged before the rename) are read under the current one (``losses.region``)."""
+    under an old config name (:data:`paramcrop.config.RENAMED_KEYS`: ``objectives.region``, ``augment.strength``)
+    are read under the current one (``losses.region``, ``augment.jitter_scale``)."""
     rows = []
     for run in runs:
         info, data = run.info, run.data
@@ -143,7 +145,7 @@ def runs_frame(runs: Iterable["Run"], experiment_names: dict[str, str] | None = 
             "start_time": pd.to_datetime(info.start_time, unit="ms", utc=True) if info.start_time else pd.NaT,
             "end_time": pd.to_datetime(info.end_time, unit="ms", utc=True) if info.end_time else pd.NaT,
         }
-        row.update({f"params.{current_key(k)}": v for k, v in data.params.items()})  # objectives.* -> losses.*
+        row.update({f"params.{current_key(k)}": v for k, v in data.params.items()})
         row.update({f"tags.{k}": v for k, v in data.tags.items()})
         row.update({f"metrics.{k}": v for k, v in data.metrics.items()})
         rows.append(row)
@@ -199,12 +201,12 @@ def finished_only(runs: pd.DataFrame, what: str) -> tuple[pd.DataFrame, list[str
 
 def _objective(parent_tags: dict | None, objective: str | None) -> str:
     """``objective``, else the (first, for a multi-objective study: the tag is comma-separated)
-    metric of the parent's ``paramcrop.objective`` tag, else ``eval/knn_top1``."""
+    metric of the parent's ``paramcrop.objective`` tag, else :data:`DEFAULT_REPORTED_METRIC`."""
     if objective:
         return objective
     tag = (parent_tags or {}).get(sinks.TAG_OBJECTIVE) or ""
     first = tag.split(",")[0].strip()
-    return first or DEFAULT_OBJECTIVE
+    return first or DEFAULT_REPORTED_METRIC
 
 
 def select(

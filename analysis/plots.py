@@ -45,7 +45,6 @@ DPI = 300
 BASELINE_COLOUR = "0.2"
 ARTIFACT_PATH = "analysis"
 
-CROP_NAMES = {"random": "Random crop", "paramcrop": "ParamCrop", "cvrl": "CVRL crop", "hardest": "Hardest views"}
 FRAMEWORK_NAMES = {"simclr": "SimCLR", "moco": "MoCo v2", "mocov2": "MoCo v2", "moco_v2": "MoCo v2",
                    "byol": "BYOL"}
 BACKBONE_NAMES = {"tiny3d": "Tiny3D", "r3d_18": "R3D-18", "mc3_18": "MC3-18",
@@ -67,8 +66,9 @@ def crop_label(method, strength=None, dof=None, generator_input=None, coupling=N
     ``crop.grad_fraction``) given: ``"ParamCrop spatial, λ=1.0"``, ``"ParamCrop spatiotemporal, input
     none, λ=1.0"``, ``"ParamCrop spatiotemporal, budget 0.6, optimizer sgd, λ=1.0"``, ``"ParamCrop
     spatiotemporal, grad fraction 0.5, λ=1.0"``, ``"Random crop temporal (baseline)"``. A run without
-    ``crop.dof`` reads as before; the optimiser is named only for a crop with a strength (one with an
+    ``crop.dof`` names no parameterisation; the optimiser is named only for a crop with a strength (one with an
     adversary)."""
+    from paramcrop.crops import method_label
     from paramcrop.crops.dof import parameterisation_name
 
     parameterisation = ""
@@ -77,8 +77,8 @@ def crop_label(method, strength=None, dof=None, generator_input=None, coupling=N
                                                        budget_schedule, None if _missing(strength) else optimizer,
                                                        grad_fraction)
     if method == BASELINE_METHOD:
-        return BASELINE_LABEL if not parameterisation else f"{CROP_NAMES[method]}{parameterisation} (baseline)"
-    name = CROP_NAMES.get(method, str(method) if not _missing(method) else "unknown crop") + parameterisation
+        return BASELINE_LABEL if not parameterisation else f"{method_label(method)}{parameterisation} (baseline)"
+    name = (method_label(str(method)) if not _missing(method) else "unknown crop") + parameterisation
     return name if _missing(strength) else f"{name}, λ={strength}"
 
 

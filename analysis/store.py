@@ -17,7 +17,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-DEFAULT_OPTUNA_JOURNAL = "paramcrop-studies.journal"
 
 
 def default_tracking_uri() -> str:
@@ -78,17 +77,16 @@ def open_client(uri: str | None = None) -> "MlflowClient":
     return client
 
 
-def default_optuna_storage() -> str:
-    """The Optuna storage the study runner uses by default: ``./paramcrop-studies.journal``."""
-    return DEFAULT_OPTUNA_JOURNAL
-
-
 def open_optuna_storage(storage: str | None = None):
     """An Optuna storage for ``storage``: an RDB URL (``sqlite:///...``, ``postgresql://...``)
-    or else the path of a journal file (optionally prefixed ``journal:``) (default :func:`default_optuna_storage`), opened with
-    ``JournalStorage(JournalFileBackend(path))``. Nothing is created where nothing exists."""
-    storage = storage or default_optuna_storage()
+    or else the path of a journal file (optionally prefixed ``journal:``; default the study runner's
+    :data:`studies.storage.DEFAULT_STORAGE`), opened with ``JournalStorage(JournalFileBackend(path))``.
+    Nothing is created where nothing exists."""
     import optuna
+
+    from studies.storage import DEFAULT_STORAGE
+
+    storage = storage or DEFAULT_STORAGE
 
     if storage.startswith("journal:"):  # the study runner's spelling of a journal file
         storage = storage[len("journal:"):]

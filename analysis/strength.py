@@ -25,7 +25,8 @@ from analysis.load import RunQuery
 from analysis.plots import BASELINE_METHOD, P_CROP, P_FRAMEWORK, P_HEAD, P_ORDER, P_REGION, P_STRENGTH
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
-from analysis.tables import LOSSES, extra_keys, objective_values, losses_labels
+from analysis.tables import LOSSES, extra_keys, losses_labels
+from analysis.values import objective_values
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient

@@ -7,7 +7,7 @@ Definitions (``sweet-spot.csv`` holds exactly what is plotted):
 - **Per run**: ``iou_mean`` = the mean of its logged ``view/iou`` history (a step logged twice
   counts with its last value, NaN dropped, as everywhere); ``iou_start`` / ``iou_end`` = the mean
   of its first / last ``ceil(k / 10)`` logged points (10 % of the ``k`` points, at least one);
-  the objective's final value (:func:`analysis.tables.objective_values`). A run without a
+  the objective's final value (:func:`analysis.values.objective_values`). A run without a
   ``view/iou`` history cannot be placed on the x axis and is left out (a note names it).
 - **Configurations** as everywhere (:mod:`analysis.groups`), never pooled; per configuration and
   objective over its ``n`` runs: the mean of each run value, and the Student-t interval of the
@@ -36,11 +36,13 @@ import numpy as np
 import pandas as pd
 
 from analysis import groups, plots
+from analysis.compare import paired
 from analysis.errors import NoDataError, NotFoundError
 from analysis.load import RunQuery, Selection, column, last_per_step, load_histories
 from analysis.plots import BASELINE_METHOD, P_CROP
 from analysis.report import Report
 from analysis.stats import check_level, grouped_interval
+from analysis.values import seeded_values
 from paramcrop import sinks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -116,8 +118,6 @@ def points(sel: Selection, objective: str, iou: pd.DataFrame, series: dict[str, 
     ``config, matched, series, std``: matched levels first by IoU, then the others in configuration
     order) and the per-run values behind them (``run_id, config, configuration, seed, objective``
     and the IoU columns)."""
-    from analysis.compare import seeded_values
-
     values, _, notes = seeded_values(dataclasses.replace(sel, objective=objective))
     values = values.merge(iou, on="run_id", how="inner")
     values["method"] = values[P_CROP]
@@ -146,8 +146,6 @@ def pairs(rows: pd.DataFrame, values: pd.DataFrame, objective: str, best_config:
     selecting objective) against the easiest and the hardest one, paired by seed
     (:func:`analysis.compare.paired`); :data:`PAIR_COLUMNS`. The best level compared with itself (it
     is the easiest or the hardest) has no difference (NaN) and ``pairs`` 0."""
-    from analysis.compare import paired
-
     out, notes = [], []
     for series, lv in rows[rows["matched"]].groupby("series", sort=False):
         if len(lv) < 2 or best_config.get(series) not in set(lv["config"]):

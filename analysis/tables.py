@@ -8,7 +8,7 @@ the seed and run bookkeeping), never pooled; rows are ``framework.name`` · ``ba
 ``head.name`` and the auxiliary-loss weights ``losses.region``, ``losses.order`` (0 = off),
 columns the crop (:func:`analysis.plots.crop_label`) plus ``key=value`` for each other param that
 varies (``Random crop (baseline), crop.area=(0.5, 1.0)``); a run without a head or loss
-param (older runs) counts as head ``mlp``, losses off.
+param counts as head ``mlp``, losses off.
 Per cell: ``n``, ``mean``, ``std`` (sample, ``ddof=1``; NaN for ``n = 1``) and the 95 %
 t-interval (:mod:`analysis.stats`). Written as ``table.csv`` (tidy, one row per configuration;
 the ``losses`` column names the auxiliary losses that are on: ``none``, ``region``, ``order``,
@@ -29,61 +29,24 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis import groups, plots
+from analysis import plots
+from analysis.compare import DIFF_COLUMNS, choose_baseline, diff_lines, explanation, paired
 from analysis.errors import NoDataError
 from analysis.iou_curves import LATE_SHARE, late_shares
-from analysis.load import RunQuery, Selection, column, load_histories
-from analysis.plots import P_BACKBONE, P_CROP, P_FRAMEWORK, P_HEAD, P_LOSSES, P_ORDER, P_REGION, P_STRENGTH
+from analysis.load import RunQuery, load_histories
+from analysis.plots import P_BACKBONE, P_FRAMEWORK, P_HEAD, P_LOSSES, P_ORDER, P_REGION
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
+from analysis.values import KEYS, ROW_PARAMS, seeded_values
 from paramcrop import sinks
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
 
-KEYS = [P_FRAMEWORK, P_BACKBONE, P_CROP, P_STRENGTH, P_HEAD, P_REGION, P_ORDER]
-ROW_PARAMS = (P_FRAMEWORK, P_BACKBONE, P_HEAD, *P_LOSSES)
-"""Params the table's rows show (left out of its crop labels)."""
 CROP_WRAP = 28
 """Heatmap column labels are wrapped at this many characters."""
 LOSSES = "losses"
 """Column of the readable auxiliary-losses label (:func:`analysis.plots.losses_label`)."""
-
-
-def objective_values(sel: Selection, keys: Sequence[str] = KEYS,
-                     omit: Sequence[str] = ROW_PARAMS) -> tuple[pd.DataFrame, list[str]]:
-    """``run_id, <keys>, <other label params>, config, configuration, objective`` for the runs that
-    have a final objective value (:func:`analysis.groups.configurations`, labels without the
-    ``omit`` params); params a run lacks take :data:`analysis.groups.PARAM_DEFAULTS`, objective
-    weights are floats. Returns the frame and notes."""
-    runs = sel.runs
-    frame = pd.DataFrame({"run_id": runs["run_id"].to_numpy()})
-    for key in keys:
-        values = column(runs, f"params.{key}")
-        if key in groups.PARAM_DEFAULTS:
-            values = values.where(values.notna(), groups.PARAM_DEFAULTS[key])
-        if key in P_LOSSES:
-            values = plots.numeric(values).astype(float)
-        frame[key] = values.to_numpy()
-    configs, label_keys = groups.configurations(runs, omit=omit)
-    for key in label_keys:
-        if key not in frame.columns:
-            frame[key] = configs[key].to_numpy()
-    frame["config"] = configs["config"].to_numpy()
-    frame["configuration"] = configs["configuration"].to_numpy()
-    frame["objective"] = plots.numeric(column(runs, f"metrics.{sel.objective}")).to_numpy(dtype=float)
-    missing = frame["objective"].isna()
-    notes = []
-    if missing.all():
-        logged = sorted({c[len("metrics."):] for c in runs.columns if c.startswith("metrics.")})
-        raise NoDataError(
-            f"no run of {sel.name!r} has a value of the objective {sel.objective!r}. Metrics "
-            f"logged: {', '.join(logged) or 'none'}; choose one with --objective METRIC."
-        )
-    if missing.any():
-        notes.append(f"{int(missing.sum())} run(s) without {sel.objective} left out: "
-                     + ", ".join(frame.loc[missing, "run_id"]))
-    return frame[~missing].reset_index(drop=True), notes
 
 
 def crop_order(frame: pd.DataFrame) -> list[str]:
@@ -93,7 +56,7 @@ def crop_order(frame: pd.DataFrame) -> list[str]:
 
 
 def extra_keys(values: pd.DataFrame, keys: Sequence[str] = KEYS) -> list[str]:
-    """The label params of :func:`objective_values` beyond ``keys`` (other params that vary)."""
+    """The label params of :func:`analysis.values.objective_values` beyond ``keys`` (other params that vary)."""
     fixed = set(keys) | {"run_id", "config", "configuration", "objective"}
     return [c for c in values.columns if c not in fixed]
 
@@ -236,8 +199,6 @@ def table(query: RunQuery, level: float = 0.95, baseline: str | None = None,
     (``baseline``, else the one random-crop configuration when there is exactly one) also each
     configuration's paired difference from it (:mod:`analysis.compare`: columns ``pairs, diff,
     diff_std, diff_lower, diff_upper, unpaired`` in table.csv, a second table in table.md)."""
-    from analysis.compare import DIFF_COLUMNS, choose_baseline, diff_lines, explanation, paired, seeded_values
-
     check_level(level)
     client, sel = query.resolve(client)
     values, configs, notes = seeded_values(sel, omit=ROW_PARAMS)

@@ -11,7 +11,7 @@ metrics (``train/loss``, ``train/lr``, ``train/clips_per_s`` and five ``view/*``
   (the path used for REST tracking servers; ``--client``),
 - the whole ``paramcrop analyze iou-curves`` computation and figure (``--plot``).
 
-Requirement (issue 6): 50 runs x 2,000 steps x 8 metrics load in under 10 s.
+Requirement: 50 runs x 2,000 steps x 8 metrics load in under 10 s.
 
     .venv/bin/python benchmarks/analysis_load.py                  # fills (~100 s on 2 cores), then times
     .venv/bin/python benchmarks/analysis_load.py --db /tmp/b.db   # keep the store; reuse it next time

@@ -2,7 +2,7 @@
 
     python benchmarks/crop.py [--device cpu|cuda] [--repeats 20] [--tiny] [--csv results.csv]
 
-16 clips of 3x16x128x128 cut to 8x64x64 (issue 2; ``--tiny``: 4 clips of 3x8x32x32 cut to 4x16x16,
+16 clips of 3x16x128x128 cut to 8x64x64 (``--tiny``: 4 clips of 3x8x32x32 cut to 4x16x16,
 for a CI smoke run). Ratios < 1 mean crop_video is faster.
 Forward is timed with cubes that need no gradient (random/CVRL crops, evaluation), forward+backward
 with cubes that do (ParamCrop). On CPU crop_video is the separable form with an analytic backward to

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU path, measured in one run (issue 15): fits in 5 minutes of an H100/H200.
+# The GPU path, measured in one run: fits in 5 minutes of an H100/H200.
 #
 #   bash benchmarks/gpu.sh [--device cuda|cpu] [--tiny] [--out DIR]
 #

@@ -1,4 +1,4 @@
-"""Where a quickstart training step spends its time, by phase (torch.profiler; issue 15 item 1).
+"""Where a quickstart training step spends its time, by phase (torch.profiler).
 
     python benchmarks/profile_step.py [--device cpu|cuda] [--steps 6] [--warmup 8]
                                       [--crops random paramcrop paramcrop-f0.5 paramcrop-f0.25]

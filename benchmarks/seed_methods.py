@@ -1,4 +1,4 @@
-"""Cost of the seed methods' options per training step, side by side in one run (issue 7).
+"""Cost of the seed methods' options per training step, side by side in one run.
 
     python benchmarks/seed_methods.py [--repeats 15] [--batch 32]
 

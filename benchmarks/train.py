@@ -1,4 +1,4 @@
-"""Training-step costs, as ratios measured side by side in one run (issue 4).
+"""Training-step costs, as ratios measured side by side in one run.
 
     python benchmarks/train.py [--device cpu|cuda] [--repeats 10] [--skip-r3d] [--precision fp32 bf16]
                                [--r3d-batch 32] [--tiny] [--csv results.csv]

@@ -1,10 +1,10 @@
-"""Clip-consistent appearance augmentation, batched on tensors (SPEC 3.3, issue 2).
+"""Clip-consistent appearance augmentation, batched on tensors.
 
 Applied after cropping to each view ``(B, C, T, H, W)`` float in [0, 1]: one parameter set per
 clip, shared by all its frames (CVRL's temporally consistent augmentation). In order: colour
 jitter with probability ``jitter_p`` (brightness, contrast, saturation, hue, in that fixed
 order), grayscale with ``grayscale_p``, horizontal flip with ``flip_p``, Gaussian blur with
-``blur_p``. Defaults are CVRL's (jitter strengths 0.8/0.8/0.8/0.2 times ``strength``, p = 0.8;
+``blur_p``. Defaults are CVRL's (jitter strengths 0.8/0.8/0.8/0.2 times ``jitter_scale``, p = 0.8;
 grayscale p = 0.2; flip p = 0.5; blur p = 0.5 with sigma 0.1-2.0 px at 224 px, scaled to the
 frame size).
 """
@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -235,7 +234,7 @@ class ClipAugment(nn.Module):
 
     def __init__(
         self,
-        strength: float = 1.0,
+        jitter_scale: float = 1.0,
         brightness: float = 0.8,
         contrast: float = 0.8,
         saturation: float = 0.8,
@@ -247,15 +246,15 @@ class ClipAugment(nn.Module):
         blur_sigma: tuple[float, float] = (0.1, 2.0),
     ) -> None:
         super().__init__()
-        for name, value in (("strength", strength), ("brightness", brightness), ("contrast", contrast),
+        for name, value in (("jitter_scale", jitter_scale), ("brightness", brightness), ("contrast", contrast),
                             ("saturation", saturation)):
             checks.at_least(name, value, 0)
-        checks.in_range("hue * strength", checks.at_least("hue", hue, 0) * strength, 0, 0.5)
+        checks.in_range("hue * jitter_scale", checks.at_least("hue", hue, 0) * jitter_scale, 0, 0.5)
         for name, value in (("jitter_p", jitter_p), ("grayscale_p", grayscale_p), ("flip_p", flip_p),
                             ("blur_p", blur_p)):
             checks.in_range(name, value, 0, 1)
-        self.brightness, self.contrast = brightness * strength, contrast * strength
-        self.saturation, self.hue = saturation * strength, hue * strength
+        self.brightness, self.contrast = brightness * jitter_scale, contrast * jitter_scale
+        self.saturation, self.hue = saturation * jitter_scale, hue * jitter_scale
         self.jitter_p, self.grayscale_p, self.flip_p, self.blur_p = jitter_p, grayscale_p, flip_p, blur_p
         self.blur_sigma = checks.range_pair("blur_sigma", blur_sigma, 0, math.inf, low_open=True)
 

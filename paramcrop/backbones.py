@@ -1,4 +1,4 @@
-"""Video backbones (SPEC 3.7), created by name through :func:`create_backbone`.
+"""Video backbones, created by name through :func:`create_backbone`.
 
 Every backbone maps normalised clips ``float (B, 3, T, H, W)`` to features ``(B, feature_dim)``
 by global average pooling of its last feature map (:meth:`Backbone.forward_features`,

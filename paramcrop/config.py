@@ -6,8 +6,9 @@ spec's fixed config + the sampled params, dotted keys alike). The sections ``cro
 constructor arguments of the chosen component, checked against its registry in
 :meth:`TrainConfig.validate`. ``losses`` holds the weights of the auxiliary loss terms (0 = off),
 plain numbers so that a study can switch or tune them like any other key. Old key names
-(:data:`RENAMED_SECTIONS`: the section ``objectives``, now ``losses``) are still read, with a
-:class:`RenamedKeyWarning`, in :meth:`TrainConfig.from_dict` and :meth:`TrainConfig.with_overrides`.
+(:data:`RENAMED_KEYS`: the section ``objectives``, now ``losses``; ``augment.strength``, now
+``augment.jitter_scale``) are still read, with a :class:`RenamedKeyWarning`, in
+:meth:`TrainConfig.from_dict` and :meth:`TrainConfig.with_overrides`.
 """
 from __future__ import annotations
 
@@ -27,13 +28,19 @@ AUTO_KEYS = ("data.workers",)
 """Integer leaves that also accept the string ``"auto"`` (resolved where the run starts)."""
 
 
+BOOKKEEPING = {"bookkeeping": True}
+"""Field metadata of a run's bookkeeping: a key that cannot change a training result beyond float
+rounding (workers, caches, device, compilation, logging, checkpoints, snapshots, visualisations), so
+runs that differ only in it are one configuration (:func:`bookkeeping_keys`)."""
+
+
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key and the fix."""
 
 
 @dataclass
 class DataConfig:
-    """Where clips come from: ``source`` (SPEC 1 string), the raw clip cut from each video.
+    """Where clips come from: ``source`` (a data source string, :mod:`paramcrop.data.sources`), the raw clip cut from each video.
 
     ``val_fraction`` of each class's training videos form the validation split
     (:meth:`paramcrop.data.DatasetSpec.with_validation`: stable, by a hash of class and file name).
@@ -45,9 +52,9 @@ class DataConfig:
     frames: int = 16  # raw clip length in frames (the views are cut from it)
     stride: int = 2  # temporal stride between decoded frames
     size: int = 64  # raw clip side (short side resized to it, then center-cropped square)
-    workers: int | str = 0  # DataLoader worker processes, or "auto" (paramcrop.train.resolve_workers)
+    workers: int | str = field(default=0, metadata=BOOKKEEPING)  # DataLoader worker processes, or "auto" (paramcrop.train.resolve_workers)
     val_fraction: float = 0.2  # of each class's training videos, held out for validation (0 = none)
-    cache_mb: float = 1024  # a split whose decoded videos fit in this (MiB, per process) is decoded once, 0 = off
+    cache_mb: float = field(default=1024, metadata=BOOKKEEPING)  # a split whose decoded videos fit in this (MiB, per process) is decoded once, 0 = off
 
 
 @dataclass
@@ -96,7 +103,7 @@ class EvalConfig:
 
 @dataclass
 class LossesConfig:
-    """Auxiliary loss terms added to the framework's loss (:mod:`paramcrop.losses`, SPEC 3.6):
+    """Auxiliary loss terms added to the framework's loss (:mod:`paramcrop.losses`):
     each name is the term's weight, 0 = off; the other keys are the terms' settings."""
 
     region: float = 0.0  # soft spatio-temporal region contrast
@@ -126,19 +133,19 @@ class TrainConfig:
     steps: int = 300
     batch_size: int = 32
     seed: int = 0
-    device: str = "auto"  # auto = cuda when available, else cpu
+    device: str = field(default="auto", metadata=BOOKKEEPING)  # auto = cuda when available, else cpu
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
-    compile: bool = True  # torch.compile crop, colour jitter, flip (the fuse() methods); PARAMCROP_COMPILE=0 = off
-    log_every: int = 10
-    checkpoint_every: int = 0  # 0 = only at the end
-    snapshot_every: int = 25  # a learned crop's generator snapshots every N steps, for `replay` (0 = none)
-    visualize_at: int = 3  # crop visualisations at this many points of training (0 = none)
+    compile: bool = field(default=True, metadata=BOOKKEEPING)  # torch.compile crop, colour jitter, flip (the fuse() methods); PARAMCROP_COMPILE=0 = off
+    log_every: int = field(default=10, metadata=BOOKKEEPING)
+    checkpoint_every: int = field(default=0, metadata=BOOKKEEPING)  # 0 = only at the end
+    snapshot_every: int = field(default=25, metadata=BOOKKEEPING)  # a learned crop's generator snapshots every N steps, for `replay` (0 = none)
+    visualize_at: int = field(default=3, metadata=BOOKKEEPING)  # crop visualisations at this many points of training (0 = none)
 
     # --- construction ------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "TrainConfig":
         """Build from a (possibly partial) nested dict; unknown keys raise :class:`ConfigError`."""
-        cfg = _from_dict(cls, _current_sections(dict(data or {})), prefix="")
+        cfg = _from_dict(cls, _current_names(data or {}), prefix="")
         cfg.validate()
         return cfg
 
@@ -313,39 +320,57 @@ class TrainConfig:
         return params.pop(_COMPONENT_KEYS[section]), params
 
 
+def bookkeeping_keys(cls: type | None = None, prefix: str = "") -> frozenset[str]:
+    """The dotted keys of the fields marked :data:`BOOKKEEPING` in ``cls`` (default :class:`TrainConfig`)
+    and its sections: ``{"data.workers", ..., "snapshot_every", "visualize_at"}``."""
+    keys: set[str] = set()
+    for f in dataclasses.fields(cls or TrainConfig):
+        if f.metadata.get("bookkeeping"):
+            keys.add(prefix + f.name)
+        elif f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            keys |= bookkeeping_keys(f.default_factory, f"{prefix}{f.name}.")
+    return frozenset(keys)
+
+
 # --- helpers ------------------------------------------------------------------------------
 _COMPONENT_KEYS = {"crop": "method", "framework": "name", "backbone": "name", "head": "name"}
-RENAMED_SECTIONS = {"objectives": "losses"}
-"""Old config section -> its name now: the old name is still read (with a :class:`RenamedKeyWarning`)
-in configs, specs and ``--set``, and :func:`current_key` maps the params of runs logged before."""
+RENAMED_KEYS = {"objectives": "losses", "augment.strength": "augment.jitter_scale"}
+"""Old config key (a section or a dotted key) -> its name now: the old name is still read (with a
+:class:`RenamedKeyWarning`) in configs, specs and ``--set``, and :func:`current_key` maps the params of
+runs logged before. A renamed dotted key stays in its section."""
 
 
 class RenamedKeyWarning(DeprecationWarning):
-    """A config key given under its old name (:data:`RENAMED_SECTIONS`); it is read as the new one."""
+    """A config key given under its old name (:data:`RENAMED_KEYS`); it is read as the new one."""
 
 
 def current_key(key: str, warn: bool = False) -> str:
-    """A dotted key (or a section name) under its current name: ``objectives.region`` -> ``losses.region``;
-    ``warn``: a :class:`RenamedKeyWarning` when it was an old name."""
-    section, dot, rest = key.partition(".")
-    if section not in RENAMED_SECTIONS:
-        return key
-    new = RENAMED_SECTIONS[section] + dot + rest
-    if warn:
-        warnings.warn(f"config key {key!r} is deprecated: read as {new!r}, write that instead", RenamedKeyWarning,
-                      stacklevel=3)
-    return new
+    """A dotted key (or a section name) under its current name: ``objectives.region`` -> ``losses.region``,
+    ``augment.strength`` -> ``augment.jitter_scale``; ``warn``: a :class:`RenamedKeyWarning` when it was
+    an old name."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        old = ".".join(parts[:n])
+        if old in RENAMED_KEYS:
+            new = ".".join([RENAMED_KEYS[old], *parts[n:]])
+            if warn:
+                warnings.warn(f"config key {key!r} is deprecated: read as {new!r}, write that instead",
+                              RenamedKeyWarning, stacklevel=3)
+            return new
+    return key
 
 
-def _current_sections(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` (a top-level config dict) with old section names mapped to the new ones (a warning each);
-    both names of one section is a :class:`ConfigError`."""
+def _current_names(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``data`` (the config dict, or its section ``prefix``) with old key names mapped to the new ones
+    (a warning each), sections included; both names of one key is a :class:`ConfigError`."""
     out: dict[str, Any] = {}
     for key, value in data.items():
-        new = current_key(key, warn=True)
-        if new != key and new in data:
-            raise ConfigError(f"the config has both {key!r} and {new!r}: keep only {new!r} ({key!r} is its old name)")
-        out[new] = value
+        new = current_key(prefix + key, warn=True)
+        name = new[len(prefix):]
+        if name != key and name in data:
+            old = prefix + key
+            raise ConfigError(f"the config has both {old!r} and {new!r}: keep only {new!r} ({old!r} is its old name)")
+        out[name] = _current_names(value, new + ".") if isinstance(value, Mapping) else value
     return out
 
 

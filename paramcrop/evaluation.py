@@ -1,4 +1,4 @@
-"""Evaluation (SPEC 3.8): on frozen backbone features weighted kNN, linear probe and retrieval;
+"""Evaluation: on frozen backbone features weighted kNN, linear probe and retrieval;
 supervised fine-tuning of a copy of the backbone where a run asks for it.
 
 Features are one L2-normalised vector per video: each of the K clips of a video is embedded
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from paramcrop import checks
+from paramcrop.schedules import warmup_cosine
 from paramcrop.sinks import EVAL_KNN_TOP1, EVAL_LINEAR_TOP1
 
 RETRIEVAL_KS = (1, 5, 10)
@@ -320,12 +320,7 @@ def finetune(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     warmup = max(1, round(warmup_fraction * steps))
 
-    def lr_factor(step: int) -> float:  # for the step about to be taken, 0-based
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, steps))
     with torch.enable_grad():
         for _ in range(steps):
             clips, labels = next(batches)

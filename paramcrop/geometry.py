@@ -61,7 +61,7 @@ def center_distance(a: Tensor, b: Tensor, axes: str = "xyt") -> Tensor:
 
 
 def view_disparity(a: Tensor, b: Tensor) -> dict[str, Tensor]:
-    """The six view metrics of SPEC 4 as batch means (scalar tensors), keyed by metric name."""
+    """The six view metrics (:mod:`paramcrop.sinks`) as batch means (scalar tensors), keyed by metric name."""
     out = {}
     for suffix, axes in (("", "xyt"), ("_xy", "xy"), ("_t", "t")):
         out[f"view/iou{suffix}"] = view_iou(a, b, axes).mean()
@@ -93,7 +93,7 @@ def cube_to_theta(cubes: Tensor) -> Tensor:
 
 
 def crop_video_reference(video: Tensor, cubes: Tensor, size: Sequence[int]) -> Tensor:
-    """``crop_video`` through ``F.affine_grid`` + ``F.grid_sample`` (SPEC 3.1's definition)."""
+    """``crop_video`` through ``F.affine_grid`` + ``F.grid_sample`` (the definition of a cube's crop)."""
     t, h, w = _check_size(size)
     x = video if video.is_floating_point() else video.float()  # grid_sample needs a float input
     theta = cube_to_theta(cubes).to(x.dtype)

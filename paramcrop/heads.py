@@ -1,4 +1,4 @@
-"""Projection heads (SPEC 3.5): what sits between a framework's pooled backbone features and its loss.
+"""Projection heads: what sits between a framework's pooled backbone features and its loss.
 
 Every head is an ``nn.Module`` built by name from the ``HEADS`` registry as
 ``create_head(name, in_dim, hidden_dim, out_dim, **params)`` (a framework supplies the three

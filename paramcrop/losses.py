@@ -1,4 +1,4 @@
-"""Controllable-augmentation auxiliary losses (Qian, Lin, See, Li, 2022, arXiv 2203.16632; SPEC 3.6).
+"""Controllable-augmentation auxiliary losses (Qian, Lin, See, Li, 2022, arXiv 2203.16632).
 
 Two extra loss terms that the trainer adds to the framework's loss, each with its weight (config
 ``losses.region`` and ``losses.order``; 0 = off, and then none of their code runs), and

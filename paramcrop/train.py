@@ -33,7 +33,7 @@ from paramcrop import artifacts, checkpoint, sinks
 from paramcrop.augment import AugmentParams, ClipAugment
 from paramcrop.checkpoint import CHECKPOINT_NAME, rank_seed, seed_everything
 from paramcrop.config import ConfigError, TrainConfig
-from paramcrop.crops.adversary import warmup_cosine
+from paramcrop.schedules import warmup_cosine
 from paramcrop.crops.base import CropMethod, Views, by_parts
 from paramcrop.data.batches import EpochBatches, normalize_clips, to_input
 from paramcrop.distributed import average_gradients

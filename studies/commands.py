@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from studies import DEFAULT_STORAGE
 from studies.spec import StudySpec
 from studies.storage import redact
 
@@ -27,7 +28,7 @@ def _no_journal(storage: str | None) -> bool:
     """A journal file that does not exist yet: list/show must not create it."""
     from pathlib import Path
 
-    from studies.storage import DEFAULT_STORAGE, is_journal
+    from studies.storage import is_journal
 
     storage = storage or DEFAULT_STORAGE
     return is_journal(storage) and not Path(storage.removeprefix("journal:")).exists()
@@ -64,7 +65,6 @@ def _open_runner(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_t
     with the header printed; or the exit code when it cannot be (2 bad input, nothing created; 1
     the tracking store went away)."""
     from studies.runner import StudyOptions, StudyRunner
-    from studies.storage import DEFAULT_STORAGE
     from studies.tracking import TrackingUnavailable
 
     options = StudyOptions(storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, timeout=timeout,
@@ -292,7 +292,7 @@ def list_studies(storage: str | None) -> int:
     import optuna
 
     if _no_journal(storage):
-        console.print(f"no studies yet in {storage or 'paramcrop-studies.journal'}: run `paramcrop study run`")
+        console.print(f"no studies yet in {storage or DEFAULT_STORAGE}: run `paramcrop study run`")
         return 0
     try:
         opened = _storage(storage)
@@ -336,7 +336,7 @@ def load_named_study(name: str, storage: str | None):
     import optuna
 
     if _no_journal(storage):
-        err.print(f"[red]error:[/] no study {name!r}: {escape(storage or 'paramcrop-studies.journal')} does not exist",
+        err.print(f"[red]error:[/] no study {name!r}: {escape(storage or DEFAULT_STORAGE)} does not exist",
                   highlight=False)
         return None
     try:
@@ -392,7 +392,6 @@ def run_dashboard(storage: str | None, host: str, port: int) -> int:
     journal file does not exist: nothing is created), 130 on Ctrl-C."""
     import importlib.util
 
-    from studies.storage import DEFAULT_STORAGE
 
     if importlib.util.find_spec("optuna_dashboard") is None:
         err.print(f"[red]error:[/] {escape(DASHBOARD_MISSING)}", highlight=False)

@@ -44,6 +44,7 @@ from rich.console import Console
 from paramcrop import sinks
 from paramcrop.checkpoint import CHECKPOINT_NAME, saved_step
 from paramcrop.plan import resolve
+from studies import DEFAULT_STORAGE
 from studies.conventions import log_study_summary, trial_run_name
 from studies.mlflow_sink import SPOOL_PREFIX, MlflowSink, replay_spool
 from studies.parent import StudyParent
@@ -449,6 +450,4 @@ class StudyRunner:
 
 
 def describe_storage(storage: str | None) -> str:
-    from studies.storage import DEFAULT_STORAGE
-
     return redact(storage or DEFAULT_STORAGE)

@@ -48,7 +48,9 @@ SPEC_DIR = Path(__file__).parent / "specs"
 SAMPLERS = ("grid", "tpe", "random")
 PRUNERS = ("none", "median", "hyperband")
 DIMENSION_TYPES = ("categorical", "int", "float", "variants")
-DEFAULT_OBJECTIVE = sinks.EVAL_VAL_KNN_TOP1
+DEFAULT_STUDY_OBJECTIVE = sinks.EVAL_VAL_KNN_TOP1
+"""What a study optimises unless its spec says otherwise: the validation split's kNN top-1 (the test
+split stays out of model selection)."""
 VARIANT_PREFIX = "variant:"  # Optuna param name of a variants dimension: "variant:<name>"
 
 
@@ -100,7 +102,7 @@ class Dimension:
 
 @dataclass
 class Objective:
-    metric: str = DEFAULT_OBJECTIVE
+    metric: str = DEFAULT_STUDY_OBJECTIVE
     direction: str = "maximize"
 
 
@@ -318,7 +320,7 @@ def _objectives(value: Any) -> list[Objective]:
         direction = item.get("direction", "maximize")
         if direction not in ("maximize", "minimize"):
             raise SpecError(f"objective direction must be maximize or minimize, got {direction!r}")
-        out.append(Objective(str(item.get("metric", DEFAULT_OBJECTIVE)), direction))
+        out.append(Objective(str(item.get("metric", DEFAULT_STUDY_OBJECTIVE)), direction))
     return out
 
 

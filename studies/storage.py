@@ -28,7 +28,8 @@ from paramcrop.sinks import redact_url as redact
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
 
-DEFAULT_STORAGE = "paramcrop-studies.journal"
+from studies import DEFAULT_STORAGE  # noqa: F401  (re-exported: the storage module's default)
+"""The default Optuna storage of studies and analyses: this journal file in the working directory."""
 HEARTBEAT_ATTR = "paramcrop:heartbeat"
 CONNECT_TIMEOUT_S = 10
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]

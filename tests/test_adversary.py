@@ -286,6 +286,19 @@ def test_the_options_are_in_the_parameterisation_tag_and_the_crop_labels():
         "Hardest views spatiotemporal"}
 
 
+def test_every_registered_crop_names_its_own_label():
+    from analysis.plots import crop_label
+    from paramcrop.crops import CROPS, method_label
+
+    labels = {name: method_label(name) for name in CROPS.names()}
+    assert all("LABEL" in vars(CROPS.get(name)) for name in CROPS.names())  # none inherits its parent's
+    assert len(set(labels.values())) == len(labels)
+    assert labels["paramcrop"] == "ParamCrop" and labels["cvrl"] == "CVRL crop"
+    assert crop_label("random") == "Random crop (baseline)" and crop_label("matched") == "Matched random crop"
+    assert crop_label("curriculum") == "Curriculum crop" and crop_label("replay") == "Replayed crop"
+    assert crop_label("unregistered") == "unregistered"
+
+
 # --- the adversary spec ----------------------------------------------------------------------------
 def test_the_adversary_spec_crosses_optimiser_and_budget_beside_hardest_random_and_lambda_0():
     from studies.spec import load_spec

@@ -535,7 +535,8 @@ def test_table_groups_by_head_and_losses(tmp_path):
     assert "| SimCLR · Tiny3D | CATE | region+order | 0.720 ± 0.028 (n=2) |" in md
 
     from analysis.load import select
-    from analysis.tables import heatmap_rows, objective_table, objective_values
+    from analysis.tables import heatmap_rows, objective_table
+    from analysis.values import objective_values
 
     tab = objective_table(objective_values(select(s.client, study="heads"))[0])
     labels, ylabel, suffix = heatmap_rows(tab)  # one framework and backbone: named in the title
@@ -725,7 +726,7 @@ def test_a_step_logged_twice_counts_once_with_its_last_value():
 
 # --- configurations: never pooled --------------------------------------------------------------
 def variants_store(root: Path) -> Store:
-    """A study like the issue's: two random-crop variants that differ only in crop.area, two seeds
+    """A study of two random-crop variants that differ only in crop.area, two seeds
     each (IoU 0.3 vs 0.7, objective 0.2/0.3 vs 0.6/0.7), and ParamCrop λ=1 (its own crop params, no
     crop.area); every run logs all its params like the trainer, device differing (bookkeeping)."""
     s = Store(root)
@@ -770,8 +771,8 @@ def test_configurations_are_every_differing_param():
 
 
 def test_variants_that_differ_in_one_crop_key_are_never_pooled(tmp_path):
-    """On the old main, table and iou-curves showed one 'Random crop (baseline)' group of n = 4
-    (IoU 0.5, the average of 0.3 and 0.7)."""
+    """Two random-crop variants that differ only in crop.area stay two configurations of n = 2 in
+    every analysis (pooled, they would be one 'Random crop (baseline)' group of n = 4 at IoU 0.5)."""
     s = variants_store(tmp_path / "store")
     common = ["--study", "variants", "--tracking-uri", s.uri, "--no-log"]
     result = cli_run(["analyze", "table", *common, "--out", str(tmp_path / "t")])

@@ -1,4 +1,4 @@
-"""Backbones (SPEC 3.7): shapes, minimum inputs, validation; every backbone x framework pair trains."""
+"""Backbones: shapes, minimum inputs, validation; every backbone x framework pair trains."""
 import pytest
 import torch
 

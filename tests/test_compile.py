@@ -1,6 +1,6 @@
 """The torch.compile'd paths (config ``compile``) against the eager ones, in value and gradient: the
 colour augmentation with the flip (``ClipAugment.fuse``) and the crop (``CropMethod.fuse``, against
-``grid_sample``); their fallback; the trainer's switch (issue 15)."""
+``grid_sample``); their fallback; the trainer's switch."""
 from __future__ import annotations
 
 import pytest

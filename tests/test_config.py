@@ -66,3 +66,14 @@ def test_yaml_round_trip_and_override_parsing():
         parse_override("crop.strength")
     with pytest.raises(ConfigError, match="not valid YAML"):
         TrainConfig.from_yaml("steps: [1, 2")
+
+
+def test_bookkeeping_keys_are_declared_on_the_config_fields():
+    from analysis.groups import EXCLUDED
+    from paramcrop.config import bookkeeping_keys
+
+    keys = bookkeeping_keys()
+    assert {"snapshot_every", "log_every", "device", "data.workers", "checkpoint_every"} <= keys
+    assert not {"crop.strength", "eval.every", "steps", "seed", "data.source"} & keys
+    assert keys <= set(TrainConfig().flatten())  # every one is a real, logged key
+    assert EXCLUDED == keys | {"seed"}  # the analyses group runs by everything else

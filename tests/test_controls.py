@@ -1,4 +1,4 @@
-"""The controls of issue 13: curriculum, replay, matched random crop, the generator's schedule."""
+"""The controls: curriculum, replay, matched random crop, the generator's schedule."""
 import math
 import os
 from pathlib import Path

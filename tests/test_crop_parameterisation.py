@@ -1,4 +1,4 @@
-"""Crop parameterisation (issue 12): degrees of freedom, generator input, coupling, the adversary's
+"""Crop parameterisation: degrees of freedom, generator input, coupling, the adversary's
 update, float32 cubes under autocast, and the README's own-loop example."""
 import math
 import re

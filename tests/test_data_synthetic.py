@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from cli import app
 from paramcrop.data import SyntheticConfig, ensure_synthetic, resolve_source
 from paramcrop.data import synthetic
+from paramcrop.data.cache import cache_root
 from paramcrop.data.synthetic import MANIFEST, render, sample_scene
 
 TINY = SyntheticConfig(shapes=2, motions=1, videos_per_class=2, frames=16, size=32)
@@ -129,7 +130,7 @@ def test_source_string_options_and_cache_env(tmp_path, monkeypatch):
     monkeypatch.setenv("PARAMCROP_CACHE", str(tmp_path))
     spec = resolve_source("synthetic:shapes=2,motions=1,videos_per_class=2,frames=16,size=32")
     assert spec.train[0].path.is_relative_to(tmp_path / TINY.dirname)
-    assert synthetic.cache_root("/elsewhere").as_posix() == "/elsewhere"
+    assert cache_root("/elsewhere").as_posix() == "/elsewhere"
     with pytest.raises(ValueError, match="unknown synthetic option 'colour'"):
         resolve_source("synthetic:colour=3")
     with pytest.raises(ValueError, match="size='oops': expected a value of type int"):

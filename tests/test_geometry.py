@@ -152,7 +152,7 @@ def test_crop_video_without_cube_gradient_uses_the_separable_form_and_matches():
 
 
 def test_crop_video_reference_is_plain_grid_sample():
-    """The reference itself is SPEC 3.1's expression, spelled out independently here."""
+    """The reference itself: the cube crop's defining expression, spelled out independently here."""
     g = torch.Generator().manual_seed(3)
     video = torch.rand(2, 3, 6, 9, 11, generator=g)
     cubes = random_valid_cubes(2, g)

@@ -1,4 +1,4 @@
-"""``crop.grad_fraction`` (issue 23): the cube gradient from a random part of the batch. At 1 the step is
+"""``crop.grad_fraction``: the cube gradient from a random part of the batch. At 1 the step is
 today's bit for bit; below 1 the views are the same, the other clips' cubes get no gradient, the subset's
 gradient is scaled to an unbiased estimate of the whole batch's (against a loop over clips), resume stays
 exact, and bad values are refused."""

@@ -1,4 +1,4 @@
-"""Registering a study's best backbone in the MLflow model registry (issue 14 item 3)."""
+"""Registering a study's best backbone in the MLflow model registry."""
 from __future__ import annotations
 
 import mlflow

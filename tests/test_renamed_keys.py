@@ -1,6 +1,7 @@
 """One name per concept: the auxiliary losses are ``losses.*`` (the old section ``objectives`` is still
-read, with a deprecation), the adversarial strength is logged as ``train/strength``; analyses read
-runs logged under the old names."""
+read, with a deprecation), the colour jitter's scale is ``augment.jitter_scale`` (the old
+``augment.strength`` is still read, with a deprecation), the adversarial strength is logged as
+``train/strength``; analyses read runs logged under the old names."""
 from __future__ import annotations
 
 import os
@@ -30,6 +31,21 @@ def test_old_section_in_a_config_reads_as_losses_with_a_deprecation_warning():
         TrainConfig().with_overrides({"objectives.order": 1, "losses.order": 2})
     with pytest.raises(ConfigError, match="losses.region must be >= 0"), pytest.warns(RenamedKeyWarning):
         TrainConfig.from_dict({"objectives": {"region": -1}})  # errors name the new key
+
+
+def test_old_jitter_key_reads_as_jitter_scale_with_a_deprecation_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new = TrainConfig.from_dict({"augment": {"jitter_scale": 0.5, "flip_p": 0.0}, "crop": {"strength": 2.0}})
+    with pytest.warns(RenamedKeyWarning, match="'augment.strength' is deprecated.*'augment.jitter_scale'"):
+        old = TrainConfig.from_yaml("augment: {strength: 0.5, flip_p: 0.0}\ncrop: {strength: 2.0}\n")
+    assert old == new and old.flatten() == new.flatten() and old.crop["strength"] == 2.0
+    with pytest.warns(RenamedKeyWarning, match="'augment.strength' is deprecated"):
+        over = TrainConfig().with_overrides({"augment.strength": 0.5, "augment.flip_p": 0.0, "crop.strength": 2.0})
+    assert over == new
+    with pytest.raises(ConfigError, match="both 'augment.strength' and 'augment.jitter_scale'"), \
+            pytest.warns(RenamedKeyWarning):
+        TrainConfig.from_dict({"augment": {"strength": 0.5, "jitter_scale": 0.5}})
 
 
 def test_new_names_raise_no_warning():

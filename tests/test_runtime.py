@@ -1,4 +1,4 @@
-"""paramcrop.runtime.tune_allocator: large freed blocks are reused instead of refaulted (issue 15)."""
+"""paramcrop.runtime.tune_allocator: large freed blocks are reused instead of refaulted."""
 from __future__ import annotations
 
 import ctypes.util

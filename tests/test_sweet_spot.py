@@ -23,7 +23,8 @@ OBJ = {  # configuration -> objective -> per seed
     "0.9": {TEST: [0.55, 0.58, 0.54], VAL: [0.50, 0.53, 0.52]},   # the test kNN's best: the easiest
     "paramcrop": {TEST: [0.60, 0.62, 0.57], VAL: [0.58, 0.61, 0.55]},
 }
-LABEL = {"0.3": "matched, crop.iou=0.3", "0.6": "matched, crop.iou=0.6", "0.9": "matched, crop.iou=0.9",
+LABEL = {"0.3": "Matched random crop, crop.iou=0.3", "0.6": "Matched random crop, crop.iou=0.6",
+         "0.9": "Matched random crop, crop.iou=0.9",
          "paramcrop": "ParamCrop, λ=1.0"}
 
 

@@ -1,4 +1,4 @@
-"""MLflow conventions (issue 14 item 5): run names, notes, source tags, dataset inputs, the parent's summary."""
+"""MLflow conventions: run names, notes, source tags, dataset inputs, the parent's summary."""
 from __future__ import annotations
 
 import json

@@ -160,7 +160,7 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
 
 def test_synthetic_source_sets_its_augmentation_defaults_unless_the_config_does(tmp_path):
     """The synthetic benchmark's left/right motion classes cannot take a flip: ``paramcrop train``
-    with no flags gets the quickstart's ``flip_p 0`` / ``strength 0.5``, logged as the params used;
+    with no flags gets the quickstart's ``flip_p 0`` / ``jitter_scale 0.5``, logged as the params used;
     a key the user set wins, and a ``folder:`` source (the same videos) keeps the CVRL defaults."""
     from paramcrop.data import resolve_source
 
@@ -171,9 +171,9 @@ def test_synthetic_source_sets_its_augmentation_defaults_unless_the_config_does(
     assert "flip_p" not in base.augment  # the user set no augmentation key
     sink = sinks.MemorySink()
     trainer = Trainer(base, tmp_path / "a", sink=sink, progress=False)
-    assert (trainer.augment.flip_p, trainer.cfg.augment["strength"]) == (0.0, 0.5)
+    assert (trainer.augment.flip_p, trainer.cfg.augment["jitter_scale"]) == (0.0, 0.5)
     trainer.fit()
-    assert (sink.params["augment.flip_p"], sink.params["augment.strength"]) == (0.0, 0.5)
+    assert (sink.params["augment.flip_p"], sink.params["augment.jitter_scale"]) == (0.0, 0.5)
     assert "flip_p: 0.0" in (tmp_path / "a" / "config.yaml").read_text()
 
     assert Trainer(base.with_overrides({"augment.flip_p": 0.3}), tmp_path / "b", progress=False).augment.flip_p == 0.3

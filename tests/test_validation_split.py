@@ -16,11 +16,12 @@ from cli import app
 from paramcrop import sinks
 from paramcrop.config import ConfigError, TrainConfig
 from paramcrop.data import resolve_source
-from paramcrop.data.sources import DatasetSpec, VideoRecord, parse_folder
+from paramcrop.data.records import DatasetSpec, VideoRecord
+from paramcrop.data.sources import parse_folder
 from paramcrop.evaluation import extract_features, knn_top1
 from paramcrop.data.batches import normalize_clips
 from paramcrop.train import Trainer
-from studies.spec import DEFAULT_OBJECTIVE, SpecError, StudySpec, builtin_names, load_spec
+from studies.spec import DEFAULT_STUDY_OBJECTIVE, SpecError, StudySpec, builtin_names, load_spec
 from studies.storage import DEFAULT_STORAGE, open_storage
 
 TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"  # 4 classes x (4 train + 2 test)
@@ -205,10 +206,10 @@ def test_study_objective_and_pruner_read_the_validation_metric(workdir, monkeypa
 
 
 def test_specs_default_to_the_validation_objective_and_refuse_it_without_a_split():
-    assert DEFAULT_OBJECTIVE == "eval/val/knn_top1"
-    assert StudySpec.from_dict({"name": "x"}).objectives[0].metric == DEFAULT_OBJECTIVE
+    assert DEFAULT_STUDY_OBJECTIVE == "eval/val/knn_top1"
+    assert StudySpec.from_dict({"name": "x"}).objectives[0].metric == DEFAULT_STUDY_OBJECTIVE
     for name in builtin_names():
-        assert [o.metric for o in load_spec(name).objectives] == [DEFAULT_OBJECTIVE], name
+        assert [o.metric for o in load_spec(name).objectives] == [DEFAULT_STUDY_OBJECTIVE], name
     with pytest.raises(SpecError, match="eval/val/knn_top1 is measured on the validation split.*val_fraction=0"):
         StudySpec.from_dict({"name": "x", "config": {"data": {"val_fraction": 0.0}}})
     with pytest.raises(SpecError, match=r"the point \(variant:split=none\)"):

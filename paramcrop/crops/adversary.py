@@ -22,7 +22,7 @@ default, or ``sgd``, SGD with momentum 0.9) and applies the rules every training
   (after the averaging across ranks; 0 where there is none, as at lambda 0), and
   ``train/generator_update_norm``, the L2 norm of the change of all its parameters;
 - the rate follows a schedule (``optim.generator_schedule``), a factor on top of lr x lambda:
-  ``constant`` (1: the behaviour before the option existed), ``follow`` (the backbone's own
+  ``constant`` (1), ``follow`` (the backbone's own
   warm-up + cosine factor at that step, passed in by the trainer) or ``warmup_cosine`` (its own:
   linear warm-up over ``optim.generator_warmup_steps``, then a cosine to ``optim.min_lr_ratio`` at
   the last step; :func:`warmup_cosine`, the backbone's formula with the generator's warm-up).
@@ -31,30 +31,26 @@ For a crop that learns nothing, every method is a no-op.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import math
+from typing import Protocol
 
 import torch
+from torch import nn
 
 from paramcrop import checks, sinks
 from paramcrop.distributed import average_gradients
+from paramcrop.schedules import warmup_cosine
 
 SCHEDULES = ("constant", "follow", "warmup_cosine")
 OPTIMIZERS = ("adam", "sgd")
 SGD_MOMENTUM = 0.9
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """The learning-rate factor at ``step``: ``(step + 1) / warmup_steps`` during the warm-up, then a
-    cosine from 1 down to ``min_ratio`` at ``total_steps`` (held there after)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+class LearnedCrop(Protocol):
+    """What the adversary reads of a crop (:class:`~paramcrop.crops.base.CropMethod` provides both)."""
 
-if TYPE_CHECKING:
-    from paramcrop.crops.base import CropMethod
+    def generator_parameters(self) -> list[nn.Parameter]: ...
+
+    def strength_at(self, step: int) -> float: ...
 
 
 class Adversary:
@@ -62,15 +58,12 @@ class Adversary:
     schedule factor 1); ``optimizer``: ``adam`` or ``sgd``; ``schedule``, ``warmup_steps``,
     ``total_steps``, ``min_lr_ratio``: the module doc."""
 
-    def __init__(self, crop: "CropMethod", lr: float, optimizer: str = "adam", schedule: str = "constant",
+    def __init__(self, crop: LearnedCrop, lr: float, optimizer: str = "adam", schedule: str = "constant",
                  warmup_steps: int = 0, total_steps: int = 1, min_lr_ratio: float = 0.0) -> None:
-        if not lr > 0:
-            raise ValueError(f"the generator's lr must be > 0, got {lr}")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"unknown generator schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+        self.lr = checks.positive("the generator's lr", lr)
+        self.schedule = checks.one_of("generator schedule", schedule, SCHEDULES)
         self.optimizer_name = checks.one_of("optimizer", optimizer, OPTIMIZERS)
-        self.crop, self.lr = crop, float(lr)
-        self.schedule, self.warmup_steps, self.total_steps = schedule, int(warmup_steps), int(total_steps)
+        self.crop, self.warmup_steps, self.total_steps = crop, int(warmup_steps), int(total_steps)
         self.min_lr_ratio = float(min_lr_ratio)
         self.params = crop.generator_parameters()
         self.optimizer = None

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from paramcrop.checks import range_pair
+from paramcrop.crops.adversary import Adversary
 from paramcrop.geometry import _check_size, crop_video, traceable_crop_video_taps
 from paramcrop.registry import Registry, constructor_keys
 from paramcrop.runtime import Compiled
@@ -49,8 +50,11 @@ class CropMethod(nn.Module):
 
     ``grad_fraction`` (a learned crop's constructor key; 1 for every other crop): the fraction of a
     batch's clips whose views carry the gradient to the cubes (:meth:`grad_subset`, :func:`by_parts`).
+    ``LABEL``: the method's name in figures and tables (:func:`method_label`); every registered crop
+    sets its own.
     """
 
+    LABEL = "crop"
     _fused: Compiled | None = None  # the compiled crop of both views once fuse() is called
     grad_fraction: float = 1.0
 
@@ -86,12 +90,10 @@ class CropMethod(nn.Module):
         empty for crops that learn nothing."""
         return list(self.parameters())
 
-    def adversary(self, lr: float, **rule) -> "Adversary":  # noqa: F821
+    def adversary(self, lr: float, **rule) -> Adversary:
         """The update of this crop's learned parameters at rate ``lr`` (at lambda = 1; ``rule``: the
         :class:`~paramcrop.crops.adversary.Adversary`'s optimiser and schedule keys): call its ``step(step)``
         after each ``loss.backward()`` (:mod:`paramcrop.crops.adversary`; a no-op for crops that learn nothing)."""
-        from paramcrop.crops.adversary import Adversary
-
         return Adversary(self, lr, **rule)
 
     def bind_scorer(self, score: PairScorer) -> None:
@@ -196,6 +198,11 @@ def by_parts(fn: Callable[..., Sequence[Tensor]], subset: Tensor, cubes1: Tensor
 def create_crop(name: str, size: Sequence[int], **params) -> CropMethod:
     """Build a registered crop method (``random``, ``cvrl``, ``paramcrop``, ``hardest``, ...) for views of ``size``."""
     return CROPS.create(name, size, **params)
+
+
+def method_label(name: str) -> str:
+    """The registered crop ``name``'s ``LABEL`` (``"ParamCrop"``, ``"Random crop"``); an unknown name as given."""
+    return CROPS.get(name).LABEL if name in CROPS else name
 
 
 check_range = range_pair  # the crops' name for :func:`paramcrop.checks.range_pair`

@@ -57,6 +57,8 @@ class CurriculumCrop(RandomCubicCrop):
         dof, fixed_extent_xy, fixed_extent_t: as the random crop.
     """
 
+    LABEL = "Curriculum crop"
+
     def __init__(
         self,
         size: Sequence[int],

@@ -1,4 +1,4 @@
-"""CVRL crop (Qian et al., CVPR 2021; SPEC 3.3): power-law temporal interval sampling and a
+"""CVRL crop (Qian et al., CVPR 2021): power-law temporal interval sampling and a
 temporally consistent spatial crop per view.
 
 Each view spans a fixed fraction ``duration`` of the raw clip (CVRL's fixed-length clips cut
@@ -45,6 +45,8 @@ class CVRLCrop(CropMethod):
     """CVRL views. Args: ``size`` output ``(t, h, w)``; ``area``, ``aspect`` as the random crop;
     ``duration`` each view's temporal extent as a fraction of the clip (default 0.5);
     ``power`` the exponent p of the interval density (default 1: linearly decreasing)."""
+
+    LABEL = "CVRL crop"
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Degrees of freedom of a crop: which of the cube's parameters a method controls (SPEC 3.4).
+"""Degrees of freedom of a crop: which of the cube's parameters a method controls.
 
 One definition shared by the learned crop (:class:`~paramcrop.crops.paramcrop.ParamCrop`) and its
 random counterpart (:class:`~paramcrop.crops.random.RandomCubicCrop`), so every learned variant has a
@@ -11,8 +11,7 @@ like-for-like random baseline. The parameters:
 - ``position_t``: the temporal centre.
 
 Presets (``crop.dof: NAME``) or an explicit list (``crop.dof: [extent_xy, aspect, position_xy]``):
-``spatiotemporal`` (all five; the default, the behaviour before this option existed, cube for cube
-at a fixed seed), ``spatial``, ``temporal``, ``scale`` (extents only: views centred) and
+``spatiotemporal`` (all five; the default), ``spatial``, ``temporal``, ``scale`` (extents only: views centred) and
 ``position`` (centres only: extents fixed).
 
 **What an uncontrolled parameter does** (the decision): by default (``uncontrolled: fixed``) it is

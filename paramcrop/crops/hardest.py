@@ -45,6 +45,8 @@ class HardestViews(RandomCubicCrop):
         area, aspect, duration, dof, fixed_extent_xy, fixed_extent_t: as the random crop.
     """
 
+    LABEL = "Hardest views"
+
     def __init__(
         self,
         size: Sequence[int],

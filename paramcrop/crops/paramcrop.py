@@ -1,4 +1,4 @@
-"""ParamCrop (Qing et al., IEEE TMM; arXiv 2108.10501; SPEC 3.4): adversarially learned 3D crops.
+"""ParamCrop (Qing et al., IEEE TMM; arXiv 2108.10501): adversarially learned 3D crops.
 
 A small MLP generator maps Gaussian noise (fresh each step, one vector per sample) to the raw
 parameters of both views' cubes; squashing keeps every cube valid; the views are cut with the
@@ -174,6 +174,8 @@ class ParamCrop(CropMethod):
             the cubes, which is cheaper (:func:`~paramcrop.crops.base.by_parts`). 1 (default): every
             clip, the exact gradient.
     """
+
+    LABEL = "ParamCrop"
 
     def __init__(
         self,

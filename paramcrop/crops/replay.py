@@ -81,6 +81,8 @@ class ReplayCrop(CropMethod):
     ``source`` the snapshots' folder, or a reference that ``studies/`` resolves (``runs:/<id>``,
     ``trial:<variant>``)."""
 
+    LABEL = "Replayed crop"
+
     def __init__(self, size: Sequence[int], source: str = "") -> None:
         super().__init__(size)
         if not isinstance(source, str) or not source:

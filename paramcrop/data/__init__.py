@@ -5,7 +5,8 @@ lists); :class:`TrainClips` and :class:`EvalClips` turn records into clip tensor
 """
 from .check import CheckReport, check_dataset
 from .datasets import EvalClips, TrainClips
-from .sources import DatasetSpec, VideoRecord, resolve_source
+from .records import DatasetSpec, VideoRecord
+from .sources import resolve_source
 from .synthetic import SyntheticConfig, ensure_synthetic
 
 __all__ = [

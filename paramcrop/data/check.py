@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .sources import DatasetSpec
+from .records import DatasetSpec
 from .video import scan_videos
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from .sources import VideoRecord
+from .records import VideoRecord
 from .video import UnreadableVideo, VideoInfo, probe_video, read_frames, scan_videos, window_indices, window_span
 
 

@@ -1,4 +1,4 @@
-"""The embedded benchmark (SPEC 5): moving shapes rendered from a seed and written as H.264 MP4.
+"""The embedded benchmark: moving shapes rendered from a seed and written as H.264 MP4.
 
 A class is a (shape, motion) pair, e.g. ``circle_right``; the default 2 shapes x 4 motions gives
 8 classes. Colours, object size, speed, start position and a smooth two-colour background texture
@@ -24,19 +24,18 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .sources import DatasetSpec, VideoRecord
+from .cache import cache_root
+from .records import DatasetSpec, VideoRecord
 from .video import write_mp4
 
 GENERATOR_VERSION = 1
 MANIFEST = "manifest.json"
-CACHE_ENV = "PARAMCROP_CACHE"
 SHAPES = ("circle", "triangle", "square", "cross")
 MOTIONS = {  # name -> (dx, dy) in image coordinates (y points down)
     "right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1),
@@ -273,21 +272,6 @@ def render(scene: Scene) -> np.ndarray:
         alpha = np.clip(0.5 - _signed_distance(scene.shape, x, y) * radius, 0, 1)[..., None]
         frames = frames * (1 - alpha) + scene.color * alpha
     return np.rint(frames).astype(np.uint8)
-
-
-def cache_root(cache_dir: Path | str | None = None) -> Path:
-    """``cache_dir``, else ``$PARAMCROP_CACHE``, else the platform cache folder + ``/paramcrop``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "paramcrop"
 
 
 def build_synthetic(config: SyntheticConfig, target: Path, *, progress: bool = True) -> None:

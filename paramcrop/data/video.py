@@ -24,6 +24,8 @@ import decord
 import numpy as np
 from decord._ffi.base import DECORDError
 
+from .cache import cache_root
+
 DECODE_ERRORS = (RuntimeError, DECORDError, AssertionError)
 PROBE_CACHE_NAME = "probe-cache.json"
 PROBE_CACHE_VERSION = 1
@@ -110,7 +112,7 @@ class ProbeCache:
     Unreadable files are not cached (they are re-probed, and reported, on every scan).
 
     One JSON file, ``path`` (default ``cache_root() / "probe-cache.json"``, see
-    :func:`.synthetic.cache_root`). Several processes may share it: :meth:`save` merges the new
+    :func:`.cache.cache_root`). Several processes may share it: :meth:`save` merges the new
     entries into the file's current ones and writes a temporary file that it renames over the old one,
     so a reader sees the old or the new file, never a torn one (two processes saving at the same
     moment can drop each other's new entries: they are probed again next time). A missing, unreadable
@@ -120,8 +122,6 @@ class ProbeCache:
 
     def __init__(self, path: Path | None = None) -> None:
         if path is None:
-            from .synthetic import cache_root  # synthetic imports this module
-
             path = cache_root() / PROBE_CACHE_NAME
         self.path = Path(path)
         self.entries = self._read()
