@@ -10,7 +10,7 @@ minimises: one backward pass, then the backbone's optimiser and :meth:`CropMetho
 Value conventions (the one place they are stated): the crop takes raw clips ``(B, 3, T, H, W)``
 on the 0-255 scale (uint8 or float) and returns views on the same scale (float32); the caller
 divides by 255 (augmentations work on 0-1) and normalises for the backbone (e.g.
-:func:`paramcrop.train.to_input`). The ``clip`` generator input reads the clips as 0-255. The
+:func:`paramcrop.data.batches.to_input`). The ``clip`` generator input reads the clips as 0-255. The
 generator and the cube maths run in float32 even inside an autocast region.
 
 Parameterisation (each a constructor argument, so a config key ``crop.*`` and a study dimension):

@@ -137,7 +137,7 @@ class TrainClips(_Clips):
 
     The position comes from a generator seeded with ``(seed, i, n)``: ``n`` counts earlier draws of
     item ``i`` in this process. A sampler passes indices past the end, ``epoch * len(self) + i``
-    (:class:`paramcrop.train.EpochBatches`): each is drawn once, so the windows depend on ``seed`` and
+    (:class:`paramcrop.data.batches.EpochBatches`): each is drawn once, so the windows depend on ``seed`` and
     the index only, whichever process decodes them: ``data.workers`` (or ``auto``, which differs
     between hosts) never changes the training data, and a resumed run sees the same windows. (A
     sampler that repeats indices gets new windows per repeat in one process; in worker processes,
