@@ -57,7 +57,7 @@ def main(
 
 def _show_renamed_keys() -> None:
     """Show each old config key (``paramcrop.config.RenamedKeyWarning``, a DeprecationWarning that
-    Python hides by default) as one line on stderr; paramcrop.config is not imported for it (torch)."""
+    Python hides by default) as one line on stderr, once per key; paramcrop.config is not imported for it (torch)."""
     import sys
     import warnings
 
@@ -70,7 +70,7 @@ def _show_renamed_keys() -> None:
         else:
             shown(message, category, *args, **kwargs)
 
-    warnings.filterwarnings("default", message="config key .* is deprecated", category=DeprecationWarning)
+    warnings.filterwarnings("once", message="config key .* is deprecated", category=DeprecationWarning)
     warnings.showwarning = show
 
 
