@@ -20,8 +20,11 @@ that groups runs (``table``, ``compare``, ``iou-curves``, ``learning-curves``, `
   that *varies*: takes two or more values among the runs that have it (a run without it shows
   nothing for it). A param of a component's
   namespace (``crop.area``, ``framework.temperature``) varies only when it takes two values among
-  runs of the same component (same ``crop.method`` / ``framework.name`` ...): the random crop's
-  ``crop.area`` is not shown just because ParamCrop has none. Params the caller shows elsewhere
+  runs of the same component (same ``crop.method`` / ``framework.name`` ...), and is named only in
+  the labels of those components' runs: the random crop's ``crop.area`` is not shown just because
+  ParamCrop has none, nor a generator's ``optim.generator_lr`` (a field of the ``optim`` section
+  that the config marks as the crop's, :func:`paramcrop.config.component_selectors`) on crops
+  without a generator. Params the caller shows elsewhere
   (``omit``, e.g. the table's rows) are left out; params it asks for (``show``, ``--hue``) are
   always in. Should two configurations still agree on every param shown (or omitted), the params
   that tell them apart are added as raw ``key=value``.
@@ -34,7 +37,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.plots import BASELINE_METHOD, P_CROP, P_HEAD, P_LOSSES, P_ORDER, P_REGION, P_SEED, P_STRENGTH
-from paramcrop.config import bookkeeping_keys
+from paramcrop.config import bookkeeping_keys, component_selectors
 
 EXCLUDED = frozenset({P_SEED, *bookkeeping_keys()})
 """Params that never define a configuration (see module doc)."""
@@ -48,6 +51,8 @@ CROP_LABEL_PARAMS = (P_CROP, P_STRENGTH, *PARAMETERISATION_PARAMS)
 """Params that :func:`analysis.plots.crop_label` shows (never repeated as ``key=value``)."""
 SELECTORS = ("name", "method")
 """``<namespace>.name`` / ``<namespace>.method`` choose a component; its other params depend on it."""
+SELECTED = component_selectors()
+"""Params outside their component's namespace (a generator's ``optim.generator_lr``) -> its selector."""
 
 
 def canonical(value):
@@ -84,6 +89,8 @@ def configuration_keys(runs: pd.DataFrame) -> list[str]:
 
 
 def _selector(key: str, columns) -> str | None:
+    if key in SELECTED:
+        return SELECTED[key] if SELECTED[key] in columns else None
     namespace = key.split(".", 1)[0] if "." in key else None
     for s in SELECTORS:
         if namespace and f"{namespace}.{s}" in columns and f"{namespace}.{s}" != key:
@@ -91,14 +98,21 @@ def _selector(key: str, columns) -> str | None:
     return None
 
 
-def varying(p: pd.DataFrame, key: str) -> bool:
-    """Whether ``key`` takes two or more values among the runs that have it (within one component
-    when it belongs to a component's namespace)."""
+def varying_in(p: pd.DataFrame, key: str) -> set | None:
+    """The components (values of ``key``'s selector) among whose runs ``key`` takes two or more
+    values; None for a param of no component, when it varies among all the runs that have it."""
     values = p[key].map(canonical)
     selector = _selector(key, p.columns)
     if selector is None:
-        return values.dropna().nunique() > 1
-    return bool((values.groupby(p[selector].map(canonical), dropna=False).nunique() > 1).any())
+        return None if values.dropna().nunique() > 1 else set()
+    counts = values.groupby(p[selector].map(canonical), dropna=False).nunique()
+    return set(counts.index[counts > 1])
+
+
+def varying(p: pd.DataFrame, key: str) -> bool:
+    """Whether ``key`` takes two or more values among the runs that have it (within one component
+    when it belongs to one: ``crop.area`` by ``crop.method``, :data:`SELECTED`)."""
+    return varying_in(p, key) != set()
 
 
 def configurations(runs: pd.DataFrame, omit: Sequence[str] = (),
@@ -119,6 +133,8 @@ def configurations(runs: pd.DataFrame, omit: Sequence[str] = (),
     for k in dict.fromkeys(crop_keys + tuple(label_keys) + P_LOSSES):
         frame[k] = p[k].to_numpy() if k in p.columns else None
     first = frame.drop_duplicates("_id")
+    within = {k: varying_in(p, k) for k in label_keys if k not in show}  # None: shown for every run
+    selectors = {k: _selector(k, p.columns) for k in within}
 
     def label(r) -> str:
         strength = None if P_STRENGTH in omit else r[P_STRENGTH]
@@ -127,10 +143,11 @@ def configurations(runs: pd.DataFrame, omit: Sequence[str] = (),
         for k in label_keys:
             if k in P_LOSSES:  # the loss weights as one part: "no extra losses", "region", "region=0.5+order"
                 part = plots.losses_words(plots.losses_label({o: canonical(r[o]) for o in P_LOSSES}))
-            elif not plots._missing(r[k]):  # noqa: SLF001
-                part = plots.param_label(k, r[k])
+            elif plots._missing(r[k]) or not (within.get(k) is None  # noqa: SLF001
+                                                or canonical(p.at[r.name, selectors[k]]) in within[k]):
+                continue  # a run without it, or of a component whose runs all agree on it
             else:
-                continue
+                part = plots.param_label(k, r[k])
             if part not in parts:
                 parts.append(part)
         return ", ".join(parts)

@@ -32,6 +32,11 @@ BOOKKEEPING = {"bookkeeping": True}
 """Field metadata of a run's bookkeeping: a key that cannot change a training result beyond float
 rounding (workers, caches, device, compilation, logging, checkpoints, snapshots, visualisations), so
 runs that differ only in it are one configuration (:func:`bookkeeping_keys`)."""
+GENERATOR = {"selector": "crop.method"}
+"""Field metadata of a learned crop's generator settings outside the ``crop`` section: they act only
+on a crop with a generator, so analyses read them as part of the crop component, like ``crop.area``
+(:func:`component_selectors`): a label names ``optim.generator_lr`` only for a ``crop.method`` whose
+runs differ in it."""
 
 
 class ConfigError(ValueError):
@@ -73,10 +78,14 @@ class OptimConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 20
     min_lr_ratio: float = 0.05  # the cosine ends at lr * min_lr_ratio
-    generator_lr: float = 2.5e-4  # scaled by lambda at each step (Adam would cancel the reversal scale)
-    generator_schedule: str = "constant"  # constant, follow (the backbone's) or warmup_cosine (crops/adversary.py)
-    generator_warmup_steps: int = 0  # the warm-up of generator_schedule=warmup_cosine
-    generator_optimizer: str = "adam"  # adam (lr x lambda) or sgd (momentum 0.9; lambda in the gradient)
+    # scaled by lambda at each step (Adam would cancel the reversal scale)
+    generator_lr: float = field(default=2.5e-4, metadata=GENERATOR)
+    # constant, follow (the backbone's) or warmup_cosine (crops/adversary.py)
+    generator_schedule: str = field(default="constant", metadata=GENERATOR)
+    # the warm-up of generator_schedule=warmup_cosine
+    generator_warmup_steps: int = field(default=0, metadata=GENERATOR)
+    # adam (lr x lambda) or sgd (momentum 0.9; lambda in the gradient)
+    generator_optimizer: str = field(default="adam", metadata=GENERATOR)
     grad_clip: float = 0.0  # max global grad norm of the backbone side (0 = off)
 
 
@@ -320,16 +329,27 @@ class TrainConfig:
         return params.pop(_COMPONENT_KEYS[section]), params
 
 
+def _marked(cls: type, prefix: str, flag: str) -> dict[str, object]:
+    """``{dotted key: metadata[flag]}`` of the fields of ``cls`` and its sections that carry ``flag``."""
+    keys: dict[str, object] = {}
+    for f in dataclasses.fields(cls):
+        if flag in f.metadata:
+            keys[prefix + f.name] = f.metadata[flag]
+        elif f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            keys |= _marked(f.default_factory, f"{prefix}{f.name}.", flag)
+    return keys
+
+
 def bookkeeping_keys(cls: type | None = None, prefix: str = "") -> frozenset[str]:
     """The dotted keys of the fields marked :data:`BOOKKEEPING` in ``cls`` (default :class:`TrainConfig`)
     and its sections: ``{"data.workers", ..., "snapshot_every", "visualize_at"}``."""
-    keys: set[str] = set()
-    for f in dataclasses.fields(cls or TrainConfig):
-        if f.metadata.get("bookkeeping"):
-            keys.add(prefix + f.name)
-        elif f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
-            keys |= bookkeeping_keys(f.default_factory, f"{prefix}{f.name}.")
-    return frozenset(keys)
+    return frozenset(_marked(cls or TrainConfig, prefix, "bookkeeping"))
+
+
+def component_selectors() -> dict[str, str]:
+    """``{dotted key: the key that selects its component}`` of the fields marked :data:`GENERATOR`:
+    ``{"optim.generator_lr": "crop.method", ...}``."""
+    return {key: str(selector) for key, selector in _marked(TrainConfig, "", "selector").items()}
 
 
 # --- helpers ------------------------------------------------------------------------------

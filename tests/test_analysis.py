@@ -948,3 +948,26 @@ def test_analyze_generator_plots_the_diagnostics_of_learned_crops(late_runs, tmp
     none = cli_run(["analyze", "generator", "--runs", late_runs.random_run, "--tracking-uri", late_runs.uri,
                     "--out", str(tmp_path / "n"), "--no-log"])
     assert none.exit_code == 1 and "train/generator_grad_norm" in none.stderr
+
+
+def test_generator_settings_label_only_the_crops_whose_runs_differ_in_them():
+    """optim.generator_lr is logged by every run but acts only on a generator: of the adversary
+    study's crops, only ParamCrop (two rates) names it; the random and hardest crops do not."""
+    from analysis.groups import configurations, varying_in, params
+    from paramcrop.config import TrainConfig, component_selectors
+
+    assert component_selectors()["optim.generator_lr"] == "crop.method"
+    points = [{"crop.method": "random"}, {"crop.method": "hardest"},
+              {"crop.method": "paramcrop", "crop.strength": 0.0},
+              {"crop.method": "paramcrop", "optim.generator_optimizer": "sgd", "optim.generator_lr": 5e-3}]
+    rows = []
+    for overrides in points:
+        cfg = TrainConfig().with_overrides({**overrides, "seed": len(rows)})
+        rows.append({"run_id": str(len(rows)), **{f"params.{k}": str(v) for k, v in cfg.flatten().items()}})
+    runs = pd.DataFrame(rows)
+    assert varying_in(params(runs), "optim.generator_lr") == {"paramcrop"}
+    labels = list(configurations(runs)[0].sort_values("run_id")["configuration"])
+    assert labels[:2] == ["Random crop spatiotemporal (baseline)", "Hardest views spatiotemporal"]
+    assert labels[2:] == ["ParamCrop spatiotemporal, λ=0.0, optim.generator_lr=0.00025",
+                          "ParamCrop spatiotemporal, optimizer sgd, λ=1.0, optim.generator_lr=0.005"]
+    assert len(set(labels)) == 4
