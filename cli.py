@@ -56,16 +56,16 @@ def main(
 
 
 def _show_renamed_keys() -> None:
-    """Show each old config key (``paramcrop.config.RenamedKeyWarning``, a DeprecationWarning that
-    Python hides by default) as one line on stderr, once per key; paramcrop.config is not imported for it (torch)."""
+    """Show each old config key (``paramcrop.keys.RenamedKeyWarning``, a DeprecationWarning that
+    Python hides by default) as one line on stderr, once per key; paramcrop is not imported for it (torch)."""
     import sys
     import warnings
 
     shown = warnings.showwarning
 
     def show(message, category, *args, **kwargs):
-        config = sys.modules.get("paramcrop.config")  # loaded: it raised the warning
-        if config is not None and issubclass(category, config.RenamedKeyWarning):
+        keys = sys.modules.get("paramcrop.keys")  # loaded: it raised the warning
+        if keys is not None and issubclass(category, keys.RenamedKeyWarning):
             typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
         else:
             shown(message, category, *args, **kwargs)
@@ -83,7 +83,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def collect_overrides(sets: list[str], **flags) -> dict:
     """``--set key=value`` entries plus the common flags (``None`` = not given) as dotted overrides."""
-    from paramcrop.config import parse_override
+    from paramcrop.keys import parse_override
 
     overrides = dict(parse_override(s) for s in sets)
     dotted = {"data": "data.source", "backbone": "backbone.name", "framework": "framework.name",
@@ -142,7 +142,8 @@ def train(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Run one training run (no Optuna), tracked in MLflow: params, step metrics, evaluation, artifacts."""
-    from paramcrop.config import ConfigError, TrainConfig
+    from paramcrop.config import TrainConfig
+    from paramcrop.keys import ConfigError
 
     try:
         base = TrainConfig.from_yaml(config.read_text()) if config else TrainConfig()
@@ -204,7 +205,7 @@ def study_run(
     Exit codes: 0 done, 1 no trial completed, the tracking store stayed down or --register failed, 2 bad
     spec or arguments (nothing created), 130 Ctrl-C, 143 SIGTERM.
     """
-    from paramcrop.config import ConfigError
+    from paramcrop.keys import ConfigError
     from studies.spec import SpecError, load_spec
 
     try:

@@ -50,7 +50,8 @@ import pandas as pd
 
 from analysis import groups, plots
 from analysis.errors import NoDataError, NotFoundError
-from analysis.load import RunQuery, column, last_per_step, load_histories, require_metrics
+from analysis.histories import last_per_step, load_histories
+from analysis.load import RunQuery, column, require_metrics
 from analysis.plots import P_CROP, P_STEPS
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval

@@ -38,7 +38,8 @@ import pandas as pd
 from analysis import groups, plots
 from analysis.compare import paired
 from analysis.errors import NoDataError, NotFoundError
-from analysis.load import RunQuery, Selection, column, last_per_step, load_histories
+from analysis.histories import last_per_step, load_histories
+from analysis.load import RunQuery, Selection, column
 from analysis.plots import BASELINE_METHOD, P_CROP
 from analysis.report import Report
 from analysis.stats import check_level, grouped_interval

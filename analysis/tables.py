@@ -33,7 +33,8 @@ from analysis import plots
 from analysis.compare import DIFF_COLUMNS, choose_baseline, diff_lines, explanation, paired
 from analysis.errors import NoDataError
 from analysis.iou_curves import LATE_SHARE, late_shares
-from analysis.load import RunQuery, load_histories
+from analysis.histories import load_histories
+from analysis.load import RunQuery
 from analysis.plots import P_BACKBONE, P_FRAMEWORK, P_HEAD, P_LOSSES, P_ORDER, P_REGION
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval

@@ -99,7 +99,8 @@ def main() -> None:
             fill(uri, db.parent.resolve(), args.runs, args.steps)
             print(f"filled in {time.perf_counter() - t0:.1f} s")
 
-        from analysis.load import load_histories, select
+        from analysis.histories import load_histories
+        from analysis.load import select
         from analysis.store import open_client
 
         t0 = time.perf_counter()

@@ -6,20 +6,20 @@ spec's fixed config + the sampled params, dotted keys alike). The sections ``cro
 constructor arguments of the chosen component, checked against its registry in
 :meth:`TrainConfig.validate`. ``losses`` holds the weights of the auxiliary loss terms (0 = off),
 plain numbers so that a study can switch or tune them like any other key. Old key names
-(:data:`RENAMED_KEYS`: the section ``objectives``, now ``losses``; ``augment.strength``, now
-``augment.jitter_scale``) are still read, with a :class:`RenamedKeyWarning`, in
+(:data:`paramcrop.keys.RENAMED_KEYS`: the section ``objectives``, now ``losses``; ``augment.strength``, now
+``augment.jitter_scale``) are still read, with a :class:`~paramcrop.keys.RenamedKeyWarning`, in
 :meth:`TrainConfig.from_dict` and :meth:`TrainConfig.with_overrides`.
 """
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import yaml
 
 from paramcrop.dataset_names import dataset_name
+from paramcrop.keys import ConfigError, current_names, current_key, flatten, set_dotted
 from paramcrop.registry import constructor_defaults, constructor_keys
 
 
@@ -37,10 +37,6 @@ GENERATOR = {"selector": "crop.method"}
 on a crop with a generator, so analyses read them as part of the crop component, like ``crop.area``
 (:func:`component_selectors`): a label names ``optim.generator_lr`` only for a ``crop.method`` whose
 runs differ in it."""
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the key and the fix."""
 
 
 @dataclass
@@ -154,7 +150,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "TrainConfig":
         """Build from a (possibly partial) nested dict; unknown keys raise :class:`ConfigError`."""
-        cfg = _from_dict(cls, _current_names(data or {}), prefix="")
+        cfg = _from_dict(cls, current_names(data or {}), prefix="")
         cfg.validate()
         return cfg
 
@@ -354,46 +350,6 @@ def component_selectors() -> dict[str, str]:
 
 # --- helpers ------------------------------------------------------------------------------
 _COMPONENT_KEYS = {"crop": "method", "framework": "name", "backbone": "name", "head": "name"}
-RENAMED_KEYS = {"objectives": "losses", "augment.strength": "augment.jitter_scale"}
-"""Old config key (a section or a dotted key) -> its name now: the old name is still read (with a
-:class:`RenamedKeyWarning`) in configs, specs and ``--set``, and :func:`current_key` maps the params of
-runs logged before. A renamed dotted key stays in its section."""
-
-
-class RenamedKeyWarning(DeprecationWarning):
-    """A config key given under its old name (:data:`RENAMED_KEYS`); it is read as the new one."""
-
-
-def current_key(key: str, warn: bool = False) -> str:
-    """A dotted key (or a section name) under its current name: ``objectives.region`` -> ``losses.region``,
-    ``augment.strength`` -> ``augment.jitter_scale``; ``warn``: a :class:`RenamedKeyWarning` when it was
-    an old name."""
-    parts = key.split(".")
-    for n in range(len(parts), 0, -1):
-        old = ".".join(parts[:n])
-        if old in RENAMED_KEYS:
-            new = ".".join([RENAMED_KEYS[old], *parts[n:]])
-            if warn:
-                warnings.warn(f"config key {key!r} is deprecated: read as {new!r}, write that instead",
-                              RenamedKeyWarning, stacklevel=3)
-            return new
-    return key
-
-
-def _current_names(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``data`` (the config dict, or its section ``prefix``) with old key names mapped to the new ones
-    (a warning each), sections included; both names of one key is a :class:`ConfigError`."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        new = current_key(prefix + key, warn=True)
-        name = new[len(prefix):]
-        if name != key and name in data:
-            old = prefix + key
-            raise ConfigError(f"the config has both {old!r} and {new!r}: keep only {new!r} ({old!r} is its old name)")
-        out[name] = _current_names(value, new + ".") if isinstance(value, Mapping) else value
-    return out
-
-
 def _check_keys(section: str, params: Mapping[str, Any], valid: list[str], what: str = "") -> None:
     unknown = sorted(set(params) - set(valid))
     if unknown:
@@ -456,36 +412,3 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, list) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         raise ConfigError(f"{key} must be a list of strings, got {value!r}")
     return value
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """``set_dotted(d, "crop.strength", 0.5)`` sets ``d["crop"]["strength"]``."""
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            raise ConfigError(f"cannot set {key!r}: {part!r} is not a config section")
-        node = node[part]
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"crop.strength=0.5"`` -> ``("crop.strength", 0.5)``; the value is parsed as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value, e.g. crop.strength=0.5")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -18,7 +18,8 @@ from torch import nn
 from paramcrop.augment import ClipAugment
 from paramcrop.backbones import create_backbone
 from paramcrop.checkpoint import seed_everything
-from paramcrop.config import AUTO, ConfigError, TrainConfig
+from paramcrop.config import AUTO, TrainConfig
+from paramcrop.keys import ConfigError
 from paramcrop.crops import CROPS, create_crop
 from paramcrop.crops.base import CropMethod
 from paramcrop.data import EvalClips, TrainClips, resolve_source

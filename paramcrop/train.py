@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader
 from paramcrop import artifacts, checkpoint, sinks
 from paramcrop.augment import AugmentParams, ClipAugment
 from paramcrop.checkpoint import CHECKPOINT_NAME, rank_seed, seed_everything
-from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.config import TrainConfig
+from paramcrop.keys import ConfigError
 from paramcrop.schedules import warmup_cosine
 from paramcrop.crops.base import CropMethod, Views, by_parts
 from paramcrop.data.batches import EpochBatches, normalize_clips, to_input

@@ -14,7 +14,8 @@ from typing import Callable, Iterator
 
 from paramcrop import sinks
 from paramcrop.checkpoint import CHECKPOINT_NAME
-from paramcrop.config import LOSS_NAMES, ConfigError, TrainConfig
+from paramcrop.config import LOSS_NAMES, TrainConfig
+from paramcrop.keys import ConfigError
 from paramcrop.plan import RunPlan, resolve
 from paramcrop.sinks import redact_url
 from paramcrop.train import Trainer, TrainResult

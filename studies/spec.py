@@ -42,7 +42,8 @@ from typing import Any, Mapping
 import yaml
 
 from paramcrop import sinks
-from paramcrop.config import ConfigError, TrainConfig, flatten
+from paramcrop.config import TrainConfig
+from paramcrop.keys import ConfigError, flatten
 
 SPEC_DIR = Path(__file__).parent / "specs"
 SAMPLERS = ("grid", "tpe", "random")

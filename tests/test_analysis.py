@@ -223,7 +223,8 @@ def test_default_study_is_the_most_recent(store):
 
 @pytest.mark.parametrize("method", ["sql", "client"])
 def test_histories_are_complete_and_identical_across_methods(store, method):
-    from analysis.load import load_histories, select
+    from analysis.histories import load_histories
+    from analysis.load import select
 
     sel = select(store.client, study="main")
     h = load_histories(store.client, sel.run_ids, [sinks.VIEW_IOU, sinks.VIEW_CENTER_DISTANCE], method=method)

@@ -8,7 +8,8 @@ from test_train import tiny_config
 
 from paramcrop import sinks
 from paramcrop.backbones import create_backbone
-from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.config import TrainConfig
+from paramcrop.keys import ConfigError
 from paramcrop.frameworks import FRAMEWORKS, create_framework, encode_pair
 from paramcrop.heads import AUG_DIM, CATEHead, HeadSpec, MLPHead, augmentation_vectors, create_head
 from paramcrop.train import Trainer

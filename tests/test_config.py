@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from paramcrop.config import ConfigError, TrainConfig, parse_override
+from paramcrop.config import TrainConfig
+from paramcrop.keys import ConfigError, parse_override
 from paramcrop.crops import CROPS
 
 

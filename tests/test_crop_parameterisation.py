@@ -421,7 +421,8 @@ def test_parameterisation_spec_crosses_dof_with_learned_and_random_plus_the_lear
 
 def test_training_with_spatial_dof_logs_whole_clip_temporal_views_at_every_step(workdir):
     from paramcrop import sinks
-    from paramcrop.config import TrainConfig, parse_override
+    from paramcrop.config import TrainConfig
+    from paramcrop.keys import parse_override
     from paramcrop.train import train
 
     overrides = dict(parse_override(o) for o in ("crop.dof=spatial", "crop.coupling=relative"))

@@ -12,7 +12,8 @@ from torch import nn
 from conftest import TINY_SOURCE
 from paramcrop import ParamCrop, Views, create_crop, crop_video, sinks
 from paramcrop.augment import ClipAugment
-from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.config import TrainConfig
+from paramcrop.keys import ConfigError
 from paramcrop.crops.base import grad_subset_size
 from paramcrop.frameworks import nt_xent_loss
 from paramcrop.geometry import crop_video_reference

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from test_train import tiny_config
 
 from paramcrop import sinks
-from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.config import TrainConfig
+from paramcrop.keys import ConfigError
 from paramcrop.geometry import FULL_CUBE
 from paramcrop.losses import ORDER_LOSS, REGION_LOSS, TemporalOrder, global_view, order_targets
 from paramcrop.train import Trainer

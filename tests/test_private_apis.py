@@ -87,14 +87,14 @@ def test_optuna_optimize_logger_name():
 
 
 def test_mlflow_client_tracking_client_store_and_sql_metric(tmp_path):
-    """analysis/load.py: ``client._tracking_client.store`` (an ``SqlAlchemyStore`` for ``sqlite://``) and MLflow's
+    """analysis/histories.py: ``client._tracking_client.store`` (an ``SqlAlchemyStore`` for ``sqlite://``) and MLflow's
     ``SqlMetric`` table, the fast path that reads metric histories with one query per metric."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from analysis.load import _histories_sql, _sql_store
+    from analysis.histories import _histories_sql, _sql_store
 
-    what = ("MLflow's private client._tracking_client.store or SqlMetric moved: analysis/load.py falls back to one "
+    what = ("MLflow's private client._tracking_client.store or SqlMetric moved: analysis/histories.py falls back to one "
             "REST-style get_metric_history call per run and metric (analyses of big studies become many times slower)")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.create_run(client.create_experiment("e"))

@@ -6,7 +6,8 @@ import torch
 from test_train import tiny_config
 
 from paramcrop import sinks
-from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.config import TrainConfig
+from paramcrop.keys import ConfigError
 from paramcrop.losses import REGION_LOSS, RegionContrast, cell_boxes, region_contrast_loss, soft_targets
 from paramcrop.train import Trainer
 

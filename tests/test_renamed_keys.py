@@ -10,7 +10,8 @@ import warnings
 import pytest
 
 from paramcrop import sinks
-from paramcrop.config import ConfigError, RenamedKeyWarning, TrainConfig
+from paramcrop.config import TrainConfig
+from paramcrop.keys import ConfigError, RenamedKeyWarning
 
 
 def test_old_section_in_a_config_reads_as_losses_with_a_deprecation_warning():

@@ -8,7 +8,8 @@ import pytest
 from test_studies import TINY_CONFIG, TINY_SOURCE, run_cli, study_and_runs, tiny_spec, write_spec
 
 from paramcrop import sinks
-from paramcrop.config import TrainConfig, flatten
+from paramcrop.config import TrainConfig
+from paramcrop.keys import flatten
 from paramcrop.data import VideoRecord, resolve_source
 from paramcrop.data.sources import dataset_digest, dataset_root
 from studies.conventions import trial_run_name

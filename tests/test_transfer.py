@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from paramcrop import sinks
-from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.config import TrainConfig
+from paramcrop.keys import ConfigError
 from conftest import TINY_SOURCE
 
 VARIANT_SOURCE = "synthetic:variant=textures,videos_per_class=4,frames=24,size=32,shapes=2,motions=2"

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from paramcrop import sinks
-from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.config import TrainConfig
+from paramcrop.keys import ConfigError
 from paramcrop.data import resolve_source
 from paramcrop.data.records import DatasetSpec, VideoRecord
 from paramcrop.data.sources import parse_folder

@@ -13,7 +13,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from paramcrop import sinks
-from paramcrop.config import ConfigError, TrainConfig
+from paramcrop.config import TrainConfig
+from paramcrop.keys import ConfigError
 from paramcrop.plan import resolve_workers
 from paramcrop.train import Trainer, train
 from studies.commands import worker_env

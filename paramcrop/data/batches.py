@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from paramcrop.config import ConfigError
+from paramcrop.keys import ConfigError
 from paramcrop.distributed import DistInfo, shard
 
 # the Kinetics statistics that torchvision's video models use
