@@ -416,11 +416,11 @@ def data_synth(
     shapes: Optional[int] = typer.Option(None, help="Object shapes, 1-4; classes = shapes x motions. [default: 2]"),
     motions: Optional[int] = typer.Option(None, help="Motion directions, 1-8. [default: 4]"),
     test_fraction: Optional[float] = typer.Option(None, help="Fraction of each class in the test split. [default: 0.25]"),
-    variant: Optional[str] = typer.Option(None, help="Background design: default, textures, patchwork, "
+    variant: Optional[str] = typer.Option(None, help="Background design: smooth, textures, patchwork, "
                                           "patchwork-drift, mosaic (see `paramcrop.data.synthetic.VARIANTS`). "
-                                          "[default: default]"),
+                                          "[default: mosaic]"),
     objects: Optional[int] = typer.Option(None, help="Objects per video, 1-8, all of the class's shape and motion. "
-                                          "[default: 1]"),
+                                          "[default: 3]"),
 ) -> None:
     """Generate the synthetic benchmark (H.264 MP4 + manifest) into the cache, or find it there."""
     from paramcrop.data.synthetic import MANIFEST, SyntheticConfig, cache_root, ensure_synthetic

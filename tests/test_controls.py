@@ -316,7 +316,7 @@ def test_builtin_controls_specs():
     check_replay_references(controls)
     crops = controls.grid()["variant:crop"]
     assert set(crops) == {"random", "random-cvrl", "matched", "curriculum", "replay", "paramcrop-l0", "paramcrop"}
-    assert controls.seeds == [0, 1, 2] and controls.objectives[0].metric == "eval/val/knn_top1"
+    assert controls.seeds == [0, 1, 2, 3, 4] and controls.objectives[0].metric == "eval/val/knn_top1"
     quick = load_spec("quickstart").search_space[0].choices
     assert {k: (v["crop.method"], v.get("crop.strength")) for k, v in quick.items()} == {
         "random": ("random", None), "paramcrop-l1": ("paramcrop", 1.0), "paramcrop-l0": ("paramcrop", 0.0)}

@@ -74,18 +74,21 @@ def test_decoded_frames_match_rendering(tmp_path):
 
 
 def test_default_motion_and_size_are_visible_in_a_short_view():
-    """Learnability: in 16 source frames (8 frames at stride 2) the object moves >= 8 px at 64 px,
-    its radius is >= 9 px and it stays inside the frame; the direction matches the class."""
+    """Learnability: in 16 source frames (8 frames at stride 2) every object of the default three moves
+    >= 8 px at 64 px, its radius is >= 5.5 px (0.15 x 64 / sqrt(3)) and it stays inside the frame;
+    the direction matches the class."""
     config = SyntheticConfig()
     directions = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
     for label, name in enumerate(config.classes):
         for index in range(0, config.videos_per_class, 4):
             scene = sample_scene(config, label, index)
-            step = scene.centers[15:] - scene.centers[:-15]
-            assert np.linalg.norm(step, axis=1).min() >= 8
-            assert np.sign(step[0]).tolist() == list(directions[name.split("_")[1]])
-            assert scene.radius >= 9
-            assert (scene.centers - scene.radius >= 0).all() and (scene.centers + scene.radius <= 64).all()
+            assert len(scene.others) == config.objects - 1 == 2
+            for centers, radius in ((scene.centers, scene.radius), *scene.others):
+                step = centers[15:] - centers[:-15]
+                assert np.linalg.norm(step, axis=1).min() >= 8
+                assert np.sign(step[0]).tolist() == list(directions[name.split("_")[1]])
+                assert radius >= 5.5
+                assert (centers - radius >= 0).all() and (centers + radius <= 64).all()
 
 
 def test_colour_is_not_a_class_cue():
@@ -169,7 +172,7 @@ def test_design_variants_are_deterministic_and_pass_data_check(tmp_path, variant
     result = CliRunner().invoke(app, ["data", "check", f"synthetic:variant={variant},shapes=2,motions=1,"
                                       "videos_per_class=2,frames=16", "--cache-dir", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
-    assert config.dirname != SyntheticConfig(**{**config.__dict__, "variant": "default"}).dirname
+    assert config.dirname != SyntheticConfig(**{**config.__dict__, "variant": "smooth"}).dirname
 
 
 def background_views(variant: str, shift_xy: float, shift_t: float, videos: int = 12) -> float:
@@ -194,12 +197,12 @@ def background_views(variant: str, shift_xy: float, shift_t: float, videos: int 
 
 def test_design_backgrounds_are_shared_by_overlapping_views_only():
     """The nuisance that the designs add: two views' backgrounds agree when the views coincide and
-    decorrelate within an eighth of the frame's width (the smooth default background stays similar
+    decorrelate within an eighth of the frame's width (the first design's smooth background stays similar
     there); patchwork-drift's also decorrelate as the views move apart in time, the static ones not at all."""
     for variant in DESIGNS:
         near, far = background_views(variant, 0.0, 0.0), background_views(variant, 0.25, 0.0)
         assert near > 0.999 and far < 0.3, (variant, near, far)
-    assert background_views("default", 0.25, 0.0) > 0.45
+    assert background_views("smooth", 0.25, 0.0) > 0.45
     assert background_views("patchwork", 0.0, 1.0) > 0.999  # static: time changes nothing
     drift = [background_views("patchwork-drift", 0.0, t) for t in (0.0, 0.25, 0.5, 1.0)]
     assert drift[0] > 0.999 and all(a > b for a, b in zip(drift, drift[1:])) and drift[-1] < drift[1] - 0.2
@@ -208,7 +211,7 @@ def test_design_backgrounds_are_shared_by_overlapping_views_only():
 def test_bad_variant_and_option_type_exit_2(tmp_path):
     runner = CliRunner()
     bad = runner.invoke(app, ["data", "check", "synthetic:variant=checkers", "--cache-dir", str(tmp_path)])
-    assert bad.exit_code == 2 and "variant must be one of default, textures, patchwork" in bad.output
+    assert bad.exit_code == 2 and "variant must be one of smooth, textures, patchwork" in bad.output
     bad = runner.invoke(app, ["data", "synth", "--out", str(tmp_path), "--variant", "checkers"])
     assert bad.exit_code == 2 and "variant must be one of" in bad.output
     bad = runner.invoke(app, ["data", "check", "synthetic:variant=mosaic,frames=many", "--cache-dir", str(tmp_path)])
@@ -220,7 +223,7 @@ def test_objects_option_renders_every_object_of_the_class():
     """``objects=3``: three discs of the class's motion, each where its trajectory says (the object's
     pixels against discs computed here from the scene's centres and radii), smaller by sqrt(3)."""
     config = SyntheticConfig(objects=3)
-    single = sample_scene(SyntheticConfig(), 0, 0)
+    single = sample_scene(SyntheticConfig(objects=1), 0, 0)
     scene = sample_scene(config, 0, 0)  # circle_right
     assert len(scene.others) == 2
     for centers, radius in ((scene.centers, scene.radius), *scene.others):
@@ -234,6 +237,17 @@ def test_objects_option_renders_every_object_of_the_class():
         inside |= np.hypot(pixel[None, :] - cx, pixel[:, None] - cy) < radius - 1
     coloured = np.abs(frame - scene.color).max(axis=-1) < 1
     assert coloured[inside].all() and coloured.sum() < inside.sum() * 1.5
-    assert single.others == () and SyntheticConfig(objects=3).dirname != SyntheticConfig().dirname
+    assert single.others == () and SyntheticConfig(objects=1).dirname != SyntheticConfig().dirname
     with pytest.raises(ValueError, match="objects must be 1..8"):
         SyntheticConfig(objects=0)
+
+
+def test_the_default_is_the_sweet_spot_design_and_every_design_keeps_its_folder():
+    """``synthetic`` is three objects over the mosaic; the folders (hashes of the config) are those
+    the same designs had before the default changed: ``synthetic:variant=smooth,objects=1`` the old
+    default's, ``synthetic`` the old ``synthetic:variant=mosaic,objects=3``'s (names from that code)."""
+    default = SyntheticConfig()
+    assert (default.variant, default.objects) == ("mosaic", 3)
+    assert default == SyntheticConfig.from_options("") == SyntheticConfig.from_options("variant=mosaic,objects=3")
+    assert default.dirname == "synthetic-v1-1a0c5d7911"
+    assert SyntheticConfig.from_options("variant=smooth,objects=1").dirname == "synthetic-v1-75e442b731"

@@ -127,7 +127,7 @@ def test_dataset_names(source, name):
 
 @pytest.mark.parametrize("datasets, message", [
     (["nosuch:x"], "eval.datasets: bad data source 'nosuch:x'"),
-    (["synthetic:variant=plaid"], "variant must be one of default, textures"),
+    (["synthetic:variant=plaid"], "variant must be one of smooth, textures"),
     ("synthetic", "eval.datasets must be a list of strings"),
 ])
 def test_bad_downstream_datasets_are_refused(datasets, message):
@@ -162,10 +162,10 @@ def test_textures_variant_keeps_classes_changes_backgrounds():
 
     from paramcrop.data.synthetic import SyntheticConfig, render, sample_scene
 
-    base = SyntheticConfig(shapes=2, motions=2, size=32, frames=4)
-    variant = SyntheticConfig.from_options("variant=textures,shapes=2,motions=2,size=32,frames=4")
+    base = SyntheticConfig(shapes=2, motions=2, size=32, frames=4, variant="smooth", objects=1)
+    variant = SyntheticConfig.from_options("variant=textures,objects=1,shapes=2,motions=2,size=32,frames=4")
     assert variant.classes == base.classes and variant.dirname != base.dirname
-    # the default keeps its pre-variant cache folder: the hash of the fields without `variant` (nor `objects`)
+    # the first design keeps its pre-variant cache folder: the hash of the fields without `variant` (nor `objects`)
     import dataclasses
     import hashlib
     import json
@@ -173,7 +173,7 @@ def test_textures_variant_keeps_classes_changes_backgrounds():
     fields = {k: v for k, v in dataclasses.asdict(base).items() if k not in ("variant", "objects")}
     assert base.dirname.endswith(hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10])
     a, b = sample_scene(base, 1, 0), sample_scene(variant, 1, 0)
-    # stripes: many more sharp transitions than the smooth default background
+    # stripes: many more sharp transitions than the smooth background
     edges = [(np.abs(np.diff(s.background.mean(axis=2), axis=1)) > 20).mean() for s in (a, b)]
     assert edges[1] > 5 * edges[0] + 0.01, edges
     assert render(b).shape == (4, 32, 32, 3)
