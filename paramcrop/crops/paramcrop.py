@@ -293,9 +293,14 @@ class ParamCrop(CropMethod):
         inputs = inputs.float()
         if inputs.dim() == 2:
             inputs = inputs.unsqueeze(1)
+        batch = inputs.shape[0]
+        if self.generator_input == "none":  # every clip's input is the code: one pair for the batch,
+            inputs = inputs[:1]  # exactly (a batched matmul may round identical rows apart on some CPUs)
         if self.coupling == "independent":
-            return torch.stack([g(inputs[:, k]) for k, g in enumerate(self.generator)], 1)
-        return self.generator(inputs[:, 0]).view(-1, 2, 6)
+            raw = torch.stack([g(inputs[:, k]) for k, g in enumerate(self.generator)], 1)
+        else:
+            raw = self.generator(inputs[:, 0]).view(-1, 2, 6)
+        return raw.expand(batch, -1, -1)
 
     def cubes_from_raw(self, raw: Tensor) -> Tensor:
         """Raw outputs ``(B, 2, 6)`` -> valid cubes ``(B, 2, 6)``; the uncontrolled parameters
