@@ -315,7 +315,8 @@ def test_builtin_controls_specs():
     controls = load_spec("controls")
     check_replay_references(controls)
     crops = controls.grid()["variant:crop"]
-    assert set(crops) == {"random", "random-cvrl", "matched", "curriculum", "replay", "paramcrop-l0", "paramcrop"}
+    assert set(crops) == {"random", "random-cvrl", "matched", "matched-sweet", "curriculum", "replay",
+                          "paramcrop-l0", "paramcrop"}
     assert controls.seeds == [0, 1, 2, 3, 4] and controls.objectives[0].metric == "eval/val/knn_top1"
     quick = load_spec("quickstart").search_space[0].choices
     assert {k: (v["crop.method"], v.get("crop.strength")) for k, v in quick.items()} == {
@@ -325,5 +326,8 @@ def test_builtin_controls_specs():
     assert quick["random"] == choices["random"]
     assert choices["curriculum"]["crop.area"] == choices["random-cvrl"]["crop.area"]
     assert choices["curriculum"]["crop.duration"] == choices["random-cvrl"]["crop.duration"]
+    # the random crop matched to the sweet spot sits at sweet-spot-long's best validation level
+    assert choices["matched-sweet"] == {"crop.method": "matched",
+                                        **load_spec("sweet-spot-long").search_space[0].choices["iou-0.80"]}
     tune = load_spec("tune-baseline")
     assert tune.grid_size() == 24 and tune.base_config().crop["method"] == "random"
