@@ -8,7 +8,8 @@ that groups runs (``table``, ``compare``, ``iou-curves``, ``learning-curves``, `
   bookkeeping that cannot change a training result beyond float rounding (the config fields marked
   so, :func:`paramcrop.config.bookkeeping_keys`: ``data.workers``, ``data.cache_mb``, ``compile``,
   ``device``, ``log_every``, ``checkpoint_every``, ``snapshot_every``, ``visualize_at``). Everything
-  else counts, ``steps`` and ``eval.every`` (the learning curve's resolution) included. Values compare as numbers when both parse as numbers (``"1"`` = ``"1.0"``), else as
+  else counts, ``steps``, ``eval.every`` (the learning curve's resolution) and ``data.digest``
+  (the files a run read, :data:`paramcrop.artifacts.DATA_DIGEST`) included. Values compare as numbers when both parse as numbers (``"1"`` = ``"1.0"``), else as
   stripped strings; a param a run lacks is a value of its own ("–"), except those of
   :data:`PARAM_DEFAULTS` (the values of a run that has no such param); params under an old config
   name read under the current one (:func:`analysis.load.runs_frame`).

@@ -28,12 +28,21 @@ def log_config(sink: sinks.MetricsSink, run_dir: Path, cfg: TrainConfig) -> None
     sink.log_artifact(path)
 
 
+DATA_DIGEST = "data.digest"
+"""The param naming the videos a run read: :func:`~paramcrop.data.sources.dataset_digest` of every
+split together. ``data.source`` alone does not say it (``synthetic`` changed design once), so
+analyses, which group runs by their params, never pool runs on different data."""
+
+
 def log_datasets(sink: sinks.MetricsSink, source: str, splits: list[tuple[str, list]]) -> None:
-    """Each ``(context, records)`` split of data source ``source`` as a dataset input of the run."""
+    """Each ``(context, records)`` split of data source ``source`` as a dataset input of the run, and
+    the param :data:`DATA_DIGEST` of all of them."""
     from paramcrop.data.sources import dataset_digest, dataset_root
 
     for context, records in splits:
         sink.log_dataset(source, str(dataset_root(records)), dataset_digest(records), context, len(records))
+    every = {r.path.absolute(): r for _, records in splits for r in records}
+    sink.log_params({DATA_DIGEST: dataset_digest(list(every.values()))})
 
 
 def read_trajectory(run_dir: Path, before: int) -> list[dict[str, float]]:

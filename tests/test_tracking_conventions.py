@@ -8,6 +8,7 @@ import pytest
 from test_studies import TINY_CONFIG, TINY_SOURCE, run_cli, study_and_runs, tiny_spec, write_spec
 
 from paramcrop import sinks
+from paramcrop.artifacts import DATA_DIGEST
 from paramcrop.config import TrainConfig
 from paramcrop.keys import flatten
 from paramcrop.data import VideoRecord, resolve_source
@@ -59,6 +60,28 @@ def test_dataset_digest_same_files_same_digest_one_file_more_another(tmp_path):
     # an absent file is part of the list (size -1), not an error
     shutil.rmtree(tmp_path / "one" / "class0")
     assert dataset_digest(records) not in (digest, dataset_digest(records[1:]))
+
+
+def test_two_synthetic_designs_are_two_configurations_wherever_the_cache_is(tmp_path):
+    """``data.source`` says ``synthetic`` for both designs; the ``data.digest`` param tells them apart."""
+    import pandas as pd
+
+    from analysis.groups import configurations
+
+    options = "videos_per_class=2,frames=16,size=32,shapes=2,motions=1"
+    def digest(source, cache):
+        spec = resolve_source(source, cache_dir=tmp_path / cache)
+        return dataset_digest(spec.train + spec.test)
+
+    default, elsewhere = digest(f"synthetic:{options}", "a"), digest(f"synthetic:{options}", "b")
+    first = digest(f"synthetic:{options},variant=smooth,objects=1", "a")
+    assert default == elsewhere != first
+    runs = pd.DataFrame({"run_id": ["r0", "r1", "r2"], "params.seed": ["0", "1", "0"],
+                         "params.crop.method": ["random"] * 3, "params.data.source": ["synthetic"] * 3,
+                         f"params.{DATA_DIGEST}": [default, default, first]})
+    frame, _ = configurations(runs)
+    ids = frame.set_index("run_id")["config"]
+    assert ids["r0"] == ids["r1"] != ids["r2"]
 
 
 # --- a tiny study end to end ------------------------------------------------------------------
@@ -129,6 +152,8 @@ def test_tiny_study_names_notes_sources_datasets_and_summary(workdir):
             assert profile == {"num_videos": len(records)}
             assert uri == str(dataset_root(records))
         assert inputs[sinks.DATASET_TRAINING][1] != inputs[sinks.DATASET_EVALUATION][1]
+        # and one param naming every video the run read (val is carved from train: the union is train + test)
+        assert run.data.params[DATA_DIGEST] == dataset_digest(dataset.train + dataset.val + dataset.test)
 
 
 def test_train_run_keeps_its_name_and_gets_sources_and_datasets(workdir):
