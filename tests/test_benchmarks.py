@@ -30,3 +30,19 @@ def test_gpu_script_runs_on_cpu_and_writes_finite_ratios(tmp_path):
     assert all(math.isfinite(float(r["value"])) and float(r["value"]) > 0 for r in rows)
     log = (out / "gpu.log").read_text()
     assert "CUDA tests: skipped (--device cpu)" in log and "crop_video vs grid_sample" in log
+
+
+def test_trial_phases_account_for_each_trial_once(tmp_path):
+    """The phases of each trial are timed apart (none inside another): together they stay within the trial's wall time."""
+    out = tmp_path / "phases.csv"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PARAMCROP_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(["python", str(REPO / "benchmarks" / "trial_phases.py"), "--tiny", "--set", "compile=false",
+                           "--csv", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with out.open(newline="") as fh:
+        values = {r["name"]: float(r["value"]) for r in csv.DictReader(fh)}
+    for trial in ("trial0", "trial1"):
+        assert values[f"{trial}/steps"] > 0 and values[f"{trial}/evaluation"] > 0 and values[f"{trial}/build"] > 0
+        assert 0 <= values[f"{trial}/rest"] < values[f"{trial}/wall"]
+        assert 0 < values[f"{trial}/outside_steps"] < 1
+    assert "| share outside training steps |" in done.stdout

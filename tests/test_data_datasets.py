@@ -308,6 +308,42 @@ def test_decoded_cache_gives_the_windows_decoding_gives_and_reads_each_file_once
         assert torch.equal(a, b) and la == lb
 
 
+def test_a_later_dataset_over_the_same_files_reuses_their_decoded_frames(tmp_path, monkeypatch):
+    """A study's next trial: a new dataset over the same unchanged files at the same size decodes nothing;
+    a changed file, another size or a split evicted by KEPT_SPLITS newer ones are decoded again."""
+    from paramcrop.data import datasets
+
+    records = [grey_video(tmp_path / f"v{i}.mp4", 30 + 5 * i) for i in range(3)]
+    calls = _files_read(monkeypatch)
+    indices = range(2 * len(records))
+    expected = [TrainClips(records, frames=8, stride=2, size=32, seed=3)[i] for i in indices]
+    first = TrainClips(records, frames=8, stride=2, size=32, seed=3, cache_mb=64)
+    calls.clear()
+    [first[i] for i in indices]
+    assert calls == [30, 35, 40]
+    del first
+    calls.clear()
+    later = [TrainClips(records, frames=8, stride=2, size=32, seed=3, cache_mb=64)[i] for i in indices]
+    assert calls == [] and all(torch.equal(a, b) for a, b in zip(expected, later))
+    other_size = TrainClips(records, frames=8, stride=2, size=24, seed=3, cache_mb=64)
+    [other_size[i] for i in indices]
+    assert calls == [30, 35, 40]
+
+    grey_video(records[1].path, 36)  # the same path, another video
+    changed = TrainClips(records, frames=8, stride=2, size=32, seed=3, cache_mb=64)
+    calls.clear()
+    got = [changed[i] for i in indices]
+    assert calls == [30, 36, 40]
+    fresh = TrainClips(records, frames=8, stride=2, size=32, seed=3)
+    assert all(torch.equal(a, fresh[i]) for a, i in zip(got, indices))
+
+    for n in range(datasets.KEPT_SPLITS):  # newer splits push the changed one out
+        TrainClips(records[:1], frames=8, stride=2, size=16 + 2 * n, cache_mb=64)
+    calls.clear()
+    [TrainClips(records, frames=8, stride=2, size=32, seed=3, cache_mb=64)[i] for i in indices]
+    assert calls == [30, 36, 40]
+
+
 def test_decoded_cache_is_off_when_the_split_does_not_fit_or_is_zero(tmp_path, monkeypatch):
     records = [grey_video(tmp_path / f"v{i}.mp4", 40) for i in range(2)]
     need_mb = 2 * 40 * 32 * 32 * 3 / 2**20  # 0.23 MiB decoded

@@ -16,7 +16,7 @@ resizes while decoding) and center-cropped to ``size x size``.
 from __future__ import annotations
 
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Sequence
 
 import numpy as np
@@ -53,6 +53,25 @@ def check_window_fits(records: Sequence[VideoRecord], frames: int, stride: int) 
                      f"or data.stride")
 
 
+KEPT_SPLITS = 4
+"""Decoded splits a process keeps after their datasets are gone (the most recently made ones): a
+study's next trial over the same videos slices them from memory instead of decoding them again."""
+_KEPT: OrderedDict[tuple, dict[int, np.ndarray]] = OrderedDict()
+
+
+def _decoded_split(records: Sequence[VideoRecord], size: int) -> dict[int, np.ndarray]:
+    """The dict of decoded videos (index in ``records`` -> ``uint8 (frames, size, size, 3)``) shared by
+    every dataset of this process over the same files, unchanged (path, bytes, modification time),
+    at the same ``size``: empty for the first one. Keeps the last :data:`KEPT_SPLITS` splits."""
+    stats = [r.path.stat() for r in records]
+    key = (size, tuple((str(r.path.absolute()), st.st_size, st.st_mtime_ns) for r, st in zip(records, stats)))
+    decoded = _KEPT.pop(key, None)
+    _KEPT[key] = decoded = {} if decoded is None else decoded
+    while len(_KEPT) > KEPT_SPLITS:
+        _KEPT.popitem(last=False)
+    return decoded
+
+
 class _Clips(Dataset):
     """The scan, the decoding of windows and the fallback for videos that fail after the scan.
 
@@ -61,8 +80,9 @@ class _Clips(Dataset):
 
     ``cache_mb``: when every readable video of the set, decoded whole at ``size``, fits in this many
     MiB, each video is decoded once (all its frames) and its windows are sliced from memory after
-    that, in each process that reads it (DataLoader workers keep their own); otherwise every window
-    is decoded from the file. The frames are the same either way (:func:`.video.read_frames` asks
+    that, in each process that reads it (DataLoader workers keep their own; a later dataset of the
+    process over the same unchanged files at the same size reuses them, :data:`KEPT_SPLITS`);
+    otherwise every window is decoded from the file. The frames are the same either way (:func:`.video.read_frames` asks
     decord for whole spans, never for frames with gaps: ``tests/test_data_datasets.py``); 0 = never
     cache."""
 
@@ -89,7 +109,7 @@ class _Clips(Dataset):
         self.span = window_span(frames, stride)
         self._broken: set[int] = set()
         decoded_mb = sum(info.frames for info in self.infos) * size * size * 3 / 2**20
-        self._decoded: dict[int, np.ndarray] | None = {} if 0 < decoded_mb <= cache_mb else None
+        self._decoded = _decoded_split(self.records, size) if 0 < decoded_mb <= cache_mb else None
 
     def __len__(self) -> int:
         return len(self.records)
