@@ -65,6 +65,9 @@ def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats:
                      precision: str = "fp32") -> dict[str, list[float]]:
     """Seconds of each interleaved round of ``full-<crop>`` (each of :data:`CROPS`), ``bare`` and ``floor``
     (bare + input gradient)."""
+    # each case compiles its own graphs: without the reset, the cases before count against torch.compile's
+    # recompile limit (8 per function), and the crop and colour functions fell back to eager in the r3d cases
+    torch.compiler.reset()
     clips = torch.randint(0, 256, (batch, 3, raw[0], raw[1], raw[1]), dtype=torch.uint8, device=device)
     trainers = {crop: make_trainer(crop, backbone, batch, raw, view, device, precision) for crop in CROPS}
     sink = sinks.MemorySink()
