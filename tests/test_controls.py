@@ -329,5 +329,10 @@ def test_builtin_controls_specs():
     # the random crop matched to the sweet spot sits at sweet-spot-long's best validation level
     assert choices["matched-sweet"] == {"crop.method": "matched",
                                         **load_spec("sweet-spot-long").search_space[0].choices["iou-0.80"]}
+    # the learned crop held at the sweet spot, against the random crop matched there, at the controls' settings
+    budget = load_spec("sweet-spot-budget")
+    held = budget.search_space[0].choices
+    assert held["matched-sweet"] == choices["matched-sweet"] and held["paramcrop-budget"]["crop.budget"] == 0.8
+    assert budget.base_config() == controls.base_config() and budget.seeds == controls.seeds
     tune = load_spec("tune-baseline")
     assert tune.grid_size() == 24 and tune.base_config().crop["method"] == "random"
