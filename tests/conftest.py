@@ -18,6 +18,17 @@ TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2
 """A tiny synthetic benchmark (4 classes, 6 videos each, 24 frames at 32 px) for training tests."""
 
 
+@pytest.fixture(autouse=True)
+def fresh_decoded_splits(monkeypatch):
+    """Each test starts with no decoded splits kept from earlier tests (``datasets.KEPT_SPLITS``): a
+    test that counts decodes must not depend on which tests ran before it in the process."""
+    from collections import OrderedDict
+
+    from paramcrop.data import datasets
+
+    monkeypatch.setattr(datasets, "_KEPT", OrderedDict())
+
+
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
     """A fresh synthetic-data cache for one test module (``pytestmark = pytest.mark.usefixtures("tiny_cache")``)."""
