@@ -152,7 +152,7 @@ def test_tiny_study_names_notes_sources_datasets_and_summary(workdir):
             assert profile == {"num_videos": len(records)}
             assert uri == str(dataset_root(records))
         assert inputs[sinks.DATASET_TRAINING][1] != inputs[sinks.DATASET_EVALUATION][1]
-        # and one param naming every video the run read (val is carved from train: the union is train + test)
+        # and one param naming every video the run read: the three (disjoint) splits together
         assert run.data.params[DATA_DIGEST] == dataset_digest(dataset.train + dataset.val + dataset.test)
 
 
