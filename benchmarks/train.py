@@ -9,7 +9,10 @@
    ``crop.grad_fraction`` 0.5 and 0.25 (the cube gradient from a random half / quarter of the clips).
    Ratios are medians of the round-by-round ratios of interleaved repeats, with their range. The
    hardest-views step (``crop.method: hardest``, K = 4 candidate pairs scored by one extra forward
-   pass) over random-crop step, the same way. Both for tiny3d at the quickstart size (batch 32, 16x64x64 clips -> 8x48x48 views) and for
+   pass) over random-crop step, the same way. The backbone's input gradient (the floor and every
+   learned crop) as the backbone computes it (``backbones.InputConv3d``: its stem's input gradient as
+   one stride-1 convolution over the stride's phases) against oneDNN's transposed convolution (the
+   stem a plain ``nn.Conv3d``): "floor / floor-onednn" and "ParamCrop / ParamCrop-onednn". Both for tiny3d at the quickstart size (batch 32, 16x64x64 clips -> 8x48x48 views) and for
    r3d_18 at 16x112x112 views (batch 4 on CPU, 32 on CUDA; ``--r3d-batch``), in each ``--precision``
    (bf16 = autocast; the bare step autocast alike). The floor of a learned-crop step is the bare
    step that also computes the gradient to its input (the adversary needs it): "ParamCrop / floor".
@@ -23,6 +26,7 @@ logging measurement.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import resource
 import statistics
@@ -40,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _timing import Results, interleaved, ratio_spread  # noqa: E402
 
 from paramcrop import sinks  # noqa: E402
+from paramcrop.backbones import InputConv3d  # noqa: E402
 from paramcrop.config import TrainConfig  # noqa: E402
 from paramcrop.data.batches import to_input  # noqa: E402
 from paramcrop.train import Trainer  # noqa: E402
@@ -61,15 +66,30 @@ def make_trainer(crop: str, backbone: str, batch: int, raw: tuple[int, int], vie
     return Trainer(cfg, Path(tempfile.mkdtemp()), progress=False)
 
 
+def with_onednn_input_grad(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with each :class:`InputConv3d` replaced by a plain ``nn.Conv3d`` on the same parameters."""
+    for name, child in module.named_children():
+        if isinstance(child, InputConv3d):
+            plain = torch.nn.Conv3d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                    child.padding, bias=False)
+            plain.weight = child.weight
+            setattr(module, name, plain)
+        else:
+            with_onednn_input_grad(child)
+    return module
+
+
 def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats: int,
                      precision: str = "fp32") -> dict[str, list[float]]:
     """Seconds of each interleaved round of ``full-<crop>`` (each of :data:`CROPS`), ``bare`` and ``floor``
-    (bare + input gradient)."""
+    (bare + input gradient), ``full-paramcrop-onednn`` and ``floor-onednn`` (the stem's input gradient by oneDNN)."""
     # each case compiles its own graphs: without the reset, the cases before count against torch.compile's
     # recompile limit (8 per function), and the crop and colour functions fell back to eager in the r3d cases
     torch.compiler.reset()
     clips = torch.randint(0, 256, (batch, 3, raw[0], raw[1], raw[1]), dtype=torch.uint8, device=device)
     trainers = {crop: make_trainer(crop, backbone, batch, raw, view, device, precision) for crop in CROPS}
+    trainers["paramcrop-onednn"] = make_trainer("paramcrop", backbone, batch, raw, view, device, precision)
+    with_onednn_input_grad(trainers["paramcrop-onednn"].framework)
     sink = sinks.MemorySink()
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
@@ -88,7 +108,10 @@ def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats:
     autocast = trainers["random"].autocast
     x_grad = x.clone().requires_grad_()
 
-    def bare_step(inputs):
+    onednn_module = with_onednn_input_grad(copy.deepcopy(backbone_module))
+    onednn_opt = torch.optim.AdamW(onednn_module.parameters(), lr=1e-4)
+
+    def bare_step(inputs, backbone_module=backbone_module, bare_opt=bare_opt):
         def run():
             bare_opt.zero_grad(set_to_none=True)
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
@@ -100,7 +123,8 @@ def measure_backbone(backbone: str, batch: int, raw, view, device: str, repeats:
         return run
 
     return interleaved({**{f"full-{name}": full(trainer) for name, trainer in trainers.items()},
-                        "bare": bare_step(x), "floor": bare_step(x_grad)}, repeats=repeats, warmup=2)
+                        "bare": bare_step(x), "floor": bare_step(x_grad),
+                        "floor-onednn": bare_step(x_grad, onednn_module, onednn_opt)}, repeats=repeats, warmup=2)
 
 
 def measure_logging(step_seconds: float) -> tuple[float, float]:
@@ -167,6 +191,11 @@ def main() -> None:
             print(f"  full step, ParamCrop       {t['full-paramcrop'] * 1e3:8.1f} ms   ratio to bare "
                   f"{t['full-paramcrop'] / t['bare']:.3f}, to floor {t['full-paramcrop'] / t['floor']:.3f}")
             print(f"  ParamCrop / random step    {t['full-paramcrop'] / t['full-random']:.3f}")
+            for over, under in (("floor", "floor-onednn"), ("full-paramcrop", "full-paramcrop-onednn")):
+                ratio, low, high = ratio_spread(times, over, under)
+                results.add(f"{key}/{over.removeprefix('full-')}_over_onednn_input_grad", ratio, "ratio")
+                print(f"  {over} / {under} {ratio:.3f} (rounds {low:.3f}-{high:.3f}): the stem's input "
+                      f"gradient by phases ({t[under] * 1e3:.1f} ms with oneDNN's)")
             for name in ("paramcrop", *(f"paramcrop-f{f:g}" for f in GRAD_FRACTIONS), "hardest"):
                 ratio, low, high = ratio_spread(times, f"full-{name}", "full-random")
                 tag = name.replace("paramcrop-f", "paramcrop_f")

@@ -23,10 +23,12 @@ Minimum inputs (:meth:`Backbone.check_input`):
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchvision.models import video as tv_video
 
 from paramcrop import checks
@@ -65,6 +67,97 @@ class Backbone(nn.Module):
             )
 
 
+def _phase_taps(stride: int, kernel: int, padding: int) -> tuple[Tensor, int]:
+    """One axis of :func:`polyphase_input_grad`: ``(taps (stride, n), d_lo)``.
+
+    Input position ``x = stride * q + r`` (phase ``r``) receives ``w[j] * g[q + d]`` for every
+    output offset ``d = d_lo + t`` with kernel index ``j = r + padding - stride * d`` in
+    ``[0, kernel)``; ``taps[r, t]`` is that ``j``, or ``kernel`` (a zero tap) where none is.
+    """
+    bases = [r + padding for r in range(stride)]
+    d_lo = min(-((kernel - 1 - b) // stride) for b in bases)  # ceil((b - kernel + 1) / stride)
+    d_hi = max(b // stride for b in bases)
+    j = torch.tensor([[b - stride * d for d in range(d_lo, d_hi + 1)] for b in bases])
+    return torch.where((j >= 0) & (j < kernel), j, kernel), d_lo
+
+
+def polyphase_input_grad(grad_out: Tensor, weight: Tensor, input_size: Sequence[int],
+                         stride: Sequence[int], padding: Sequence[int]) -> Tensor:
+    """The gradient to the input of ``F.conv3d(x, weight, None, stride, padding)`` (no dilation, one
+    group), as one stride-1 convolution with an output channel per (phase, input channel).
+
+    ``grad_out (B, C_out, O_t, O_h, O_w)``, ``weight (C_out, C_in, k_t, k_h, k_w)``,
+    ``input_size = (T, H, W)`` -> ``(B, C_in, T, H, W)``, channels-last. Equal to the transposed
+    convolution up to float rounding; on CPU it is about twice as fast for few input channels.
+    """
+    axes = [_phase_taps(s, k, p) for s, k, p in zip(stride, weight.shape[2:], padding)]
+    (j_t, _), (j_h, _), (j_w, _) = axes
+    n_t, n_h, n_w = (j.shape[1] for j, _ in axes)
+    w = F.pad(weight, (0, 1, 0, 1, 0, 1))[:, :, j_t[:, None, None, :, None, None],  # a zero at index k
+                                           j_h[None, :, None, None, :, None], j_w[None, None, :, None, None, :]]
+    c_out, c_in = weight.shape[:2]
+    phases = math.prod(stride)
+    # (C_out, C_in, s_t, s_h, s_w, n_t, n_h, n_w) -> (phases * C_in, C_out, n_t, n_h, n_w): input channel fastest
+    w = w.permute(2, 3, 4, 1, 0, 5, 6, 7).reshape(phases * c_in, c_out, n_t, n_h, n_w)
+    counts = [-(-length // s) for length, s in zip(input_size, stride)]  # positions per phase
+    pads = [max(0, -d_lo, q + d_lo + n - 1 - o)
+            for (_, d_lo), n, q, o in zip(axes, (n_t, n_h, n_w), counts, grad_out.shape[2:])]
+    y = F.conv3d(grad_out, w.contiguous(memory_format=torch.channels_last_3d), padding=pads)
+    y = y[(slice(None), slice(None), *(slice(d_lo + p, d_lo + p + q) for (_, d_lo), p, q in zip(axes, pads, counts)))]
+    b = grad_out.shape[0]
+    y = y.permute(0, 2, 3, 4, 1).reshape(b, *counts, *stride, c_in)  # (B, Q_t, Q_h, Q_w, s_t, s_h, s_w, C_in)
+    y = y.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, *(q * s for q, s in zip(counts, stride)), c_in)
+    return y[:, :input_size[0], :input_size[1], :input_size[2]].permute(0, 4, 1, 2, 3)
+
+
+class _InputConv3dFn(torch.autograd.Function):
+    """``F.conv3d`` without bias whose backward takes :func:`polyphase_input_grad` for the input."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, stride: tuple[int, ...], padding: tuple[int, ...]) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv3d(x, weight, None, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = polyphase_input_grad(grad_out, weight, x.shape[2:], ctx.stride, ctx.padding)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.nn.grad.conv3d_weight(x, weight.shape, grad_out, ctx.stride, ctx.padding)
+        return grad_x, grad_w, None, None
+
+
+class InputConv3d(nn.Conv3d):
+    """The ``nn.Conv3d`` a backbone's input enters (same parameters and state-dict keys), whose
+    gradient to that input is :func:`polyphase_input_grad`.
+
+    A learned crop needs the backbone's gradient to its input clips. oneDNN (torch 2.14, CPU)
+    computes it for the 3-channel stem of ``tiny3d`` at a fifth of the speed of the weight gradient
+    of the same size (40 vs 7 ms, batch 64 of 8x48x48); as one stride-1 convolution over the
+    stride's phases it takes 23 ms (``benchmarks/train.py``: the floor). Taken on CPU, in float32,
+    for a strided convolution without bias, dilation or groups; otherwise ``nn.Conv3d`` as is.
+    """
+
+    @classmethod
+    def like(cls, conv: nn.Conv3d) -> "InputConv3d":
+        """An ``InputConv3d`` sharing ``conv``'s configuration and parameters."""
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+        new.weight, new.bias = conv.weight, conv.bias
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu") and self.bias is None and self.groups == 1
+                and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+                and set(self.dilation) == {1} and max(self.stride) > 1):
+            return _InputConv3dFn.apply(x, self.weight, self.stride, self.padding)
+        return super().forward(x)
+
+
 def _conv_bn_relu(c_in: int, c_out: int, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> nn.Sequential:
     """Conv3d ('same' padding for odd kernels) -> BatchNorm3d -> ReLU."""
     padding = tuple(k // 2 for k in kernel)
@@ -101,6 +194,7 @@ class Tiny3D(Backbone):
             _conv_bn_relu(2 * width, 4 * width, (3, 3, 3), (2, 2, 2)),
             _conv_bn_relu(4 * width, 8 * width, (3, 3, 3), (1, 1, 1)),
         )
+        self.features[0][0] = InputConv3d.like(self.features[0][0])
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``x (B, 3, T, H, W)`` -> ``(B, 8 * width, T', H', W')`` (a channels-last tensor)."""
@@ -122,6 +216,7 @@ class TorchvisionVideo(Backbone):
 def _register_resnet(name: str, build: Callable[..., tv_video.VideoResNet], min_frames: int) -> None:
     def create() -> TorchvisionVideo:
         net = build(weights=None)
+        net.stem[0] = InputConv3d.like(net.stem[0])
         features = nn.Sequential(net.stem, net.layer1, net.layer2, net.layer3, net.layer4)
         return TorchvisionVideo(name, features, 512, min_frames, 16)
 
@@ -138,7 +233,9 @@ _register_resnet("r2plus1d_18", tv_video.r2plus1d_18, min_frames=8)
 def s3d() -> TorchvisionVideo:
     """torchvision ``s3d`` (random init, 1024-d features); its fixed 2x7x7 average pool is replaced
     by global average pooling, so inputs smaller than 16x224x224 work."""
-    return TorchvisionVideo("s3d", tv_video.s3d(weights=None).features, 1024, 8, 17)
+    features = tv_video.s3d(weights=None).features
+    features[0][0][0] = InputConv3d.like(features[0][0][0])
+    return TorchvisionVideo("s3d", features, 1024, 8, 17)
 
 
 def create_backbone(name: str, **kwargs) -> Backbone:
@@ -146,4 +243,4 @@ def create_backbone(name: str, **kwargs) -> Backbone:
     return BACKBONES.create(name, **kwargs)
 
 
-__all__ = ["BACKBONES", "Backbone", "Tiny3D", "TorchvisionVideo", "create_backbone"]
+__all__ = ["BACKBONES", "Backbone", "InputConv3d", "Tiny3D", "TorchvisionVideo", "create_backbone"]

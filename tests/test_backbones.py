@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from paramcrop.backbones import BACKBONES, create_backbone
+from paramcrop.backbones import BACKBONES, InputConv3d, create_backbone, polyphase_input_grad
 from paramcrop.frameworks import FRAMEWORKS, MomentumFramework, create_framework
 
 FEATURE_DIMS = {"tiny3d": 256, "r3d_18": 512, "mc3_18": 512, "r2plus1d_18": 512, "s3d": 1024}
@@ -115,3 +115,46 @@ def test_every_pair_trains_two_steps(name, framework):
             assert any(not torch.equal(p, s) for p, s in zip(t.parameters(), snap))
     unchanged = [i for i, (p, b) in enumerate(zip(trainable, before)) if torch.equal(p, b)]
     assert not unchanged, f"{len(unchanged)} of {len(trainable)} trainable tensors did not change"
+
+
+@pytest.mark.parametrize("kernel, stride, padding, size", [
+    ((3, 3, 3), (1, 2, 2), (1, 1, 1), (8, 48, 48)),    # tiny3d's stem
+    ((3, 7, 7), (1, 2, 2), (1, 3, 3), (9, 23, 20)),    # r3d_18 / mc3_18, odd sizes
+    ((1, 7, 7), (1, 2, 2), (0, 3, 3), (4, 17, 16)),    # r2plus1d_18 / s3d
+    ((4, 5, 3), (3, 2, 4), (0, 2, 1), (11, 13, 14)),   # every axis strided, kernel not a multiple of it
+    ((2, 2, 2), (2, 2, 2), (0, 0, 0), (8, 8, 8)),      # no padding, one tap per phase
+])
+def test_polyphase_input_grad_equals_autograd_of_conv3d(kernel, stride, padding, size):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(3, 5, kernel, stride, padding, bias=False).double()
+    x = torch.randn(2, 3, *size, dtype=torch.double, requires_grad=True)
+    y = conv(x)
+    g = torch.randn_like(y)
+    reference, = torch.autograd.grad(y, x, g)
+    got = polyphase_input_grad(g, conv.weight, size, stride, padding)
+    assert got.shape == reference.shape
+    torch.testing.assert_close(got, reference, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES.names()))
+def test_input_conv_gives_the_gradients_of_a_plain_conv(name):
+    """Every backbone's input enters an InputConv3d (its state-dict keys unchanged); through the
+    backbone its gradients to the input and the weights equal a plain nn.Conv3d's, and the fast
+    backward is the one taken."""
+    torch.manual_seed(0)
+    net = create_backbone(name)
+    stems = [m for m in net.modules() if isinstance(m, InputConv3d)]
+    assert len(stems) == 1
+    plain = torch.nn.Conv3d(3, stems[0].out_channels, stems[0].kernel_size, stems[0].stride, stems[0].padding, bias=False)
+    plain.load_state_dict(stems[0].state_dict())
+    x = torch.randn(2, 3, net.min_frames, 2 * net.min_size + 3, 2 * net.min_size + 1, requires_grad=True)
+    y = stems[0](x)
+    assert type(y.grad_fn).__name__ == "_InputConv3dFnBackward"
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, stems[0].weight), g)
+    reference = torch.autograd.grad(plain(x), (x, plain.weight), g)
+    for a, b in zip(got, reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # without a gradient to the input: nn.Conv3d's own path
+        assert stems[0](x).grad_fn is None
+    assert type(stems[0](x.detach()).grad_fn).__name__ != "_InputConv3dFnBackward"
