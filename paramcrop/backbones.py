@@ -23,6 +23,7 @@ Minimum inputs (:meth:`Backbone.check_input`):
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -67,6 +68,7 @@ class Backbone(nn.Module):
             )
 
 
+@functools.lru_cache(maxsize=None)  # a few stems' settings: computed once, not every backward
 def _phase_taps(stride: int, kernel: int, padding: int) -> tuple[Tensor, int]:
     """One axis of :func:`polyphase_input_grad`: ``(taps (stride, n), d_lo)``.
 

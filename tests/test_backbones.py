@@ -138,9 +138,9 @@ def test_polyphase_input_grad_equals_autograd_of_conv3d(kernel, stride, padding,
 
 @pytest.mark.parametrize("name", sorted(BACKBONES.names()))
 def test_input_conv_gives_the_gradients_of_a_plain_conv(name):
-    """Every backbone's input enters an InputConv3d (its state-dict keys unchanged); through the
-    backbone its gradients to the input and the weights equal a plain nn.Conv3d's, and the fast
-    backward is the one taken."""
+    """Every backbone has one InputConv3d; its gradients to the input and the weights equal those of
+    a plain nn.Conv3d on the same weights, the fast backward is the one taken, and a step without an
+    input gradient keeps nn.Conv3d's own."""
     torch.manual_seed(0)
     net = create_backbone(name)
     stems = [m for m in net.modules() if isinstance(m, InputConv3d)]
