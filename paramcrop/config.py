@@ -89,9 +89,16 @@ class OptimConfig:
 class EvalConfig:
     """Evaluation (:mod:`paramcrop.evaluation`): on frozen features after training and every
     ``every`` steps (0 = end only; the online kNN learning curve), which never changes the training
-    itself; fine-tuning of a copy of the backbone for ``finetune_steps`` steps at the end (0 = off)."""
+    itself; fine-tuning of a copy of the backbone for ``finetune_steps`` steps at the end (0 = off).
+
+    On a ``synthetic`` source the validation and test queries are fresh draws of the benchmark's
+    design, ``draw_per_class`` videos per class each (docs/DESIGN.md "Evaluation draws"); the online
+    evaluations use the first :data:`ONLINE_DRAW_PER_CLASS` of them per class."""
 
     every: int = 0
+    # synthetic sources: validation and test query fresh draws of this many videos per class (0 = the
+    # benchmark's own validation and test videos, the evaluation of runs logged before draws existed)
+    draw_per_class: int = 320
     knn_k: int = 20
     knn_temperature: float = 0.07
     linear: bool = True
@@ -104,6 +111,11 @@ class EvalConfig:
     # online_datasets) besides the pretraining dataset; metrics eval/<name>/... (paramcrop.transfer)
     datasets: list = field(default_factory=list)
     online_datasets: bool = False
+
+
+ONLINE_DRAW_PER_CLASS = 40
+"""Queries per class of each evaluation draw that an online evaluation (``eval.every``) uses: a fixed
+subsample (the lowest indices), so the learning curve costs an eighth of the final evaluation."""
 
 
 @dataclass
@@ -246,7 +258,7 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be >= 1, got {value}")
         non_negative = {
             "data.workers": 0 if self.data.workers == AUTO else self.data.workers, "eval.every": self.eval.every,
-            "eval.finetune_steps": self.eval.finetune_steps, "optim.warmup_steps":
+            "eval.draw_per_class": self.eval.draw_per_class, "eval.finetune_steps": self.eval.finetune_steps, "optim.warmup_steps":
             self.optim.warmup_steps, "optim.weight_decay": self.optim.weight_decay,
             "optim.grad_clip": self.optim.grad_clip, "checkpoint_every": self.checkpoint_every,
             "optim.generator_warmup_steps": self.optim.generator_warmup_steps, "snapshot_every": self.snapshot_every,

@@ -18,11 +18,12 @@ from torch import nn
 from paramcrop.augment import ClipAugment
 from paramcrop.backbones import create_backbone
 from paramcrop.checkpoint import seed_everything
-from paramcrop.config import AUTO, TrainConfig
+from paramcrop.config import AUTO, ONLINE_DRAW_PER_CLASS, TrainConfig
 from paramcrop.keys import ConfigError
 from paramcrop.crops import CROPS, create_crop
 from paramcrop.crops.base import CropMethod
 from paramcrop.data import EvalClips, TrainClips, resolve_source
+from paramcrop.data.sources import evaluation_draws
 from paramcrop.data.datasets import check_window_fits
 from paramcrop.distributed import DistInfo, init_from_env
 from paramcrop.frameworks import create_framework
@@ -62,8 +63,10 @@ def resolve_workers(setting: int | str, device: torch.device) -> int:
 class RunPlan:
     """A resolved config and the components of its run, on ``device``.
 
-    ``eval_sets``: the memory bank (the training videos) and the test split, as evaluation clips;
-    ``val_set``: the held-out validation split (None without one); ``losses``: the switched-on
+    ``eval_sets``: the memory bank (the training videos) and the test queries, as evaluation clips;
+    ``val_set``: the validation queries (None without a validation split); on a ``synthetic`` source
+    with ``eval.draw_per_class`` > 0 both query sets are its fresh evaluation draws, and
+    ``online_per_class`` the queries per class an online evaluation uses (None: all); ``losses``: the switched-on
     auxiliary losses by metric name, ``loss_weights`` their weights; ``autocast``: whether steps
     run under bf16 autocast.
     """
@@ -76,6 +79,7 @@ class RunPlan:
     train_set: TrainClips
     eval_sets: list[EvalClips]
     val_set: EvalClips | None
+    online_per_class: int | None
     num_classes: int
     downstream: list[DownstreamDataset]  # one per eval.datasets source
     crop: CropMethod
@@ -128,9 +132,14 @@ def resolve(cfg: TrainConfig) -> RunPlan:
     train_set = TrainClips(dataset.train, cfg.data.frames, cfg.data.stride, cfg.data.size, seed=cfg.seed,
                            cache_mb=cache)
     view = (cfg.view.frames, eval_stride(cfg), cfg.view.size, cfg.eval.clips_per_video)  # a whole raw clip's span
-    eval_sets = [EvalClips(train_set.records, *view, infos=train_set.infos, cache_mb=cache),
-                 EvalClips(dataset.test, *view, cache_mb=cache)]  # the first: scanned once
-    val_set = EvalClips(dataset.val, *view, cache_mb=cache) if dataset.val else None  # never trained on
+    bank = EvalClips(train_set.records, *view, infos=train_set.infos, cache_mb=cache)  # scanned once
+    draws = evaluation_draws(cfg.data.source, cfg.eval.draw_per_class)  # fresh queries, disjoint from all else
+    if draws is not None:
+        eval_sets = [bank, EvalClips(draws.test, *view, persist=draws.folder)]
+        val_set = EvalClips(draws.val, *view, persist=draws.folder) if dataset.val else None
+    else:
+        eval_sets = [bank, EvalClips(dataset.test, *view, cache_mb=cache)]
+        val_set = EvalClips(dataset.val, *view, cache_mb=cache) if dataset.val else None  # never trained on
     downstream = [DownstreamDataset(source, cfg) for source in cfg.eval.datasets]  # scanned once
 
     crop_name, crop_kw = cfg.component("crop")
@@ -149,6 +158,7 @@ def resolve(cfg: TrainConfig) -> RunPlan:
         losses[ORDER_LOSS] = TemporalOrder(backbone.feature_dim, bins=obj.order_bins)
     losses.to(device)
     return RunPlan(cfg=cfg, device=device, dist=dist, autocast=autocast, backbone=backbone, train_set=train_set,
-                   eval_sets=eval_sets, val_set=val_set, num_classes=len(dataset.classes), downstream=downstream,
+                   eval_sets=eval_sets, val_set=val_set,
+                   online_per_class=ONLINE_DRAW_PER_CLASS if draws is not None else None, num_classes=len(dataset.classes), downstream=downstream,
                    crop=crop, augment=augment, framework=framework, losses=losses,
                    loss_weights={REGION_LOSS: obj.region, ORDER_LOSS: obj.order})

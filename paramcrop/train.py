@@ -27,7 +27,7 @@ from typing import Callable, ContextManager, Iterator, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from paramcrop import artifacts, checkpoint, sinks
 from paramcrop.augment import AugmentParams, ClipAugment
@@ -36,7 +36,9 @@ from paramcrop.config import TrainConfig
 from paramcrop.keys import ConfigError
 from paramcrop.schedules import warmup_cosine
 from paramcrop.crops.base import CropMethod, Views, by_parts
+from paramcrop.data import EvalClips
 from paramcrop.data.batches import EpochBatches, normalize_clips, to_input
+from paramcrop.data.records import first_per_class
 from paramcrop.distributed import average_gradients
 from paramcrop.frameworks.base import pool
 from paramcrop.geometry import cube_spread, view_disparity
@@ -234,32 +236,49 @@ class Trainer:
         ``eval.online_datasets``, its skipped parts as a tag. Runs on a forked
         RNG: evaluating never changes the training's random stream, so ``eval.every`` changes no
         training result."""
-        from paramcrop.evaluation import extract_features, feature_metrics
+        from paramcrop.evaluation import extract_features, feature_evaluation
 
         e = self.cfg.eval
-        loaders = [DataLoader(ds, batch_size=e.batch_size, num_workers=self.cfg.data.workers) for ds in self.eval_sets]
-        splits = [(loaders[1], lambda name: name)]
+        queries = [("test", self.eval_sets[1], lambda name: name)]
         if self.val_set is not None:
-            splits.append((DataLoader(self.val_set, batch_size=e.batch_size, num_workers=self.cfg.data.workers),
-                           sinks.val_metric))
+            queries.append(("val", self.val_set, sinks.val_metric))
         metrics = {}
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            def features(loader):
+            def features(dataset):
+                loader = DataLoader(dataset, batch_size=e.batch_size, num_workers=self.cfg.data.workers)
                 return [t.to(self.device) for t in extract_features(self.plan.backbone, loader,
                                                                     device=self.device, normalize=normalize_clips)]
 
-            bank = features(loaders[0])  # the memory bank, extracted once for every query split
-            for queries, metric_name in splits:
-                found = feature_metrics(*bank, *features(queries), knn_k=e.knn_k, knn_temperature=e.knn_temperature,
-                                        linear=e.linear, retrieval=e.retrieval)
+            bank = features(self.eval_sets[0])  # the memory bank, extracted once for every query split
+            for split, dataset, metric_name in queries:
+                per_class = None if final else self.plan.online_per_class
+                subset = None if per_class is None else first_per_class(dataset.records, per_class)
+                found, predictions = feature_evaluation(
+                    *bank, *features(dataset if subset is None else Subset(dataset, subset)), knn_k=e.knn_k,
+                    knn_temperature=e.knn_temperature, linear=e.linear, retrieval=e.retrieval)
                 metrics.update({metric_name(name): value for name, value in found.items()})
+                if final:
+                    self._log_predictions(split, dataset, predictions)
             if final and e.finetune_steps > 0:
-                metrics[sinks.EVAL_FINETUNE_TOP1] = self.finetune_top1(loaders[1])
+                metrics[sinks.EVAL_FINETUNE_TOP1] = self.finetune_top1(
+                    DataLoader(self.eval_sets[1], batch_size=e.batch_size, num_workers=self.cfg.data.workers))
             for dataset in self.plan.downstream if final or e.online_datasets else []:
                 downstream = dataset.evaluate(self.plan.backbone, self.device)
                 metrics.update(downstream.metrics)
                 self.sink.set_tags(downstream.tags())
         return metrics
+
+    def _log_predictions(self, split: str, dataset: EvalClips, predictions: dict[str, Tensor]) -> None:
+        """Log ``split``'s per-query predictions as the artifact ``predictions/<split>.csv``
+        (:mod:`paramcrop.predictions`; videos by their path relative to the query set's folder)."""
+        from paramcrop.data.sources import dataset_root
+        from paramcrop.predictions import artifact_path, write_predictions
+
+        root = dataset_root(dataset.records)
+        path = write_predictions(self.run_dir / artifact_path(split),
+                                 [r.path.absolute().relative_to(root).as_posix() for r in dataset.records],
+                                 [r.label for r in dataset.records], {k: v.tolist() for k, v in predictions.items()})
+        self.sink.log_artifact(path, path.parent.name)
 
     def finetune_top1(self, test_loader: DataLoader) -> float:
         """Test top-1 of a fine-tuned copy of the backbone on the train split

@@ -15,8 +15,12 @@ resizes while decoding) and center-cropped to ``size x size``.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 import warnings
 from collections import Counter, OrderedDict
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -181,18 +185,59 @@ class TrainClips(_Clips):
 
 class EvalClips(_Clips):
     """Labelled evaluation clips: item ``i`` is ``(uint8 (K, 3, frames, size, size), label)`` with
-    K = ``clips_per_video`` windows evenly spaced from the first to the last possible start."""
+    K = ``clips_per_video`` windows evenly spaced from the first to the last possible start.
+
+    ``persist``: a folder where every video's windows, once decoded, are kept as one array
+    (``windows-<key>.npy``, ``uint8 (N, K, 3, frames, size, size)``, written to a temporary file and
+    renamed) and memory-mapped by every later dataset over the same unchanged files and geometry
+    (the key hashes both): a large evaluation set is decoded once per machine, not once per run.
+    The windows are the ones decoding gives (the array is made by decoding each video once)."""
 
     def __init__(
         self, records: Sequence[VideoRecord], frames: int, stride: int, size: int, clips_per_video: int = 1,
-        infos: Sequence[VideoInfo] | None = None, cache_mb: float = 0,
+        infos: Sequence[VideoInfo] | None = None, cache_mb: float = 0, persist: Path | None = None,
     ) -> None:
         if clips_per_video < 1:
             raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
-        super().__init__(records, frames, stride, size, infos, cache_mb)
+        super().__init__(records, frames, stride, size, infos, cache_mb if persist is None else 0)
         self.clips_per_video = clips_per_video
+        self._windows_array = self._persisted(Path(persist)) if persist is not None else None
+
+    def _starts(self, video: int) -> np.ndarray:
+        last_start = max(self.infos[video].frames - self.span, 0)
+        return np.linspace(0, last_start, self.clips_per_video).round().astype(int)
 
     def _item(self, video: int, index: int) -> tuple[torch.Tensor, int]:
-        last_start = max(self.infos[video].frames - self.span, 0)
-        starts = np.linspace(0, last_start, self.clips_per_video).round().astype(int)
-        return self._windows(video, starts), self.records[video].label
+        if self._windows_array is not None:
+            return torch.from_numpy(np.array(self._windows_array[video])), self.records[video].label
+        return self._windows(video, self._starts(video)), self.records[video].label
+
+    def _persisted(self, folder: Path) -> np.ndarray:
+        """The memory-mapped windows of every video (see the class doc), decoded and written first if missing."""
+        from rich.progress import track
+
+        key = hashlib.sha1(repr((self.frames, self.stride, self.size, self.clips_per_video, [
+            (str(r.path.absolute()), r.path.stat().st_size, r.path.stat().st_mtime_ns) for r in self.records
+        ])).encode()).hexdigest()[:16]
+        path = folder / f"windows-{key}.npy"
+        if not path.is_file():
+            shape = (len(self), self.clips_per_video, 3, self.frames, self.size, self.size)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.stem}.", suffix=".tmp", delete=False) as tmp:
+                partial = Path(tmp.name)
+            try:
+                out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+                for video in track(range(len(self)), description=f"Decoding {len(self)} evaluation videos (once)",
+                                   transient=True, console=_stderr()):
+                    out[video] = self._windows(video, self._starts(video)).numpy()
+                out.flush()
+                del out
+                os.replace(partial, path)
+            finally:
+                partial.unlink(missing_ok=True)
+        return np.load(path, mmap_mode="r")
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True)

@@ -70,6 +70,17 @@ class DatasetSpec:
                                    val=[r for i, r in enumerate(self.train) if i in held])
 
 
+def first_per_class(records: list[VideoRecord], per_class: int) -> list[int]:
+    """Indices into ``records`` of the first ``per_class`` videos of each class, in list order."""
+    seen: dict[int, int] = {}
+    chosen = []
+    for index, record in enumerate(records):
+        if seen.get(record.label, 0) < per_class:
+            seen[record.label] = seen.get(record.label, 0) + 1
+            chosen.append(index)
+    return chosen
+
+
 def validation_key(class_name: str, file_name: str) -> bytes:
     """The validation rank of a training video: sha1 of ``val/<class>/<file name>`` (salted, so
     it is independent of :func:`.sources.folder_split_is_test`'s hash); the lowest of a class validate."""

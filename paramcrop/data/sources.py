@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from .records import DatasetSpec, VideoRecord
-from .synthetic import SyntheticConfig, ensure_synthetic
+from .synthetic import EvaluationDraws, SyntheticConfig, ensure_draws, ensure_synthetic
 
 SOURCE_FORMS = (
     "synthetic[:key=value,...]",
@@ -60,6 +60,18 @@ def resolve_source(source: str, *, cache_dir: Path | str | None = None) -> Datas
         split = int(match[2] or 1)
         return (parse_ucf101 if scheme == "ucf101" else parse_hmdb51)(Path(match[1]), split)
     raise ValueError(f"bad data source {source!r}: expected one of " + ", ".join(SOURCE_FORMS))
+
+
+def evaluation_draws(source: str, per_class: int, *, cache_dir: Path | str | None = None
+                     ) -> EvaluationDraws | None:
+    """The fresh evaluation draws of a ``synthetic`` source's design (``per_class`` videos per class
+    for each of ``val`` and ``test``, disjoint from its pretraining videos and from each other,
+    :func:`.synthetic.ensure_draws`); ``None`` for a source that cannot draw (real datasets keep
+    their own splits) or for ``per_class`` 0."""
+    scheme, _, rest = source.partition(":")
+    if scheme != "synthetic" or per_class == 0:
+        return None
+    return ensure_draws(SyntheticConfig.from_options(rest), per_class, cache_dir)
 
 
 def split_of(source: str) -> int | None:

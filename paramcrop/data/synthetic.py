@@ -228,9 +228,11 @@ The last three give overlapping views a per-video nuisance that distant views do
 shortcut that view disparity removes, as the backgrounds of InfoMin's Colorful Moving MNIST)."""
 
 
-def sample_scene(config: SyntheticConfig, label: int, index: int) -> Scene:
-    """The random draw of video ``index`` of class ``label``; depends only on (seed, label, index)."""
-    rng = np.random.default_rng([config.seed, label, index])
+def sample_scene(config: SyntheticConfig, label: int, index: int, stream: int = 0) -> Scene:
+    """The random draw of video ``index`` of class ``label``; depends only on (seed, label, index,
+    stream). ``stream`` 0 is the benchmark's own videos; an evaluation draw has its own stream
+    (:data:`DRAW_STREAMS`), whose seed sequences never coincide with the benchmark's."""
+    rng = np.random.default_rng([config.seed, label, index] + ([stream] if stream else []))
     size, frames = config.size, config.frames
     shape = SHAPES[label // config.motions]
     direction = np.array(list(MOTIONS.values())[label % config.motions], dtype=float)
@@ -267,22 +269,48 @@ def _signed_distance(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.maximum(y, np.maximum(-0.5 * y + 0.866 * x, -0.5 * y - 0.866 * x)) - 0.6
 
 
+SHAPE_EXTENT = 1.2
+"""The farthest any shape reaches from its center, in units of its radius (the triangle's circumradius)."""
+
+
 def render(scene: Scene) -> np.ndarray:
-    """The frames of ``scene``: ``uint8 (T, S, S, 3)`` RGB, shape edges anti-aliased over one pixel."""
-    size = scene.background.shape[-2]
-    pixel = np.arange(size) + 0.5
-    frames = scene.background
+    """The frames of ``scene``: ``uint8 (T, S, S, 3)`` RGB, shape edges anti-aliased over one pixel.
+
+    Each object's coverage is computed per frame only in a box around it wide enough that the
+    coverage outside is exactly 0 (``SHAPE_EXTENT`` radii + 2 px: the signed distance there exceeds
+    half a pixel), so the frames equal blending the whole frame (``tests/test_data_synthetic.py``)."""
+    frames = np.array(np.broadcast_to(scene.background, (len(scene.centers), *scene.background.shape[-3:])))
+    size = frames.shape[1]
     for centers, radius in ((scene.centers, scene.radius), *scene.others):
-        x = (pixel[None, None, :] - centers[:, 0, None, None]) / radius
-        y = (pixel[None, :, None] - centers[:, 1, None, None]) / radius
-        alpha = np.clip(0.5 - _signed_distance(scene.shape, x, y) * radius, 0, 1)[..., None]
-        frames = frames * (1 - alpha) + scene.color * alpha
+        reach = SHAPE_EXTENT * radius + 2
+        for t, (cx, cy) in enumerate(centers):
+            x0, x1 = max(int(cx - reach), 0), min(int(np.ceil(cx + reach)), size)
+            y0, y1 = max(int(cy - reach), 0), min(int(np.ceil(cy + reach)), size)
+            x = (np.arange(x0, x1) + 0.5 - cx) / radius
+            y = (np.arange(y0, y1) + 0.5 - cy) / radius
+            alpha = np.clip(0.5 - _signed_distance(scene.shape, x[None, :], y[:, None]) * radius, 0, 1)[..., None]
+            box = frames[t, y0:y1, x0:x1]
+            frames[t, y0:y1, x0:x1] = box * (1 - alpha) + scene.color * alpha
     return np.rint(frames).astype(np.uint8)
 
 
-def build_synthetic(config: SyntheticConfig, target: Path, *, progress: bool = True) -> None:
-    """Render and encode every video into a temporary folder beside ``target``, write the manifest
-    last and rename the folder to ``target``. If another process finished ``target`` first, keep its copy."""
+def _write_video(job: tuple[SyntheticConfig, Path, int, int, int]) -> None:
+    """Render and encode one video: ``(config, path, label, index, stream)``."""
+    config, path, label, index, stream = job
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_mp4(path, render(sample_scene(config, label, index, stream)), fps=FPS)
+
+
+def _build(target: Path, config: SyntheticConfig, videos: list[dict], what: str, progress: bool,
+           streams: dict[str, int]) -> None:
+    """Write ``videos`` (manifest entries: ``path``, ``label``, ``split``, ``index``) into a temporary
+    folder beside ``target`` (each split's draw from its stream in ``streams``), in parallel over the
+    cores (each video is rendered and encoded alone, so the bytes do not depend on the workers), then
+    the manifest last, then rename the folder to ``target``. If another process finished ``target``
+    first, keep its copy."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
     from rich.console import Console
     from rich.progress import Progress
 
@@ -292,23 +320,22 @@ def build_synthetic(config: SyntheticConfig, target: Path, *, progress: bool = T
     partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         partial.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-        videos = []
-        n_train = config.videos_per_class - config.test_per_class
-        with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
-            task = bar.add_task("Generating synthetic videos", total=len(config.classes) * config.videos_per_class)
-            for label, name in enumerate(config.classes):
-                for index in range(config.videos_per_class):
-                    split = "train" if index < n_train else "test"
-                    relative = f"{split}/{name}/{index:04d}.mp4"
-                    (partial / relative).parent.mkdir(parents=True, exist_ok=True)
-                    write_mp4(partial / relative, render(sample_scene(config, label, index)), fps=FPS)
-                    videos.append({"path": relative, "label": label, "split": split})
+        jobs = [(config, partial / v["path"], v["label"], v["index"], streams[v["split"]]) for v in videos]
+        workers = min(len(jobs) // 64 + 1, os.cpu_count() or 1)  # small builds do not pay for starting workers
+        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
+        try:
+            with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
+                task = bar.add_task(what, total=len(jobs))
+                for _ in pool.map(_write_video, jobs, chunksize=16) if pool else map(_write_video, jobs):
                     bar.advance(task)
+        finally:
+            if pool:
+                pool.shutdown(cancel_futures=True)
         manifest = {
             "generator_version": GENERATOR_VERSION,
             "config": dataclasses.asdict(config),
             "classes": config.classes,
-            "videos": videos,
+            "videos": [{k: v[k] for k in ("path", "label", "split")} for v in videos],
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
         try:
@@ -320,19 +347,53 @@ def build_synthetic(config: SyntheticConfig, target: Path, *, progress: bool = T
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def load_synthetic(directory: Path) -> DatasetSpec:
-    """The :class:`DatasetSpec` of a finished benchmark folder (from its manifest)."""
+def build_synthetic(config: SyntheticConfig, target: Path, *, progress: bool = True) -> None:
+    """Render and encode the benchmark's videos into ``target`` (:func:`_build`): per class, the
+    first videos by index train, the last :attr:`SyntheticConfig.test_per_class` test."""
+    n_train = config.videos_per_class - config.test_per_class
+    videos = [{"path": f"{split}/{name}/{index:04d}.mp4", "label": label, "split": split, "index": index}
+              for label, name in enumerate(config.classes) for index in range(config.videos_per_class)
+              for split in ["train" if index < n_train else "test"]]
+    _build(target, config, videos, "Generating synthetic videos", progress, {"train": 0, "test": 0})
+
+
+DRAW_STREAMS = {"val": 2, "test": 3}
+"""Evaluation draw -> its random stream (:func:`sample_scene`); stream 0 is the benchmark's own videos."""
+DRAWS_MARK = "draws"
+
+
+def draws_dirname(config: SyntheticConfig, per_class: int) -> str:
+    """``<benchmark folder>-draws<per class>``: the evaluation draws of ``config``'s design."""
+    return f"{config.dirname}-{DRAWS_MARK}{per_class}"
+
+
+def build_draws(config: SyntheticConfig, per_class: int, target: Path, *, progress: bool = True) -> None:
+    """Render and encode the evaluation draws of ``config``'s design into ``target``: for each
+    split of :data:`DRAW_STREAMS`, ``per_class`` fresh videos per class (``<split>/<class>/<index>.mp4``)."""
+    videos = [{"path": f"{split}/{name}/{index:04d}.mp4", "label": label, "split": split, "index": index}
+              for split in DRAW_STREAMS for label, name in enumerate(config.classes) for index in range(per_class)]
+    _build(target, config, videos, f"Generating evaluation draws ({len(videos)} videos, once)", progress,
+           DRAW_STREAMS)
+
+
+def _load_manifest(directory: Path) -> dict:
     manifest = json.loads((directory / MANIFEST).read_text())
     if manifest["generator_version"] != GENERATOR_VERSION:
         raise ValueError(
             f"{directory} was made by synthetic generator v{manifest['generator_version']}, this is v{GENERATOR_VERSION}"
         )
-    spec = DatasetSpec(list(manifest["classes"]))
-    for video in manifest["videos"]:
-        (spec.train if video["split"] == "train" else spec.test).append(
-            VideoRecord(directory / video["path"], video["label"])
-        )
-    return spec
+    return manifest
+
+
+def _records(directory: Path, manifest: dict, split: str) -> list[VideoRecord]:
+    return [VideoRecord(directory / v["path"], v["label"]) for v in manifest["videos"] if v["split"] == split]
+
+
+def load_synthetic(directory: Path) -> DatasetSpec:
+    """The :class:`DatasetSpec` of a finished benchmark folder (from its manifest)."""
+    manifest = _load_manifest(directory)
+    return DatasetSpec(list(manifest["classes"]), train=_records(directory, manifest, "train"),
+                       test=_records(directory, manifest, "test"))
 
 
 def ensure_synthetic(
@@ -343,3 +404,25 @@ def ensure_synthetic(
     if not (target / MANIFEST).is_file():
         build_synthetic(config, target, progress=progress)
     return load_synthetic(target)
+
+
+@dataclass(frozen=True)
+class EvaluationDraws:
+    """The fresh evaluation draws of a design: their ``folder`` and the ``val`` and ``test`` videos."""
+
+    folder: Path
+    val: list[VideoRecord]
+    test: list[VideoRecord]
+
+
+def ensure_draws(config: SyntheticConfig, per_class: int, cache_dir: Path | str | None = None, *,
+                 progress: bool = True) -> EvaluationDraws:
+    """The evaluation draws of ``config``'s design, ``per_class`` videos per class and split, from the
+    cache (:func:`cache_root`), generated first if missing."""
+    if per_class < 1:
+        raise ValueError(f"evaluation draws need at least 1 video per class, got {per_class}")
+    target = cache_root(cache_dir) / draws_dirname(config, per_class)
+    if not (target / MANIFEST).is_file():
+        build_draws(config, per_class, target, progress=progress)
+    manifest = _load_manifest(target)
+    return EvaluationDraws(target, *(_records(target, manifest, split) for split in DRAW_STREAMS))
