@@ -294,7 +294,8 @@ def study_spec(name: Optional[str] = typer.Argument(None, help="Built-in spec to
 @app.command("eval")
 def eval_command(
     run_id: Optional[str] = typer.Argument(None, help="MLflow run id of a finished run (or use --study)."),
-    data: str = typer.Option(..., help="Data source to evaluate on: synthetic[:KEY=VALUE,...], folder:DIR, "
+    data: Optional[str] = typer.Option(None, help="Data source to evaluate on [default: the run's own evaluation, "
+                             "recomputed, its per-query predictions logged]: synthetic[:KEY=VALUE,...], folder:DIR, "
                              "ucf101:ROOT[:SPLIT], hmdb51:ROOT[:SPLIT] (no SPLIT: all three and their mean), "
                              "kinetics:CSV:ROOT."),
     study: Optional[str] = typer.Option(None, help="Evaluate this study's trial runs (all, or --trial / --best)."),
@@ -309,7 +310,11 @@ def eval_command(
     storage: Optional[str] = typer.Option(None, help=STORAGE_HELP + " Read for --best only."),
 ) -> None:
     """Evaluate finished runs' backbones (loaded from MLflow) on any data source; the metrics
-    eval/NAME/METRIC are logged back into each run and printed as a table.
+    eval/NAME/METRIC are logged back into each run and printed as a table. Without --data, each
+    run's own final evaluation is recomputed (a run logged before evaluation draws existed on its
+    dataset's own validation and test videos, as it was) and its per-query predictions are logged
+    (predictions/val.csv, predictions/test.csv, for `paramcrop analyze variance` and `compare`);
+    its metrics stay as logged, and a recomputed value that differs is reported.
 
     Exit codes: 0 done, 1 some run could not be evaluated, 2 bad arguments (nothing logged).
     """
@@ -325,7 +330,8 @@ def eval_command(
     from studies.evaluate import parse_protocols
 
     try:
-        dataset_name(data)
+        if data is not None:
+            dataset_name(data)
         protocols = parse_protocols(protocol)
         resolve_device(TrainConfig().with_overrides({"device": device}).device)  # its spelling, then CUDA present
     except ValueError as exc:
@@ -335,15 +341,19 @@ def eval_command(
     from mlflow.exceptions import MlflowException
     from rich.console import Console
 
-    from studies.evaluate import evaluate_runs, print_rows, select_runs
+    from studies.evaluate import evaluate_own, evaluate_runs, print_rows, select_runs
     from studies.tracking import TrackingUnavailable, open_tracking_store
 
     console = Console()
     try:
         client = open_tracking_store(uri)
         runs = select_runs(client, run_id=run_id, study=study, trial=trial, best=best, storage=storage)
-        console.print(f"evaluating {len(runs)} run(s) on {data} ({', '.join(protocols)})", highlight=False)
-        rows = evaluate_runs(client, runs, data, protocols, device=device, finetune_steps=finetune_steps)
+        if data is None:
+            console.print(f"recomputing the own evaluation of {len(runs)} run(s)", highlight=False)
+            rows = evaluate_own(client, runs, device=device)
+        else:
+            console.print(f"evaluating {len(runs)} run(s) on {data} ({', '.join(protocols)})", highlight=False)
+            rows = evaluate_runs(client, runs, data, protocols, device=device, finetune_steps=finetune_steps)
     except TrackingUnavailable as exc:
         raise fail(str(exc), 1)
     except (ValueError, KeyError, MlflowException) as exc:  # an unknown run or study, a bad source root

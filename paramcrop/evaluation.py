@@ -396,6 +396,29 @@ def evaluate(
                            retrieval=retrieval, knn=knn)
 
 
+def evaluate_queries(
+    backbone: nn.Module,
+    bank_loader: Iterable[tuple[Tensor, Tensor]],
+    query_loaders: dict[str, Iterable[tuple[Tensor, Tensor]]],
+    *,
+    device: torch.device | str,
+    normalize: Callable[[Tensor], Tensor],
+    knn_k: int = 20,
+    knn_temperature: float = 0.07,
+    linear: bool = True,
+    retrieval: bool = True,
+) -> dict[str, tuple[dict[str, float], dict[str, Tensor]]]:
+    """Each query split of ``query_loaders`` (name -> loader) evaluated against one memory bank,
+    whose features are extracted once: name -> (:func:`feature_evaluation`'s metrics, predictions)."""
+    def features(loader):
+        return [t.to(device) for t in extract_features(backbone, loader, device=device, normalize=normalize)]
+
+    bank = features(bank_loader)
+    return {name: feature_evaluation(*bank, *features(loader), knn_k=knn_k, knn_temperature=knn_temperature,
+                                     linear=linear, retrieval=retrieval)
+            for name, loader in query_loaders.items()}
+
+
 def feature_metrics(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor, *,
                     knn_k: int = 20, knn_temperature: float = 0.07, linear: bool = True, retrieval: bool = True,
                     knn: bool = True) -> dict[str, float]:

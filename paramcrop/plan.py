@@ -23,6 +23,7 @@ from paramcrop.keys import ConfigError
 from paramcrop.crops import CROPS, create_crop
 from paramcrop.crops.base import CropMethod
 from paramcrop.data import EvalClips, TrainClips, resolve_source
+from paramcrop.data.records import DatasetSpec, VideoRecord
 from paramcrop.data.sources import evaluation_draws
 from paramcrop.data.datasets import check_window_fits
 from paramcrop.distributed import DistInfo, init_from_env
@@ -97,6 +98,25 @@ class RunPlan:
             raise ValueError("backbone must be the framework's own online backbone")
 
 
+def evaluation_sets(cfg: TrainConfig, dataset: DatasetSpec, bank: list[VideoRecord], infos=None
+                    ) -> tuple[list[EvalClips], EvalClips | None, int | None]:
+    """The evaluation clips of a run over ``dataset`` (validation carved): ``([memory bank, test
+    queries], validation queries or None, online_per_class)``. The bank is ``bank`` (the pretraining
+    videos; ``infos``: their scan when already made). On a ``synthetic`` source with
+    ``eval.draw_per_class`` > 0 the queries are its fresh evaluation draws (their windows decoded once
+    and kept beside them) and an online evaluation uses :data:`ONLINE_DRAW_PER_CLASS` of them per
+    class; otherwise the dataset's own test and validation videos, all of them."""
+    view = (cfg.view.frames, eval_stride(cfg), cfg.view.size, cfg.eval.clips_per_video)  # a whole raw clip's span
+    cache = cfg.data.cache_mb
+    bank_set = EvalClips(bank, *view, infos=infos, cache_mb=cache)
+    draws = evaluation_draws(cfg.data.source, cfg.eval.draw_per_class)  # disjoint from all else
+    if draws is None:
+        val = EvalClips(dataset.val, *view, cache_mb=cache) if dataset.val else None  # never trained on
+        return [bank_set, EvalClips(dataset.test, *view, cache_mb=cache)], val, None
+    val = EvalClips(draws.val, *view, persist=draws.folder) if dataset.val else None
+    return [bank_set, EvalClips(draws.test, *view, persist=draws.folder)], val, ONLINE_DRAW_PER_CLASS
+
+
 def resolve(cfg: TrainConfig) -> RunPlan:
     """Resolve ``cfg`` (see the module docstring) and build its components. Draws, from ``cfg.seed``
     (seeded here): the backbone's, then the crop's, the framework head's and the auxiliary losses'
@@ -131,15 +151,7 @@ def resolve(cfg: TrainConfig) -> RunPlan:
     cache = cfg.data.cache_mb
     train_set = TrainClips(dataset.train, cfg.data.frames, cfg.data.stride, cfg.data.size, seed=cfg.seed,
                            cache_mb=cache)
-    view = (cfg.view.frames, eval_stride(cfg), cfg.view.size, cfg.eval.clips_per_video)  # a whole raw clip's span
-    bank = EvalClips(train_set.records, *view, infos=train_set.infos, cache_mb=cache)  # scanned once
-    draws = evaluation_draws(cfg.data.source, cfg.eval.draw_per_class)  # fresh queries, disjoint from all else
-    if draws is not None:
-        eval_sets = [bank, EvalClips(draws.test, *view, persist=draws.folder)]
-        val_set = EvalClips(draws.val, *view, persist=draws.folder) if dataset.val else None
-    else:
-        eval_sets = [bank, EvalClips(dataset.test, *view, cache_mb=cache)]
-        val_set = EvalClips(dataset.val, *view, cache_mb=cache) if dataset.val else None  # never trained on
+    eval_sets, val_set, online_per_class = evaluation_sets(cfg, dataset, train_set.records, train_set.infos)
     downstream = [DownstreamDataset(source, cfg) for source in cfg.eval.datasets]  # scanned once
 
     crop_name, crop_kw = cfg.component("crop")
@@ -158,7 +170,6 @@ def resolve(cfg: TrainConfig) -> RunPlan:
         losses[ORDER_LOSS] = TemporalOrder(backbone.feature_dim, bins=obj.order_bins)
     losses.to(device)
     return RunPlan(cfg=cfg, device=device, dist=dist, autocast=autocast, backbone=backbone, train_set=train_set,
-                   eval_sets=eval_sets, val_set=val_set,
-                   online_per_class=ONLINE_DRAW_PER_CLASS if draws is not None else None, num_classes=len(dataset.classes), downstream=downstream,
+                   eval_sets=eval_sets, val_set=val_set, online_per_class=online_per_class, num_classes=len(dataset.classes), downstream=downstream,
                    crop=crop, augment=augment, framework=framework, losses=losses,
                    loss_weights={REGION_LOSS: obj.region, ORDER_LOSS: obj.order})

@@ -44,6 +44,17 @@ def source_of(metric: str) -> tuple[str, str] | None:
     return None
 
 
+def write_split(run_dir: Path, split: str, records: Sequence, predictions: Mapping[str, Sequence[int]]) -> Path:
+    """Write ``split``'s predictions for the query videos ``records`` (:class:`~paramcrop.data.VideoRecord`,
+    in the order of ``predictions``' rows) to ``run_dir / artifact_path(split)``; returns that path."""
+    from paramcrop.data.sources import dataset_root
+
+    root = dataset_root(list(records))
+    return write_predictions(run_dir / artifact_path(split), [r.path.absolute().relative_to(root).as_posix()
+                                                               for r in records],
+                             [r.label for r in records], {k: [int(v) for v in values] for k, values in predictions.items()})
+
+
 def write_predictions(path: Path, videos: Sequence[str], labels: Sequence[int],
                       predictions: Mapping[str, Sequence[int]]) -> Path:
     """Write one split's predictions to ``path`` (columns :data:`COLUMNS`, those of ``predictions``

@@ -36,7 +36,6 @@ from paramcrop.config import TrainConfig
 from paramcrop.keys import ConfigError
 from paramcrop.schedules import warmup_cosine
 from paramcrop.crops.base import CropMethod, Views, by_parts
-from paramcrop.data import EvalClips
 from paramcrop.data.batches import EpochBatches, normalize_clips, to_input
 from paramcrop.data.records import first_per_class
 from paramcrop.distributed import average_gradients
@@ -227,58 +226,48 @@ class Trainer:
 
     # --- evaluation --------------------------------------------------------------------------
     def evaluate(self, final: bool = True) -> dict[str, float]:
-        """The evaluation metrics of the backbone now (:func:`paramcrop.evaluation.evaluate`): the
-        test split's as ``eval/<metric>`` and, with a validation split, the validation videos'
-        as ``eval/val/<metric>``, both against the same memory bank (the remaining training videos;
-        its features extracted once for both). Plus
+        """The evaluation metrics of the backbone now (:func:`paramcrop.evaluation.evaluate_queries`):
+        the test queries' as ``eval/<metric>`` and, with a validation split, the validation queries'
+        as ``eval/val/<metric>``, both against the same memory bank (the pretraining videos; its
+        features extracted once for both); an online evaluation (not ``final``) queries the first
+        ``plan.online_per_class`` videos per class of each evaluation draw. The final one logs each
+        query split's per-query predictions (:mod:`paramcrop.predictions`). Plus
         ``eval/finetune_top1`` when ``final`` and ``eval.finetune_steps`` > 0, plus each of
         ``eval.datasets``' ``eval/<name>/...`` (:mod:`paramcrop.transfer`) when ``final`` or
         ``eval.online_datasets``, its skipped parts as a tag. Runs on a forked
         RNG: evaluating never changes the training's random stream, so ``eval.every`` changes no
         training result."""
-        from paramcrop.evaluation import extract_features, feature_evaluation
+        from paramcrop.evaluation import evaluate_queries
+        from paramcrop.predictions import write_split
 
         e = self.cfg.eval
-        queries = [("test", self.eval_sets[1], lambda name: name)]
-        if self.val_set is not None:
-            queries.append(("val", self.val_set, sinks.val_metric))
+        queries = {"test": self.eval_sets[1]} | ({"val": self.val_set} if self.val_set is not None else {})
+        per_class = None if final else self.plan.online_per_class  # online: a fixed subsample of the draws
+
+        def loader(dataset, subset=None):
+            return DataLoader(dataset if subset is None else Subset(dataset, subset), batch_size=e.batch_size,
+                              num_workers=self.cfg.data.workers)
+
         metrics = {}
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            def features(dataset):
-                loader = DataLoader(dataset, batch_size=e.batch_size, num_workers=self.cfg.data.workers)
-                return [t.to(self.device) for t in extract_features(self.plan.backbone, loader,
-                                                                    device=self.device, normalize=normalize_clips)]
-
-            bank = features(self.eval_sets[0])  # the memory bank, extracted once for every query split
-            for split, dataset, metric_name in queries:
-                per_class = None if final else self.plan.online_per_class
-                subset = None if per_class is None else first_per_class(dataset.records, per_class)
-                found, predictions = feature_evaluation(
-                    *bank, *features(dataset if subset is None else Subset(dataset, subset)), knn_k=e.knn_k,
-                    knn_temperature=e.knn_temperature, linear=e.linear, retrieval=e.retrieval)
-                metrics.update({metric_name(name): value for name, value in found.items()})
-                if final:
-                    self._log_predictions(split, dataset, predictions)
+            results = evaluate_queries(
+                self.plan.backbone, loader(self.eval_sets[0]),
+                {split: loader(ds, None if per_class is None else first_per_class(ds.records, per_class))
+                 for split, ds in queries.items()},
+                device=self.device, normalize=normalize_clips, knn_k=e.knn_k, knn_temperature=e.knn_temperature,
+                linear=e.linear, retrieval=e.retrieval)
+            for split, (found, predictions) in results.items():
+                metrics.update({(sinks.val_metric(k) if split == "val" else k): v for k, v in found.items()})
+                if final:  # the per-query predictions of the final evaluation (paramcrop.predictions)
+                    path = write_split(self.run_dir, split, queries[split].records, predictions)
+                    self.sink.log_artifact(path, path.parent.name)
             if final and e.finetune_steps > 0:
-                metrics[sinks.EVAL_FINETUNE_TOP1] = self.finetune_top1(
-                    DataLoader(self.eval_sets[1], batch_size=e.batch_size, num_workers=self.cfg.data.workers))
+                metrics[sinks.EVAL_FINETUNE_TOP1] = self.finetune_top1(loader(self.eval_sets[1]))
             for dataset in self.plan.downstream if final or e.online_datasets else []:
                 downstream = dataset.evaluate(self.plan.backbone, self.device)
                 metrics.update(downstream.metrics)
                 self.sink.set_tags(downstream.tags())
         return metrics
-
-    def _log_predictions(self, split: str, dataset: EvalClips, predictions: dict[str, Tensor]) -> None:
-        """Log ``split``'s per-query predictions as the artifact ``predictions/<split>.csv``
-        (:mod:`paramcrop.predictions`; videos by their path relative to the query set's folder)."""
-        from paramcrop.data.sources import dataset_root
-        from paramcrop.predictions import artifact_path, write_predictions
-
-        root = dataset_root(dataset.records)
-        path = write_predictions(self.run_dir / artifact_path(split),
-                                 [r.path.absolute().relative_to(root).as_posix() for r in dataset.records],
-                                 [r.label for r in dataset.records], {k: v.tolist() for k, v in predictions.items()})
-        self.sink.log_artifact(path, path.parent.name)
 
     def finetune_top1(self, test_loader: DataLoader) -> float:
         """Test top-1 of a fine-tuned copy of the backbone on the train split

@@ -1,4 +1,5 @@
-"""``paramcrop eval``: finished runs evaluated on any data source, the results logged back into them.
+"""``paramcrop eval``: finished runs evaluated on any data source, the results logged back into them;
+or their own final evaluation recomputed, its per-query predictions logged (:func:`evaluate_own`).
 
 Each run's resolved ``config.yaml`` artifact gives the evaluation geometry and settings, its logged
 model ``backbone`` (``runs:/<id>/backbone``) the features. Metrics are
@@ -76,16 +77,77 @@ def select_runs(client, *, run_id: str | None = None, study: str | None = None, 
     return sorted(latest.values(), key=lambda r: int(r.data.tags.get(sinks.TAG_TRIAL) or 0))
 
 
+DRAW_KEY = "eval.draw_per_class"
+
+
 def run_config(client, run):
-    """The run's resolved :class:`~paramcrop.config.TrainConfig` from its ``config.yaml`` artifact."""
+    """The run's resolved :class:`~paramcrop.config.TrainConfig` from its ``config.yaml`` artifact; a
+    run whose params lack ``eval.draw_per_class`` was logged before evaluation draws existed and
+    evaluated on its dataset's own videos: its config says so (``eval.draw_per_class`` 0)."""
+    import os
     import tempfile
     from pathlib import Path
 
     from paramcrop.config import TrainConfig
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download otherwise
     with tempfile.TemporaryDirectory() as tmp:
         path = call(client.download_artifacts, run.info.run_id, "config.yaml", tmp)
-        return TrainConfig.from_yaml(Path(path).read_text())
+        cfg = TrainConfig.from_yaml(Path(path).read_text())
+    return cfg if DRAW_KEY in run.data.params else cfg.with_overrides({DRAW_KEY: 0})
+
+
+def evaluate_own(client, runs: list, *, device: str = "auto", on_row=None) -> list[EvalRow]:
+    """Recompute each run's own final evaluation (:func:`paramcrop.plan.evaluation_sets` of its config
+    and data, its logged backbone) and log its per-query predictions (``predictions/<split>.csv``,
+    :mod:`paramcrop.predictions`). The run's metrics are not changed: the row holds the recomputed
+    ones, and a recomputed top-1 that differs from the logged value by more than one query is
+    reported in ``skipped``."""
+    import tempfile
+    from pathlib import Path
+
+    from torch.utils.data import DataLoader
+
+    from paramcrop.data import resolve_source
+    from paramcrop.data.batches import normalize_clips
+    from paramcrop.evaluation import evaluate_queries
+    from paramcrop.plan import evaluation_sets, resolve_device
+    from paramcrop.predictions import PREDICTIONS_DIR, write_split
+    from paramcrop.transfer import load_backbone
+
+    rows = []
+    for run in runs:
+        row = EvalRow(run.info.run_id, run.data.tags.get(sinks.TAG_TRIAL, ""), run.data.tags.get(sinks.TAG_CROP, ""))
+        try:
+            cfg = run_config(client, run).with_overrides({"device": device})
+            torch_device = resolve_device(cfg.device)
+            backbone = load_backbone(f"runs:/{run.info.run_id}/{sinks.MODEL_BACKBONE}", torch_device)
+        except Exception as exc:  # noqa: BLE001 - reported per run: a run without config or model
+            row.error = f"cannot load the run's config or backbone: {type(exc).__name__}: {str(exc)[:300]}"
+        else:
+            dataset = resolve_source(cfg.data.source).with_validation(cfg.data.val_fraction)
+            (bank, test), val, _ = evaluation_sets(cfg, dataset, dataset.train)
+            queries = {"test": test} | ({"val": val} if val is not None else {})
+            e = cfg.eval
+            results = evaluate_queries(
+                backbone, DataLoader(bank, batch_size=e.batch_size),
+                {split: DataLoader(ds, batch_size=e.batch_size) for split, ds in queries.items()},
+                device=torch_device, normalize=normalize_clips, knn_k=e.knn_k, knn_temperature=e.knn_temperature,
+                linear=e.linear, retrieval=e.retrieval)
+            with tempfile.TemporaryDirectory() as tmp:
+                for split, (found, predictions) in results.items():
+                    path = write_split(Path(tmp), split, queries[split].records, predictions)
+                    call(client.log_artifact, run.info.run_id, str(path), PREDICTIONS_DIR)
+                    for name, value in found.items():
+                        name = sinks.val_metric(name) if split == "val" else name
+                        row.metrics[name] = value
+                        logged = run.data.metrics.get(name)
+                        if logged is not None and abs(logged - value) > 1 / len(queries[split]):
+                            row.skipped[f"logged {name}"] = f"{logged:.4f}, recomputed {value:.4f}"
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
 
 
 def evaluate_runs(client, runs: list, source: str, protocols: tuple[str, ...], *, device: str = "auto",
@@ -93,11 +155,7 @@ def evaluate_runs(client, runs: list, source: str, protocols: tuple[str, ...], *
     """Evaluate each run's backbone on ``source`` with ``protocols`` and log the metrics (and the
     skipped-tag) into that run. A run that cannot be evaluated (no config or model logged) gets
     its row's ``error`` and the others go on. ``on_row(row)`` is called after each run."""
-    import os
-
     from mlflow.entities import Metric, RunTag
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download otherwise
 
     from paramcrop.plan import resolve_device
     from paramcrop.transfer import DownstreamDataset, eval_stride, load_backbone
@@ -138,11 +196,11 @@ def print_rows(rows: list[EvalRow], console) -> None:
     from rich.table import Table
 
     def split(name: str) -> tuple[str, str]:
-        _, dataset, metric = name.split("/", 2)
-        return dataset, metric
+        parts = name.split("/")  # eval/<dataset>/<metric>; a run's own eval/<metric> and eval/val/<metric>
+        return ("test", parts[1]) if len(parts) == 2 else (parts[1], parts[2])
 
     metrics = sorted({split(k)[1] for r in rows for k in r.metrics})
-    table = Table(title="downstream evaluation")
+    table = Table(title="evaluation")
     for column in ("run", "trial", "crop", "dataset", *metrics):
         table.add_column(column, justify="right" if column in metrics else "left", overflow="fold")
     for r in rows:

@@ -12,10 +12,14 @@ os.environ.setdefault("PARAMCROP_COMPILE", "0")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from paramcrop.config import TrainConfig  # noqa: E402
+
 TEST_SYNTHETIC_CACHE = Path(__file__).parent.parent / ".cache" / "test-synthetic"
 """Where the tests' tiny synthetic benchmarks are written once and reused (gitignored)."""
 TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"
 """A tiny synthetic benchmark (4 classes, 6 videos each, 24 frames at 32 px) for training tests."""
+TINY_DRAWS = 3
+"""``eval.draw_per_class`` of the training tests: 3 fresh evaluation videos per class and split."""
 
 
 @pytest.fixture(autouse=True)
@@ -27,6 +31,15 @@ def fresh_decoded_splits(monkeypatch):
     from paramcrop.data import datasets
 
     monkeypatch.setattr(datasets, "_KEPT", OrderedDict())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_default_draws_in_tests():
+    """Training tests evaluate on :data:`TINY_DRAWS` videos per class: a test that forgot
+    ``eval.draw_per_class`` draws 320 per class of its tiny design (minutes of CI): fail then."""
+    yield
+    forgot = sorted(p.name for p in TEST_SYNTHETIC_CACHE.glob(f"*-draws{TrainConfig().eval.draw_per_class}"))
+    assert not forgot, f"a test drew the default evaluation draws {forgot}: give it eval.draw_per_class=TINY_DRAWS"
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY_SOURCE, assert_cubes_inside
+from conftest import TINY_DRAWS, TINY_SOURCE, assert_cubes_inside
 from paramcrop import sinks
 from paramcrop.config import TrainConfig
 from paramcrop.crops import ParamCrop, create_crop
@@ -17,7 +17,7 @@ SIZE = (4, 16, 16)
 CPU = torch.device("cpu")
 TINY = {"data.source": TINY_SOURCE, "data.frames": 8, "data.size": 32, "view.frames": 4, "view.size": 16,
         "batch_size": 4, "steps": 3, "log_every": 1, "visualize_at": 0, "device": "cpu", "snapshot_every": 0,
-        "eval.linear": False, "eval.retrieval": False}
+        "eval.linear": False, "eval.retrieval": False, "eval.draw_per_class": TINY_DRAWS}
 
 
 def tiny_crop(**kwargs) -> ParamCrop:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TINY_SOURCE, border_cubes
+from conftest import TINY_DRAWS, TINY_SOURCE, border_cubes
 from paramcrop.augment import ClipAugment
 from paramcrop.config import TrainConfig
 from paramcrop.crops.base import create_crop
@@ -102,7 +102,7 @@ def test_a_failing_compile_warns_and_falls_back_to_eager(monkeypatch):
 
 def test_trainer_compiles_unless_the_config_or_the_environment_says_no(tmp_path, monkeypatch):
     base = {"data.source": TINY_SOURCE, "data.frames": 8, "data.stride": 1, "data.size": 32, "view.frames": 4,
-            "view.size": 24, "batch_size": 4, "crop.method": "paramcrop", "device": "cpu", "steps": 1}
+            "view.size": 24, "batch_size": 4, "crop.method": "paramcrop", "device": "cpu", "steps": 1, "eval.draw_per_class": TINY_DRAWS}
     monkeypatch.delenv(COMPILE_ENV, raising=False)
     compiled = Trainer(TrainConfig().with_overrides(base), tmp_path / "a", progress=False)
     eager = Trainer(TrainConfig().with_overrides({**base, "compile": False}), tmp_path / "b", progress=False)

@@ -11,6 +11,7 @@ from paramcrop import sinks
 from paramcrop.config import TrainConfig
 from paramcrop.crops import create_crop
 from paramcrop.geometry import view_iou
+from conftest import TINY_DRAWS
 
 SIZE = (4, 16, 16)
 
@@ -75,7 +76,8 @@ def test_curriculum_steps_filled_from_the_run_and_bad_values_refused(workdir):
 # --- generator snapshots and replay ------------------------------------------------------------
 TINY = {"steps": 6, "batch_size": 4, "device": "cpu", "log_every": 1, "visualize_at": 0,
         "data": {"frames": 8, "size": 32}, "view": {"frames": 4, "size": 16},
-        "eval": {"linear": False, "retrieval": False}, "crop": {"method": "paramcrop", "strength": 1.0}}
+        "eval": {"linear": False, "retrieval": False, "draw_per_class": TINY_DRAWS},
+        "crop": {"method": "paramcrop", "strength": 1.0}}
 
 
 def _recorded_run(cfg, run_dir, inner=lambda crop: crop):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_SOURCE, assert_cubes_inside
+from conftest import TINY_DRAWS, TINY_SOURCE, assert_cubes_inside
 from scipy import stats
 
 from paramcrop import Adversary, ParamCrop, RandomCubicCrop, create_crop, parse_dof, view_iou
@@ -429,7 +429,7 @@ def test_training_with_spatial_dof_logs_whole_clip_temporal_views_at_every_step(
     cfg = TrainConfig().with_overrides({
         "data.source": TINY_SOURCE, "data.frames": 16, "data.stride": 1, "data.size": 32, "view.frames": 8,
         "view.size": 32, "batch_size": 8, "steps": 4, "log_every": 1, "visualize_at": 0, "eval.linear": False,
-        "eval.retrieval": False, "eval.knn_k": 5, **overrides})
+        "eval.retrieval": False, "eval.draw_per_class": TINY_DRAWS, "eval.knn_k": 5, **overrides})
     sink = sinks.MemorySink()
     train(cfg, sink, workdir / "run", progress=False)
     assert [v for _, v in sink.series(sinks.VIEW_IOU_T)] == [1.0] * 4

@@ -6,7 +6,7 @@ from paramcrop import sinks
 from paramcrop.config import TrainConfig
 from paramcrop.geometry import crop_video, crop_video_reference
 from paramcrop.train import train
-from conftest import TINY_SOURCE
+from conftest import TINY_DRAWS, TINY_SOURCE
 
 pytestmark = [pytest.mark.usefixtures("tiny_cache"), pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -37,7 +37,7 @@ def test_a_tiny_run_trains_on_cuda(tmp_path, precision, crop):
         "data.source": TINY_SOURCE, "data.frames": 16, "data.stride": 1, "data.size": 32, "view.frames": 8,
         "view.size": 32, "batch_size": 8, "steps": 4, "log_every": 1, "visualize_at": 0, "device": "cuda",
         "precision": precision, "crop.method": crop, "data.workers": "auto", "eval.linear": False,
-        "eval.retrieval": False})
+        "eval.retrieval": False, "eval.draw_per_class": TINY_DRAWS})
     sink = sinks.MemorySink()
     result = train(cfg, sink, tmp_path, progress=False)
     losses = [v for _, v in sink.series(sinks.TRAIN_LOSS)]

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import TEST_SYNTHETIC_CACHE
+from conftest import TEST_SYNTHETIC_CACHE, TINY_DRAWS
 from paramcrop.distributed import DistInfo, gather, gather_with_grad, shard
 from paramcrop.frameworks.simclr import nt_xent_loss
 
@@ -76,7 +76,7 @@ def test_paramcrop_train_under_torchrun_two_cpu_processes(tmp_path):
                "train", "--data", "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2",
                "--device", "cpu", "--steps", "3", "--batch-size", "4", "--crop", "paramcrop", "--no-progress",
                "--set", "data.size=32", "--set", "data.stride=1", "--set", "view.size=32", "--set", "log_every=1", "--set", "visualize_at=0",
-               "--set", "eval.linear=false", "--set", "eval.retrieval=false", "--experiment", "ddp"]
+               "--set", "eval.linear=false", "--set", "eval.retrieval=false", "--set", f"eval.draw_per_class={TINY_DRAWS}", "--experiment", "ddp"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client = MlflowClient(uri)

@@ -32,12 +32,12 @@ from paramcrop.artifacts import SKIPPED_NAME as SKIPPED_ARTIFACT
 from studies.runner import PREVIOUS_RUN_ATTR, RUN_ATTR, TAG_RESUMED_AT, TAG_RETRY_OF
 from studies.storage import DEFAULT_STORAGE, open_storage
 from studies.mlflow_sink import SPOOL_PREFIX
-from conftest import TINY_SOURCE
+from conftest import TINY_DRAWS, TINY_SOURCE
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_CONFIG = {"steps": 4, "batch_size": 8, "log_every": 1, "visualize_at": 1,
                "data": {"frames": 16, "stride": 1, "size": 32},
-               "view": {"frames": 8, "size": 32}, "eval": {"linear": False, "retrieval": False},
+               "view": {"frames": 8, "size": 32}, "eval": {"linear": False, "retrieval": False, "draw_per_class": TINY_DRAWS},
                "augment": {"blur_p": 0.0}}
 CROPS = {"crop": {"type": "variants", "choices": {
     "random": {"crop.method": "random"},

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY_SOURCE
+from conftest import TINY_DRAWS, TINY_SOURCE
 from paramcrop import ParamCrop, Views, create_crop, crop_video, sinks
 from paramcrop.augment import ClipAugment
 from paramcrop.config import TrainConfig
@@ -93,7 +93,7 @@ def tiny_trainer(path, **overrides) -> Trainer:
     cfg = TrainConfig().with_overrides({
         "data.source": TINY_SOURCE, "data.frames": 8, "data.stride": 1, "data.size": 32, "view.frames": 4,
         "view.size": 24, "batch_size": BATCH, "crop.method": "paramcrop", "device": "cpu", "steps": 10,
-        "visualize_at": 0, **overrides})
+        "visualize_at": 0, "eval.draw_per_class": TINY_DRAWS, **overrides})
     return Trainer(cfg, path, progress=False)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_SOURCE, assert_cubes_inside
+from conftest import TINY_DRAWS, TINY_SOURCE, assert_cubes_inside
 from paramcrop import sinks
 from paramcrop.backbones import create_backbone
 from paramcrop.config import TrainConfig
@@ -17,7 +17,7 @@ from paramcrop.data.batches import to_input
 CPU = torch.device("cpu")
 TINY = {"data.source": TINY_SOURCE, "data.frames": 8, "data.size": 32, "view.frames": 4, "view.size": 16,
         "batch_size": 4, "steps": 2, "log_every": 1, "visualize_at": 0, "device": "cpu",
-        "eval.linear": False, "eval.retrieval": False, "crop.method": "hardest", "backbone.width": 4}
+        "eval.linear": False, "eval.retrieval": False, "eval.draw_per_class": TINY_DRAWS, "crop.method": "hardest", "backbone.width": 4}
 
 
 def nt_xent_pair_by_hand(z1, z2, i, temperature):

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TEST_SYNTHETIC_CACHE, TINY_SOURCE
+from conftest import TEST_SYNTHETIC_CACHE, TINY_DRAWS, TINY_SOURCE
 from paramcrop import sinks
 from paramcrop.config import TrainConfig
 from paramcrop.artifacts import TRAJECTORY_NAME
@@ -24,7 +24,7 @@ from paramcrop.train import Trainer
 
 TINY_SETS = {"data.frames": 16, "data.stride": 1, "data.size": 32, "view.frames": 8, "view.size": 32,
              "batch_size": 8, "log_every": 1, "visualize_at": 3, "eval.linear": False, "eval.retrieval": False,
-             "augment.blur_p": 0.0}
+             "eval.draw_per_class": TINY_DRAWS,              "augment.blur_p": 0.0}
 
 
 def ckpt_step(path: Path) -> int:
@@ -205,7 +205,8 @@ def test_trial_killed_at_a_shared_checkpoint_and_eval_step_keeps_every_eval_poin
 
     steps = 12
     spec = tiny_spec("shared", {"steps": steps, "checkpoint_every": 3, "eval": {"every": 3, "linear": False,
-                                                                              "retrieval": False}},
+                                                                              "retrieval": False,
+                                                                              "draw_per_class": TINY_DRAWS}},
                      search_space={"crop": {"type": "variants", "choices": {"random": {"crop.method": "random"}}}})
     path = write_spec(workdir, spec)
     checkpoint = workdir / "paramcrop-runs" / "shared" / "trial-0000" / CHECKPOINT_NAME

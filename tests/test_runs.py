@@ -6,6 +6,7 @@ import pytest
 
 from paramcrop.config import TrainConfig
 from studies.runs import run_name
+from conftest import TINY_DRAWS
 
 BASE = {"crop": {"method": "paramcrop", "strength": 1.0}, "framework": {"name": "simclr"},
         "backbone": {"name": "tiny3d"}, "seed": 3}
@@ -51,7 +52,7 @@ def test_with_losses_matches_cli_flag():
 TINY_TRAIN = ["--data", "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2", "--device", "cpu",
               "--steps", "3", "--batch-size", "4", "--no-progress", "--set", "data.size=32", "--set", "data.stride=1",
               "--set", "view.size=32", "--set", "log_every=1", "--set", "visualize_at=0",
-              "--set", "eval.linear=false", "--set", "eval.retrieval=false"]
+              "--set", "eval.linear=false", "--set", "eval.retrieval=false", "--set", f"eval.draw_per_class={TINY_DRAWS}"]
 
 
 def train(*args: str):

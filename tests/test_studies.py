@@ -15,11 +15,11 @@ from cli import app
 from paramcrop import sinks
 from studies.spec import SpecError, StudySpec, load_spec
 from studies.storage import DEFAULT_STORAGE, open_storage
-from conftest import TINY_SOURCE
+from conftest import TINY_DRAWS, TINY_SOURCE
 
 TINY_CONFIG = {"steps": 4, "batch_size": 8, "log_every": 1, "visualize_at": 1,
                "data": {"frames": 16, "stride": 1, "size": 32},  # a clip (16 frames) fits the 24-frame videos
-               "view": {"frames": 8, "size": 32}, "eval": {"linear": False, "retrieval": False},
+               "view": {"frames": 8, "size": 32}, "eval": {"linear": False, "retrieval": False, "draw_per_class": TINY_DRAWS},
                "augment": {"blur_p": 0.0}}
 
 

@@ -5,7 +5,7 @@ import torch
 from paramcrop import sinks
 from paramcrop.config import TrainConfig
 from paramcrop.train import NonFiniteLossError, Trainer, train
-from conftest import TINY_SOURCE
+from conftest import TINY_DRAWS, TINY_SOURCE
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
 
@@ -14,7 +14,7 @@ def tiny_config(**overrides) -> TrainConfig:
     base = {"data.source": TINY_SOURCE, "data.frames": 16, "data.stride": 1, "data.size": 32,
             "view.frames": 8, "view.size": 32,
             "batch_size": 8, "steps": 30, "log_every": 1, "visualize_at": 0, "optim.warmup_steps": 2,
-            "eval.linear": False, "eval.retrieval": False, "augment.blur_p": 0.0}
+            "eval.linear": False, "eval.retrieval": False, "eval.draw_per_class": TINY_DRAWS, "augment.blur_p": 0.0}
     base.update(overrides)
     return TrainConfig().with_overrides(base)
 
@@ -167,7 +167,7 @@ def test_synthetic_source_sets_its_augmentation_defaults_unless_the_config_does(
     base = TrainConfig().with_overrides({"data.source": TINY_SOURCE, "data.frames": 16, "data.stride": 1,
                                          "data.size": 32, "view.frames": 8, "view.size": 32, "batch_size": 8,
                                          "steps": 1, "visualize_at": 0, "eval.linear": False,
-                                         "eval.retrieval": False})
+                                         "eval.retrieval": False, "eval.draw_per_class": TINY_DRAWS})
     assert "flip_p" not in base.augment  # the user set no augmentation key
     sink = sinks.MemorySink()
     trainer = Trainer(base, tmp_path / "a", sink=sink, progress=False)

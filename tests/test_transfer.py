@@ -13,12 +13,12 @@ import torch
 from paramcrop import sinks
 from paramcrop.config import TrainConfig
 from paramcrop.keys import ConfigError
-from conftest import TINY_SOURCE
+from conftest import TINY_DRAWS, TINY_SOURCE
 
 VARIANT_SOURCE = "synthetic:variant=textures,videos_per_class=4,frames=24,size=32,shapes=2,motions=2"
 TINY = {"data": {"source": TINY_SOURCE, "size": 32, "stride": 1}, "view": {"size": 32}, "steps": 3,
         "batch_size": 4, "log_every": 1, "visualize_at": 0, "device": "cpu",
-        "eval": {"linear": False, "retrieval": False}}
+        "eval": {"linear": False, "retrieval": False, "draw_per_class": TINY_DRAWS}}
 SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
 if not SHARED_VIDEOS.is_dir():
     SHARED_VIDEOS = Path("/work/shared/videos")

@@ -16,7 +16,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from cli import app
-from conftest import TINY_SOURCE
+from conftest import TINY_DRAWS, TINY_SOURCE
 from paramcrop import sinks
 from paramcrop.runtime import CPP_EXTENSION_LOGGER
 from paramcrop.train import progress_bar, progress_status
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 SPEC = {"name": "ui", "data": TINY_SOURCE, "sampler": "grid",
         "config": {"steps": 2, "batch_size": 8, "log_every": 1, "visualize_at": 0,
                    "data": {"frames": 16, "stride": 1, "size": 32}, "view": {"frames": 8, "size": 32},
-                   "eval": {"linear": False, "retrieval": False}, "augment": {"blur_p": 0.0},
+                   "eval": {"linear": False, "retrieval": False, "draw_per_class": TINY_DRAWS}, "augment": {"blur_p": 0.0},
                    "crop": {"method": "random"}},
         "objective": [{"metric": sinks.EVAL_KNN_TOP1, "direction": "maximize"},
                        {"metric": "train/seconds", "direction": "minimize"}]}

@@ -18,17 +18,20 @@ from paramcrop.config import TrainConfig
 from paramcrop.keys import ConfigError
 from paramcrop.data import resolve_source
 from paramcrop.data.records import DatasetSpec, VideoRecord
-from paramcrop.data.sources import parse_folder
+from paramcrop.data.sources import evaluation_draws, parse_folder
 from paramcrop.evaluation import extract_features, knn_top1
 from paramcrop.data.batches import normalize_clips
 from paramcrop.train import Trainer
 from studies.spec import DEFAULT_STUDY_OBJECTIVE, SpecError, StudySpec, builtin_names, load_spec
 from studies.storage import DEFAULT_STORAGE, open_storage
 
+from conftest import TINY_DRAWS
+
 TINY_SOURCE = "synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"  # 4 classes x (4 train + 2 test)
 TINY = {"data.source": TINY_SOURCE, "data.frames": 16, "data.stride": 1, "data.size": 32, "view.frames": 8,
         "view.size": 32, "batch_size": 8, "steps": 2, "log_every": 1, "visualize_at": 0, "optim.warmup_steps": 1,
-        "eval.linear": False, "eval.retrieval": False, "augment.blur_p": 0.0}
+        "eval.linear": False, "eval.retrieval": False, "augment.blur_p": 0.0,
+        "eval.draw_per_class": TINY_DRAWS}
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -130,12 +133,15 @@ def test_validation_videos_are_held_out_of_pretraining_and_the_memory_bank(workd
     import paramcrop.data.datasets as datasets
 
     expected = tiny_dataset.with_validation(0.2)
+    val = paths(expected.val)
+    assert len(val) == 4  # 1 of each class's 4 training videos
     trainer = Trainer(tiny_config(), workdir / "run", progress=False)
-    val = paths(trainer.val_set.records)
-    assert val == paths(expected.val) and len(val) == 4  # 1 of each class's 4 training videos
     assert paths(trainer.train_set.records) == paths(expected.train)
     assert paths(trainer.eval_sets[0].records) == paths(expected.train)  # the kNN memory bank
-    assert not val & paths(trainer.eval_sets[1].records)  # the test split
+    draws = evaluation_draws(TINY_SOURCE, TINY_DRAWS)  # the queries: fresh draws
+    assert paths(trainer.val_set.records) == paths(draws.val) and paths(trainer.eval_sets[1].records) == paths(draws.test)
+    own = Trainer(tiny_config(**{"eval.draw_per_class": 0}), workdir / "own", progress=False)  # the split's own videos
+    assert paths(own.val_set.records) == val and not val & paths(own.eval_sets[1].records)
     decoded = []
     read = datasets.read_frames
     monkeypatch.setattr(datasets, "read_frames", lambda path, *a, **k: decoded.append(path) or read(path, *a, **k))
@@ -186,7 +192,8 @@ def test_study_objective_and_pruner_read_the_validation_metric(workdir, monkeypa
     spec = {"name": "val", "data": TINY_SOURCE, "sampler": "grid", "pruner": "median",
             "config": {"steps": 4, "batch_size": 8, "log_every": 1, "visualize_at": 0, "seed": 1,
                        "data": {"frames": 16, "stride": 1, "size": 32}, "view": {"frames": 8, "size": 32},
-                       "eval": {"linear": False, "retrieval": False, "every": 2}, "augment": {"blur_p": 0.0},
+                       "eval": {"linear": False, "retrieval": False, "every": 2, "draw_per_class": TINY_DRAWS},
+                       "augment": {"blur_p": 0.0},
                        "crop": {"method": "random"}}}
     (workdir / "val.yaml").write_text(yaml.safe_dump(spec))
     result = CliRunner().invoke(app, ["study", "run", str(workdir / "val.yaml"), "--no-progress"],

@@ -20,7 +20,7 @@ from paramcrop.train import Trainer, train
 from studies.commands import worker_env
 from studies.runner import RUN_ATTR
 from studies.storage import DEFAULT_STORAGE, open_storage
-from conftest import TINY_SOURCE
+from conftest import TINY_DRAWS, TINY_SOURCE
 
 pytestmark = pytest.mark.usefixtures("tiny_cache")
 
@@ -31,7 +31,7 @@ def tiny_config(**overrides) -> TrainConfig:
     base = {"data.source": TINY_SOURCE, "data.frames": 8, "data.stride": 1, "data.size": 32,
             "view.frames": 8, "view.size": 32, "crop.method": "random",
             "batch_size": 4, "steps": 6, "log_every": 2, "visualize_at": 0, "optim.warmup_steps": 2,
-            "eval.linear": False, "eval.retrieval": False, "augment.blur_p": 0.0}
+            "eval.linear": False, "eval.retrieval": False, "eval.draw_per_class": TINY_DRAWS, "augment.blur_p": 0.0}
     base.update(overrides)
     return TrainConfig().with_overrides(base)
 
@@ -101,7 +101,7 @@ def test_workers_config_accepts_auto_or_a_count():
 # --- paramcrop study run --workers N ------------------------------------------------------------
 STUDY_CONFIG = {"steps": 4, "batch_size": 8, "log_every": 1, "visualize_at": 0,
                 "data": {"frames": 16, "stride": 1, "size": 32},
-                "view": {"frames": 8, "size": 32}, "eval": {"linear": False, "retrieval": False},
+                "view": {"frames": 8, "size": 32}, "eval": {"linear": False, "retrieval": False, "draw_per_class": TINY_DRAWS},
                 "augment": {"blur_p": 0.0}}
 CROPS = {"crop": {"type": "variants", "choices": {
     "random": {"crop.method": "random"}, "paramcrop": {"crop.method": "paramcrop", "crop.strength": 1.0}}}}

@@ -201,16 +201,19 @@ class EvalClips(_Clips):
             raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
         super().__init__(records, frames, stride, size, infos, cache_mb if persist is None else 0)
         self.clips_per_video = clips_per_video
-        self._windows_array = self._persisted(Path(persist)) if persist is not None else None
+        self.persist = Path(persist) if persist is not None else None
+        self._windows_array: np.ndarray | None = None  # memory-mapped at the first item (persist only)
 
     def _starts(self, video: int) -> np.ndarray:
         last_start = max(self.infos[video].frames - self.span, 0)
         return np.linspace(0, last_start, self.clips_per_video).round().astype(int)
 
     def _item(self, video: int, index: int) -> tuple[torch.Tensor, int]:
-        if self._windows_array is not None:
-            return torch.from_numpy(np.array(self._windows_array[video])), self.records[video].label
-        return self._windows(video, self._starts(video)), self.records[video].label
+        if self.persist is None:
+            return self._windows(video, self._starts(video)), self.records[video].label
+        if self._windows_array is None:
+            self._windows_array = self._persisted(self.persist)
+        return torch.from_numpy(np.array(self._windows_array[video])), self.records[video].label
 
     def _persisted(self, folder: Path) -> np.ndarray:
         """The memory-mapped windows of every video (see the class doc), decoded and written first if missing."""
