@@ -308,6 +308,9 @@ def eval_command(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI. [default: $MLFLOW_TRACKING_URI "
                                                "or sqlite:///mlflow.db]"),
     storage: Optional[str] = typer.Option(None, help=STORAGE_HELP + " Read for --best only."),
+    own_split: bool = typer.Option(False, "--own-split", help="Without --data: recompute on the dataset's own "
+                                   "validation and test videos (the evaluation before fresh draws), logged as "
+                                   "eval/own-split/... beside the run's own."),
 ) -> None:
     """Evaluate finished runs' backbones (loaded from MLflow) on any data source; the metrics
     eval/NAME/METRIC are logged back into each run and printed as a table. Without --data, each
@@ -332,6 +335,8 @@ def eval_command(
     try:
         if data is not None:
             dataset_name(data)
+            if own_split:
+                raise ValueError("--own-split recomputes a run's own evaluation: give it without --data")
         protocols = parse_protocols(protocol)
         resolve_device(TrainConfig().with_overrides({"device": device}).device)  # its spelling, then CUDA present
     except ValueError as exc:
@@ -350,7 +355,7 @@ def eval_command(
         runs = select_runs(client, run_id=run_id, study=study, trial=trial, best=best, storage=storage)
         if data is None:
             console.print(f"recomputing the own evaluation of {len(runs)} run(s)", highlight=False)
-            rows = evaluate_own(client, runs, device=device)
+            rows = evaluate_own(client, runs, device=device, own_split=own_split)
         else:
             console.print(f"evaluating {len(runs)} run(s) on {data} ({', '.join(protocols)})", highlight=False)
             rows = evaluate_runs(client, runs, data, protocols, device=device, finetune_steps=finetune_steps)

@@ -2,7 +2,9 @@
 
 Every final evaluation writes, per query split, one CSV logged as the run artifact
 ``predictions/<split>.csv`` (:func:`artifact_path`): ``test`` for the metrics ``eval/<metric>``,
-``val`` for ``eval/val/<metric>``. One row per query video, columns :data:`COLUMNS`:
+``val`` for ``eval/val/<metric>``. A named evaluation of the same run (``paramcrop eval RUN
+--own-split``: ``eval/own-split/<metric>``, ``eval/own-split/val/<metric>``) writes
+``predictions/<name>/<split>.csv``. One row per query video, columns :data:`COLUMNS`:
 
 - ``video``: the video's path relative to its dataset's folder (``test/circle_right/0024.mp4``);
 - ``label``: its class index;
@@ -26,31 +28,47 @@ SPLIT_PREFIXES = {"val": "eval/val/", "test": "eval/"}
 """Query split -> the prefix of its metric names."""
 
 
-def artifact_path(split: str) -> str:
-    """The run artifact of ``split``'s predictions, ``predictions/test.csv``."""
+def artifact_path(split: str, evaluation: str | None = None) -> str:
+    """The run artifact of ``split``'s predictions, ``predictions/test.csv`` (of a named
+    ``evaluation``: ``predictions/<evaluation>/test.csv``)."""
     if split not in SPLIT_PREFIXES:
         raise ValueError(f"split must be one of {', '.join(SPLIT_PREFIXES)}, got {split!r}")
-    return f"{PREDICTIONS_DIR}/{split}.csv"
+    return f"{PREDICTIONS_DIR}/{evaluation + '/' if evaluation else ''}{split}.csv"
+
+
+def metric_name(metric: str, split: str, evaluation: str | None = None) -> str:
+    """``eval/knn_top1`` of query ``split`` (and named ``evaluation``) -> its logged name:
+    ``eval/val/knn_top1``, ``eval/own-split/knn_top1``, ``eval/own-split/val/knn_top1``."""
+    from paramcrop.sinks import val_metric
+
+    name = val_metric(metric) if split == "val" else metric
+    return f"eval/{evaluation}/{name.removeprefix('eval/')}" if evaluation else name
 
 
 def source_of(metric: str) -> tuple[str, str] | None:
     """``(artifact path, column)`` holding ``metric``'s per-query predictions, e.g.
-    ``eval/val/knn_top1`` -> ``("predictions/val.csv", "knn")``; ``None`` for a metric they do not
-    give (retrieval, fine-tuning, transfer datasets, training metrics)."""
-    for split, prefix in sorted(SPLIT_PREFIXES.items(), key=lambda item: -len(item[1])):
-        rest = metric[len(prefix):] if metric.startswith(prefix) else None
-        if rest in METRIC_COLUMNS:
-            return artifact_path(split), METRIC_COLUMNS[rest]
-    return None
+    ``eval/val/knn_top1`` -> ``("predictions/val.csv", "knn")``, ``eval/own-split/knn_top1`` ->
+    ``("predictions/own-split/test.csv", "knn")``; ``None`` for a metric they do not give
+    (retrieval, fine-tuning, training metrics)."""
+    parts = metric.split("/")
+    if len(parts) < 2 or parts[0] != "eval" or parts[-1] not in METRIC_COLUMNS:
+        return None
+    middle = parts[1:-1]  # [], [val], [name], [name, val]
+    split = "val" if middle[-1:] == ["val"] else "test"
+    names = middle[:-1] if split == "val" else middle
+    if len(names) > 1:
+        return None
+    return artifact_path(split, names[0] if names else None), METRIC_COLUMNS[parts[-1]]
 
 
-def write_split(run_dir: Path, split: str, records: Sequence, predictions: Mapping[str, Sequence[int]]) -> Path:
+def write_split(run_dir: Path, split: str, records: Sequence, predictions: Mapping[str, Sequence[int]],
+                evaluation: str | None = None) -> Path:
     """Write ``split``'s predictions for the query videos ``records`` (:class:`~paramcrop.data.VideoRecord`,
-    in the order of ``predictions``' rows) to ``run_dir / artifact_path(split)``; returns that path."""
+    in the order of ``predictions``' rows) to ``run_dir / artifact_path(split, evaluation)``; returns that path."""
     from paramcrop.data.sources import dataset_root
 
     root = dataset_root(list(records))
-    return write_predictions(run_dir / artifact_path(split), [r.path.absolute().relative_to(root).as_posix()
+    return write_predictions(run_dir / artifact_path(split, evaluation), [r.path.absolute().relative_to(root).as_posix()
                                                                for r in records],
                              [r.label for r in records], {k: [int(v) for v in values] for k, values in predictions.items()})
 

@@ -238,7 +238,7 @@ class Trainer:
         RNG: evaluating never changes the training's random stream, so ``eval.every`` changes no
         training result."""
         from paramcrop.evaluation import evaluate_queries
-        from paramcrop.predictions import write_split
+        from paramcrop.predictions import metric_name, write_split
 
         e = self.cfg.eval
         queries = {"test": self.eval_sets[1]} | ({"val": self.val_set} if self.val_set is not None else {})
@@ -257,7 +257,7 @@ class Trainer:
                 device=self.device, normalize=normalize_clips, knn_k=e.knn_k, knn_temperature=e.knn_temperature,
                 linear=e.linear, retrieval=e.retrieval)
             for split, (found, predictions) in results.items():
-                metrics.update({(sinks.val_metric(k) if split == "val" else k): v for k, v in found.items()})
+                metrics.update({metric_name(k, split): v for k, v in found.items()})
                 if final:  # the per-query predictions of the final evaluation (paramcrop.predictions)
                     path = write_split(self.run_dir, split, queries[split].records, predictions)
                     self.sink.log_artifact(path, path.parent.name)

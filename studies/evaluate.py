@@ -97,12 +97,21 @@ def run_config(client, run):
     return cfg if DRAW_KEY in run.data.params else cfg.with_overrides({DRAW_KEY: 0})
 
 
-def evaluate_own(client, runs: list, *, device: str = "auto", on_row=None) -> list[EvalRow]:
+OWN_SPLIT = "own-split"
+"""The name of a run's evaluation on its dataset's own validation and test videos when its own
+evaluation queried fresh draws (``paramcrop eval RUN --own-split``)."""
+
+
+def evaluate_own(client, runs: list, *, device: str = "auto", own_split: bool = False,
+                 on_row=None) -> list[EvalRow]:
     """Recompute each run's own final evaluation (:func:`paramcrop.plan.evaluation_sets` of its config
     and data, its logged backbone) and log its per-query predictions (``predictions/<split>.csv``,
     :mod:`paramcrop.predictions`). The run's metrics are not changed: the row holds the recomputed
     ones, and a recomputed top-1 that differs from the logged value by more than one query is
-    reported in ``skipped``."""
+    reported in ``skipped``. With ``own_split``, the evaluation is on the dataset's own validation and
+    test videos instead (``eval.draw_per_class`` 0, the evaluation before draws), logged as the
+    named evaluation :data:`OWN_SPLIT`: metrics ``eval/own-split/...`` at the run's last step and
+    predictions ``predictions/own-split/<split>.csv``: the same runs read on both evaluations."""
     import tempfile
     from pathlib import Path
 
@@ -112,14 +121,14 @@ def evaluate_own(client, runs: list, *, device: str = "auto", on_row=None) -> li
     from paramcrop.data.batches import normalize_clips
     from paramcrop.evaluation import evaluate_queries
     from paramcrop.plan import evaluation_sets, resolve_device
-    from paramcrop.predictions import PREDICTIONS_DIR, write_split
+    from paramcrop.predictions import artifact_path, metric_name, write_split
     from paramcrop.transfer import load_backbone
 
     rows = []
     for run in runs:
         row = EvalRow(run.info.run_id, run.data.tags.get(sinks.TAG_TRIAL, ""), run.data.tags.get(sinks.TAG_CROP, ""))
         try:
-            cfg = run_config(client, run).with_overrides({"device": device})
+            cfg = run_config(client, run).with_overrides({"device": device} | ({DRAW_KEY: 0} if own_split else {}))
             torch_device = resolve_device(cfg.device)
             backbone = load_backbone(f"runs:/{run.info.run_id}/{sinks.MODEL_BACKBONE}", torch_device)
         except Exception as exc:  # noqa: BLE001 - reported per run: a run without config or model
@@ -134,16 +143,23 @@ def evaluate_own(client, runs: list, *, device: str = "auto", on_row=None) -> li
                 {split: DataLoader(ds, batch_size=e.batch_size) for split, ds in queries.items()},
                 device=torch_device, normalize=normalize_clips, knn_k=e.knn_k, knn_temperature=e.knn_temperature,
                 linear=e.linear, retrieval=e.retrieval)
+            evaluation = OWN_SPLIT if own_split else None
             with tempfile.TemporaryDirectory() as tmp:
                 for split, (found, predictions) in results.items():
-                    path = write_split(Path(tmp), split, queries[split].records, predictions)
-                    call(client.log_artifact, run.info.run_id, str(path), PREDICTIONS_DIR)
+                    path = write_split(Path(tmp), split, queries[split].records, predictions, evaluation)
+                    call(client.log_artifact, run.info.run_id, str(path), str(Path(artifact_path(split, evaluation)).parent))
                     for name, value in found.items():
-                        name = sinks.val_metric(name) if split == "val" else name
+                        name = metric_name(name, split, evaluation)
                         row.metrics[name] = value
                         logged = run.data.metrics.get(name)
                         if logged is not None and abs(logged - value) > 1 / len(queries[split]):
                             row.skipped[f"logged {name}"] = f"{logged:.4f}, recomputed {value:.4f}"
+            if own_split:
+                from mlflow.entities import Metric
+
+                now = int(time.time() * 1000)
+                call(client.log_batch, run.info.run_id, metrics=[Metric(k, float(v), now, max(cfg.steps - 1, 0))
+                                                                 for k, v in row.metrics.items()])
         rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -196,8 +212,8 @@ def print_rows(rows: list[EvalRow], console) -> None:
     from rich.table import Table
 
     def split(name: str) -> tuple[str, str]:
-        parts = name.split("/")  # eval/<dataset>/<metric>; a run's own eval/<metric> and eval/val/<metric>
-        return ("test", parts[1]) if len(parts) == 2 else (parts[1], parts[2])
+        parts = name.split("/")  # eval/<dataset>/<metric>; a run's own eval/[<name>/][val/]<metric>
+        return "/".join(parts[1:-1]) or "test", parts[-1]
 
     metrics = sorted({split(k)[1] for r in rows for k in r.metrics})
     table = Table(title="evaluation")

@@ -132,3 +132,47 @@ def test_the_benchmark_own_videos_stay_reachable_and_real_sources_keep_their_spl
     assert [r.path for r in trainer.val_set.records] == [r.path for r in dataset.val]
     assert trainer.plan.online_per_class is None
     assert evaluation_draws("folder:/anywhere", 320) is None  # parsed no further: real datasets do not draw
+
+
+def test_metric_names_and_their_prediction_files():
+    from paramcrop.predictions import metric_name
+
+    cases = {"eval/knn_top1": ("predictions/test.csv", "knn"), "eval/val/linear_top1": ("predictions/val.csv", "linear"),
+             "eval/own-split/knn_top1": ("predictions/own-split/test.csv", "knn"),
+             "eval/own-split/val/knn_top1": ("predictions/own-split/val.csv", "knn")}
+    for name, source in cases.items():
+        assert source_of(name) == source
+    for name in ("eval/recall_at_5", "eval/finetune_top1", "train/loss", "view/iou", "eval/a/b/c/knn_top1"):
+        assert source_of(name) is None
+    assert metric_name("eval/knn_top1", "val") == "eval/val/knn_top1"
+    assert metric_name("eval/knn_top1", "val", "own-split") == "eval/own-split/val/knn_top1"
+    assert metric_name("eval/linear_top1", "test", "own-split") == "eval/own-split/linear_top1"
+
+
+def test_paramcrop_eval_logs_a_runs_predictions_and_its_own_split_reading(workdir):
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from cli import app
+    from studies.evaluate import run_config
+
+    args = ["train", "--data", TINY_SOURCE, "--device", "cpu", "--steps", "2", "--batch-size", "4", "--no-progress",
+            "--set", "data.size=32", "--set", "data.stride=1", "--set", "view.size=32", "--set", "visualize_at=0",
+            "--set", "eval.retrieval=false", "--set", f"eval.draw_per_class={TINY_DRAWS}", "--experiment", "e"]
+    assert CliRunner().invoke(app, args, catch_exceptions=False).exit_code == 0
+    client = MlflowClient()
+    [run] = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    result = CliRunner().invoke(app, ["eval", run.info.run_id, "--own-split"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run = client.get_run(run.info.run_id)
+    dataset = resolve_source(TINY_SOURCE).with_validation(TrainConfig().data.val_fraction)
+    for split, videos in (("test", dataset.test), ("val", dataset.val)):
+        rows = read_rows(client.download_artifacts(run.info.run_id, artifact_path(split, "own-split"), str(workdir)))
+        assert sorted(r["video"] for r in rows) == sorted(v.path.relative_to(v.path.parents[1]).as_posix()
+                                                          for v in videos)
+        name = "eval/own-split/val/knn_top1" if split == "val" else "eval/own-split/knn_top1"
+        assert run.data.metrics[name] == pytest.approx(sum(r["knn"] == r["label"] for r in rows) / len(rows), abs=1e-7)
+    assert {"eval/knn_top1", "eval/val/knn_top1"} <= set(run.data.metrics)  # the run's own reading stays beside it
+    assert run_config(client, run).eval.draw_per_class == TINY_DRAWS
+    del run.data.params["eval.draw_per_class"]  # a run logged before draws existed evaluated on its own split
+    assert run_config(client, run).eval.draw_per_class == 0
