@@ -1,0 +1,136 @@
+"""Which comparisons one call of ``analyze compare`` / ``analyze power`` makes: its *family*.
+
+- ``--baseline`` given, or no declared comparisons: every configuration against the baseline
+  (:func:`analysis.compare.choose_baseline`).
+- Otherwise, for a study whose spec declares ``compare`` (:mod:`studies.spec`): the declared
+  comparisons. The spec is the study's own (``study.yaml``, logged to its parent run when it was
+  created); when that declares none, the built-in spec of the study's name does (a note says so).
+  A label is resolved through the trial run names (``t3 crop=paramcrop seed=1``: each search-space
+  dimension's value): the runs whose name has the label's value in its dimension. A declared
+  comparison pairs each against-configuration with the baseline-configuration whose runs agree
+  with it on every other dimension of the spec (seed aside), so a spec with ``crop`` x
+  ``backbone.name`` compares the crops within each backbone. A label without runs, or a stratum
+  without exactly one configuration of each side, is left out with a note.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from analysis.errors import NotFoundError
+from analysis.load import Selection
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlflow import MlflowClient
+
+    from studies.spec import StudySpec
+
+SPEC_ARTIFACT = "study.yaml"
+SEED = "seed"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One comparison: configuration ``against`` minus configuration ``baseline`` (``config`` ids);
+    ``declared``: the spec's words for it, e.g. ``paramcrop vs paramcrop-l0``, else None."""
+
+    baseline: int
+    against: int
+    declared: str | None = None
+
+
+def study_spec(client: "MlflowClient", sel: Selection) -> tuple["StudySpec | None", list[str]]:
+    """The spec whose ``compare`` a study uses (module doc) and notes; None when none declares any.
+    A declared comparison naming an unknown label is :class:`NotFoundError` (exit 2)."""
+    import tempfile
+
+    from studies.spec import SPEC_DIR
+
+    if sel.kind != "study" or not sel.parent_run_id:
+        return None, []
+    notes: list[str] = []
+    own = None
+    if SPEC_ARTIFACT in {f.path for f in client.list_artifacts(sel.parent_run_id)}:
+        with tempfile.TemporaryDirectory() as tmp:
+            text = open(client.download_artifacts(sel.parent_run_id, SPEC_ARTIFACT, tmp)).read()
+        own = _load(text, f"study {sel.name!r}'s {SPEC_ARTIFACT}", notes)
+    if own is not None and own.compare:
+        return own, notes
+    builtin = SPEC_DIR / f"{sel.name}.yaml"
+    if builtin.is_file():
+        spec = _load(builtin.read_text(), f"built-in spec {sel.name!r}", notes)
+        if spec is not None and spec.compare:
+            notes.append(f"declared comparisons from the built-in spec {sel.name!r} (the study's own "
+                         f"{SPEC_ARTIFACT} declares none)")
+            return spec, notes
+    return None, notes
+
+
+def _load(text: str, source: str, notes: list[str]) -> "StudySpec | None":
+    from studies.spec import SpecError, StudySpec
+
+    try:
+        return StudySpec.from_yaml(text, source=source)
+    except SpecError as exc:
+        if str(exc).startswith("compare"):
+            raise NotFoundError(f"{source}: {exc}") from None
+        notes.append(f"{source} does not load ({exc}): no declared comparisons from it")
+        return None
+
+
+def run_points(spec: "StudySpec", runs: pd.DataFrame) -> pd.DataFrame:
+    """``run_id`` and one column per search-space dimension of ``spec``: the value its trial run name
+    shows (``t3 crop=paramcrop seed=1`` -> ``crop: paramcrop``), None where the name has none."""
+    keys = sorted({d.key for d in spec.search_space} | {SEED}, key=len, reverse=True)
+    pattern = re.compile(r"(?<= )(" + "|".join(map(re.escape, keys)) + r")=")
+    rows = []
+    for rid, name in zip(runs["run_id"], runs.get("run_name", pd.Series([None] * len(runs)))):
+        name = re.sub(r" \(retry of t\d+\)$", "", str(name or ""))
+        found = list(pattern.finditer(name))
+        point = {"run_id": rid}
+        for m, nxt in zip(found, found[1:] + [None]):
+            point[m.group(1)] = name[m.end():nxt.start() - 1 if nxt else len(name)]
+        rows.append(point)
+    return pd.DataFrame(rows, columns=["run_id", *[d.key for d in spec.search_space]])
+
+
+def declared_pairs(spec: "StudySpec", runs: pd.DataFrame, configs: pd.DataFrame) -> tuple[list[Pair], list[str]]:
+    """The :class:`Pair` list of ``spec``'s declared comparisons among ``runs`` (``configs``: their
+    :func:`analysis.groups.configurations`) and notes on what could not be paired (module doc)."""
+    points = run_points(spec, runs).merge(configs[["run_id", "config"]], on="run_id")
+    points = points.astype(object).where(points.notna(), None)
+    dims = [d.key for d in spec.search_space]
+    pairs, notes = [], []
+    for c in spec.compare:
+        dim, base_value = spec.label(c.baseline)
+        others = [k for k in dims if k != dim]
+        base = _strata(points, dim, base_value, others)
+        for label in c.against:
+            declared = f"{label} vs {c.baseline}"
+            mine = _strata(points, dim, spec.label(label)[1], others)
+            if not mine or not base:
+                notes.append(f"declared comparison {declared}: no runs of "
+                             f"{' and '.join(x for x, s in ((label, mine), (c.baseline, base)) if not s)}")
+                continue
+            for stratum, ids in mine.items():
+                partner = base.get(stratum, set())
+                where = ", ".join(f"{k}={v}" for k, v in zip(others, stratum) if v is not None)
+                name = f"{declared} ({where})" if where and len(mine) > 1 else declared
+                if len(ids) == 1 and len(partner) == 1:
+                    pairs.append(Pair(next(iter(partner)), next(iter(ids)), name))
+                else:
+                    notes.append(f"declared comparison {name}: {len(ids)} configuration(s) against {len(partner)} "
+                                 f"of the baseline; one of each is needed: left out")
+    return pairs, notes
+
+
+def _strata(points: pd.DataFrame, dim: str, value: str, others: list[str]) -> dict[tuple, set[int]]:
+    """Configurations of the runs whose ``dim`` is ``value``, by their values of the ``others``."""
+    sel = points[points[dim] == value]
+    out: dict[tuple, set[int]] = {}
+    for row in sel.to_dict("records"):
+        out.setdefault(tuple(row[k] for k in others), set()).add(int(row["config"]))
+    return out
