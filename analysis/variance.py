@@ -29,7 +29,7 @@ import pandas as pd
 from analysis import plots
 from analysis.errors import NotFoundError
 from analysis.load import RunQuery, Selection
-from analysis.queries import QueryOutcomes, missing_message
+from analysis.queries import QueryOutcomes, missing_message, source
 from analysis.report import Report
 from analysis.resampling import bootstrap_variance_of_mean
 from analysis.values import seeded_values
@@ -68,6 +68,7 @@ def variance_table(sel: Selection, client: "MlflowClient",
     """``(table, notes, warnings)``: one row per configuration (:data:`COLUMNS`, module doc) and the
     pooled row. :class:`NotFoundError` (exit 2) for an objective without per-query predictions or
     runs without them."""
+    source(sel.objective)
     values, _, notes = seeded_values(sel)
     outcomes = outcomes or QueryOutcomes(client)
     found, missing = outcomes.outcomes(values["run_id"], sel.objective)
