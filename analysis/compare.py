@@ -324,6 +324,7 @@ def comparison_table(sel, client: "MlflowClient", baseline: str | None = None, a
 
 
 def markdown(data: pd.DataFrame, title: str, objective: str, level: float, adjust: str) -> str:
+    """The comparison table (:func:`comparison_table`) in Markdown; a baseline column when it has several."""
     def num(v, fmt="{:+.3f}"):
         return "–" if v != v else fmt.format(v)
 
@@ -331,20 +332,23 @@ def markdown(data: pd.DataFrame, title: str, objective: str, level: float, adjus
         return "–" if lo != lo else f"[{fmt.format(lo)}, {fmt.format(hi)}]"
 
     names = data["declared"] if "declared" in data.columns else data["configuration"]
-    adjusted = ("p (Holm)", "Holm interval") if adjust == "holm" else ("p", None)
-    lines = [f"# {title}", "", f"Objective `{objective}`: difference configuration - baseline, paired by seed: mean "
-             f"over the pairs, its {level:.0%} t-interval, the paired t-test's p"
-             + (" (Holm-adjusted over these comparisons) and the interval at the level of its Holm step"
-                if adjust == "holm" else "")
+    bases = list(dict.fromkeys(data["baseline"]))
+    holm_ = adjust == "holm"
+    lines = [f"# {title}", "", (f"Baseline: {bases[0]}. " if len(bases) == 1 else "")
+             + f"Objective `{objective}`: difference configuration - baseline, paired by seed: mean over the pairs, "
+             f"its {level:.0%} t-interval, the paired t-test's p"
+             + (" (Holm-adjusted over these comparisons) and the interval at the level of its Holm step" if holm_ else "")
              + f", P(A > B) over the seeds (ties 1/2) with its {level:.0%} Wilson interval, and the {level:.0%} "
              "hierarchical bootstrap interval (seeds, then queries). Unpaired seeds are left out.", "",
-             f"| comparison | baseline | difference | {level:.0%} t-interval | {adjusted[0]} | "
-             + (f"{adjusted[1]} | " if adjusted[1] else "")
+             "| comparison | " + ("baseline | " if len(bases) > 1 else "") + f"difference | {level:.0%} interval | "
+             + ("p (Holm) | Holm interval | " if holm_ else "p | ")
              + "P(A > B) | bootstrap interval | pairs | unpaired |",
-             "|---|---|---:|:---:|---:|" + (":---:|" if adjusted[1] else "") + "---:|:---:|---:|---:|"]
+             "|---|" + ("---|" if len(bases) > 1 else "") + "---:|:---:|---:|" + (":---:|" if holm_ else "")
+             + "---:|:---:|---:|---:|"]
     for name, r in zip(names, data.itertuples(index=False)):
-        cells = [name, r.baseline, num(r.diff), interval(r.diff_lower, r.diff_upper), num(r.p_adjusted, "{:.3g}")]
-        if adjusted[1]:
+        cells = [name, *([r.baseline] if len(bases) > 1 else []), num(r.diff), interval(r.diff_lower, r.diff_upper),
+                 num(r.p_adjusted, "{:.3g}")]
+        if holm_:
             cells.append(interval(r.adj_lower, r.adj_upper))
         cells += [f"{num(r.p_better, '{:.2f}')} {interval(r.p_better_lower, r.p_better_upper, '{:.2f}')}",
                   interval(r.boot_lower, r.boot_upper), str(r.pairs), str(r.unpaired)]
