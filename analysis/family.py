@@ -47,6 +47,7 @@ def study_spec(client: "MlflowClient", sel: Selection) -> tuple["StudySpec | Non
     A declared comparison naming an unknown label is :class:`NotFoundError` (exit 2)."""
     import tempfile
 
+    from analysis.queries import quiet_downloads
     from studies.spec import SPEC_DIR
 
     if sel.kind != "study" or not sel.parent_run_id:
@@ -54,8 +55,9 @@ def study_spec(client: "MlflowClient", sel: Selection) -> tuple["StudySpec | Non
     notes: list[str] = []
     own = None
     if SPEC_ARTIFACT in {f.path for f in client.list_artifacts(sel.parent_run_id)}:
-        with tempfile.TemporaryDirectory() as tmp:
-            text = open(client.download_artifacts(sel.parent_run_id, SPEC_ARTIFACT, tmp)).read()
+        with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
+            with open(client.download_artifacts(sel.parent_run_id, SPEC_ARTIFACT, tmp)) as handle:
+                text = handle.read()
         own = _load(text, f"study {sel.name!r}'s {SPEC_ARTIFACT}", notes)
     if own is not None and own.compare:
         return own, notes

@@ -8,7 +8,9 @@ metric's column equals its label). Its mean is the metric's value.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+import os
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import pandas as pd
 
@@ -19,6 +21,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
 EVAL_COMMAND = "paramcrop eval {run_id} --data {source}"
 """The command that writes a finished run's per-query predictions (on the run's own data source)."""
+
+
+@contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """No MLflow download progress bar on stderr (one per file otherwise), unless the user asks for it."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ.setdefault(name, "false")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
 
 
 def metrics_with_predictions() -> list[str]:
@@ -60,7 +75,7 @@ class QueryOutcomes:
         folder = path.rsplit("/", 1)[0]
         if path not in {f.path for f in self.client.list_artifacts(run_id, folder)}:
             return None
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
             return pd.read_csv(self.client.download_artifacts(run_id, path, tmp))
 
     def outcomes(self, run_ids: Iterable[str], metric: str) -> tuple[dict[str, pd.Series], list[str]]:
