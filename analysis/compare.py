@@ -40,7 +40,8 @@
     the mean difference: resample the pairs (seeds) with replacement, then within each drawn pair
     the queries with replacement, from the runs' per-query predictions (:mod:`analysis.queries`);
     the two runs of a pair were evaluated on the same queries, so a pair's queries are resampled
-    together (per query: A correct - B correct; several runs of one seed: their mean per query).
+    together (per query: A correct - B correct; several runs of one seed: their mean per query), and
+    apart from the other pairs' (conservative: the seed level already carries part of that noise).
     :data:`RESAMPLES` resamples, seed :data:`BOOTSTRAP_SEED`
     (:func:`analysis.resampling.hierarchical_bootstrap`): deterministic. Empty, with a note, for runs
     without predictions or an objective that has none.
@@ -187,7 +188,7 @@ def forest(data: pd.DataFrame, title: str, objective: str, level: float, baselin
     if "boot_lower" in data.columns and data["boot_lower"].notna().any():
         ax.hlines(y - 0.22, data["boot_lower"], data["boot_upper"], color=colours[1], linewidth=1.4,
                   label="hierarchical bootstrap")
-        ax.legend(loc="best", frameon=False)
+        fig.legend(loc="outside lower center", ncol=2, frameon=False)
     ax.axvline(0.0, color=plots.BASELINE_COLOUR, linestyle="--", linewidth=1.0)
     ax.set_yticks(y, labels)
     ax.set_ylim(-0.7, len(data) - 0.3)

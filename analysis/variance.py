@@ -106,7 +106,7 @@ def figure(data: pd.DataFrame, title: str, objective: str):
     """Left: between-seed SD, training SD and evaluation SE per configuration; right: the shares."""
     labels = [f"{c} (n={n})" for c, n in zip(data["configuration"], data["runs"])]
     width = max(2 * plots.PANEL_WIDTH_IN, min(3 * plots.PANEL_WIDTH_IN, 4.5 + 0.055 * max(map(len, labels))))
-    fig = plots.new_figure(width, 1.4 + 0.32 * len(data))
+    fig = plots.new_figure(width, 1.7 + 0.32 * len(data))
     left, right = fig.subplots(1, 2, sharey=True)
     y = np.arange(len(data))[::-1]
     colours = plots.palette(3)
@@ -116,16 +116,15 @@ def figure(data: pd.DataFrame, title: str, objective: str):
                   label=name)
     left.set_yticks(y, labels)
     left.set_xlabel(f"SD of {objective}")
-    left.legend(loc="lower right", frameon=False)
     left.grid(axis="y", visible=False)
     evaluation = np.nan_to_num(data["eval_share"].to_numpy(float))
     training = np.nan_to_num(data["training_share"].to_numpy(float))
-    right.barh(y, training, color=colours[1], label="training")
-    right.barh(y, evaluation, left=training, color=colours[2], label="evaluation")
+    right.barh(y, training, color=colours[1])
+    right.barh(y, evaluation, left=training, color=colours[2])
     right.set_xlim(0, 1)
-    right.set_xlabel("Share of the between-seed variance")
-    right.legend(loc="lower right", frameon=False)
+    right.set_xlabel("Share of the between-seed variance\n(training | evaluation)")
     right.grid(axis="y", visible=False)
+    fig.legend(loc="outside lower center", ncol=3, frameon=False)
     fig.suptitle(title)
     return fig
 
