@@ -17,7 +17,7 @@
   the mean difference ``diff_lower``, ``diff_upper`` (:func:`analysis.stats.t_interval`: NaN for
   one pair) and ``unpaired``: seeds of either side without a partner (and runs without a seed),
   left out; a note names them.
-- **Family** (:mod:`analysis.family`): without ``--baseline``, a study whose spec declares
+- **Family** (:func:`analysis.family.comparisons`): without ``--baseline``, a study whose spec declares
   ``compare`` makes the declared comparisons (a ``declared`` column names each); otherwise every
   configuration against the baseline.
 - Beside each t-interval (``analyze compare`` only, :func:`comparison_table`):
@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import groups, plots
-from analysis.errors import NoDataError, NotFoundError
+from analysis.errors import NotFoundError
 from analysis.load import RunQuery, column
 from analysis.plots import BASELINE_METHOD, P_CROP
 from analysis.report import Report
@@ -94,7 +94,8 @@ def conditions(spec: str) -> dict[str, str]:
     return out
 
 
-def _listing(labels: Sequence[str]) -> str:
+def listing(labels: Sequence[str]) -> str:
+    """The configurations' labels, one a line, for an error message."""
     return "Configurations:\n" + "\n".join(f"  {lab}" for lab in labels)
 
 
@@ -113,12 +114,12 @@ def choose_baseline(runs: pd.DataFrame, configs: pd.DataFrame, spec: str | None,
     else:
         if "=" not in spec:
             raise NotFoundError(f"--baseline {spec!r} is no configuration here and no key=value condition. "
-                                + _listing(labels))
+                                + listing(labels))
         wanted, what = conditions(spec), f"--baseline {spec!r} matches {{}} configurations"
     match = pd.Series(True, index=runs.index)
     for key, value in wanted.items():
         if f"params.{key}" not in runs.columns and key not in groups.PARAM_DEFAULTS:
-            raise NotFoundError(f"--baseline {spec!r}: no param {key!r} in these runs. " + _listing(labels))
+            raise NotFoundError(f"--baseline {spec!r}: no param {key!r} in these runs. " + listing(labels))
         logged = column(runs, f"params.{key}", groups.PARAM_DEFAULTS.get(key))
         match &= logged.map(groups.canonical) == groups.canonical(value)
     ids = sorted(set(configs.loc[match.to_numpy(), "config"]))
@@ -127,7 +128,7 @@ def choose_baseline(runs: pd.DataFrame, configs: pd.DataFrame, spec: str | None,
     if spec is None and not required:
         return None
     hint = "; name one with --baseline LABEL or --baseline KEY=VALUE,..." if spec is None else ""
-    raise NotFoundError(what.format(len(ids)) + hint + ". " + _listing(labels))
+    raise NotFoundError(what.format(len(ids)) + hint + ". " + listing(labels))
 
 
 def per_seed(values: pd.DataFrame) -> pd.Series:
@@ -220,36 +221,6 @@ def check_adjust(adjust: str) -> str:
     return adjust
 
 
-def family(sel, client: "MlflowClient", values: pd.DataFrame, configs: pd.DataFrame,
-           baseline: str | None) -> tuple[list, list[str]]:
-    """The comparisons of one call (:mod:`analysis.family`): ``(pairs, notes)``; :class:`NoDataError`
-    when a baseline has no objective value or nothing but the baseline is here."""
-    from analysis.family import Pair, declared_pairs, study_spec
-
-    if baseline is None:
-        spec, notes = study_spec(client, sel)
-        if spec is not None:
-            pairs, more = declared_pairs(spec, sel.runs, configs)
-            valued = set(values["config"])
-            more += [f"declared comparison {p.declared}: no {sel.objective} value on one side: left out"
-                     for p in pairs if not {p.baseline, p.against} <= valued]
-            pairs = [p for p in pairs if {p.baseline, p.against} <= valued]
-            if pairs:
-                return pairs, notes + [f"the {len(pairs)} comparison(s) the spec declares (compare:)"] + more
-            notes += more + ["no declared comparison has runs here: every configuration against the baseline"]
-    else:
-        notes = []
-    chosen = choose_baseline(sel.runs, configs, baseline)
-    if chosen not in set(values["config"]):
-        raise NoDataError(f"the baseline {configs.loc[configs['config'] == chosen, 'configuration'].iloc[0]} "
-                          f"has no {sel.objective} value")
-    others = sorted(set(values["config"]) - {chosen})
-    if not others:
-        raise NoDataError("only the baseline configuration is here: nothing to compare. "
-                          + _listing(list(configs.drop_duplicates("config")["configuration"])))
-    return [Pair(chosen, c) for c in others], notes
-
-
 def pair_queries(values: pd.DataFrame, outcomes: dict, against: int, baseline: int, seeds) -> list[np.ndarray] | None:
     """Per seed, the per-query differences ``against - baseline`` (each side: mean over its runs of
     that seed), on the queries both were evaluated on; None when a run has no predictions."""
@@ -273,13 +244,14 @@ def comparison_table(sel, client: "MlflowClient", baseline: str | None = None, a
     configuration, baseline`` and :data:`DIFF_COLUMNS` + :data:`TEST_COLUMNS`. What ``analyze
     compare`` writes, and what a report shows."""
     from analysis import resampling
+    from analysis.family import comparisons
     from analysis.queries import QueryOutcomes, source
 
     check_level(level)
     check_adjust(adjust)
     values, configs, notes = seeded_values(sel)
     values = values.assign(seed=values["seed"].map(groups.canonical))
-    pairs, family_notes = family(sel, client, values, configs, baseline)
+    pairs, family_notes = comparisons(sel, client, values, configs, baseline)
     notes += family_notes
     labels = dict(zip(configs["config"], configs["configuration"]))
     per = per_seed(values)

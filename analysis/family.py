@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from analysis.errors import NotFoundError
+from analysis.errors import NoDataError, NotFoundError
 from analysis.load import Selection
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,6 +81,38 @@ def _load(text: str, source: str, notes: list[str]) -> "StudySpec | None":
             raise NotFoundError(f"{source}: {exc}") from None
         notes.append(f"{source} does not load ({exc}): no declared comparisons from it")
         return None
+
+
+def comparisons(sel: Selection, client: "MlflowClient", values: pd.DataFrame, configs: pd.DataFrame,
+                baseline: str | None) -> tuple[list[Pair], list[str]]:
+    """The comparisons of one call (module doc): ``(pairs, notes)``. ``values``: the runs' objective
+    values with canonical seeds (:func:`analysis.values.seeded_values`), ``configs``: the
+    configurations of ``sel.runs``. :class:`NoDataError` when the baseline has no objective value or
+    nothing but the baseline is here."""
+    from analysis.compare import listing, choose_baseline
+
+    if baseline is None:
+        spec, notes = study_spec(client, sel)
+        if spec is not None:
+            pairs, more = declared_pairs(spec, sel.runs, configs)
+            valued = set(values["config"])
+            more += [f"declared comparison {p.declared}: no {sel.objective} value on one side: left out"
+                     for p in pairs if not {p.baseline, p.against} <= valued]
+            pairs = [p for p in pairs if {p.baseline, p.against} <= valued]
+            if pairs:
+                return pairs, notes + [f"the {len(pairs)} comparison(s) the spec declares (compare:)"] + more
+            notes += more + ["no declared comparison has runs here: every configuration against the baseline"]
+    else:
+        notes = []
+    chosen = choose_baseline(sel.runs, configs, baseline)
+    if chosen not in set(values["config"]):
+        raise NoDataError(f"the baseline {configs.loc[configs['config'] == chosen, 'configuration'].iloc[0]} "
+                          f"has no {sel.objective} value")
+    others = sorted(set(values["config"]) - {chosen})
+    if not others:
+        raise NoDataError("only the baseline configuration is here: nothing to compare. "
+                          + listing(list(configs.drop_duplicates("config")["configuration"])))
+    return [Pair(chosen, c) for c in others], notes
 
 
 def run_points(spec: "StudySpec", runs: pd.DataFrame) -> pd.DataFrame:

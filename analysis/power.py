@@ -1,7 +1,7 @@
 """``paramcrop analyze power``: how many seeds a paired comparison needs, from a pilot.
 
 The pilot is the selected runs; the comparisons are those of ``analyze compare`` (the spec's
-declared family, else every configuration against ``--baseline``, :mod:`analysis.family`). Per
+declared family, else every configuration against ``--baseline``, :func:`analysis.family.comparisons`). Per
 comparison, from its ``n`` paired-by-seed differences with SD ``s`` (:func:`analysis.compare.paired`):
 
 - ``n_interval``: the smallest n at which the 95 % t-interval of the mean difference would have
@@ -55,14 +55,15 @@ def power_table(sel: Selection, client: "MlflowClient", baseline: str | None = N
     from scipy import stats
 
     from analysis import groups
-    from analysis.compare import family, paired
+    from analysis.compare import paired
+    from analysis.family import comparisons
     from analysis.resampling import n_for_half_width, n_for_power
     from analysis.values import seeded_values
 
     check_targets(delta, power)
     values, configs, notes = seeded_values(sel)
     values = values.assign(seed=values["seed"].map(groups.canonical))
-    pairs, more = family(sel, client, values, configs, baseline)
+    pairs, more = comparisons(sel, client, values, configs, baseline)
     notes += more
     labels = dict(zip(configs["config"], configs["configuration"]))
     rows, short = [], []
