@@ -7,7 +7,8 @@
   (``"Random crop (baseline), crop.area=(0.5, 1.0)"``), or param conditions ``key=value`` joined
   by ``,`` outside brackets (``crop.method=random`` or ``crop.method=random,crop.area=(0.5, 1.0)``;
   values compare as in :mod:`analysis.groups`) that exactly one configuration meets. Default:
-  the random-crop configuration (``crop.method=random``) when there is exactly one. Anything else
+  the random-crop configuration (``crop.method=random``) when there is exactly one
+  (:func:`analysis.family.choose_baseline`). Anything else
   is an error (exit 2) that lists the configurations; a baseline without objective values, or
   nothing but the baseline, exits 1.
 - **Pairs**: by ``seed`` param: a configuration's run with seed ``s`` against the baseline's run
@@ -48,15 +49,15 @@
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from analysis import groups, plots
 from analysis.errors import NotFoundError
-from analysis.load import RunQuery, column
-from analysis.plots import BASELINE_METHOD, P_CROP
+from analysis.family import comparisons
+from analysis.load import RunQuery
 from analysis.report import Report
 from analysis.stats import check_level, t_interval
 from analysis.values import seeded_values
@@ -72,63 +73,6 @@ ADJUSTMENTS = ("none", "holm")
 RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 STEM = "compare"
-
-
-def conditions(spec: str) -> dict[str, str]:
-    """``"a=1,b=(0.5, 1.0)"`` -> ``{"a": "1", "b": "(0.5, 1.0)"}`` (commas inside brackets kept);
-    raises :class:`NotFoundError` when a part is not ``key=value``."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(spec):
-        depth += ch in "([{"
-        depth -= ch in ")]}"
-        if ch == "," and depth == 0:
-            parts.append(spec[start:i])
-            start = i + 1
-    parts.append(spec[start:])
-    out = {}
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise NotFoundError(f"--baseline {spec!r}: {part.strip()!r} is not key=value")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def listing(labels: Sequence[str]) -> str:
-    """The configurations' labels, one a line, for an error message."""
-    return "Configurations:\n" + "\n".join(f"  {lab}" for lab in labels)
-
-
-def choose_baseline(runs: pd.DataFrame, configs: pd.DataFrame, spec: str | None,
-                    required: bool = True) -> int | None:
-    """The baseline's ``config`` id (module doc). ``configs``: :func:`analysis.groups.configurations`
-    of ``runs`` (its labels are the ones ``spec`` may name). Without ``spec`` and without a single
-    random-crop configuration: None, or (``required``) :class:`NotFoundError`."""
-    first = configs.drop_duplicates("config").sort_values("config")
-    labels = list(first["configuration"])
-    if spec is not None and spec.strip() in labels:
-        return int(first.loc[first["configuration"] == spec.strip(), "config"].iloc[0])
-    if spec is None:
-        wanted = {P_CROP: BASELINE_METHOD}
-        what = f"no --baseline given and {{}} random-crop configurations ({P_CROP}=random)"
-    else:
-        if "=" not in spec:
-            raise NotFoundError(f"--baseline {spec!r} is no configuration here and no key=value condition. "
-                                + listing(labels))
-        wanted, what = conditions(spec), f"--baseline {spec!r} matches {{}} configurations"
-    match = pd.Series(True, index=runs.index)
-    for key, value in wanted.items():
-        if f"params.{key}" not in runs.columns and key not in groups.PARAM_DEFAULTS:
-            raise NotFoundError(f"--baseline {spec!r}: no param {key!r} in these runs. " + listing(labels))
-        logged = column(runs, f"params.{key}", groups.PARAM_DEFAULTS.get(key))
-        match &= logged.map(groups.canonical) == groups.canonical(value)
-    ids = sorted(set(configs.loc[match.to_numpy(), "config"]))
-    if len(ids) == 1:
-        return int(ids[0])
-    if spec is None and not required:
-        return None
-    hint = "; name one with --baseline LABEL or --baseline KEY=VALUE,..." if spec is None else ""
-    raise NotFoundError(what.format(len(ids)) + hint + ". " + listing(labels))
 
 
 def per_seed(values: pd.DataFrame) -> pd.Series:
@@ -244,7 +188,6 @@ def comparison_table(sel, client: "MlflowClient", baseline: str | None = None, a
     configuration, baseline`` and :data:`DIFF_COLUMNS` + :data:`TEST_COLUMNS`. What ``analyze
     compare`` writes, and what a report shows."""
     from analysis import resampling
-    from analysis.family import comparisons
     from analysis.queries import QueryOutcomes, source
 
     check_level(level)

@@ -1,7 +1,8 @@
 """Which comparisons one call of ``analyze compare`` / ``analyze power`` makes: its *family*.
 
 - ``--baseline`` given, or no declared comparisons: every configuration against the baseline
-  (:func:`analysis.compare.choose_baseline`).
+  (:func:`choose_baseline`: a configuration's label, or ``key=value`` conditions that one
+  configuration meets, :func:`conditions`; default the one random-crop configuration).
 - Otherwise, for a study whose spec declares ``compare`` (:mod:`studies.spec`): the declared
   comparisons. The spec is the study's own (``study.yaml``, logged to its parent run when it was
   created); when that declares none, the built-in spec of the study's name does (a note says so).
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 
+from analysis import groups
 from analysis.errors import NoDataError, NotFoundError
-from analysis.load import Selection
+from analysis.load import Selection, column
+from analysis.plots import BASELINE_METHOD, P_CROP
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -83,14 +86,69 @@ def _load(text: str, source: str, notes: list[str]) -> "StudySpec | None":
         return None
 
 
+def conditions(spec: str) -> dict[str, str]:
+    """``"a=1,b=(0.5, 1.0)"`` -> ``{"a": "1", "b": "(0.5, 1.0)"}`` (commas inside brackets kept);
+    raises :class:`NotFoundError` when a part is not ``key=value``."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(spec):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            parts.append(spec[start:i])
+            start = i + 1
+    parts.append(spec[start:])
+    out = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise NotFoundError(f"--baseline {spec!r}: {part.strip()!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def listing(labels: Sequence[str]) -> str:
+    """The configurations' labels, one a line, for an error message."""
+    return "Configurations:\n" + "\n".join(f"  {lab}" for lab in labels)
+
+
+def choose_baseline(runs: pd.DataFrame, configs: pd.DataFrame, spec: str | None,
+                    required: bool = True) -> int | None:
+    """The baseline's ``config`` id (module doc). ``configs``: :func:`analysis.groups.configurations`
+    of ``runs`` (its labels are the ones ``spec`` may name). Without ``spec`` and without a single
+    random-crop configuration: None, or (``required``) :class:`NotFoundError`."""
+    first = configs.drop_duplicates("config").sort_values("config")
+    labels = list(first["configuration"])
+    if spec is not None and spec.strip() in labels:
+        return int(first.loc[first["configuration"] == spec.strip(), "config"].iloc[0])
+    if spec is None:
+        wanted = {P_CROP: BASELINE_METHOD}
+        what = f"no --baseline given and {{}} random-crop configurations ({P_CROP}=random)"
+    else:
+        if "=" not in spec:
+            raise NotFoundError(f"--baseline {spec!r} is no configuration here and no key=value condition. "
+                                + listing(labels))
+        wanted, what = conditions(spec), f"--baseline {spec!r} matches {{}} configurations"
+    match = pd.Series(True, index=runs.index)
+    for key, value in wanted.items():
+        if f"params.{key}" not in runs.columns and key not in groups.PARAM_DEFAULTS:
+            raise NotFoundError(f"--baseline {spec!r}: no param {key!r} in these runs. " + listing(labels))
+        logged = column(runs, f"params.{key}", groups.PARAM_DEFAULTS.get(key))
+        match &= logged.map(groups.canonical) == groups.canonical(value)
+    ids = sorted(set(configs.loc[match.to_numpy(), "config"]))
+    if len(ids) == 1:
+        return int(ids[0])
+    if spec is None and not required:
+        return None
+    hint = "; name one with --baseline LABEL or --baseline KEY=VALUE,..." if spec is None else ""
+    raise NotFoundError(what.format(len(ids)) + hint + ". " + listing(labels))
+
+
 def comparisons(sel: Selection, client: "MlflowClient", values: pd.DataFrame, configs: pd.DataFrame,
                 baseline: str | None) -> tuple[list[Pair], list[str]]:
     """The comparisons of one call (module doc): ``(pairs, notes)``. ``values``: the runs' objective
     values with canonical seeds (:func:`analysis.values.seeded_values`), ``configs``: the
     configurations of ``sel.runs``. :class:`NoDataError` when the baseline has no objective value or
     nothing but the baseline is here."""
-    from analysis.compare import listing, choose_baseline
-
     if baseline is None:
         spec, notes = study_spec(client, sel)
         if spec is not None:

@@ -267,8 +267,6 @@ class StudySpec:
     def labels(self) -> dict[str, tuple[str, str] | None]:
         """Every label a declared comparison may use -> ``(dimension, value as the run names spell
         it)``; None for a bare variant name that two variants dimensions share (ambiguous)."""
-        from studies.conventions import format_value
-
         out: dict[str, tuple[str, str] | None] = {}
         for dim in self.search_space:
             if dim.type not in ("variants", "categorical"):
@@ -351,6 +349,14 @@ class StudySpec:
             "objective": objective[0] if len(objective) == 1 else objective, "heartbeat": self.heartbeat,
             **({"compare": [dataclasses.asdict(c) for c in self.compare]} if self.compare else {}),
         }
+
+
+def format_value(value: Any) -> str:
+    """A parameter value for a run name: floats in at most 4 significant digits (``0.5``, ``1e-04``),
+    everything else as ``str``."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def dim_points(d: Dimension) -> list[Any]:
