@@ -359,3 +359,34 @@ def test_study_spec_shows_the_declared_comparisons_and_analyze_refuses_unknown_l
     result = run(store, "compare", "--study", "badlabel", out=tmp_path / "c")
     assert result.exit_code == 2, result.output
     assert "unknown label 'paramcrop-l9'" in result.stderr and "valid labels:" in result.stderr
+
+
+def test_declared_comparisons_pair_within_each_value_of_the_other_dimensions():
+    from analysis.family import declared_pairs
+    from analysis.groups import configurations
+    from studies.spec import StudySpec
+
+    spec = StudySpec.from_yaml(SPEC.replace("seeds:", "  backbone.name: {type: categorical, choices: [tiny3d, r3d_18]}\n"
+                                            "seeds:") % "paramcrop-l0")
+    rows, number = [], 0
+    for variant in ("random", "paramcrop-l0", "paramcrop-l1"):
+        for backbone in ("tiny3d", "r3d_18"):
+            for seed in (0, 1):
+                retry = " (retry of t1)" if number == 7 else ""
+                rows.append({"run_id": f"r{number}", "run_name": f"t{number} crop={variant} backbone.name={backbone} "
+                             f"seed={seed}{retry}", "params.backbone.name": backbone, "params.seed": str(seed),
+                             **{f"params.{k}": v for k, v in VARIANTS[variant].items()}})
+                number += 1
+    runs = pd.DataFrame(rows)
+    configs, _ = configurations(runs)
+    config_of = dict(zip(runs["run_name"].str.split(" seed=").str[0].str.split(" ", n=1).str[1], configs["config"]))
+    pairs, notes = declared_pairs(spec, runs, configs)
+    assert not notes
+    got = {(p.declared, p.baseline, p.against) for p in pairs}
+    want = {(f"{a} vs {b} (backbone.name={bb})", config_of[f"crop={b} backbone.name={bb}"],
+             config_of[f"crop={a} backbone.name={bb}"])
+            for a, b in (("paramcrop-l1", "paramcrop-l0"), ("paramcrop-l0", "random")) for bb in ("tiny3d", "r3d_18")}
+    assert got == want and len(pairs) == 4
+    # a label without runs is said, not fatal
+    pairs, notes = declared_pairs(spec, runs[~runs["run_name"].str.contains("paramcrop-l1")], configs)
+    assert len(pairs) == 2 and notes == ["declared comparison paramcrop-l1 vs paramcrop-l0: no runs of paramcrop-l1"]
