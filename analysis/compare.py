@@ -183,10 +183,10 @@ def pair_queries(values: pd.DataFrame, outcomes: dict, against: int, baseline: i
 
 def comparison_table(sel, client: "MlflowClient", baseline: str | None = None, adjust: str = "none",
                      level: float = 0.95, resamples: int = RESAMPLES,
-                     seed: int = BOOTSTRAP_SEED) -> tuple[pd.DataFrame, list[str]]:
-    """``(table, notes)``: one row per comparison of the call's family (module doc): ``[declared,]
-    configuration, baseline`` and :data:`DIFF_COLUMNS` + :data:`TEST_COLUMNS`. What ``analyze
-    compare`` writes, and what a report shows."""
+                     seed: int = BOOTSTRAP_SEED) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """``(table, notes, warnings)``: one row per comparison of the call's family (module doc):
+    ``[declared,] configuration, baseline`` and :data:`DIFF_COLUMNS` + :data:`TEST_COLUMNS`. What
+    ``analyze compare`` writes, and what a report shows."""
     from analysis import resampling
     from analysis.queries import QueryOutcomes, source
 
@@ -236,7 +236,10 @@ def comparison_table(sel, client: "MlflowClient", baseline: str | None = None, a
     else:
         data["p_adjusted"], data["adj_lower"], data["adj_upper"] = p, data["diff_lower"], data["diff_upper"]
     first = ["declared"] if "declared" in data.columns else []
-    return data[first + ["configuration", "baseline", *DIFF_COLUMNS, *TEST_COLUMNS]], notes
+    warnings = []
+    if (data["pairs"] == 0).any():
+        warnings.append("no seed in common with the baseline: " + ", ".join(data.loc[data["pairs"] == 0, "configuration"]))
+    return data[first + ["configuration", "baseline", *DIFF_COLUMNS, *TEST_COLUMNS]], notes, warnings
 
 
 def markdown(data: pd.DataFrame, title: str, objective: str, level: float, adjust: str) -> str:
@@ -279,13 +282,10 @@ def compare(query: RunQuery, baseline: str | None = None, level: float = 0.95, a
     check_level(level)
     check_adjust(adjust)
     client, sel = query.resolve(client)
-    data, notes = comparison_table(sel, client, baseline, adjust, level)
+    data, notes, warnings = comparison_table(sel, client, baseline, adjust, level)
     bases = list(dict.fromkeys(data["baseline"]))
     title = sel.title(f"{sel.objective} vs baseline" if len(bases) == 1 else f"{sel.objective}, declared comparisons")
-    report = Report(f"compare ({sel.kind} {sel.name})", notes=sel.notes + notes)
-    if (data["pairs"] == 0).any():
-        report.warnings.append("no seed in common with the baseline: " + ", ".join(
-            data.loc[data["pairs"] == 0, "configuration"]))
+    report = Report(f"compare ({sel.kind} {sel.name})", notes=sel.notes + notes, warnings=warnings)
     with plots.paper_style():
         fig = forest(data, title, sel.objective, level, bases[0] if len(bases) == 1 else None)
         writers = {f"{STEM}.csv": plots.csv_writer(data),
