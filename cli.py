@@ -676,17 +676,56 @@ def analyze_table(
 @run_query_command
 def analyze_compare(
     query,
-    baseline: Optional[str] = typer.Option(None, "--baseline", help=BASELINE_HELP),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help=BASELINE_HELP + " A study whose spec declares "
+                                           "comparisons (compare:) makes those unless --baseline is given."),
     level: float = typer.Option(0.95, "--level", help="Confidence level of the t-interval of the paired differences."),
+    adjust: str = typer.Option("none", "--adjust", help="Multiplicity adjustment over this call's comparisons: none "
+                               "or holm (Holm-adjusted p-values, each interval at the level of its Holm step)."),
 ) -> None:
-    """Each configuration's difference from a baseline configuration, paired by seed.
+    """Each configuration's difference from a baseline configuration (or the spec's declared comparisons), paired by seed.
 
-    Per configuration: mean difference of the objective over the seeds both have, its 95% t-interval and the
-    number of pairs (unpaired seeds are left out, and said so). Writes compare.csv, compare.md and a forest plot
-    compare.png/.pdf."""
+    Per comparison: mean difference of the objective over the seeds both have, its 95% t-interval, the paired
+    t-test's p-value (--adjust holm: Holm-adjusted), P(A > B) over the seeds with its Wilson interval, the
+    hierarchical bootstrap interval (seeds, then queries, from the per-query predictions) and the number of pairs
+    (unpaired seeds are left out, and said so). Writes compare.csv, compare.md and a forest plot compare.png/.pdf."""
     from analysis.compare import compare
 
-    _analysis(compare, query, baseline=baseline, level=level)
+    _analysis(compare, query, baseline=baseline, level=level, adjust=adjust)
+
+
+@analyze_app.command("variance")
+@run_query_command
+def analyze_variance(query) -> None:
+    """How much of the objective's spread over seeds is training and how much the evaluation's own sampling.
+
+    Per configuration: the between-seed SD of the objective, the evaluation's sampling SE (bootstrap over each
+    run's queries, from its per-query predictions), the training SD and the share of the between-seed variance
+    each explains. Runs without per-query predictions are named with the command that writes them (exit 2).
+    Writes variance.csv, variance.md and variance.png/.pdf."""
+    from analysis.variance import variance
+
+    _analysis(variance, query)
+
+
+@analyze_app.command("power")
+@run_query_command
+def analyze_power(
+    query,
+    baseline: Optional[str] = typer.Option(None, "--baseline", help=BASELINE_HELP + " A study whose spec declares "
+                                           "comparisons (compare:) plans those unless --baseline is given."),
+    delta: float = typer.Option(0.03, "--delta", help="The difference to resolve: target half-width of the 95% "
+                                "interval, and the true difference to detect."),
+    power: float = typer.Option(0.8, "--power", help="Power wanted for detecting a true difference of --delta "
+                                "(paired t-test, two-sided, alpha 0.05)."),
+) -> None:
+    """How many seeds each comparison needs, planned from the selected runs as a pilot (paired by seed).
+
+    Per comparison with at least 3 pairs: the seeds at which the 95% t-interval of the paired difference has
+    half-width <= --delta, and the seeds at which the paired t-test detects a true difference of --delta with
+    --power (noncentral t). Writes power.csv and power.md."""
+    from analysis.power import power_analysis
+
+    _analysis(power_analysis, query, baseline=baseline, delta=delta, power=power)
 
 
 @analyze_app.command("sweet-spot")

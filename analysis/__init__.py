@@ -8,7 +8,10 @@ Modules: ``store`` (tracking-URI default, client), ``load`` (runs and metric his
 tidy frames), ``groups`` (which runs are one configuration, and its label: every analysis),
 ``stats`` (t-intervals), ``plots`` (paper style, labels, atomic outputs), ``iou_curves``,
 ``strength``, ``tables``, ``compare`` (paired differences from a baseline), ``sweet_spot``
-(the objective against the measured view IoU of matched random crops), ``importance``, ``crops``.
+(the objective against the measured view IoU of matched random crops), ``importance``, ``crops``,
+``family`` (which comparisons a call makes: a baseline, or a spec's declared ones), ``queries``
+(per-query predictions of runs), ``resampling`` (Holm, P(A > B), bootstraps, seeds needed),
+``variance`` (training vs evaluation variance), ``power`` (seeds a comparison needs).
 """
 from analysis.errors import AnalysisError, NoDataError, NotFoundError
 

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.compare import DIFF_COLUMNS, choose_baseline, diff_lines, explanation, paired
+from analysis.compare import DIFF_COLUMNS, diff_lines, explanation, paired
+from analysis.family import choose_baseline
 from analysis.errors import NoDataError
 from analysis.iou_curves import LATE_SHARE, late_shares
 from analysis.histories import load_histories

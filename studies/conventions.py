@@ -13,19 +13,11 @@ from collections import Counter
 from typing import Any, Mapping
 
 from paramcrop import sinks
-from studies.spec import VARIANT_PREFIX
+from studies.spec import VARIANT_PREFIX, format_value
 from studies.tracking import MAX_PARAM_LENGTH, MAX_PARAMS, call
 
 SUMMARY_STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 """Trial states counted in ``study/trials_<state lower case>``."""
-
-
-def format_value(value: Any) -> str:
-    """A parameter value for a run name: floats in at most 4 significant digits (``0.5``, ``1e-04``),
-    everything else as ``str``."""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def trial_run_name(number: int, params: Mapping[str, Any], retry_of: int | None = None) -> str:

@@ -39,7 +39,7 @@ class StudyParent:
         """``ValueError`` unless the existing ``study`` was run with this spec and these ``--set`` overrides."""
         spec = self.spec
         stored = study.user_attrs.get(SPEC_ATTR)
-        if stored is not None and stored != spec.to_yaml():
+        if stored is not None and StudySpec.identity(stored) != StudySpec.identity(spec.to_yaml()):
             raise ValueError(f"study {spec.name!r} already exists in this storage with a different spec; "
                              f"give a new --name, or run the same spec to resume it")
         stored_sets = study.user_attrs.get(OVERRIDES_ATTR, {}) if stored is not None else self.overrides

@@ -21,11 +21,23 @@ dimension is keyed by a dotted config key (``crop.strength``) or, for ``variants
     n_trials: null                       # total finished trials; default: the grid size
     timeout: null                        # seconds for this invocation
     objective: {metric: eval/val/knn_top1, direction: maximize}   # or a list: multi-objective
+    compare:                             # optional: the comparisons the study is read by
+      - {baseline: random, against: [paramcrop]}
 
 The default objective, and so the pruner's metric, is the validation split's kNN top-1
 (``eval/val/knn_top1``, see ``data.val_fraction``): model selection never sees test labels. The test
 split's ``eval/knn_top1`` is still measured and logged in every run, for the record; an objective on
 it selects on test labels.
+
+``compare`` declares the study's comparisons (``analyze compare --study NAME`` makes them, Holm
+adjustment with ``--adjust holm`` over them): each entry compares every ``against`` label with its
+``baseline`` label, paired by seed. A **label** names one value of one search-space dimension, as the
+trial run names spell it: a variant name of a ``variants`` dimension (``paramcrop``), or
+``DIMENSION=VALUE`` for a variants or categorical dimension (``crop=paramcrop``,
+``backbone.name=r3d_18``); baseline and against labels of one entry name values of the same
+dimension, and a comparison is made within each combination of the other dimensions' values
+(:func:`analysis.family.declared_pairs`). Analysis-only: it is no part of a study's identity
+(:meth:`StudySpec.identity`), so declaring comparisons does not stop a study from resuming.
 
 Every config the space can produce is validated when the spec is loaded, so a bad key, range
 or component name fails before any study or MLflow experiment is created.
@@ -108,6 +120,14 @@ class Objective:
 
 
 @dataclass
+class Comparison:
+    """A declared comparison: each ``against`` label against the ``baseline`` label (module doc)."""
+
+    baseline: str
+    against: list[str]
+
+
+@dataclass
 class StudySpec:
     name: str
     description: str = ""
@@ -122,6 +142,7 @@ class StudySpec:
     timeout: float | None = None
     objectives: list[Objective] = field(default_factory=lambda: [Objective()])
     heartbeat: int = 30  # seconds between a running trial's heartbeats; stale after 3 missed
+    compare: list[Comparison] = field(default_factory=list)
 
     # --- the space ---------------------------------------------------------------------------
     @property
@@ -173,7 +194,7 @@ class StudySpec:
     def from_dict(cls, data: Mapping[str, Any]) -> "StudySpec":
         data = dict(data)
         allowed = ["name", "description", "data", "config", "search_space", "seeds", "sampler", "pruner",
-                   "n_trials", "timeout", "objective", "heartbeat"]
+                   "n_trials", "timeout", "objective", "heartbeat", "compare"]
         unknown = sorted(set(data) - set(allowed))
         if unknown:
             raise SpecError(f"unknown key(s) {', '.join(unknown)} in the study spec; valid keys: {', '.join(allowed)}")
@@ -203,6 +224,7 @@ class StudySpec:
             timeout=_optional_positive("timeout", data.get("timeout"), float),
             objectives=_objectives(data.get("objective")),
             heartbeat=int(_optional_positive("heartbeat", data.get("heartbeat"), int) or 30),
+            compare=_comparisons(data.get("compare")),
         )
         spec.validate()
         return spec
@@ -231,6 +253,7 @@ class StudySpec:
             raise SpecError("a pruner needs periodic evaluation: set config.eval.every (steps between evaluations)")
         if self.sampler == "grid":
             self.grid()  # every dimension must be discrete
+        self.check_comparisons()
         base = flatten(self.base_config().to_dict())
         for values in itertools.islice(self._points(self.dimensions, base, {}), 512):
             shown = ", ".join(f"{k}={v}" for k, v in values.items())
@@ -239,6 +262,54 @@ class StudySpec:
             except ConfigError as exc:
                 raise SpecError(f"search_space: the point ({shown}) gives an invalid config: {exc}") from None
             self.check_measured(cfg, f"the point ({shown})" if values else "config")
+
+    # --- declared comparisons --------------------------------------------------------------------
+    def labels(self) -> dict[str, tuple[str, str] | None]:
+        """Every label a declared comparison may use -> ``(dimension, value as the run names spell
+        it)``; None for a bare variant name that two variants dimensions share (ambiguous)."""
+        out: dict[str, tuple[str, str] | None] = {}
+        for dim in self.search_space:
+            if dim.type not in ("variants", "categorical"):
+                continue
+            for choice in dim.choices:
+                value = format_value(choice)
+                out[f"{dim.key}={value}"] = (dim.key, value)
+                if dim.type == "variants":
+                    out[value] = None if value in out else (dim.key, value)
+        return out
+
+    def label(self, label: str, where: str = "compare") -> tuple[str, str]:
+        """``(dimension, value)`` of a declared label; :class:`SpecError` naming it and the valid ones."""
+        labels = self.labels()
+        if label not in labels:
+            valid = ", ".join(k for k, v in labels.items() if v is not None) or "none (no variants or categorical dimension)"
+            raise SpecError(f"{where}: unknown label {label!r}; valid labels: {valid}")
+        if labels[label] is None:
+            dims = [d.key for d in self.search_space if d.type == "variants" and label in d.choices]
+            raise SpecError(f"{where}: label {label!r} is a variant of {' and '.join(dims)}: write "
+                            + " or ".join(f"{d}={label}" for d in dims))
+        return labels[label]
+
+    def check_comparisons(self) -> None:
+        """Each declared comparison names known labels, all of one dimension (:class:`SpecError`)."""
+        for i, c in enumerate(self.compare):
+            where = f"compare[{i}]"
+            dim, _ = self.label(c.baseline, f"{where}.baseline")
+            for label in c.against:
+                other, _ = self.label(label, f"{where}.against")
+                if other != dim:
+                    raise SpecError(f"{where}: {label!r} is a value of {other}, the baseline {c.baseline!r} one of "
+                                    f"{dim}: a comparison contrasts values of one dimension")
+                if self.label(label) == self.label(c.baseline):
+                    raise SpecError(f"{where}: {label!r} is the baseline itself")
+
+    @staticmethod
+    def identity(text: str) -> str:
+        """A spec's YAML (:meth:`to_yaml`) without what only analyses read (``compare``): what must
+        match for a study to resume."""
+        data = yaml.safe_load(text) or {}
+        data.pop("compare", None)
+        return yaml.safe_dump(data, sort_keys=False)
 
     def check_measured(self, cfg: TrainConfig, where: str = "config") -> None:
         """Refuse an objective on the validation split (``eval/val/...``) for a config without one
@@ -276,7 +347,16 @@ class StudySpec:
             "sampler": {"type": self.sampler, "seed": self.sampler_seed}, "pruner": self.pruner,
             "n_trials": self.n_trials, "timeout": self.timeout,
             "objective": objective[0] if len(objective) == 1 else objective, "heartbeat": self.heartbeat,
+            **({"compare": [dataclasses.asdict(c) for c in self.compare]} if self.compare else {}),
         }
+
+
+def format_value(value: Any) -> str:
+    """A parameter value for a run name: floats in at most 4 significant digits (``0.5``, ``1e-04``),
+    everything else as ``str``."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def dim_points(d: Dimension) -> list[Any]:
@@ -322,6 +402,24 @@ def _objectives(value: Any) -> list[Objective]:
         if direction not in ("maximize", "minimize"):
             raise SpecError(f"objective direction must be maximize or minimize, got {direction!r}")
         out.append(Objective(str(item.get("metric", DEFAULT_STUDY_OBJECTIVE)), direction))
+    return out
+
+
+def _comparisons(value: Any) -> list[Comparison]:
+    """``compare``: a list of ``{baseline: LABEL, against: LABEL | [LABEL, ...]}``."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError(f"compare must be a list of {{baseline: LABEL, against: [LABEL, ...]}}, got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping) or set(item) != {"baseline", "against"}:
+            raise SpecError(f"compare[{i}] must be {{baseline: LABEL, against: [LABEL, ...]}}, got {item!r}")
+        against = item["against"] if isinstance(item["against"], list) else [item["against"]]
+        if not against or not all(isinstance(x, (str, int, float)) and not isinstance(x, bool)
+                                  for x in [item["baseline"], *against]):
+            raise SpecError(f"compare[{i}]: labels are strings (variant names or DIMENSION=VALUE), got {item!r}")
+        out.append(Comparison(str(item["baseline"]), [str(x) for x in against]))
     return out
 
 

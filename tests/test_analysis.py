@@ -71,6 +71,15 @@ class Store:
             self.client.set_terminated(rid, status=status)
         return rid
 
+    def predictions(self, rid: str, split: str, labels, predictions: dict, videos=None) -> None:
+        """Log a run's per-query predictions ``predictions/<split>.csv`` (:mod:`paramcrop.predictions`);
+        videos ``<split>/v000.mp4``, ... unless given."""
+        from paramcrop.predictions import artifact_path, write_predictions
+
+        videos = videos or [f"{split}/v{i:03d}.mp4" for i in range(len(labels))]
+        path = write_predictions(self.root / "predictions" / rid / f"{split}.csv", videos, labels, predictions)
+        self.client.log_artifact(rid, str(path), artifact_path(split).rsplit("/", 1)[0])
+
 
 def linear(steps_logged, total, a, b, seed_offset):
     """``a + b * step / total + seed_offset`` at each logged step (linear in progress, so

@@ -135,7 +135,7 @@ def test_table_gains_the_paired_differences(store, tmp_path):
 
 
 def test_conditions_keep_commas_inside_brackets():
-    from analysis.compare import conditions
+    from analysis.family import conditions
     from analysis.errors import NotFoundError
 
     assert conditions("crop.method=random, crop.area=(0.5, 1.0)") == {"crop.method": "random",
