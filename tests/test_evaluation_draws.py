@@ -176,3 +176,37 @@ def test_paramcrop_eval_logs_a_runs_predictions_and_its_own_split_reading(workdi
     assert run_config(client, run).eval.draw_per_class == TINY_DRAWS
     del run.data.params["eval.draw_per_class"]  # a run logged before draws existed evaluated on its own split
     assert run_config(client, run).eval.draw_per_class == 0
+
+
+def test_a_studys_predictions_feed_analyze_variance(workdir):
+    """The trainer's predictions, read by ``analyze variance``, against a hand computation from them."""
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from cli import app
+    from test_studies import tiny_spec, write_spec
+
+    spec = tiny_spec("drawn", seeds=[0, 1], search_space={"crop": {"type": "variants", "choices": {
+        "random": {"crop.method": "random"}}}})
+    result = CliRunner().invoke(app, ["study", "run", str(write_spec(workdir / "s.yaml", spec)), "--no-progress"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("drawn").experiment_id])
+            if r.data.tags.get(sinks.TAG_ROLE) == "trial"]
+    values, eval_vars = [], []
+    for run in runs:
+        rows = read_rows(client.download_artifacts(run.info.run_id, artifact_path("test"), str(workdir)))
+        p = sum(r["knn"] == r["label"] for r in rows) / len(rows)
+        assert len(rows) == 4 * TINY_DRAWS and run.data.metrics[sinks.EVAL_KNN_TOP1] == pytest.approx(p, abs=1e-7)
+        values.append(run.data.metrics[sinks.EVAL_KNN_TOP1])
+        eval_vars.append(p * (1 - p) / len(rows))
+    result = CliRunner().invoke(app, ["analyze", "variance", "--study", "drawn", "--objective", "eval/knn_top1",
+                                      "--out", str(workdir / "out")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    row = pd.read_csv(workdir / "out" / "variance.csv").iloc[0]
+    assert row["runs"] == 2 and row["queries"] == 4 * TINY_DRAWS
+    assert row["between_sd"] == pytest.approx(np.std(values, ddof=1), abs=1e-6)
+    assert row["eval_se"] == pytest.approx(np.sqrt(np.mean(eval_vars)), abs=1e-6)
