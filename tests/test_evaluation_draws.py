@@ -81,7 +81,7 @@ def test_persisted_windows_equal_decoding_and_are_decoded_once(tmp_path, monkeyp
     read = datasets.read_frames
     monkeypatch.setattr(datasets, "read_frames", lambda *a, **k: calls.append(a) or read(*a, **k))
     again = EvalClips(draws.test, *geometry, persist=draws.folder)
-    assert torch.equal(again[3][0], expected) and calls == []  # memory-mapped, not decoded again
+    assert torch.equal(again[3][0], expected) and calls == []  # read from the array, not decoded again
     other = EvalClips(draws.test, 4, 3, 24, 1, persist=draws.folder)  # another geometry: its own array
     assert other[0][0].shape == (1, 3, 4, 24, 24) and len(list(draws.folder.glob("windows-*.npy"))) == 2
 

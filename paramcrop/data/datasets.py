@@ -189,9 +189,10 @@ class EvalClips(_Clips):
 
     ``persist``: a folder where every video's windows, once decoded, are kept as one array
     (``windows-<key>.npy``, ``uint8 (N, K, 3, frames, size, size)``, written to a temporary file and
-    renamed) and memory-mapped by every later dataset over the same unchanged files and geometry
-    (the key hashes both): a large evaluation set is decoded once per machine, not once per run.
-    The windows are the ones decoding gives (the array is made by decoding each video once)."""
+    renamed) that every later dataset over the same unchanged files and geometry (the key hashes
+    both) reads from, one video's windows per item (a read at its offset, not a memory map: the
+    process keeps no pages of it): a large evaluation set is decoded once per machine, not once per
+    run. The windows are the ones decoding gives (the array is made by decoding each video once)."""
 
     def __init__(
         self, records: Sequence[VideoRecord], frames: int, stride: int, size: int, clips_per_video: int = 1,
@@ -202,7 +203,7 @@ class EvalClips(_Clips):
         super().__init__(records, frames, stride, size, infos, cache_mb if persist is None else 0)
         self.clips_per_video = clips_per_video
         self.persist = Path(persist) if persist is not None else None
-        self._windows_array: np.ndarray | None = None  # memory-mapped at the first item (persist only)
+        self._stored: tuple[Path, int, tuple[int, ...]] | None = None  # the array's file, data offset, item shape
 
     def _starts(self, video: int) -> np.ndarray:
         last_start = max(self.infos[video].frames - self.span, 0)
@@ -211,12 +212,18 @@ class EvalClips(_Clips):
     def _item(self, video: int, index: int) -> tuple[torch.Tensor, int]:
         if self.persist is None:
             return self._windows(video, self._starts(video)), self.records[video].label
-        if self._windows_array is None:
-            self._windows_array = self._persisted(self.persist)
-        return torch.from_numpy(np.array(self._windows_array[video])), self.records[video].label
+        if self._stored is None:
+            self._stored = self._persisted(self.persist)
+        path, offset, shape = self._stored
+        size = int(np.prod(shape))
+        with open(path, "rb") as handle:
+            handle.seek(offset + video * size)
+            windows = np.frombuffer(handle.read(size), dtype=np.uint8).reshape(shape)
+        return torch.from_numpy(windows.copy()), self.records[video].label
 
-    def _persisted(self, folder: Path) -> np.ndarray:
-        """The memory-mapped windows of every video (see the class doc), decoded and written first if missing."""
+    def _persisted(self, folder: Path) -> tuple[Path, int, tuple[int, ...]]:
+        """``(path, data offset, one video's shape)`` of the windows of every video (see the class doc),
+        decoded and written first if missing."""
         from rich.progress import track
 
         key = hashlib.sha1(repr((self.frames, self.stride, self.size, self.clips_per_video, [
@@ -237,7 +244,8 @@ class EvalClips(_Clips):
                 os.replace(partial, path)
             finally:
                 partial.unlink(missing_ok=True)
-        return np.load(path, mmap_mode="r")
+        array = np.load(path, mmap_mode="r")
+        return path, array.offset, array.shape[1:]
 
 
 def _stderr():
