@@ -245,3 +245,11 @@ def runs_url(experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> s
     return f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
 
 
+def run_url(experiment_id: str, run_id: str, artifact: str | None = None, host: str = "127.0.0.1",
+            port: int = 5000) -> str:
+    """A run's page in the MLflow UI at ``host:port``; with ``artifact``, that artifact opened in its
+    viewer (``report.html`` renders inline). Both skip the experiment's landing view."""
+    url = f"{runs_url(experiment_id, host, port)}/{run_id}"
+    return f"{url}/artifacts/{artifact}" if artifact else url
+
+
