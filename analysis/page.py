@@ -153,8 +153,9 @@ def spec_element(spec: dict, sel: Selection) -> Element:
             + " (validation selects, test reports).",
             "Declared comparisons: " + ("; ".join(f"{d.get('against')} against {d.get('baseline')}" for d in declared)
                                         if declared else "none in the spec.")]
-    return Element("The study", text, command=f"paramcrop study spec {spec.get('name', sel.name)}  # a built-in "
-                   f"spec; this study's own is the parent run's {SPEC_ARTIFACT}")
+    text.append(f"The spec as it ran is the parent run's `{SPEC_ARTIFACT}`; a built-in one also prints with "
+                f"`paramcrop study spec NAME`.")
+    return Element("The study", text, command=f"paramcrop study run {shlex.quote(str(spec.get('name', sel.name)))}")
 
 
 def _child_runs(client, sel: Selection) -> pd.DataFrame:
@@ -322,8 +323,10 @@ def to_markdown(title: str, intro: list[str], elements: list[Element], figures: 
     return "\n".join(lines)
 
 
+BAND = "#1d6b57"
+"""The colour of the band across the page's top (what a screenshot test looks for)."""
 _CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1100px;
-margin:1.5em auto;padding:0 1em;color:#1f2328;line-height:1.45;font-size:14px}
+margin:0 auto 1.5em;padding:0 1em;color:#1f2328;line-height:1.45;font-size:14px;border-top:10px solid BAND}
 h1{font-size:1.6em;border-bottom:1px solid #d0d7de;padding-bottom:.2em}h2{font-size:1.25em;margin-top:1.6em;
 border-bottom:1px solid #eaeef2}table{border-collapse:collapse;margin:.6em 0;font-size:13px}
 th,td{border:1px solid #d0d7de;padding:3px 8px}th{background:#f6f8fa;text-align:left}td.n{text-align:right;
@@ -351,7 +354,7 @@ def data_uri(png: Path) -> str:
 def to_html(title: str, intro: list[str], elements: list[Element]) -> str:
     """The page as one HTML file: inline CSS, figures as data URIs, no script."""
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+             f"<title>{html.escape(title)}</title><style>{_CSS.replace('BAND', BAND)}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>", *[f"<p>{_inline(p)}</p>" for p in intro]]
     for el in elements:
         parts.append(f"<h2>{html.escape(el.title)}</h2>")
@@ -392,7 +395,7 @@ def report_page(query: RunQuery, level: float = 0.95, client: "MlflowClient | No
         summary, tables, notes = summary_element(client, query, sel, metrics, level, work)
         compared, diffs, compare_notes = comparisons_element(client, query, sel, metrics, spec.get("compare") or [])
         figures, figure_notes = figure_elements(client, query, sel, work, level)
-        elements = [spec_element(spec, sel), trials_element(client, sel, metrics, query), summary, compared, *figures]
+        elements = [spec_element(spec, sel), summary, compared, *figures, trials_element(client, sel, metrics, query)]
         notes = list(dict.fromkeys(sel.notes + notes + compare_notes + figure_notes))
         if notes:
             elements.append(Element("Notes", notes))

@@ -210,6 +210,7 @@ def test_the_mlflow_ui_renders_the_page(store, page, tmp_path):
     the screenshot shows more than a blank page."""
     from PIL import Image, ImageStat
 
+    from analysis.page import BAND
     from studies.tracking import run_url
 
     port = _free_port()
@@ -231,10 +232,10 @@ def test_the_mlflow_ui_renders_the_page(store, page, tmp_path):
         subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                         "--virtual-time-budget=15000", "--window-size=1400,1000", f"--screenshot={shot}", url],
                        check=True, capture_output=True, timeout=90)
-        image = Image.open(shot).convert("L")
+        image = Image.open(shot).convert("RGB")
         assert max(ImageStat.Stat(image).stddev) > 10  # not one flat colour
-        # the report's own content is there: its figures are the only large non-white blocks at its width
-        assert image.getextrema()[0] < 100
+        band = tuple(int(BAND[i:i + 2], 16) for i in (1, 3, 5))  # the page's own top band: it rendered
+        assert sum(n for n, colour in image.getcolors(1 << 20) if colour == band) > 1000
     finally:
         os.killpg(ui.pid, 15)
         ui.wait(timeout=30)
