@@ -8,7 +8,8 @@ Modules: ``store`` (tracking-URI default, client), ``load`` (runs and metric his
 tidy frames), ``groups`` (which runs are one configuration, and its label: every analysis),
 ``stats`` (t-intervals), ``plots`` (paper style, labels, atomic outputs), ``iou_curves``,
 ``strength``, ``tables``, ``compare`` (paired differences from a baseline), ``sweet_spot``
-(the objective against the measured view IoU of matched random crops), ``importance``, ``crops``.
+(the objective against the measured view IoU of matched random crops), ``importance``, ``crops``,
+``page`` (``analyze report``: a study's results as one page, built from the others).
 """
 from analysis.errors import AnalysisError, NoDataError, NotFoundError
 
