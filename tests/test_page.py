@@ -16,7 +16,6 @@ import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 from test_analysis import Store, cli_run
