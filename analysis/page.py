@@ -42,6 +42,8 @@ HTML_NAME = "report.html"
 MD_NAME = "report.md"
 """The page's artifact names on the study's parent run."""
 SPEC_ARTIFACT = "study.yaml"
+DEFAULT_STORE = "sqlite:///mlflow.db"
+"""The working folder's store: commands on the page leave it out."""
 
 
 @dataclass(frozen=True)
@@ -91,14 +93,14 @@ def command(name: str, sel: Selection, query: RunQuery, *extra: str) -> str:
     parts += [a for e in query.experiments for a in ("--experiment", e)]
     if query.run_ids:
         parts += ["--runs", ",".join(query.run_ids)]
-    if query.tracking_uri:
+    if query.tracking_uri and query.tracking_uri != DEFAULT_STORE:
         parts += ["--tracking-uri", sinks.redact_url(query.tracking_uri)]
     return shlex.join([*parts, *extra])
 
 
 def comparisons(query: RunQuery, metric: str, declared: Sequence[dict], client) -> Report:
     """The comparisons of ``metric``: one call to :func:`analysis.compare.compare`, whose frame the
-    page shows whole (every column it has)."""
+    page shows whole (every column it has). ``query``: where its files go, not logged."""
     from analysis.compare import compare
 
     # >>> DECLARED COMPARISONS PLUG IN HERE, and only here: ``declared`` is the spec's
@@ -145,10 +147,12 @@ def spec_element(spec: dict, sel: Selection) -> Element:
     objectives = spec.get("objective") or []
     objectives = [objectives] if isinstance(objectives, dict) else objectives
     declared = spec.get("compare") or []
+    sampler = spec.get("sampler", "grid")
     text = [str(spec.get("description") or "").strip() or "(no description)",
             "What varies: " + ("; ".join(_space(spec.get("search_space"))) or "nothing"),
-            "Seeds: " + (", ".join(map(str, spec.get("seeds") or [])) or "one per grid point (none listed)")
-            + f"; sampler `{spec.get('sampler', 'grid')}`; data `{spec.get('data', 'synthetic')}`.",
+            "Seeds: " + (", ".join(map(str, spec.get("seeds") or [])) or "none listed (one run per grid point)")
+            + f"; sampler `{sampler.get('type') if isinstance(sampler, dict) else sampler}`; data "
+            f"`{spec.get('data', 'synthetic')}`.",
             "Objective: " + ", ".join(f"`{o.get('metric')}` ({o.get('direction', 'maximize')})" for o in objectives)
             + " (validation selects, test reports).",
             "Declared comparisons: " + ("; ".join(f"{d.get('against')} against {d.get('baseline')}" for d in declared)
@@ -195,7 +199,7 @@ def trials_element(client, sel: Selection, metrics: list[str], query: RunQuery) 
         cmd = f"paramcrop study show {shlex.quote(sel.name)}"
     else:
         cmd = command("table", sel, query)
-    text = [f"{len(frame)} runs; the analyses below count the finished, unpruned ones ({len(sel.runs)}). "
+    text = [f"{len(frame)} runs; the analyses above count the finished, unpruned ones ({len(sel.runs)}). "
             "Run links open the run in `paramcrop ui` at its default address."]
     return Element("Trials", text, [("", frame.reset_index(drop=True))], command=cmd)
 
@@ -241,12 +245,12 @@ def summary_element(client, query: RunQuery, sel: Selection, metrics: list[str],
     return Element("Summary", text, [("", shown)], command=commands), frames, notes
 
 
-def comparisons_element(client, query: RunQuery, sel: Selection, metrics: list[str], declared: Sequence[dict]
-                        ) -> tuple[Element, dict[str, pd.DataFrame], list[str]]:
+def comparisons_element(client, query: RunQuery, sel: Selection, metrics: list[str], declared: Sequence[dict],
+                        out: Path) -> tuple[Element, dict[str, pd.DataFrame], list[str]]:
     frames, notes, tables, text = {}, [], [], []
     for metric in metrics:
         try:
-            rep = comparisons(query, metric, declared, client)
+            rep = comparisons(replace(query, out=out, log=False), metric, declared, client)
         except AnalysisError as exc:
             text.append(f"`{metric}`: no comparison: {exc}")
             continue
@@ -393,7 +397,8 @@ def report_page(query: RunQuery, level: float = 0.95, client: "MlflowClient | No
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         summary, tables, notes = summary_element(client, query, sel, metrics, level, work)
-        compared, diffs, compare_notes = comparisons_element(client, query, sel, metrics, spec.get("compare") or [])
+        compared, diffs, compare_notes = comparisons_element(client, query, sel, metrics, spec.get("compare") or [],
+                                                             work)
         figures, figure_notes = figure_elements(client, query, sel, work, level)
         elements = [spec_element(spec, sel), summary, compared, *figures, trials_element(client, sel, metrics, query)]
         notes = list(dict.fromkeys(sel.notes + notes + compare_notes + figure_notes))
@@ -403,12 +408,14 @@ def report_page(query: RunQuery, level: float = 0.95, client: "MlflowClient | No
         intro = [f"{len(sel.runs)} finished runs. Means with their {level:.0%} t-interval and n runs (seeds); "
                  "differences paired by seed. Every table and figure comes from the analysis named under it.",
                  f"This page: `{command('report', sel, query)}`"]
-        pngs = [el.figure for el in elements if el.figure is not None]
+        drawn = [el for el in elements if el.figure is not None]
+        figures_paths = plots.write_outputs(out_dir / name, {el.figure.name: (lambda dst, src=el.figure: _half(src, dst))
+                                                             for el in drawn})
+        for el in drawn:
+            el.figure = out_dir / name / el.figure.name
         writers = {f"{name}.md": plots.text_writer(to_markdown(title, intro, elements, name)),
                    f"{name}.html": plots.text_writer(to_html(title, intro, elements))}
-        paths = plots.write_outputs(out_dir, writers)
-        paths += plots.write_outputs(out_dir / name, {p.name: (lambda dst, src=p: shutil.copyfile(src, dst))
-                                                       for p in pngs})
+        paths = plots.write_outputs(out_dir, writers) + figures_paths
     report = Report(f"report ({sel.kind} {sel.name})", paths=paths, notes=notes)
     if query.log and sel.kind == "study" and sel.parent_run_id:
         warning = _log(client, sel.parent_run_id, out_dir, name)
@@ -419,6 +426,14 @@ def report_page(query: RunQuery, level: float = 0.95, client: "MlflowClient | No
     report.data.update(selection=sel, metrics=metrics, tables=tables, compare=diffs, spec=spec,
                        html=out_dir / f"{name}.html", markdown=out_dir / f"{name}.md")
     return report
+
+
+def _half(src: Path, dst: Path) -> None:
+    """``src`` at half its size (the analyses draw at 300 dpi; a page needs 150)."""
+    from PIL import Image
+
+    with Image.open(src) as image:
+        image.reduce(2).save(dst, format="png", optimize=True)
 
 
 def _log(client, run_id: str, out_dir: Path, name: str) -> str | None:
