@@ -400,14 +400,17 @@ def report_page(query: RunQuery, level: float = 0.95, client: "MlflowClient | No
         compared, diffs, compare_notes = comparisons_element(client, query, sel, metrics, spec.get("compare") or [],
                                                              work)
         figures, figure_notes = figure_elements(client, query, sel, work, level)
-        elements = [spec_element(spec, sel), summary, compared, *figures, trials_element(client, sel, metrics, query)]
+        elements = [summary, compared, *figures, spec_element(spec, sel), trials_element(client, sel, metrics, query)]
         notes = list(dict.fromkeys(sel.notes + notes + compare_notes + figure_notes))
         if notes:
             elements.append(Element("Notes", notes))
         title = sel.title("results")
-        intro = [f"{len(sel.runs)} finished runs. Means with their {level:.0%} t-interval and n runs (seeds); "
-                 "differences paired by seed. Every table and figure comes from the analysis named under it.",
+        intro = [str(spec.get("description") or "").strip(),
+                 f"{len(sel.runs)} finished runs. Means with their {level:.0%} t-interval and n runs (seeds); "
+                 "differences paired by seed. Every table and figure comes from the analysis named under it; "
+                 "the spec and the trials follow them.",
                  f"This page: `{command('report', sel, query)}`"]
+        intro = [p for p in intro if p]
         drawn = [el for el in elements if el.figure is not None]
         figures_paths = plots.write_outputs(out_dir / name, {el.figure.name: (lambda dst, src=el.figure: _half(src, dst))
                                                              for el in drawn})

@@ -228,7 +228,9 @@ def test_the_mlflow_ui_renders_the_page(store, page, tmp_path):
                 time.sleep(0.5)
         shot = Path(os.environ.get("PARAMCROP_PAGE_SCREENSHOT", tmp_path / "page.png"))
         url = run_url(store.eid, store.parent, "report.html", port=port)
+        # the viewer's iframe is another origin: without site isolation its pixels reach the screenshot
         subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        "--disable-site-isolation-trials", "--disable-features=IsolateOrigins,site-per-process",
                         "--virtual-time-budget=15000", "--window-size=1400,1000", f"--screenshot={shot}", url],
                        check=True, capture_output=True, timeout=90)
         image = Image.open(shot).convert("RGB")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,12 +53,13 @@ def test_study_run_names_its_objectives_tags_its_experiment_and_prints_its_runs_
     experiment = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_experiment_by_name("ui")
     assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
-    assert url == runs_url(experiment.experiment_id)
-    assert len(re.findall(re.escape(url) + "(?!/)", result.output)) == 1 and "paramcrop ui" in result.output
+    view = "?workflowType=machine_learning"  # past MLflow's GenAI landing (studies/tracking.py UI_VIEW)
+    assert url + view == runs_url(experiment.experiment_id)
+    assert result.output.count(url + view) == 1 and "paramcrop ui" in result.output
     parent = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_runs(
         [experiment.experiment_id], f"tags.`{sinks.TAG_ROLE}` = 'study'")[0].info.run_id
-    assert run_url(experiment.experiment_id, parent, "report.html") == f"{url}/{parent}/artifacts/report.html"
-    assert f"{url}/{parent}/artifacts/report.html" in result.output
+    report = f"{url}/{parent}/artifacts/report.html{view}"
+    assert run_url(experiment.experiment_id, parent, "report.html") == report and report in result.output
     assert (workdir / "analysis-ui" / "ui.html").is_file() and (workdir / "analysis-ui" / "ui.md").is_file()
     artifacts = {a.path for a in MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).list_artifacts(parent)}
     assert {"report.html", "report.md"} <= artifacts
