@@ -148,8 +148,7 @@ def spec_element(spec: dict, sel: Selection) -> Element:
     objectives = [objectives] if isinstance(objectives, dict) else objectives
     declared = spec.get("compare") or []
     sampler = spec.get("sampler", "grid")
-    text = [str(spec.get("description") or "").strip() or "(no description)",
-            "What varies: " + ("; ".join(_space(spec.get("search_space"))) or "nothing"),
+    text = ["What varies: " + ("; ".join(_space(spec.get("search_space"))) or "nothing"),
             "Seeds: " + (", ".join(map(str, spec.get("seeds") or [])) or "none listed (one run per grid point)")
             + f"; sampler `{sampler.get('type') if isinstance(sampler, dict) else sampler}`; data "
             f"`{spec.get('data', 'synthetic')}`.",

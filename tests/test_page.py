@@ -8,6 +8,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -238,5 +239,9 @@ def test_the_mlflow_ui_renders_the_page(store, page, tmp_path):
         band = tuple(int(BAND[i:i + 2], 16) for i in (1, 3, 5))  # the page's own top band: it rendered
         assert sum(n for n, colour in image.getcolors(1 << 20) if colour == band) > 1000
     finally:
-        os.killpg(ui.pid, 15)
-        ui.wait(timeout=30)
+        os.killpg(ui.pid, signal.SIGTERM)  # paramcrop ui and the mlflow server it started
+        try:
+            ui.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait()
