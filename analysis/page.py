@@ -142,8 +142,8 @@ def _space(space: dict) -> list[str]:
 
 def spec_element(spec: dict, sel: Selection) -> Element:
     if not spec:
-        return Element("The study", [f"No study spec: {sel.kind} {sel.name!r} has no parent study run with "
-                                     f"`{SPEC_ARTIFACT}`."])
+        return Element("The study", [f"No study spec: {sel.kind} {sel.name!r} is not a study with a "
+                                     f"`{SPEC_ARTIFACT}` on its parent run (`--study NAME` reads it)."])
     objectives = spec.get("objective") or []
     objectives = [objectives] if isinstance(objectives, dict) else objectives
     declared = spec.get("compare") or []
