@@ -224,23 +224,22 @@ def summary_element(client, query: RunQuery, sel: Selection, metrics: list[str],
     """The summary table (:func:`analysis.tables.table` per metric) and each metric's table frame."""
     from analysis.tables import table
 
-    frames, notes, merged = {}, [], None
+    frames, notes, parts = {}, [], []
     for metric in metrics:
         rep = table(replace(query, objective=metric, out=out, log=False), level=level, client=client)
         tab = rep.data["table"]
         frames[metric] = tab
         notes += rep.notes + rep.warnings
-        part = pd.DataFrame({"config": tab["config"], "configuration": _label(tab),
-                             f"{metric} mean": tab["mean"],
-                             f"{metric} {level:.0%} interval": [_interval(lo, hi) for lo, hi in
-                                                                 zip(tab["lower"], tab["upper"])],
-                             f"{metric} n": tab["n"]})
-        merged = part if merged is None else merged.merge(part, on=["config", "configuration"], how="outer")
-    text = [f"Per configuration (every param that differs between the runs, seed aside): the mean of each "
-            f"run's final value over its n runs (seeds) and the {level:.0%} Student-t interval. "
+        parts.append(pd.DataFrame({"config": tab["config"], "configuration": _label(tab), "metric": metric,
+                                   "_m": len(parts), "mean": tab["mean"],
+                                   f"{level:.0%} interval": [_interval(lo, hi) for lo, hi in
+                                                             zip(tab["lower"], tab["upper"])], "n": tab["n"]}))
+    text = [f"Per configuration (every param that differs between the runs, seed aside) and metric: the mean of "
+            f"each run's final value over its n runs (seeds) and the {level:.0%} Student-t interval. "
             "Validation selects, test reports."]
     commands = "\n".join(command("table", sel, query, "--objective", m) for m in metrics)
-    shown = merged.drop(columns="config") if merged is not None else pd.DataFrame()
+    shown = pd.concat(parts, ignore_index=True).sort_values(["config", "_m"], kind="stable")
+    shown = shown.drop(columns=["config", "_m"]).reset_index(drop=True)
     return Element("Summary", text, [("", shown)], command=commands), frames, notes
 
 
@@ -336,6 +335,7 @@ th,td{border:1px solid #d0d7de;padding:3px 8px}th{background:#f6f8fa;text-align:
 font-variant-numeric:tabular-nums}img{max-width:100%;height:auto;border:1px solid #eaeef2}
 code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px;background:#f6f8fa}
 pre{padding:.5em .8em;overflow-x:auto;border-radius:4px}.cmd{color:#57606a;font-size:12px;margin-bottom:.2em}
+.wide{overflow-x:auto}
 caption{text-align:left;font-weight:600;padding:.2em 0}"""
 
 
@@ -364,11 +364,11 @@ def to_html(title: str, intro: list[str], elements: list[Element]) -> str:
         parts += [f"<p>{_inline(p)}</p>" for p in el.text]
         for caption, frame in el.tables:
             numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
-            parts.append("<table>" + (f"<caption>{_inline(caption)}</caption>" if caption else "")
+            parts.append('<div class="wide"><table>' + (f"<caption>{_inline(caption)}</caption>" if caption else "")
                          + "<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns) + "</tr>")
             parts += ["<tr>" + "".join(f'<td{" class=n" if n else ""}>{_html_cell(v)}</td>' for v, n in zip(row, numeric))
                       + "</tr>" for row in frame.itertuples(index=False)]
-            parts.append("</table>")
+            parts.append("</table></div>")
         if el.figure is not None:
             parts.append(f'<p><img alt="{html.escape(el.title)}" src="{data_uri(el.figure)}"></p>')
         if el.command:

@@ -125,16 +125,15 @@ def test_summary_matches_analyze_table_and_comparisons_match_analyze_compare(sto
 
     out, _ = page
     doc = parsed(out)
-    summary = next(t for t in doc.tables if t[0][0] == "configuration" and f"{VAL} mean" in t[0])
-    header, rows = summary[0], {r[0]: r for r in summary[1:]}
+    summary = next(t for t in doc.tables if t[0] == ["configuration", "metric", "mean", "95% interval", "n"])
+    rows = {(r[0], r[1]): r[2:] for r in summary[1:]}
+    assert len(rows) == 2 * len(CONFIGS)
     for metric in (VAL, TEST):
         tab = table(query(store, metric, tmp_path), client=store.client).data["table"]
-        assert len(tab) == len(CONFIGS) == len(rows)
+        assert len(tab) == len(CONFIGS)
         for r in tab.itertuples(index=False):
-            row = rows[r.crop]
-            assert row[header.index(f"{metric} mean")] == f"{r.mean:.3f}"
-            assert row[header.index(f"{metric} 95% interval")] == f"[{r.lower:.3f}, {r.upper:.3f}]"
-            assert row[header.index(f"{metric} n")] == str(r.n) == "3"
+            assert rows[r.crop, metric] == [f"{r.mean:.3f}", f"[{r.lower:.3f}, {r.upper:.3f}]", str(r.n)]
+            assert r.n == 3
         frame = compare(query(store, metric, tmp_path), client=store.client).data["compare"]
         md = (out / "page.md").read_text()
         section = md.split(f"`{metric}`: difference from", 1)[1].split("\n\n", 2)[1]
