@@ -199,6 +199,9 @@ def study_run(
                                            "version; see `paramcrop study register`)."),
     workers: int = typer.Option(1, min=1, help="Run this many worker processes on the study (each pinned to one "
                                 "GPU when several are visible), with one combined progress view."),
+    report: bool = typer.Option(True, "--report/--no-report", envvar="PARAMCROP_STUDY_REPORT",
+                                help="When the study is done, write its page (`paramcrop analyze report`), log it "
+                                "to the parent run and print where to open it."),
 ) -> None:
     """Run (or resume) an Optuna study; every trial is a child MLflow run under the study's parent run.
 
@@ -229,11 +232,38 @@ def study_run(
         child_args = [spec, *(["--name", name] if name else []), *(["--n-trials", str(n_trials)] if n_trials else []),
                       *(["--timeout", str(timeout)] if timeout else []), *(["--storage", storage] if storage else []),
                       "--tracking-uri", uri, *(["--data", data] if data else []),
-                      *(["--device", device] if device else []), *(a for s in sets for a in ("--set", s))]
-        raise typer.Exit(run_workers(loaded, child_args, workers, storage=storage, tracking_uri=uri, n_trials=n_trials,
-                                     timeout=timeout, overrides=overrides, progress=progress, register=register))
-    raise typer.Exit(run_study(loaded, storage=storage, tracking_uri=uri, n_trials=n_trials, timeout=timeout,
-                               overrides=overrides, progress=progress, register=register))
+                      *(["--device", device] if device else []), *(a for s in sets for a in ("--set", s)),
+                      "--no-report"]
+        code = run_workers(loaded, child_args, workers, storage=storage, tracking_uri=uri, n_trials=n_trials,
+                           timeout=timeout, overrides=overrides, progress=progress, register=register)
+    else:
+        code = run_study(loaded, storage=storage, tracking_uri=uri, n_trials=n_trials, timeout=timeout,
+                         overrides=overrides, progress=progress, register=register)
+    if report and code == 0:
+        _study_report(loaded.name, uri)
+    raise typer.Exit(code)
+
+
+def _study_report(study: str, uri: str) -> None:
+    """The finished study's page (:mod:`analysis.page`): written, logged, its path and its UI link printed."""
+    from analysis.errors import AnalysisError
+    from analysis.load import RunQuery
+    from analysis.page import HTML_NAME, report_page
+    from paramcrop.sinks import redact_url
+    from studies.tracking import run_url
+
+    try:
+        report = report_page(RunQuery(study=study, tracking_uri=uri))
+    except AnalysisError as exc:
+        typer.secho(f"warning: no report: {exc}", err=True, fg=typer.colors.YELLOW)
+        return
+    for warning in report.warnings:
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    sel = report.data["selection"]
+    flag = "" if uri == "sqlite:///mlflow.db" else f" --tracking-uri {redact_url(uri)}"
+    typer.echo(f"report:   {report.data['html']} (and .md)")
+    if report.logged_to:
+        typer.echo(f"          {run_url(sel.experiment_ids[0], sel.parent_run_id, HTML_NAME)}  (with paramcrop ui{flag})")
 
 
 @study_app.command("register")
@@ -749,6 +779,24 @@ def analyze_sweet_spot(
     from analysis.sweet_spot import sweet_spot
 
     _analysis(sweet_spot, query, objectives=objective, ceiling=ceiling, level=level)
+
+
+@analyze_app.command("report")
+@run_selection_command
+def analyze_report(
+    query,
+    level: float = typer.Option(0.95, "--level", help="Confidence level of every interval on the page."),
+) -> None:
+    """One study's results as one page: spec, trials, summary table, comparisons, figures, and under each the
+    command that reproduces it.
+
+    Built from the other analyses (table and compare per objective, validation and test; iou-curves; sweet-spot
+    with matched crops; generator with learned crops). Writes NAME.html (self-contained: figures embedded, no
+    script) and NAME.md with its figures in NAME/; a study's are logged to its parent run as report.html and
+    report.md, which the MLflow UI shows on the run's Artifacts tab."""
+    from analysis.page import report_page
+
+    _analysis(report_page, query, level=level)
 
 
 @analyze_app.command("importance")

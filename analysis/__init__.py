@@ -11,7 +11,8 @@ tidy frames), ``groups`` (which runs are one configuration, and its label: every
 (the objective against the measured view IoU of matched random crops), ``importance``, ``crops``,
 ``family`` (which comparisons a call makes: a baseline, or a spec's declared ones), ``queries``
 (per-query predictions of runs), ``resampling`` (Holm, P(A > B), bootstraps, seeds needed),
-``variance`` (training vs evaluation variance), ``power`` (seeds a comparison needs).
+``variance`` (training vs evaluation variance), ``power`` (seeds a comparison needs), ``page``
+(``analyze report``: a study's results as one page, built from the others).
 """
 from analysis.errors import AnalysisError, NoDataError, NotFoundError
 

@@ -240,8 +240,23 @@ def get_or_create_experiment(client, name: str) -> str:
     return experiment.experiment_id
 
 
+UI_VIEW = "?workflowType=machine_learning"
+"""MLflow 3.17's UI picks GenAI or model-training pages from a per-browser switch (the sidebar's
+"GenAI | Model training", kept in localStorage ``mlflow.workflowType``, default GenAI), not from the
+experiment's ``mlflow.experimentKind``: an experiment clicked in the list opens on the GenAI
+"Overview". A URL's ``workflowType`` overrides the switch for that page, so the links we print carry it."""
+
+
 def runs_url(experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
     """The runs page of experiment ``experiment_id`` in an MLflow UI served at ``host:port``."""
-    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
+    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs{UI_VIEW}"
+
+
+def run_url(experiment_id: str, run_id: str, artifact: str | None = None, host: str = "127.0.0.1",
+            port: int = 5000) -> str:
+    """A run's page in the MLflow UI at ``host:port``; with ``artifact``, that artifact opened in its
+    viewer (``report.html`` renders inline). Like :func:`runs_url`, in the model-training view."""
+    url = f"http://{host}:{port}/#/experiments/{experiment_id}/runs/{run_id}"
+    return (f"{url}/artifacts/{artifact}" if artifact else url) + UI_VIEW
 
 

@@ -8,6 +8,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # torch.compile costs seconds for each new shape: the tests train eagerly (their subprocesses too),
 # except tests/test_compile.py, which compares the compiled path with the eager one
 os.environ.setdefault("PARAMCROP_COMPILE", "0")
+# `study run` writes the study's page when it finishes (seconds of plotting): the tests that want it
+# say `--report` (tests/test_ui.py); the others skip it
+os.environ.setdefault("PARAMCROP_STUDY_REPORT", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -1,5 +1,5 @@
 """Crop parameterisation: degrees of freedom, generator input, coupling, the adversary's
-update, float32 cubes under autocast, and the README's own-loop example."""
+update, float32 cubes under autocast, and the own-loop example of docs/METHODS.md."""
 import math
 import re
 from pathlib import Path
@@ -370,11 +370,11 @@ def test_generator_and_cubes_stay_float32_under_bf16_autocast(generator_input, c
     torch.testing.assert_close(views.cubes1, reference.cubes1, rtol=0, atol=0)  # the same cubes as without autocast
 
 
-# --- the README's own-loop example, as it stands --------------------------------------------
-def test_readme_own_loop_example_runs_and_trains_the_generator(monkeypatch):
-    text = (Path(__file__).parent.parent / "README.md").read_text()
+# --- docs/METHODS.md's own-loop example, as it stands -----------------------------------------
+def test_methods_own_loop_example_runs_and_trains_the_generator(monkeypatch):
+    text = (Path(__file__).parent.parent / "docs" / "METHODS.md").read_text()
     block = re.search(r"<!-- own-loop example[^>]*-->\s*```python\n(.*?)```", text, re.S)
-    assert block, "README.md lost its own-loop example"
+    assert block, "docs/METHODS.md lost its own-loop example"
     code = block.group(1)
     assert len(code.strip().splitlines()) <= 16
     moved = []
@@ -388,7 +388,7 @@ def test_readme_own_loop_example_runs_and_trains_the_generator(monkeypatch):
     monkeypatch.setattr(Adversary, "step", recording_step)
     namespace: dict = {}
     torch.manual_seed(17)
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/METHODS.md", "exec"), namespace)
     assert moved == [True, True, True]  # every adversary step changed the generator
     views = namespace["views"]
     assert views.x1.shape == (8, 3, 4, 16, 16)

@@ -21,7 +21,7 @@ from paramcrop import sinks
 from paramcrop.runtime import CPP_EXTENSION_LOGGER
 from paramcrop.train import progress_bar, progress_status
 from studies.storage import DEFAULT_STORAGE, open_storage
-from studies.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, get_or_create_experiment, runs_url
+from studies.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, get_or_create_experiment, run_url, runs_url
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = {"name": "ui", "data": TINY_SOURCE, "sampler": "grid",
@@ -43,9 +43,9 @@ def test_experiments_are_tagged_custom_model_development_also_when_they_existed(
                "custom_model_development"
 
 
-def test_study_run_names_its_objectives_tags_its_experiment_and_prints_its_runs_page(workdir):
+def test_study_run_names_its_objectives_tags_its_experiment_and_prints_its_runs_page_and_report(workdir):
     (workdir / "ui.yaml").write_text(yaml.safe_dump(SPEC))
-    result = CliRunner().invoke(app, ["study", "run", str(workdir / "ui.yaml"), "--no-progress"],
+    result = CliRunner().invoke(app, ["study", "run", str(workdir / "ui.yaml"), "--no-progress", "--report"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="ui", storage=open_storage(str(workdir / DEFAULT_STORAGE)))
@@ -53,8 +53,16 @@ def test_study_run_names_its_objectives_tags_its_experiment_and_prints_its_runs_
     experiment = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_experiment_by_name("ui")
     assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
-    assert url == runs_url(experiment.experiment_id)
-    assert result.output.count(url) == 1 and "paramcrop ui" in result.output
+    view = "?workflowType=machine_learning"  # past MLflow's GenAI landing (studies/tracking.py UI_VIEW)
+    assert url + view == runs_url(experiment.experiment_id)
+    assert result.output.count(url + view) == 1 and "paramcrop ui" in result.output
+    parent = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_runs(
+        [experiment.experiment_id], f"tags.`{sinks.TAG_ROLE}` = 'study'")[0].info.run_id
+    report = f"{url}/{parent}/artifacts/report.html{view}"
+    assert run_url(experiment.experiment_id, parent, "report.html") == report and report in result.output
+    assert (workdir / "analysis-ui" / "ui.html").is_file() and (workdir / "analysis-ui" / "ui.md").is_file()
+    artifacts = {a.path for a in MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).list_artifacts(parent)}
+    assert {"report.html", "report.md"} <= artifacts
 
 
 def test_ui_prints_the_experiments_runs_page(workdir, monkeypatch):
