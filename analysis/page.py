@@ -100,14 +100,12 @@ def command(name: str, sel: Selection, query: RunQuery, *extra: str) -> str:
 
 def comparisons(query: RunQuery, metric: str, declared: Sequence[dict], client) -> Report:
     """The comparisons of ``metric``: one call to :func:`analysis.compare.compare`, whose frame the
-    page shows whole (every column it has). ``query``: where its files go, not logged."""
+    page shows whole (every column it has): the spec's declared family (its ``compare:`` list,
+    ``declared``), Holm-adjusted over the family, or without one every configuration against the
+    default baseline. ``query``: where its files go, not logged."""
     from analysis.compare import compare
 
-    # >>> DECLARED COMPARISONS PLUG IN HERE, and only here: ``declared`` is the spec's
-    # `compare: [{baseline, against}]` list (shown under "The study"). Once analysis.compare takes a
-    # declared family, pass it on in this call; the page renders whatever columns come back.
-    del declared
-    return compare(replace(query, objective=metric), client=client)
+    return compare(replace(query, objective=metric), client=client, adjust="holm" if declared else "none")
 
 
 # --- the elements ----------------------------------------------------------------------------
