@@ -52,7 +52,7 @@ from studies.replay import check_replay_references, grid_sampler, prepare_replay
 from studies.runs import tracked_training
 from studies.signals import GracefulStop
 from studies.spec import StudySpec
-from studies.storage import HEARTBEAT_ATTR, open_storage, redact
+from studies.storage import HEARTBEAT_ATTR, StorageUnavailable, open_storage, redact
 from studies.tracking import (TrackingUnavailable, call, check_tracking_store, open_tracking_store, run_tags,
                               runs_url)
 
@@ -125,10 +125,12 @@ class StudyRunner:
         self.console = console or Console()
         self.stop = GracefulStop()
         self.tracking_down: TrackingUnavailable | None = None
+        self.storage_lost: StorageUnavailable | None = None  # the study storage stayed down past its window
         self.preflight()  # each raises ValueError naming the problem, before anything is created
         self.tracking_uri = uri = options.tracking_uri or sinks.default_tracking_uri()
         check_tracking_store(uri)  # creates nothing
-        self.storage = open_storage(options.storage, heartbeat=spec.heartbeat, on_stale=self._on_stale)
+        self.storage = open_storage(options.storage, heartbeat=spec.heartbeat, on_stale=self._on_stale,
+                                    on_lost=self._storage_lost)
         self.client = open_tracking_store(uri)  # a local store is created here, after the storage opened
         self.study, self.parent_run_id, self.experiment_id = self._create_or_join()
         self._replay_spools()
@@ -249,8 +251,14 @@ class StudyRunner:
         try:
             return self._objective(trial)
         except KeyboardInterrupt:
-            frozen = trial.study._storage.get_trial(trial._trial_id)
-            retry = self._requeue(trial.study, frozen, lost=False)
+            try:
+                frozen = trial.study._storage.get_trial(trial._trial_id)
+                retry = self._requeue(trial.study, frozen, lost=False)
+            except StorageUnavailable:  # the rerun fails it as stale (no heartbeat) and retries it
+                self.console.print(f"[yellow]trial {trial.number} stopped with a checkpoint, its run KILLED; the study "
+                                   f"storage is unreachable, so it stays RUNNING there: a rerun retries it from its "
+                                   f"checkpoint after {3 * self.spec.heartbeat} s[/]")
+                raise
             self.console.print(f"[yellow]trial {trial.number} interrupted: FAIL, its run KILLED; queued again as "
                                f"trial {retry} (it resumes from {self.trial_dir(trial)})[/]")
             raise
@@ -329,6 +337,12 @@ class StudyRunner:
                 raise DuplicateGridPoint(f"grid point {grid_id} is taken by trial {other.number} (two workers asked "
                                          f"at once); nothing was run")
 
+    def _storage_lost(self, exc: StorageUnavailable) -> None:
+        """The study storage stayed down past its window (maybe seen by the heartbeat thread): the running
+        trial stops at its next step boundary with a checkpoint, as on SIGTERM."""
+        self.storage_lost = exc
+        self.stop.request(str(exc))
+
     def _tracking_stopped(self, study: optuna.Study, exc: TrackingUnavailable) -> None:
         self.tracking_down = exc
         study.stop()
@@ -384,45 +398,53 @@ class StudyRunner:
         """Run trials until the study has :meth:`target` finished trials (or the grid is done).
 
         Raises ``KeyboardInterrupt`` (SIGINT) or :class:`~studies.tracking.RunInterrupted` (SIGTERM)
-        after the running trial was stopped, and :class:`TrackingUnavailable` when the tracking
-        store stayed down (the study stops: every further trial would wait for it)."""
-        target = self.target()
-        timeout = self.options.timeout or self.spec.timeout
-        deadline = time.monotonic() + timeout if timeout else None
-        waiting_shown = False
+        after the running trial was stopped, :class:`TrackingUnavailable` when the tracking store
+        stayed down (the study stops: every further trial would wait for it), and
+        :class:`StorageUnavailable` when the study storage did (its trial stopped as on SIGTERM)."""
         try:
-            if self.finished_count() >= target:
-                self.console.print(f"study {self.spec.name!r} already has {self.finished_count()} finished trials "
-                                   f"(target {target}): nothing to do")
-                return
-            with self.stop.installed():
-                while self.finished_count() < target and (deadline is None or time.monotonic() < deadline):
-                    has_work, running = self._work()
-                    if not has_work:
-                        if not running:  # the grid is done, but some points failed
-                            failed = len(self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-                            self.console.print(f"no grid point left to start: {failed} trial(s) failed and are not "
-                                               f"run again (`paramcrop study show {self.spec.name}` says why)")
-                            break
-                        if not waiting_shown:
-                            self.console.print(f"waiting for {running} trial(s) running in other workers (a dead "
-                                               f"worker's trial is retried here after {3 * self.spec.heartbeat} s)")
-                            waiting_shown = True
-                        time.sleep(min(self.spec.heartbeat, 5))
-                        optuna.storages.fail_stale_trials(self.study)
-                        continue
-                    waiting_shown = False
-                    self.study.optimize(self.objective, n_trials=1, callbacks=[self._report], catch=(Exception,),
-                                        gc_after_trial=True)
-                    if self.tracking_down is not None:
-                        raise self.tracking_down
-                    self.stop.check()  # a signal that came during the final evaluation
+            self._loop()
+        except BaseException:
+            if self.storage_lost is not None:  # whatever Optuna raised once the storage was gone
+                raise self.storage_lost from None
+            raise
         finally:
-            if self.tracking_down is None:
+            if self.tracking_down is None and self.storage_lost is None:
                 try:
                     call(self.client.set_terminated, self.parent_run_id, status="FINISHED", window=10.0)
                 except Exception as exc:  # noqa: BLE001
                     self.console.print(f"[yellow]could not end the study's parent run: {exc}[/]")
+
+    def _loop(self) -> None:
+        target = self.target()
+        timeout = self.options.timeout or self.spec.timeout
+        deadline = time.monotonic() + timeout if timeout else None
+        waiting_shown = False
+        if self.finished_count() >= target:
+            self.console.print(f"study {self.spec.name!r} already has {self.finished_count()} finished trials "
+                               f"(target {target}): nothing to do")
+            return
+        with self.stop.installed():
+            while self.finished_count() < target and (deadline is None or time.monotonic() < deadline):
+                has_work, running = self._work()
+                if not has_work:
+                    if not running:  # the grid is done, but some points failed
+                        failed = len(self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+                        self.console.print(f"no grid point left to start: {failed} trial(s) failed and are not "
+                                           f"run again (`paramcrop study show {self.spec.name}` says why)")
+                        break
+                    if not waiting_shown:
+                        self.console.print(f"waiting for {running} trial(s) running in other workers (a dead "
+                                           f"worker's trial is retried here after {3 * self.spec.heartbeat} s)")
+                        waiting_shown = True
+                    time.sleep(min(self.spec.heartbeat, 5))
+                    optuna.storages.fail_stale_trials(self.study)
+                    continue
+                waiting_shown = False
+                self.study.optimize(self.objective, n_trials=1, callbacks=[self._report], catch=(Exception,),
+                                    gc_after_trial=True)
+                if self.tracking_down is not None:
+                    raise self.tracking_down
+                self.stop.check()  # a signal that came during the final evaluation
 
     def _report(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self.tracking_down is None:

@@ -361,7 +361,7 @@ def test_tracking_server_down_when_trials_end_loses_no_metrics(workdir, mlflow_s
     worker.wait_for((trial_dir / "trial-0000" / "trajectory.csv").exists, "the end of trial 0's training")
     mlflow_server.start()
     assert worker.wait() == 0, worker.output
-    assert "is not answering" in worker.output  # it did retry at the end of the trial
+    assert "is unreachable" in worker.output  # it did retry at the end of the trial
 
     # 2. the server dies mid-trial and stays down: a clear error, everything spooled to disk, exit 1
     worker = Worker(workdir, str(path), env={"PARAMCROP_TRACKING_RETRY_S": "3"})
@@ -478,6 +478,7 @@ def test_a_trial_that_cannot_be_built_ends_its_run_failed_with_the_reason(workdi
 ])
 def test_unreachable_or_unknown_stores_are_refused(workdir, monkeypatch, option, value, message):
     monkeypatch.setenv("PARAMCROP_TRACKING_RETRY_S", "1")
+    monkeypatch.setenv("PARAMCROP_STORAGE_RETRY_S", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     path = write_spec(workdir, tiny_spec("refused"))
     result = CliRunner().invoke(app, ["study", "run", str(path), option, value])
