@@ -32,11 +32,12 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
 class Outage:
     """Retries calls to one store named ``name`` (e.g. ``the MLflow tracking store http://...``);
     ``transient(exc)`` says whether a retry may help, ``unavailable(message)`` is the error raised
-    after the window. Thread-safe: a store's calls may come from several threads."""
+    after the window, ``cause(exc)`` the error its messages quote (the driver's, under a wrapper). Thread-safe: a store's calls may come from several threads."""
 
     def __init__(self, name: str, transient: Callable[[BaseException], bool],
-                 unavailable: Callable[[str], Exception]) -> None:
-        self.name, self.transient, self.unavailable = name, transient, unavailable
+                 unavailable: Callable[[str], Exception],
+                 cause: Callable[[BaseException], BaseException] = lambda exc: exc) -> None:
+        self.name, self.transient, self.unavailable, self.cause = name, transient, unavailable, cause
         self.down_since: float | None = None  # monotonic time of the first failure of this outage
         self.back_at: float | None = None  # monotonic time the store answered again after the last one
         self._warned = False
@@ -57,7 +58,7 @@ class Outage:
                 if elapsed + delay > window:
                     raise self.unavailable(
                         f"{self.name} did not answer for {elapsed:.0f} s ({attempt} attempt{'s' if attempt > 1 else ''}; "
-                        f"last error: {first_line(exc)})") from None
+                        f"last error: {first_line(self.cause(exc))})") from None
                 self.failed(exc, window, quiet)
                 time.sleep(delay)
                 delay = min(delay * 2, 15.0)
@@ -72,7 +73,7 @@ class Outage:
                 self.down_since = time.monotonic()
             if not quiet and not self._warned:
                 self._warned = True
-                print(f"warning: {self.name} is unreachable ({first_line(exc, 160)}); retrying for up to "
+                print(f"warning: {self.name} is unreachable ({first_line(self.cause(exc), 160)}); retrying for up to "
                       f"{window:.0f} s", file=sys.stderr, flush=True)
 
     def answered(self, quiet: bool = False) -> None:

@@ -22,6 +22,7 @@ through the outage beats again within one interval. Past the window every call r
 from __future__ import annotations
 
 import functools
+import logging
 import random
 import threading
 import time
@@ -61,20 +62,31 @@ def retry_window() -> float:
     return window_from_env(RETRY_ENV, DEFAULT_RETRY_S)
 
 
+def driver_error(exc: BaseException) -> BaseException:
+    """The SQLAlchemy error under Optuna's ``StorageInternalError`` (whose own message says nothing)."""
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
+
+
 def is_connection_error(exc: BaseException) -> bool:
-    """A lost or refused database connection (SQLAlchemy ``OperationalError`` / ``InterfaceError`` /
-    ``DisconnectionError``, also as the cause of Optuna's ``StorageInternalError``); not integrity or
-    programming errors, wrong credentials or a missing database."""
+    """A lost or refused database connection: SQLAlchemy's ``OperationalError`` / ``InterfaceError`` /
+    ``DisconnectionError``, also as the cause of Optuna's ``StorageInternalError`` or of what a
+    session raises after it (``PendingRollbackError``); not integrity or programming errors, wrong
+    credentials or a missing database."""
     import sqlalchemy.exc
 
-    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    if not isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+    seen = 0
+    while exc is not None and seen < 5:  # the exception, then what it was raised from or during
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
                             sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError)):
-        return False
-    return not any(marker in str(exc).lower() for marker in PERMANENT_CONNECT_ERRORS)
+            return not any(marker in str(exc).lower() for marker in PERMANENT_CONNECT_ERRORS)
+        if not isinstance(exc, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.PendingRollbackError)):
+            return False
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
@@ -108,6 +120,20 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return self.failed_trial_callback
 
 
+def _quiet_fallback(record: logging.LogRecord) -> bool:
+    """Optuna's RDB storage logs a connection lost in ``_get_trials`` as "Falling back to a slower
+    alternative" with the SQL; the outage line says it instead."""
+    text = record.getMessage()
+    return not ("Falling back to a slower alternative" in text and "connection" in text.lower())
+
+
+logging.getLogger("optuna.storages._rdb.storage").addFilter(_quiet_fallback)
+
+
+def _outage(url: str) -> Outage:
+    return Outage(f"the study storage {redact(url)}", is_connection_error, StorageUnavailable, driver_error)
+
+
 class ResilientRDBStorage(RDBStorage):
     """Optuna's RDB storage whose database calls ride out an outage (see the module's docstring).
 
@@ -115,7 +141,7 @@ class ResilientRDBStorage(RDBStorage):
     outlasts the window; :attr:`lost` holds that error until the storage answers again."""
 
     def __init__(self, url: str, *, on_lost: Callable[[StorageUnavailable], None] | None = None, **kwargs) -> None:
-        self.outage = Outage(f"the study storage {redact(url)}", is_connection_error, StorageUnavailable)
+        self.outage = _outage(url)
         self.on_lost, self.lost = on_lost, None
         self._depth = threading.local()  # an outer call retries the whole operation, inner ones do not
         super().__init__(url, **kwargs)
@@ -149,12 +175,16 @@ class ResilientRDBStorage(RDBStorage):
     def record_heartbeat(self, trial_id: int) -> None:
         """One attempt: a beat missed in an outage is no error (Optuna's heartbeat thread would die)."""
         try:
-            self.outage.call(RDBStorage.record_heartbeat, self, trial_id, window=0.0)
-        except StorageUnavailable as exc:
+            RDBStorage.record_heartbeat(self, trial_id)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
             self.outage.failed(exc, retry_window())
             if self._window() <= 0:
-                self._give_up(StorageUnavailable(f"{self.outage.name} did not answer for {retry_window():.0f} s"))
+                self._give_up(StorageUnavailable(f"{self.outage.name} did not answer for {retry_window():.0f} s "
+                                                 f"(last error: {first_line(driver_error(exc))})"))
         else:
+            self.outage.answered()
             self.lost = None
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
@@ -221,9 +251,8 @@ def open_storage(storage: str | None = None, *, heartbeat: int = 30, on_stale: S
                 raise
         raise AssertionError("unreachable")
 
-    opening = Outage(f"the study storage {redact(storage)}", is_connection_error, StorageUnavailable)
     try:  # a server that is restarting is waited for; bad credentials, a missing driver are not
-        return opening.call(connect, window=retry_window())
+        return _outage(storage).call(connect, window=retry_window())
     except Exception as exc:  # noqa: BLE001 - unreachable for the window, bad credentials, missing driver
         raise ValueError(f"cannot open the study storage {redact(storage)}: {first_line(exc)}") from None
 

@@ -128,7 +128,7 @@ def assert_complete_once(name, workdir, steps):
 
 @needs_restart
 def test_the_server_restarted_mid_study_the_same_command_completes(workdir, pg_study, server_back):
-    steps = 60
+    steps = 30
     path, checkpoints = restart_study(workdir, pg_study, steps)
     command = Worker(workdir, str(path), "--storage", PG_URL, "--workers", "2")
     command.wait_for(lambda: all(c.exists() for c in checkpoints), "both trials' first checkpoint")
@@ -143,6 +143,25 @@ def test_the_server_restarted_mid_study_the_same_command_completes(workdir, pg_s
     assert f"the study storage {redact(PG_URL)} is unreachable" in said and "is back" in said
     assert "Traceback" not in said and "lost its worker" not in said
     assert not [log for log in logs if re.match(r"[^:]+://[^:]+:([^@]+)@", PG_URL)[1] in log]
+
+
+@needs_restart
+def test_a_trial_alive_through_an_outage_is_not_taken_for_stale(pg_study, server_back):
+    """Its heartbeats could not be written during the outage: no trial is stale until the storage has
+    answered for a whole grace period (3 heartbeats), in which a live worker beats again."""
+    import threading
+
+    storage = open_storage(PG_URL, heartbeat=1)  # a trial is stale after 3 s without a heartbeat
+    study = optuna.create_study(study_name=pg_study, storage=storage)
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)
+    pg_ctl("stop", "-m", "fast")
+    restart = threading.Timer(5, pg_ctl, ("-w", "start"))
+    restart.start()
+    assert storage._get_stale_trial_ids(study._study_id) == []  # waited for the server: 5+ s since the beat
+    restart.join()
+    time.sleep(3)  # a grace period with the storage answering and no heartbeat: now the trial is stale
+    assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
 
 
 @needs_restart
