@@ -39,7 +39,8 @@ def run_study(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_tria
     """Run the study and print its summary; returns the exit code (see ``paramcrop study run --help``):
     0 done, 1 no trial completed, the tracking store or the study storage stayed down or
     ``register`` (a registered model name: the best trial's backbone goes there) failed, 2 bad
-    input (nothing created), 130 SIGINT, 143 SIGTERM."""
+    input (nothing created), 3 a full disk, 130 SIGINT, 143 SIGTERM."""
+    from paramcrop.files import DISK_FULL_EXIT, DiskFull
     from studies.runner import resume_command
     from studies.storage import StorageUnavailable
     from studies.tracking import TrackingUnavailable
@@ -59,6 +60,11 @@ def run_study(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_tria
         return 1
     except StorageUnavailable as exc:
         return _storage_lost(exc)
+    except DiskFull as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}. Free space there, then resume with: "
+                  f"{escape(resume_command())} (the trial resumes from its last good checkpoint)", highlight=False,
+                  soft_wrap=True)
+        return DISK_FULL_EXIT
     return _finish(runner, tracking_uri, register)
 
 

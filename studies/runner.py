@@ -42,7 +42,8 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from paramcrop import sinks
-from paramcrop.checkpoint import CHECKPOINT_NAME, saved_step
+from paramcrop.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, recover
+from paramcrop.files import DiskFull, disk_full
 from paramcrop.plan import resolve
 from studies import DEFAULT_STORAGE
 from studies.conventions import log_study_summary, trial_run_name
@@ -67,7 +68,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 # an interrupted trial is reported by the runner: no traceback from Optuna's "Trial N failed" warning
 logging.getLogger("optuna.study._optimize").addFilter(
-    lambda record: not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)))
+    lambda record: not (record.exc_info and isinstance(record.exc_info[1], (KeyboardInterrupt, DiskFull))))
 
 
 @dataclass
@@ -126,6 +127,7 @@ class StudyRunner:
         self.stop = GracefulStop()
         self.tracking_down: TrackingUnavailable | None = None
         self.storage_lost: StorageUnavailable | None = None  # the study storage stayed down past its window
+        self.disk_full: DiskFull | None = None  # a trial's write failed for want of space: the study stops
         self.preflight()  # each raises ValueError naming the problem, before anything is created
         self.tracking_uri = uri = options.tracking_uri or sinks.default_tracking_uri()
         check_tracking_store(uri)  # creates nothing
@@ -247,9 +249,20 @@ class StudyRunner:
     # --- one trial ---------------------------------------------------------------------------------
     def objective(self, trial: optuna.Trial) -> float | list[float]:
         """Train one trial in its MLflow run. An interrupted trial (SIGINT/SIGTERM at any point) is
-        queued again before the interrupt propagates, so resuming the study finishes it."""
+        queued again before the interrupt propagates, so resuming the study finishes it; so is a
+        trial stopped by a full disk, which stops the study (every further trial would write there)."""
         try:
             return self._objective(trial)
+        except Exception as exc:
+            full = disk_full(exc)
+            if full is None:
+                raise
+            retry = self._requeue(trial.study, trial.study._storage.get_trial(trial._trial_id), lost=False)
+            self.console.print(f"[yellow]trial {trial.number} stopped by a full disk: FAIL; queued again as trial "
+                               f"{retry} (it resumes from its last good checkpoint in {self.trial_dir(trial)})[/]")
+            self.disk_full = full
+            trial.study.stop()
+            raise full from None
         except KeyboardInterrupt:
             try:
                 frozen = trial.study._storage.get_trial(trial._trial_id)
@@ -275,9 +288,12 @@ class StudyRunner:
         console.rule(f"[bold]trial {trial.number}[/]  {shown}" + (f"  (retry of trial {history[-1]})" if history
                                                                    else ""))
         run_dir = self.trial_dir(trial)
-        checkpoint = run_dir / CHECKPOINT_NAME
-        # only a retry resumes: a fresh trial never trusts a checkpoint it did not write
-        resume_step = saved_step(checkpoint) if history and checkpoint.exists() else None
+        # only a retry resumes: a fresh trial never trusts a checkpoint it did not write; a newest
+        # checkpoint that does not load falls back to the one before, and with none the trial starts over
+        had_checkpoint = any((run_dir / name).exists() for name in (CHECKPOINT_NAME, PREVIOUS_NAME))
+        resume_step = recover(run_dir, say=self._warn) if history else None
+        if history and had_checkpoint and resume_step is None:
+            self._warn(f"trial {trial.number} starts over from step 0 (no checkpoint in {run_dir} loads)")
         on_eval = self._pruning_hook(trial) if spec.pruner != "none" else None
         tags = {sinks.TAG_ROLE: "trial", sinks.TAG_STUDY: spec.name, sinks.TAG_TRIAL: str(trial.number),
                 sinks.TAG_TRIAL_STATE: "RUNNING", **run_tags(cfg.flatten())}
@@ -336,6 +352,9 @@ class StudyRunner:
                     other.state != TrialState.FAIL:
                 raise DuplicateGridPoint(f"grid point {grid_id} is taken by trial {other.number} (two workers asked "
                                          f"at once); nothing was run")
+
+    def _warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning: {message}[/]", highlight=False)
 
     def _storage_lost(self, exc: StorageUnavailable) -> None:
         """The study storage stayed down past its window (maybe seen by the heartbeat thread): the running
@@ -444,6 +463,8 @@ class StudyRunner:
                                     gc_after_trial=True)
                 if self.tracking_down is not None:
                     raise self.tracking_down
+                if self.disk_full is not None:
+                    raise self.disk_full
                 self.stop.check()  # a signal that came during the final evaluation
 
     def _report(self, study: optuna.Study, trial: FrozenTrial) -> None:

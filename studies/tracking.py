@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
-from paramcrop import __version__, sinks
+from paramcrop import __version__, files, sinks
 from paramcrop.crops.dof import parameterisation_tag
 from paramcrop.sinks import redact_url as redact
 from studies.retry import Outage, window_from_env
@@ -164,7 +164,10 @@ def run_tags(config_flat: Mapping[str, object]) -> dict[str, str]:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether a retry may help: connection errors, timeouts, 5xx / 429, a locked SQLite database."""
+    """Whether a retry may help: connection errors, timeouts, 5xx / 429, a locked SQLite database; not
+    a full disk (:func:`paramcrop.files.disk_full`: the run stops and says so)."""
+    if files.disk_full(exc) is not None:
+        return False
     code = getattr(exc, "error_code", None)
     if code is not None:
         return code not in PERMANENT_ERRORS
