@@ -104,8 +104,8 @@ def recover(run_dir: Path, say: Callable[[str], None] = files.warn) -> int | Non
         try:
             step = int(load(candidate)["step"])
         except Exception as exc:  # noqa: BLE001 - whatever a torn or foreign file raises
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            bad.append(_aside(candidate, first[:200]))
+            first = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__).split(". ")[0]
+            bad.append(_aside(candidate, first[:160]))
             continue
         if candidate != path:
             os.replace(candidate, path)  # the newest good generation is what a resume loads
