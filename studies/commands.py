@@ -40,7 +40,7 @@ def run_study(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_tria
     0 done, 1 no trial completed, the tracking store or the study storage stayed down or
     ``register`` (a registered model name: the best trial's backbone goes there) failed, 2 bad
     input (nothing created), 3 a full disk, 130 SIGINT, 143 SIGTERM."""
-    from paramcrop.files import DISK_FULL_EXIT, DiskFull
+    from paramcrop.files import DISK_FULL_EXIT, disk_full
     from studies.runner import resume_command
     from studies.storage import StorageUnavailable
     from studies.tracking import TrackingUnavailable
@@ -60,10 +60,13 @@ def run_study(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_tria
         return 1
     except StorageUnavailable as exc:
         return _storage_lost(exc)
-    except DiskFull as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}. Free space there, then resume with: "
-                  f"{escape(resume_command())} (the trial resumes from its last good checkpoint)", highlight=False,
-                  soft_wrap=True)
+    except Exception as exc:  # a trial's DiskFull, or the study storage's own file on a full disk
+        full = disk_full(exc)
+        if full is None:
+            raise
+        err.print(f"[red]error:[/] {escape(str(full))}. Free space there, then resume with: "
+                  f"{escape(resume_command())} (a stopped trial resumes from its last good checkpoint)",
+                  highlight=False, soft_wrap=True)
         return DISK_FULL_EXIT
     return _finish(runner, tracking_uri, register)
 
