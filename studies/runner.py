@@ -418,8 +418,9 @@ class StudyRunner:
 
         Raises ``KeyboardInterrupt`` (SIGINT) or :class:`~studies.tracking.RunInterrupted` (SIGTERM)
         after the running trial was stopped, :class:`TrackingUnavailable` when the tracking store
-        stayed down (the study stops: every further trial would wait for it), and
-        :class:`StorageUnavailable` when the study storage did (its trial stopped as on SIGTERM)."""
+        stayed down (the study stops: every further trial would wait for it),
+        :class:`StorageUnavailable` when the study storage did (its trial stopped as on SIGTERM), and
+        :class:`~paramcrop.files.DiskFull` when a trial's write found no space (it is queued again)."""
         try:
             self._loop()
         except BaseException:
@@ -434,6 +435,7 @@ class StudyRunner:
                     self.console.print(f"[yellow]could not end the study's parent run: {exc}[/]")
 
     def _loop(self) -> None:
+        """:meth:`run`'s loop: start a trial, wait for other workers' or stop."""
         target = self.target()
         timeout = self.options.timeout or self.spec.timeout
         deadline = time.monotonic() + timeout if timeout else None
