@@ -88,6 +88,10 @@ class DuplicateGridPoint(RuntimeError):
     """A grid point that another worker took at the same moment."""
 
 
+class TakenOver(RuntimeError):
+    """A trial that another worker failed as stale while it was still running here."""
+
+
 def resume_command() -> str:
     """The command line to resume with (passwords redacted)."""
     args = sys.argv[1:]
@@ -128,6 +132,7 @@ class StudyRunner:
         self.tracking_down: TrackingUnavailable | None = None
         self.storage_lost: StorageUnavailable | None = None  # the study storage stayed down past its window
         self.disk_full: DiskFull | None = None  # a trial's write failed for want of space: the study stops
+        self.taken_over: int | None = None  # a trial another worker failed as stale while it ran here
         self.preflight()  # each raises ValueError naming the problem, before anything is created
         self.tracking_uri = uri = options.tracking_uri or sinks.default_tracking_uri()
         check_tracking_store(uri)  # creates nothing
@@ -322,6 +327,10 @@ class StudyRunner:
                     logged = {**result.final_metrics, **result.eval_metrics}
                     sink.log_metrics({o.metric: v for o, v in zip(spec.objectives, values) if o.metric not in logged},
                                      result.steps - 1)  # an objective such as train/seconds is a run metric too
+                    if trial.study._storage.get_trial(trial._trial_id).state.is_finished():
+                        self.taken_over = trial.number
+                        raise TakenOver(f"another worker failed trial {trial.number} meanwhile (no heartbeat from it "
+                                        f"for {3 * spec.heartbeat} s: a busy or cut-off host) and retries it")
                 except optuna.TrialPruned:
                     sink.set_tags({sinks.TAG_TRIAL_STATE: "PRUNED", sinks.TAG_PRUNED: "true"})
                     raise
@@ -461,8 +470,15 @@ class StudyRunner:
                     optuna.storages.fail_stale_trials(self.study)
                     continue
                 waiting_shown = False
-                self.study.optimize(self.objective, n_trials=1, callbacks=[self._report], catch=(Exception,),
-                                    gc_after_trial=True)
+                try:
+                    self.study.optimize(self.objective, n_trials=1, callbacks=[self._report], catch=(Exception,),
+                                        gc_after_trial=True)
+                except ValueError:  # Optuna cannot tell a trial that is finished already: a TakenOver one
+                    if self.taken_over is None:
+                        raise
+                    self.console.print(f"[yellow]trial {self.taken_over} was failed meanwhile by another worker, which "
+                                       f"retries it from its checkpoint; going on[/]")
+                    self.taken_over = None
                 if self.tracking_down is not None:
                     raise self.tracking_down
                 if self.disk_full is not None:

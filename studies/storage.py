@@ -99,7 +99,10 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self.failed_trial_callback = failed_trial_callback
 
     def record_heartbeat(self, trial_id: int) -> None:
-        self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        try:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale meanwhile: the runner says so
+            pass
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
