@@ -66,9 +66,10 @@ TAG_RETRY_OF = "paramcrop.retry_of"  # trial number of the attempt a retry conti
 TAG_RESUMED_AT = "paramcrop.resumed_at_step"  # the checkpoint step it resumed from
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# an interrupted trial is reported by the runner: no traceback from Optuna's "Trial N failed" warning
+# an interrupted (or taken over, or disk-full) trial is reported by the runner: no traceback from Optuna's
+# "Trial N failed" warning
 logging.getLogger("optuna.study._optimize").addFilter(
-    lambda record: not (record.exc_info and isinstance(record.exc_info[1], (KeyboardInterrupt, DiskFull))))
+    lambda record: not (record.exc_info and isinstance(record.exc_info[1], (KeyboardInterrupt, DiskFull, TakenOver))))
 
 
 @dataclass

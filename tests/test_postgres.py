@@ -25,8 +25,8 @@ from cli import app
 from paramcrop import sinks
 from studies.runner import RUN_ATTR
 from studies.storage import open_storage, redact
-from test_faults import (Worker, assert_one_run_per_trial, by_role, grid_points, load, steps_of, tiny_spec,
-                         write_spec)
+from test_faults import (Worker, assert_one_run_per_trial, by_role, checkpoint_step, grid_points, load, steps_of,
+                         tiny_spec, write_spec)
 
 PG_URL = os.environ.get("PARAMCROP_TEST_POSTGRES_URL")
 PG_CTL = os.environ.get("PARAMCROP_TEST_POSTGRES_CTL")
@@ -166,7 +166,7 @@ def test_a_trial_alive_through_an_outage_is_not_taken_for_stale(pg_study, server
 
 @needs_restart
 def test_an_outage_longer_than_the_limit_stops_the_workers_resumable(workdir, pg_study, server_back):
-    steps = 60
+    steps = 45
     path, checkpoints = restart_study(workdir, pg_study, steps)
     command = Worker(workdir, str(path), "--storage", PG_URL, "--workers", "2",
                      env={"PARAMCROP_STORAGE_RETRY_S": "3"})
@@ -176,7 +176,7 @@ def test_an_outage_longer_than_the_limit_stops_the_workers_resumable(workdir, pg
     said = " ".join(command.output.split())
     assert f"the study storage {redact(PG_URL)} did not answer" in said
     assert "resume with: paramcrop study run" in said.lower() and "Traceback" not in said
-    stopped = [int(torch_step(c)) for c in checkpoints]
+    stopped = [checkpoint_step(c) for c in checkpoints]
     assert all(0 < s < steps for s in stopped)  # both stopped mid-trial, with a checkpoint
     pg_ctl("-w", "start")
     again = Worker(workdir, str(path), "--storage", PG_URL, "--workers", "2")
@@ -188,9 +188,3 @@ def test_an_outage_longer_than_the_limit_stops_the_workers_resumable(workdir, pg
                for t in study.trials if t.state.name == "COMPLETE"}
     assert retried == set(stopped)  # each resumed from where it stopped
     assert_one_run_per_trial(study, runs, states=("COMPLETE", "FAIL"))
-
-
-def torch_step(path):
-    import torch
-
-    return torch.load(path, weights_only=True)["step"]

@@ -325,8 +325,14 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_and_a_resume_logs_eve
 
     for name in (CHECKPOINT_NAME, PREVIOUS_NAME):  # no generation loads: refused, naming the file and the choices
         (bad / name).write_bytes(b"not a checkpoint")
-    refused = Train(workdir, *args, "--resume", "--run-dir", str(bad))
-    assert refused.wait() == 2, refused.output
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    sets = [a for k, v in TINY_SETS.items() for a in ("--set", f"{k}={v}")]
+    refused = CliRunner().invoke(app, ["train", "--data", TINY_SOURCE, "--device", "cpu", "--no-progress", "--experiment",
+                                       "resume", *sets, *args, "--resume", "--run-dir", str(bad)])
+    assert refused.exit_code == 2, refused.output
     said = " ".join(refused.output.split())
     assert f"cannot resume: {bad / CHECKPOINT_NAME} does not load" in said
     assert "drop --resume to start anew" in said and "Traceback" not in said
