@@ -112,6 +112,10 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
     except TrackingUnavailable as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1
+    except OSError as exc:  # e.g. the synthetic data cache on a full disk
+        if disk_full(exc) is None:
+            raise
+        return _disk_full(console, disk_full(exc), "the same command", None)
     if not plan.dist.is_main:
         Trainer(plan, run_dir, progress=False).fit(resume=resume)
         return 0
@@ -146,10 +150,8 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
         if full is None:
             console.print(f"[red]run failed[/]: {type(exc).__name__}: {exc}")
             return 1
-        mlflow = f" MLflow: {sink.unavailable}." if sink is not None and sink.unavailable is not None else ""
-        console.print(f"[red]error:[/] {full}. Free space there, then resume with the same command plus --resume "
-                      f"--run-dir {run_dir} (from its last good checkpoint).{mlflow}", highlight=False, soft_wrap=True)
-        return DISK_FULL_EXIT
+        return _disk_full(console, full, f"the same command plus --resume --run-dir {run_dir} (from its last good "
+                                         f"checkpoint)", sink)
     out = Console()
     out.print(f"[bold green]done[/] in {result.seconds:.0f} s, {result.steps} steps: "
               + ", ".join(f"{k} {v:.3f}" for k, v in result.eval_metrics.items()))
@@ -159,6 +161,14 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
         out.print(f"[yellow]{len(result.skipped_videos)} unreadable videos were skipped[/]")
     sys.stdout.flush()
     return 0
+
+
+def _disk_full(console, full, again: str, sink: MlflowSink | None) -> int:
+    """The one line a run stopped by a full disk ends with (what happened to its MLflow run too); the exit code."""
+    mlflow = f" MLflow: {sink.unavailable}." if sink is not None and sink.unavailable is not None else ""
+    console.print(f"[red]error:[/] {full}. Free space there, then run {again}.{mlflow}", highlight=False,
+                  soft_wrap=True)
+    return DISK_FULL_EXIT
 
 
 def logged_points(client, run_id: str) -> set[tuple[str, int]]:

@@ -30,6 +30,7 @@ from test_faults import (Worker, assert_one_run_per_trial, by_role, checkpoint_s
 
 PG_URL = os.environ.get("PARAMCROP_TEST_POSTGRES_URL")
 PG_CTL = os.environ.get("PARAMCROP_TEST_POSTGRES_CTL")
+PASSWORD = re.match(r"[^:]+://[^:]+:([^@]+)@", PG_URL)[1] if PG_URL else None
 pytestmark = pytest.mark.skipif(not PG_URL, reason="no PostgreSQL server: set PARAMCROP_TEST_POSTGRES_URL="
                                 "postgresql://USER:PASSWORD@127.0.0.1:PORT/DB (.ci/run starts one)")
 needs_restart = pytest.mark.skipif(not PG_CTL, reason="cannot restart the PostgreSQL server: set "
@@ -48,7 +49,6 @@ def pg_study(workdir):
 
 
 def test_two_workers_on_postgresql_one_killed_the_other_finishes_the_grid(workdir, pg_study):
-    password = re.match(r"[^:]+://[^:]+:([^@]+)@", PG_URL)[1]
     spec = tiny_spec(pg_study, {"steps": 12, "checkpoint_every": 3}, seeds=[0, 1],  # 4 grid points
                      objective={"metric": "train/loss", "direction": "minimize"})  # varies: importances exist
     path = write_spec(workdir, spec)
@@ -89,10 +89,10 @@ def test_two_workers_on_postgresql_one_killed_the_other_finishes_the_grid(workdi
     assert (workdir / "analysis" / "importance.csv").exists()
     outputs += [listed.output, shown.output, analyzed.output]
     assert redact(PG_URL) in " ".join(survivor.output.split())
-    assert not [o for o in outputs if password in o]
+    assert not [o for o in outputs if PASSWORD in o]
     for run in runs:
         logged = [*run.data.params.values(), *run.data.tags.values()]
-        assert not [v for v in logged if password in v], run.info.run_id
+        assert not [v for v in logged if PASSWORD in v], run.info.run_id
     assert all(r.data.tags.get(sinks.TAG_STUDY) == pg_study for r in runs)
 
 
@@ -142,7 +142,7 @@ def test_the_server_restarted_mid_study_the_same_command_completes(workdir, pg_s
     said = " ".join(" ".join(logs).split())
     assert f"the study storage {redact(PG_URL)} is unreachable" in said and "is back" in said
     assert "Traceback" not in said and "lost its worker" not in said
-    assert not [log for log in logs if re.match(r"[^:]+://[^:]+:([^@]+)@", PG_URL)[1] in log]
+    assert not [log for log in logs if PASSWORD in log]
 
 
 @needs_restart

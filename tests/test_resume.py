@@ -366,7 +366,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_a_resume_after_freeing_spac
     lines = [line for line in first.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in first.output, first.output
     assert "No space left on device" in lines[0] and str(run_dir) in lines[0] and "free there" in lines[0]
-    assert f"--resume --run-dir {run_dir}" in lines[0]
+    assert f"then run the same command plus --resume --run-dir {run_dir}" in lines[0]
     assert "writing it will likely fail" in first.output  # warned before writing a checkpoint that would not fit
     assert not list(run_dir.rglob("*.tmp"))
     last_good = ckpt_step(run_dir / CHECKPOINT_NAME)
