@@ -449,7 +449,7 @@ class StudyRunner:
         target = self.target()
         timeout = self.options.timeout or self.spec.timeout
         deadline = time.monotonic() + timeout if timeout else None
-        waiting_shown = False
+        waiting_shown = looked_again = False
         if self.finished_count() >= target:
             self.console.print(f"study {self.spec.name!r} already has {self.finished_count()} finished trials "
                                f"(target {target}): nothing to do")
@@ -458,6 +458,10 @@ class StudyRunner:
             while self.finished_count() < target and (deadline is None or time.monotonic() < deadline):
                 has_work, running = self._work()
                 if not has_work:
+                    if not running and not looked_again:  # a worker that just failed a stale trial queues its retry
+                        looked_again = True
+                        time.sleep(min(self.spec.heartbeat, 5))
+                        continue
                     if not running:  # the grid is done, but some points failed
                         failed = len(self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
                         self.console.print(f"no grid point left to start: {failed} trial(s) failed and are not "
@@ -470,7 +474,7 @@ class StudyRunner:
                     time.sleep(min(self.spec.heartbeat, 5))
                     optuna.storages.fail_stale_trials(self.study)
                     continue
-                waiting_shown = False
+                waiting_shown = looked_again = False
                 try:
                     self.study.optimize(self.objective, n_trials=1, callbacks=[self._report], catch=(Exception,),
                                         gc_after_trial=True)

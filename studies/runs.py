@@ -98,7 +98,7 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
     if resume and recover(run_dir) is None:  # a newest file that does not load falls back to the one before
         console.print(f"[red]error:[/] cannot resume: {run_dir / CHECKPOINT_NAME} does not load, nor does an earlier "
                       f"checkpoint (moved aside as *.corrupt in {run_dir}); drop --resume to start anew (in a new "
-                      f"run), or put a good copy back as {run_dir / CHECKPOINT_NAME}")
+                      f"run), or put a good copy back as {run_dir / CHECKPOINT_NAME}", soft_wrap=True)
         return 2
     try:
         check_tracking_store(tracking_uri)  # creates nothing; before the (possibly long) build
