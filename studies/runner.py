@@ -460,13 +460,14 @@ class StudyRunner:
                 if not has_work:
                     if not running and not looked_again:  # a worker that just failed a stale trial queues its retry
                         looked_again = True
-                        time.sleep(min(self.spec.heartbeat, 5))
+                        time.sleep(min(3 * self.spec.heartbeat, 5))
                         continue
                     if not running:  # the grid is done, but some points failed
                         failed = len(self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
                         self.console.print(f"no grid point left to start: {failed} trial(s) failed and are not "
                                            f"run again (`paramcrop study show {self.spec.name}` says why)")
                         break
+                    looked_again = False
                     if not waiting_shown:
                         self.console.print(f"waiting for {running} trial(s) running in other workers (a dead "
                                            f"worker's trial is retried here after {3 * self.spec.heartbeat} s)")
