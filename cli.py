@@ -141,7 +141,10 @@ def train(
     resume: bool = typer.Option(False, help="Continue the run in --run-dir from its checkpoint (same MLflow run)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Run one training run (no Optuna), tracked in MLflow: params, step metrics, evaluation, artifacts."""
+    """Run one training run (no Optuna), tracked in MLflow: params, step metrics, evaluation, artifacts.
+
+    Exit codes: 0 done, 1 failed, 2 bad input or nothing to resume from, 3 a full disk, 130 Ctrl-C, 143 SIGTERM.
+    """
     from paramcrop.config import TrainConfig
     from paramcrop.keys import ConfigError
 
@@ -205,8 +208,8 @@ def study_run(
 ) -> None:
     """Run (or resume) an Optuna study; every trial is a child MLflow run under the study's parent run.
 
-    Exit codes: 0 done, 1 no trial completed, the tracking store stayed down or --register failed, 2 bad
-    spec or arguments (nothing created), 130 Ctrl-C, 143 SIGTERM.
+    Exit codes: 0 done, 1 no trial completed, the tracking store or the study storage stayed down or
+    --register failed, 2 bad spec or arguments (nothing created), 3 a full disk, 130 Ctrl-C, 143 SIGTERM.
     """
     from paramcrop.keys import ConfigError
     from studies.spec import SpecError, load_spec

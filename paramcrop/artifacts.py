@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from paramcrop import sinks
+from paramcrop import files, sinks
 from paramcrop.config import TrainConfig
 
 TRAJECTORY_NAME = "trajectory.csv"
@@ -57,9 +57,8 @@ def read_trajectory(run_dir: Path, before: int) -> list[dict[str, float]]:
 def write_trajectory(sink: sinks.MetricsSink, run_dir: Path, history: list[dict[str, float]]) -> None:
     """``history`` (one row per logged train step) as ``trajectory.csv``, columns ``step`` then sorted."""
     path = run_dir / TRAJECTORY_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
     names = ["step", *sorted({k for row in history for k in row} - {"step"})]
-    with path.open("w", newline="") as fh:
+    with files.atomic(path, "w") as fh:  # a resume reads the rows before its checkpoint: never a torn file
         writer = csv.DictWriter(fh, fieldnames=names)
         writer.writeheader()
         writer.writerows(history)
@@ -86,8 +85,9 @@ def save_crop_images(sink: sinks.MetricsSink, run_dir: Path, clips: Tensor, view
     from paramcrop.visualize import save_crop_strip
 
     path = run_dir / "crops" / f"step_{step:06d}.png"
-    save_crop_strip(clips[0], views.cubes1[0].detach(), views.cubes2[0].detach(), views.x1[0].detach(),
-                    views.x2[0].detach(), path, title=title)
+    with files.writing(path):
+        save_crop_strip(clips[0], views.cubes1[0].detach(), views.cubes2[0].detach(), views.x1[0].detach(),
+                        views.x2[0].detach(), path, title=title)
     sink.log_artifact(path, "crops")
 
 

@@ -205,8 +205,9 @@ class Trainer:
             checkpoint.save_rank_rng(self.run_dir, self.dist.rank, self.step)
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoint.pt`` atomically (temp file + rename): a crash never leaves a torn checkpoint."""
-        return checkpoint.save_atomic(self.state_dict(), self.run_dir / CHECKPOINT_NAME)
+        """Write ``checkpoint.pt`` atomically (temp file + rename: a crash never leaves a torn checkpoint),
+        keeping the one before as ``checkpoint.previous.pt`` (:func:`paramcrop.checkpoint.save_checkpoint`)."""
+        return checkpoint.save_checkpoint(self.state_dict(), self.run_dir)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore a checkpoint (loading never executes code) and this rank's RNG state."""

@@ -37,10 +37,12 @@ def _no_journal(storage: str | None) -> bool:
 def run_study(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_trials: int | None,
               timeout: float | None, overrides: dict[str, Any], progress: bool, register: str | None = None) -> int:
     """Run the study and print its summary; returns the exit code (see ``paramcrop study run --help``):
-    0 done, 1 no trial completed, the tracking store stayed down or ``register`` (a registered
-    model name: the best trial's backbone goes there) failed, 2 bad input (nothing created),
-    130 SIGINT, 143 SIGTERM."""
+    0 done, 1 no trial completed, the tracking store or the study storage stayed down or
+    ``register`` (a registered model name: the best trial's backbone goes there) failed, 2 bad
+    input (nothing created), 3 a full disk, 130 SIGINT, 143 SIGTERM."""
+    from paramcrop.files import DISK_FULL_EXIT, disk_full
     from studies.runner import resume_command
+    from studies.storage import StorageUnavailable
     from studies.tracking import TrackingUnavailable
 
     runner = _open_runner(spec, storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, timeout=timeout,
@@ -56,7 +58,27 @@ def run_study(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_tria
                   f"the tracking store); the trials' results are kept in the study storage. When the store is "
                   f"back, resume with: {escape(resume_command())}", highlight=False)
         return 1
+    except StorageUnavailable as exc:
+        return _storage_lost(exc)
+    except Exception as exc:  # a trial's DiskFull, or the study storage's own file on a full disk
+        full = disk_full(exc)
+        if full is None:
+            raise
+        err.print(f"[red]error:[/] {escape(str(full))}. Free space there, then resume with: "
+                  f"{escape(resume_command())} (a stopped trial resumes from its last good checkpoint)",
+                  highlight=False, soft_wrap=True)
+        return DISK_FULL_EXIT
     return _finish(runner, tracking_uri, register)
+
+
+def _storage_lost(exc: Exception) -> int:
+    """Say that the study storage stayed down and how to resume; the exit code (1)."""
+    from studies.runner import resume_command
+
+    err.print(f"[red]error:[/] {escape(redact(str(exc)))}: this worker stopped (a running trial with a "
+              f"checkpoint, its run KILLED). When the storage is back, resume with: {escape(resume_command())}",
+              highlight=False)
+    return 1
 
 
 def _open_runner(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_trials: int | None,
@@ -65,13 +87,14 @@ def _open_runner(spec: StudySpec, *, storage: str | None, tracking_uri: str, n_t
     with the header printed; or the exit code when it cannot be (2 bad input, nothing created; 1
     the tracking store went away)."""
     from studies.runner import StudyOptions, StudyRunner
+    from studies.storage import StorageUnavailable
     from studies.tracking import TrackingUnavailable
 
     options = StudyOptions(storage=storage, tracking_uri=tracking_uri, n_trials=n_trials, timeout=timeout,
                            overrides=overrides or None, progress=progress)
     try:
         runner = StudyRunner(spec, options, console)
-    except (ValueError, TrackingUnavailable) as exc:  # bad input (nothing created), or the store went away
+    except (ValueError, TrackingUnavailable, StorageUnavailable) as exc:  # bad input (nothing created), a store gone
         err.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False)
         return 2 if isinstance(exc, ValueError) else 1
     console.print(f"[bold]study {spec.name}[/]: {spec.description.strip()}")
@@ -175,7 +198,7 @@ def run_workers(spec: StudySpec, child_args: list[str], workers: int, *, storage
         pinned = f", pinned to {min(n_gpus, workers)} GPUs" if n_gpus > 1 else ""
         console.print(f"{len(procs)} workers{pinned}; their output: {log_dir / WORKER_LOG.format(index='N')}",
                       highlight=False)
-        _watch(runner, procs, progress)
+        lost = _watch(runner, procs, progress)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -186,17 +209,23 @@ def run_workers(spec: StudySpec, child_args: list[str], workers: int, *, storage
         log = log_dir / WORKER_LOG.format(index=index)
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         err.print(f"[red]worker {index} exited with {code}[/]; the end of {log}:\n{escape(tail)}", highlight=False)
+    if lost is not None:
+        return _storage_lost(lost)
     code = _finish(runner, tracking_uri, register)
     return 1 if failed else code
 
 
-def _watch(runner, procs: list, progress: bool, poll_s: float = 0.5) -> None:
+def _watch(runner, procs: list, progress: bool, poll_s: float = 0.5):
     """Until every process in ``procs`` has exited: a line per trial whose state changes, and a
-    progress bar of finished (complete + pruned) / :meth:`~studies.runner.StudyRunner.target` trials."""
+    progress bar of finished (complete + pruned) / :meth:`~studies.runner.StudyRunner.target` trials.
+    Returns the :class:`~studies.storage.StorageUnavailable` that ended the view when the study
+    storage stayed down (the workers then stop by themselves), else None."""
     import time
 
     from optuna.trial import TrialState
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from studies.storage import StorageUnavailable
 
     finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
     seen = {t.number: t.state for t in runner.study.get_trials(deepcopy=False)}  # earlier trials: not shown again
@@ -206,7 +235,12 @@ def _watch(runner, procs: list, progress: bool, poll_s: float = 0.5) -> None:
         task = bar.add_task("study", total=runner.target(), completed=runner.finished_count(), running=0)
         while True:
             exited = all(p.poll() is not None for p in procs)  # before the read: the last states are shown
-            trials = runner.study.get_trials(deepcopy=False)
+            try:
+                trials = runner.study.get_trials(deepcopy=False)
+            except StorageUnavailable as exc:
+                for proc in procs:
+                    proc.wait()
+                return exc
             for t in trials:
                 if seen.get(t.number) != t.state:
                     seen[t.number] = t.state
@@ -215,7 +249,7 @@ def _watch(runner, procs: list, progress: bool, poll_s: float = 0.5) -> None:
             bar.update(task, completed=sum(t.state in finished_states for t in trials),
                        running=sum(t.state == TrialState.RUNNING for t in trials))
             if exited:
-                return
+                return None
             time.sleep(poll_s)
 
 
@@ -332,8 +366,10 @@ def trial_rows(study) -> list[dict[str, Any]]:
 
 def load_named_study(name: str, storage: str | None):
     """The Optuna study ``name`` in ``storage``, or None after printing why not (no journal file, no
-    such study: the known ones are listed, a storage that cannot be opened)."""
+    such study: the known ones are listed, a storage that cannot be opened or stayed down)."""
     import optuna
+
+    from studies.storage import StorageUnavailable
 
     if _no_journal(storage):
         err.print(f"[red]error:[/] no study {name!r}: {escape(storage or DEFAULT_STORAGE)} does not exist",
@@ -345,7 +381,7 @@ def load_named_study(name: str, storage: str | None):
     except KeyError:
         known = [s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)]
         err.print(f"[red]error:[/] no study {name!r} in this storage; known studies: {', '.join(known) or '(none)'}")
-    except ValueError as exc:
+    except (ValueError, StorageUnavailable) as exc:
         err.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False)
     return None
 

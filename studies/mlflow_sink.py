@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from paramcrop import sinks
+from paramcrop import files, sinks
 from studies.tracking import (MAX_METRICS, MAX_PARAM_LENGTH, MAX_PARAMS, MAX_TAGS, TrackingUnavailable, call,
                               retry_window, tracking_uri_of)
 
@@ -149,15 +149,32 @@ class MlflowSink:
         try:
             self._drain(window)
             call(self.client.set_terminated, self.run_id, status=status, end_time=end_time, window=window)
-        except (TrackingUnavailable, KeyboardInterrupt) as exc:
+        except (TrackingUnavailable, KeyboardInterrupt, files.DiskFull) as exc:
+            self._store_failed(exc, status, end_time)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+        except Exception as exc:  # noqa: BLE001 - a store on a full disk raises whatever its driver does
+            full = files.disk_full(exc, _local_store(self.client))
+            if full is None:
+                raise
+            self._store_failed(full, status, end_time)
+
+    def _store_failed(self, exc: BaseException, status: str, end_time: int) -> None:
+        """What the store did not take goes to the spool file; :attr:`unavailable` says where (or that
+        it is lost, and from which step, when the spool cannot be written either)."""
+        try:
             self.spool_path = self._spool(status, end_time)
+        except files.DiskFull as full:
+            first = min((m.step for m in self._pending), default=None)
+            kept = (f"the spool cannot be written either ({full}): the run's metrics from step {first} on are lost"
+                    if first is not None else f"the spool cannot be written either ({full})")
+        else:
             kept = (f"everything the run logged is kept in {self.spool_path} and is sent by the next "
                     f"`paramcrop study run` of the same study (or studies.tracking.replay_spool)"
                     if self.spool_path else "what was not sent is lost (no spool folder)")
-            self.unavailable = TrackingUnavailable(f"{exc}; {kept}" if isinstance(exc, TrackingUnavailable)
-                                                   else f"interrupted while waiting for the tracking store; {kept}")
-            if isinstance(exc, KeyboardInterrupt):
-                raise
+        what = "interrupted while waiting for the tracking store" if isinstance(exc, KeyboardInterrupt) else \
+            f"the MLflow store cannot be written ({exc})" if isinstance(exc, files.DiskFull) else str(exc)
+        self.unavailable = TrackingUnavailable(f"{what}; {kept}")
 
     def _spool(self, status: str, end_time: int) -> Path | None:
         if self.spool_dir is None:
@@ -169,9 +186,8 @@ class MlflowSink:
                 "datasets": self._datasets,
                 "metrics": [[m.key, m.value, m.timestamp, m.step] for m in self._pending],
                 "models": self._spool_models()}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(path)
+        with files.atomic(path, "w") as handle:
+            handle.write(json.dumps(data))
         return path
 
     def _spool_models(self) -> list[list[str]]:
@@ -187,6 +203,12 @@ class MlflowSink:
                                           serialization_format="pickle")
             out.append([name, str(folder)])
         return out
+
+
+def _local_store(client) -> Path | None:
+    """The file of a ``sqlite:///`` tracking store (what a full disk names), else None."""
+    uri = str(getattr(client, "tracking_uri", ""))
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 def dataset_input(name: str, source: str, digest: str, context: str, n_videos: int):

@@ -16,6 +16,7 @@ from rich.console import Console
 from paramcrop import sinks
 from studies.conventions import describe_study
 from studies.spec import StudySpec
+from studies.storage import settled
 from studies.tracking import call, get_or_create_experiment, source_tags
 
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -84,7 +85,9 @@ class StudyParent:
         that recorded nothing for three heartbeats is taken for dead: the waiting workers take turns
         through numbered claims (``<study>:parent-claim-<k>``, a study name the storage creates
         atomically, so one worker holds claim k) and the holder records the parent; claim 0 is the
-        creator's own ``create_study``. The claims are deleted once the parent is recorded."""
+        creator's own ``create_study``. The claims are deleted once the parent is recorded. A creator
+        is not taken for dead while the storage has not answered for a grace period (an outage
+        stalls the creator as much as the waiting workers)."""
         grace, claim = 3 * self.spec.heartbeat, 0
         deadline = time.monotonic() + grace
         while True:
@@ -93,7 +96,7 @@ class StudyParent:
                 call(self.client.update_run, attrs[PARENT_ATTR], status="RUNNING")
                 self._drop_claims(claim)
                 return attrs[PARENT_ATTR], attrs[EXPERIMENT_ATTR]
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline and settled(self.storage, grace):
                 claim += 1
                 try:
                     self.storage.create_new_study(directions=[optuna.study.StudyDirection.MINIMIZE],

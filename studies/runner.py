@@ -42,7 +42,8 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from paramcrop import sinks
-from paramcrop.checkpoint import CHECKPOINT_NAME, saved_step
+from paramcrop.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, recover
+from paramcrop.files import DiskFull, disk_full
 from paramcrop.plan import resolve
 from studies import DEFAULT_STORAGE
 from studies.conventions import log_study_summary, trial_run_name
@@ -52,7 +53,7 @@ from studies.replay import check_replay_references, grid_sampler, prepare_replay
 from studies.runs import tracked_training
 from studies.signals import GracefulStop
 from studies.spec import StudySpec
-from studies.storage import HEARTBEAT_ATTR, open_storage, redact
+from studies.storage import HEARTBEAT_ATTR, StorageUnavailable, open_storage, redact
 from studies.tracking import (TrackingUnavailable, call, check_tracking_store, open_tracking_store, run_tags,
                               runs_url)
 
@@ -65,9 +66,10 @@ TAG_RETRY_OF = "paramcrop.retry_of"  # trial number of the attempt a retry conti
 TAG_RESUMED_AT = "paramcrop.resumed_at_step"  # the checkpoint step it resumed from
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# an interrupted trial is reported by the runner: no traceback from Optuna's "Trial N failed" warning
+# an interrupted (or taken over, or disk-full) trial is reported by the runner: no traceback from Optuna's
+# "Trial N failed" warning
 logging.getLogger("optuna.study._optimize").addFilter(
-    lambda record: not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)))
+    lambda record: not (record.exc_info and isinstance(record.exc_info[1], (KeyboardInterrupt, DiskFull, TakenOver))))
 
 
 @dataclass
@@ -85,6 +87,10 @@ class StudyOptions:
 
 class DuplicateGridPoint(RuntimeError):
     """A grid point that another worker took at the same moment."""
+
+
+class TakenOver(RuntimeError):
+    """A trial that another worker failed as stale while it was still running here."""
 
 
 def resume_command() -> str:
@@ -125,10 +131,14 @@ class StudyRunner:
         self.console = console or Console()
         self.stop = GracefulStop()
         self.tracking_down: TrackingUnavailable | None = None
+        self.storage_lost: StorageUnavailable | None = None  # the study storage stayed down past its window
+        self.disk_full: DiskFull | None = None  # a trial's write failed for want of space: the study stops
+        self.taken_over: int | None = None  # a trial another worker failed as stale while it ran here
         self.preflight()  # each raises ValueError naming the problem, before anything is created
         self.tracking_uri = uri = options.tracking_uri or sinks.default_tracking_uri()
         check_tracking_store(uri)  # creates nothing
-        self.storage = open_storage(options.storage, heartbeat=spec.heartbeat, on_stale=self._on_stale)
+        self.storage = open_storage(options.storage, heartbeat=spec.heartbeat, on_stale=self._on_stale,
+                                    on_lost=self._storage_lost)
         self.client = open_tracking_store(uri)  # a local store is created here, after the storage opened
         self.study, self.parent_run_id, self.experiment_id = self._create_or_join()
         self._replay_spools()
@@ -245,12 +255,29 @@ class StudyRunner:
     # --- one trial ---------------------------------------------------------------------------------
     def objective(self, trial: optuna.Trial) -> float | list[float]:
         """Train one trial in its MLflow run. An interrupted trial (SIGINT/SIGTERM at any point) is
-        queued again before the interrupt propagates, so resuming the study finishes it."""
+        queued again before the interrupt propagates, so resuming the study finishes it; so is a
+        trial stopped by a full disk, which stops the study (every further trial would write there)."""
         try:
             return self._objective(trial)
+        except Exception as exc:
+            full = disk_full(exc)
+            if full is None:
+                raise
+            retry = self._requeue(trial.study, trial.study._storage.get_trial(trial._trial_id), lost=False)
+            self.console.print(f"[yellow]trial {trial.number} stopped by a full disk: FAIL; queued again as trial "
+                               f"{retry} (it resumes from its last good checkpoint in {self.trial_dir(trial)})[/]")
+            self.disk_full = full
+            trial.study.stop()
+            raise full from None
         except KeyboardInterrupt:
-            frozen = trial.study._storage.get_trial(trial._trial_id)
-            retry = self._requeue(trial.study, frozen, lost=False)
+            try:
+                frozen = trial.study._storage.get_trial(trial._trial_id)
+                retry = self._requeue(trial.study, frozen, lost=False)
+            except StorageUnavailable:  # the rerun fails it as stale (no heartbeat) and retries it
+                self.console.print(f"[yellow]trial {trial.number} stopped with a checkpoint, its run KILLED; the study "
+                                   f"storage is unreachable, so it stays RUNNING there: a rerun retries it from its "
+                                   f"checkpoint after {3 * self.spec.heartbeat} s[/]")
+                raise
             self.console.print(f"[yellow]trial {trial.number} interrupted: FAIL, its run KILLED; queued again as "
                                f"trial {retry} (it resumes from {self.trial_dir(trial)})[/]")
             raise
@@ -267,9 +294,12 @@ class StudyRunner:
         console.rule(f"[bold]trial {trial.number}[/]  {shown}" + (f"  (retry of trial {history[-1]})" if history
                                                                    else ""))
         run_dir = self.trial_dir(trial)
-        checkpoint = run_dir / CHECKPOINT_NAME
-        # only a retry resumes: a fresh trial never trusts a checkpoint it did not write
-        resume_step = saved_step(checkpoint) if history and checkpoint.exists() else None
+        # only a retry resumes: a fresh trial never trusts a checkpoint it did not write; a newest
+        # checkpoint that does not load falls back to the one before, and with none the trial starts over
+        had_checkpoint = any((run_dir / name).exists() for name in (CHECKPOINT_NAME, PREVIOUS_NAME))
+        resume_step = recover(run_dir, say=self._warn) if history else None
+        if history and had_checkpoint and resume_step is None:
+            self._warn(f"trial {trial.number} starts over from step 0 (no checkpoint in {run_dir} loads)")
         on_eval = self._pruning_hook(trial) if spec.pruner != "none" else None
         tags = {sinks.TAG_ROLE: "trial", sinks.TAG_STUDY: spec.name, sinks.TAG_TRIAL: str(trial.number),
                 sinks.TAG_TRIAL_STATE: "RUNNING", **run_tags(cfg.flatten())}
@@ -298,6 +328,10 @@ class StudyRunner:
                     logged = {**result.final_metrics, **result.eval_metrics}
                     sink.log_metrics({o.metric: v for o, v in zip(spec.objectives, values) if o.metric not in logged},
                                      result.steps - 1)  # an objective such as train/seconds is a run metric too
+                    if trial.study._storage.get_trial(trial._trial_id).state.is_finished():
+                        self.taken_over = trial.number
+                        raise TakenOver(f"another worker failed trial {trial.number} meanwhile (no heartbeat from it "
+                                        f"for {3 * spec.heartbeat} s: a busy or cut-off host) and retries it")
                 except optuna.TrialPruned:
                     sink.set_tags({sinks.TAG_TRIAL_STATE: "PRUNED", sinks.TAG_PRUNED: "true"})
                     raise
@@ -328,6 +362,15 @@ class StudyRunner:
                     other.state != TrialState.FAIL:
                 raise DuplicateGridPoint(f"grid point {grid_id} is taken by trial {other.number} (two workers asked "
                                          f"at once); nothing was run")
+
+    def _warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning: {message}[/]", highlight=False)
+
+    def _storage_lost(self, exc: StorageUnavailable) -> None:
+        """The study storage stayed down past its window (maybe seen by the heartbeat thread): the running
+        trial stops at its next step boundary with a checkpoint, as on SIGTERM."""
+        self.storage_lost = exc
+        self.stop.request(str(exc))
 
     def _tracking_stopped(self, study: optuna.Study, exc: TrackingUnavailable) -> None:
         self.tracking_down = exc
@@ -384,45 +427,69 @@ class StudyRunner:
         """Run trials until the study has :meth:`target` finished trials (or the grid is done).
 
         Raises ``KeyboardInterrupt`` (SIGINT) or :class:`~studies.tracking.RunInterrupted` (SIGTERM)
-        after the running trial was stopped, and :class:`TrackingUnavailable` when the tracking
-        store stayed down (the study stops: every further trial would wait for it)."""
-        target = self.target()
-        timeout = self.options.timeout or self.spec.timeout
-        deadline = time.monotonic() + timeout if timeout else None
-        waiting_shown = False
+        after the running trial was stopped, :class:`TrackingUnavailable` when the tracking store
+        stayed down (the study stops: every further trial would wait for it),
+        :class:`StorageUnavailable` when the study storage did (its trial stopped as on SIGTERM), and
+        :class:`~paramcrop.files.DiskFull` when a trial's write found no space (it is queued again)."""
         try:
-            if self.finished_count() >= target:
-                self.console.print(f"study {self.spec.name!r} already has {self.finished_count()} finished trials "
-                                   f"(target {target}): nothing to do")
-                return
-            with self.stop.installed():
-                while self.finished_count() < target and (deadline is None or time.monotonic() < deadline):
-                    has_work, running = self._work()
-                    if not has_work:
-                        if not running:  # the grid is done, but some points failed
-                            failed = len(self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-                            self.console.print(f"no grid point left to start: {failed} trial(s) failed and are not "
-                                               f"run again (`paramcrop study show {self.spec.name}` says why)")
-                            break
-                        if not waiting_shown:
-                            self.console.print(f"waiting for {running} trial(s) running in other workers (a dead "
-                                               f"worker's trial is retried here after {3 * self.spec.heartbeat} s)")
-                            waiting_shown = True
-                        time.sleep(min(self.spec.heartbeat, 5))
-                        optuna.storages.fail_stale_trials(self.study)
-                        continue
-                    waiting_shown = False
-                    self.study.optimize(self.objective, n_trials=1, callbacks=[self._report], catch=(Exception,),
-                                        gc_after_trial=True)
-                    if self.tracking_down is not None:
-                        raise self.tracking_down
-                    self.stop.check()  # a signal that came during the final evaluation
+            self._loop()
+        except BaseException:
+            if self.storage_lost is not None:  # whatever Optuna raised once the storage was gone
+                raise self.storage_lost from None
+            raise
         finally:
-            if self.tracking_down is None:
+            if self.tracking_down is None and self.storage_lost is None:
                 try:
                     call(self.client.set_terminated, self.parent_run_id, status="FINISHED", window=10.0)
                 except Exception as exc:  # noqa: BLE001
                     self.console.print(f"[yellow]could not end the study's parent run: {exc}[/]")
+
+    def _loop(self) -> None:
+        """:meth:`run`'s loop: start a trial, wait for other workers' or stop."""
+        target = self.target()
+        timeout = self.options.timeout or self.spec.timeout
+        deadline = time.monotonic() + timeout if timeout else None
+        waiting_shown = looked_again = False
+        if self.finished_count() >= target:
+            self.console.print(f"study {self.spec.name!r} already has {self.finished_count()} finished trials "
+                               f"(target {target}): nothing to do")
+            return
+        with self.stop.installed():
+            while self.finished_count() < target and (deadline is None or time.monotonic() < deadline):
+                has_work, running = self._work()
+                if not has_work:
+                    if not running and not looked_again:  # a worker that just failed a stale trial queues its retry
+                        looked_again = True
+                        time.sleep(min(3 * self.spec.heartbeat, 5))
+                        continue
+                    if not running:  # the grid is done, but some points failed
+                        failed = len(self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+                        self.console.print(f"no grid point left to start: {failed} trial(s) failed and are not "
+                                           f"run again (`paramcrop study show {self.spec.name}` says why)")
+                        break
+                    looked_again = False
+                    if not waiting_shown:
+                        self.console.print(f"waiting for {running} trial(s) running in other workers (a dead "
+                                           f"worker's trial is retried here after {3 * self.spec.heartbeat} s)")
+                        waiting_shown = True
+                    time.sleep(min(self.spec.heartbeat, 5))
+                    optuna.storages.fail_stale_trials(self.study)
+                    continue
+                waiting_shown = looked_again = False
+                try:
+                    self.study.optimize(self.objective, n_trials=1, callbacks=[self._report], catch=(Exception,),
+                                        gc_after_trial=True)
+                except ValueError:  # Optuna cannot tell a trial that is finished already: a TakenOver one
+                    if self.taken_over is None:
+                        raise
+                    self.console.print(f"[yellow]trial {self.taken_over} was failed meanwhile by another worker, which "
+                                       f"retries it from its checkpoint; going on[/]")
+                    self.taken_over = None
+                if self.tracking_down is not None:
+                    raise self.tracking_down
+                if self.disk_full is not None:
+                    raise self.disk_full
+                self.stop.check()  # a signal that came during the final evaluation
 
     def _report(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self.tracking_down is None:

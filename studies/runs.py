@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from paramcrop import sinks
-from paramcrop.checkpoint import CHECKPOINT_NAME
+from paramcrop.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, recover
+from paramcrop.files import DISK_FULL_EXIT, disk_full
 from paramcrop.config import LOSS_NAMES, TrainConfig
 from paramcrop.keys import ConfigError
 from paramcrop.plan import RunPlan, resolve
 from paramcrop.sinks import redact_url
 from paramcrop.train import Trainer, TrainResult
-from studies.mlflow_sink import MlflowSink, tracked_run
+from studies.mlflow_sink import SPOOL_PREFIX, MlflowSink, replay_spool, tracked_run
 from studies.signals import GracefulStop
 from studies.tracking import (TrackingUnavailable, call, check_tracking_store, get_or_create_experiment,
                               open_tracking_store, run_tags, runs_url)
@@ -75,7 +76,8 @@ def tracked_training(client, experiment_id: str, name: str, tags: dict[str, str]
 def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_dir: Path | None = None,
                  resume: bool = False, progress: bool = True) -> int:
     """Train ``cfg`` in an MLflow run of ``experiment``; returns the process exit code
-    (0 done, 1 failed, 2 bad input with nothing created, 130/143 interrupted).
+    (0 done, 1 failed, 2 bad input with nothing created or no checkpoint that loads to resume from,
+    3 a full disk (:data:`~paramcrop.files.DISK_FULL_EXIT`), 130/143 interrupted).
 
     SIGINT / SIGTERM stop at the end of the current step with a checkpoint (a second signal stops
     at once); ``resume`` continues from that checkpoint in the same MLflow run, and is refused
@@ -89,9 +91,14 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
     if resume and not run_id_path.exists():
         console.print(f"[red]error:[/] nothing to resume in {run_dir} (no {RUN_ID_FILE}); drop --resume to start anew")
         return 2
-    if resume and not (run_dir / CHECKPOINT_NAME).exists():
+    if resume and not (run_dir / CHECKPOINT_NAME).exists() and not (run_dir / PREVIOUS_NAME).exists():
         console.print(f"[red]error:[/] nothing to resume in {run_dir}: the run stopped before writing a checkpoint "
                       f"(no {CHECKPOINT_NAME}); drop --resume to start anew (in a new run)")
+        return 2
+    if resume and recover(run_dir) is None:  # a newest file that does not load falls back to the one before
+        console.print(f"[red]error:[/] cannot resume: {run_dir / CHECKPOINT_NAME} does not load, nor does an earlier "
+                      f"checkpoint (moved aside as *.corrupt in {run_dir}); drop --resume to start anew (in a new "
+                      f"run), or put a good copy back as {run_dir / CHECKPOINT_NAME}", soft_wrap=True)
         return 2
     try:
         check_tracking_store(tracking_uri)  # creates nothing; before the (possibly long) build
@@ -105,15 +112,25 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
     except TrackingUnavailable as exc:
         console.print(f"[red]error:[/] {exc}")
         return 1
+    except OSError as exc:  # e.g. the synthetic data cache on a full disk
+        if disk_full(exc) is None:
+            raise
+        return _disk_full(console, disk_full(exc), "the same command", None)
     if not plan.dist.is_main:
         Trainer(plan, run_dir, progress=False).fit(resume=resume)
         return 0
     tags = {sinks.TAG_ROLE: "train", **run_tags(cfg.flatten())}
     previous = run_id_path.read_text().strip() if resume else None
+    for spool in sorted(run_dir.glob(f"{SPOOL_PREFIX}*.json")) if previous else []:
+        try:  # what the last attempt could not send (the store was down or its disk full)
+            replay_spool(client, spool)
+        except Exception as exc:  # noqa: BLE001 - the file stays for the next attempt
+            console.print(f"[yellow]could not send {spool} yet: {exc}[/]")
     stop = GracefulStop()
+    sink = None
     try:
         with stop.installed(), tracked_training(client, experiment_id, name, tags, stop=stop, run_dir=run_dir,
-                                                progress=progress, run_id=previous) as run:
+                                                progress=progress, run_id=previous, spool_dir=run_dir) as run:
             sink = run.sink
             run_dir.mkdir(parents=True, exist_ok=True)
             run_id_path.write_text(sink.run_id)
@@ -129,8 +146,12 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
                           f"the command again")
         return 143 if "SIGTERM" in str(exc) else 130
     except Exception as exc:
-        console.print(f"[red]run failed[/]: {type(exc).__name__}: {exc}")
-        return 1
+        full = disk_full(exc)
+        if full is None:
+            console.print(f"[red]run failed[/]: {type(exc).__name__}: {exc}")
+            return 1
+        return _disk_full(console, full, f"the same command plus --resume --run-dir {run_dir} (from its last good "
+                                         f"checkpoint)", sink)
     out = Console()
     out.print(f"[bold green]done[/] in {result.seconds:.0f} s, {result.steps} steps: "
               + ", ".join(f"{k} {v:.3f}" for k, v in result.eval_metrics.items()))
@@ -140,6 +161,14 @@ def run_training(cfg: TrainConfig, *, tracking_uri: str, experiment: str, run_di
         out.print(f"[yellow]{len(result.skipped_videos)} unreadable videos were skipped[/]")
     sys.stdout.flush()
     return 0
+
+
+def _disk_full(console, full, again: str, sink: MlflowSink | None) -> int:
+    """The one line a run stopped by a full disk ends with (what happened to its MLflow run too); the exit code."""
+    mlflow = f" MLflow: {sink.unavailable}." if sink is not None and sink.unavailable is not None else ""
+    console.print(f"[red]error:[/] {full}. Free space there, then run {again}.{mlflow}", highlight=False,
+                  soft_wrap=True)
+    return DISK_FULL_EXIT
 
 
 def logged_points(client, run_id: str) -> set[tuple[str, int]]:

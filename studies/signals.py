@@ -22,12 +22,19 @@ class GracefulStop:
 
     def __init__(self) -> None:
         self.requested: str | None = None  # "SIGINT" or "SIGTERM"
+        self.reason: str | None = None  # a stop requested by :meth:`request`: why
         self._deferring = False
 
     def _raise(self, name: str):
         if name == "SIGTERM":
-            raise RunInterrupted("terminated (SIGTERM)")
+            raise RunInterrupted(self.reason or "terminated (SIGTERM)")
         raise KeyboardInterrupt("interrupted (SIGINT)")
+
+    def request(self, reason: str) -> None:
+        """Stop as on SIGTERM (at the next step boundary, with a checkpoint), for ``reason``: a fault
+        that another thread saw (the study storage lost for good)."""
+        if not self.requested:
+            self.reason, self.requested = reason, "SIGTERM"
 
     def check(self) -> None:
         """Raise the requested interrupt, if any (called by the trainer at a step boundary)."""

@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Mapping
 
-from paramcrop import __version__, sinks
+from paramcrop import __version__, files, sinks
 from paramcrop.crops.dof import parameterisation_tag
 from paramcrop.sinks import redact_url as redact
+from studies.retry import Outage, window_from_env
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits per request
 MAX_PARAM_LENGTH = 6000
@@ -43,10 +43,7 @@ class TrackingUnavailable(RuntimeError):
 
 def retry_window() -> float:
     """Seconds a tracking call keeps retrying: ``$PARAMCROP_TRACKING_RETRY_S``, default 120."""
-    try:
-        return max(0.0, float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_S)))
-    except ValueError:
-        return DEFAULT_RETRY_S
+    return window_from_env(RETRY_ENV, DEFAULT_RETRY_S)
 
 
 def tracking_uri_of(client) -> str:
@@ -167,7 +164,10 @@ def run_tags(config_flat: Mapping[str, object]) -> dict[str, str]:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether a retry may help: connection errors, timeouts, 5xx / 429, a locked SQLite database."""
+    """Whether a retry may help: connection errors, timeouts, 5xx / 429, a locked SQLite database; not
+    a full disk (:func:`paramcrop.files.disk_full`: the run stops and says so)."""
+    if files.disk_full(exc) is not None:
+        return False
     code = getattr(exc, "error_code", None)
     if code is not None:
         return code not in PERMANENT_ERRORS
@@ -177,43 +177,19 @@ def is_transient(exc: BaseException) -> bool:
     return module.startswith(("sqlalchemy", "requests", "urllib3", "sqlite3", "psycopg", "pymysql"))
 
 
-_warned_down: set[str] = set()
+_outages: dict[str, Outage] = {}  # one per tracking URI
 
 
 def call(fn, *args, window: float | None = None, quiet: bool = False, **kwargs):
     """``fn(*args, **kwargs)`` (an MLflow client method), retried with exponential backoff (0.5 s
     doubling to 15 s) on transient errors for up to ``window`` seconds (default
-    :func:`retry_window`; 0 = one attempt). Permanent errors propagate at once; a store that stays
-    down raises :class:`TrackingUnavailable` naming the URI, the attempts and the last error."""
-    window = retry_window() if window is None else window
+    :func:`retry_window`; 0 = one attempt); :class:`studies.retry.Outage` says when the store stops
+    answering and when it is back. Permanent errors propagate at once; a store that stays down
+    raises :class:`TrackingUnavailable` naming the URI, the attempts and the last error."""
     client = getattr(fn, "__self__", None)
-    start, delay, attempt = time.monotonic(), 0.5, 0
-    while True:
-        attempt += 1
-        try:
-            result = fn(*args, **kwargs)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            elapsed = time.monotonic() - start
-            uri = tracking_uri_of(client) if client is not None else "(unknown)"
-            first = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:300]
-            if elapsed + delay > window:
-                raise TrackingUnavailable(
-                    f"the MLflow tracking store {uri} did not answer for {elapsed:.0f} s ({attempt} attempt"
-                    f"{'s' if attempt > 1 else ''}; last error: {redact(first)})") from None
-            if not quiet and uri not in _warned_down:
-                _warned_down.add(uri)
-                print(f"warning: the MLflow tracking store {uri} is not answering ({redact(first)[:160]}); "
-                      f"retrying for up to {window:.0f} s", file=sys.stderr, flush=True)
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
-        else:
-            if attempt > 1 and not quiet and client is not None and tracking_uri_of(client) in _warned_down:
-                _warned_down.discard(tracking_uri_of(client))
-                print(f"the MLflow tracking store {tracking_uri_of(client)} answers again (after "
-                      f"{time.monotonic() - start:.0f} s)", file=sys.stderr, flush=True)
-            return result
+    uri = tracking_uri_of(client) if client is not None else "(unknown)"
+    outage = _outages.setdefault(uri, Outage(f"the MLflow tracking store {uri}", is_transient, TrackingUnavailable))
+    return outage.call(fn, *args, window=retry_window() if window is None else window, quiet=quiet, **kwargs)
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"

@@ -224,6 +224,36 @@ def test_signal_stops_the_trial_with_a_checkpoint_and_the_rerun_finishes_it(work
     assert_one_run_per_trial(study, runs, states=("COMPLETE", "FAIL"))
 
 
+def test_a_trial_whose_checkpoints_do_not_load_starts_over_with_a_warning(workdir):
+    """Both generations corrupt when the stopped trial is retried: it starts over, saying so, and its run
+    holds every step once."""
+    from paramcrop.checkpoint import PREVIOUS_NAME
+
+    steps = 12
+    spec = tiny_spec("corrupt", {"steps": steps, "checkpoint_every": 3},
+                     search_space={"crop": {"type": "variants", "choices": {"random": {"crop.method": "random"}}}})
+    path = write_spec(workdir, spec)
+    trial_dir = workdir / "paramcrop-runs" / "corrupt" / "trial-0000"
+    worker = Worker(workdir, str(path))
+    worker.wait_for(lambda: (trial_dir / PREVIOUS_NAME).exists(), "two checkpoint generations")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.wait() == 143, worker.output
+    for name in ("checkpoint.pt", PREVIOUS_NAME):
+        (trial_dir / name).write_bytes((trial_dir / name).read_bytes()[:1000])
+
+    again = Worker(workdir, str(path))
+    assert again.wait() == 0, again.output
+    said = " ".join(again.output.split())
+    assert "trial 1 starts over from step 0 (no checkpoint in" in said and "Traceback" not in said
+    assert {p.name for p in trial_dir.glob("*.corrupt")} == {"checkpoint.pt.corrupt", f"{PREVIOUS_NAME}.corrupt"}
+    study, client, runs = load("corrupt", workdir)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    retry_run = client.get_run(study.trials[1].user_attrs[RUN_ATTR])
+    assert TAG_RESUMED_AT not in retry_run.data.tags
+    assert steps_of(client, retry_run.info.run_id) == list(range(steps))
+    assert_one_run_per_trial(study, runs, states=("COMPLETE", "FAIL"))
+
+
 # --- several workers at once ---------------------------------------------------------------------
 def test_four_workers_finish_a_grid_without_duplicates(workdir):
     path = write_spec(workdir, tiny_spec("four", seeds=[0, 1, 2, 3]))  # 2 crops x 4 seeds = 8 points
@@ -361,7 +391,7 @@ def test_tracking_server_down_when_trials_end_loses_no_metrics(workdir, mlflow_s
     worker.wait_for((trial_dir / "trial-0000" / "trajectory.csv").exists, "the end of trial 0's training")
     mlflow_server.start()
     assert worker.wait() == 0, worker.output
-    assert "is not answering" in worker.output  # it did retry at the end of the trial
+    assert "is unreachable" in worker.output  # it did retry at the end of the trial
 
     # 2. the server dies mid-trial and stays down: a clear error, everything spooled to disk, exit 1
     worker = Worker(workdir, str(path), env={"PARAMCROP_TRACKING_RETRY_S": "3"})
@@ -478,6 +508,7 @@ def test_a_trial_that_cannot_be_built_ends_its_run_failed_with_the_reason(workdi
 ])
 def test_unreachable_or_unknown_stores_are_refused(workdir, monkeypatch, option, value, message):
     monkeypatch.setenv("PARAMCROP_TRACKING_RETRY_S", "1")
+    monkeypatch.setenv("PARAMCROP_STORAGE_RETRY_S", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     path = write_spec(workdir, tiny_spec("refused"))
     result = CliRunner().invoke(app, ["study", "run", str(path), option, value])

@@ -86,6 +86,35 @@ def test_optuna_optimize_logger_name():
         "studies/runner.py's filter on 'optuna.study._optimize' lets an interrupted trial's traceback through")
 
 
+def test_optuna_rdb_storage_calls_that_ride_out_an_outage():
+    """studies/storage.py ``ResilientRDBStorage`` retries the database calls of ``RDBStorage`` by name
+    (``RETRIED_METHODS``: ``BaseStorage``'s and the private ones ``optuna.storages._cached_storage._CachedStorage``
+    calls on its backend), overrides ``record_heartbeat`` / ``_get_stale_trial_ids`` (reading ``grace_period``)
+    and quiets the ``_get_trials`` fallback warning of the logger ``optuna.storages._rdb.storage``."""
+    import inspect
+    import re
+
+    from optuna.storages import RDBStorage, _cached_storage
+    from optuna.storages._rdb import storage as rdb
+
+    from studies.storage import RETRIED_METHODS
+
+    what = ("Optuna's RDB storage or its cache changed the methods they call: studies/storage.py "
+            "ResilientRDBStorage no longer retries every database call, so a study-database restart stops the workers")
+    called = set(re.findall(r"self\._backend\.(\w+)\(", inspect.getsource(_cached_storage._CachedStorage)))
+    not_retried = called - set(RETRIED_METHODS) - {"record_heartbeat", "_get_stale_trial_ids", "get_heartbeat_interval",
+                                                    "get_heartbeat_stale_trial_callback"}
+    assert not not_retried, f"{what}: {sorted(not_retried)}"
+    missing = [name for name in (*RETRIED_METHODS, "record_heartbeat", "_get_stale_trial_ids")
+               if not callable(getattr(RDBStorage, name, None))]
+    assert not missing, f"{what}: RDBStorage has no {missing}"
+    assert "grace_period" in inspect.getsource(RDBStorage.__init__), f"{what}: no RDBStorage.grace_period"
+    assert rdb._logger.name == "optuna.storages._rdb.storage" and \
+        "Falling back to a slower alternative" in inspect.getsource(rdb), (
+        "Optuna's _get_trials fallback warning moved: studies/storage.py's filter misses it and a lost connection "
+        "prints the SQL it was running")
+
+
 def test_mlflow_client_tracking_client_store_and_sql_metric(tmp_path):
     """analysis/histories.py: ``client._tracking_client.store`` (an ``SqlAlchemyStore`` for ``sqlite://``) and MLflow's
     ``SqlMetric`` table, the fast path that reads metric histories with one query per metric."""

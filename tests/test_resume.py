@@ -2,6 +2,7 @@
 and its `--resume`, a study trial killed at a shared checkpoint/eval step, a study whose creator
 died before its parent run existed, and `study run --set` overrides."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from conftest import TEST_SYNTHETIC_CACHE, TINY_DRAWS, TINY_SOURCE
 from paramcrop import sinks
 from paramcrop.config import TrainConfig
 from paramcrop.artifacts import TRAJECTORY_NAME
-from paramcrop.checkpoint import CHECKPOINT_NAME, rank_seed
+from paramcrop.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, rank_seed
 from paramcrop.train import Trainer
 
 TINY_SETS = {"data.frames": 16, "data.stride": 1, "data.size": 32, "view.frames": 8, "view.size": 32,
@@ -288,3 +289,96 @@ def test_study_set_refuses_a_searched_key_and_a_resume_with_other_overrides(work
         assert again.exit_code == 2, again.output
         assert "--set optim.lr=0.002" in message and "same --set values" in message and "--name" in message
     assert CliRunner().invoke(app, ["study", "run", path, "--set", "optim.lr=0.002"]).exit_code == 0
+
+
+# --- 6. a corrupt checkpoint: the generation before it, or a clear refusal ---------------------------
+def _stopped_run(workdir: Path, *args: str) -> Path:
+    """``paramcrop train *args`` SIGTERMed after its third checkpoint (every 3 steps): two generations on disk."""
+    first = Train(workdir, *args)
+    first.wait_for(lambda: (workdir / "paramcrop-runs" / "resume").is_dir() and
+                   ckpt_step(only_run_dir(workdir) / CHECKPOINT_NAME) >= 9, "the third checkpoint")
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.wait() == 143, first.output
+    return only_run_dir(workdir)
+
+
+def test_a_truncated_checkpoint_falls_back_to_the_previous_and_a_resume_logs_every_step_once(workdir):
+    steps = 24
+    args = ("--steps", str(steps), "--set", "checkpoint_every=3")
+    run_dir = _stopped_run(workdir, *args)
+    newest, previous = run_dir / CHECKPOINT_NAME, run_dir / PREVIOUS_NAME
+    stopped_at, before = ckpt_step(newest), ckpt_step(previous)
+    assert 0 < before < stopped_at < steps
+    bad = workdir / "both-bad"
+    shutil.copytree(run_dir, bad)  # for the refusal below
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+
+    again = Train(workdir, *args, "--resume", "--run-dir", str(run_dir))
+    assert again.wait() == 0, again.output
+    said = " ".join(again.output.split())
+    assert f"checkpoint {newest} (step unreadable) does not load" in said
+    assert f"resuming from {previous} (step {before}) instead" in said
+    assert (run_dir / f"{CHECKPOINT_NAME}.corrupt").exists()  # kept aside, not overwritten
+    client, (run,) = the_run(workdir)
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, sinks.TRAIN_LOSS)) == list(range(steps))
+    assert trajectory_steps(run_dir) == list(range(steps))
+
+    for name in (CHECKPOINT_NAME, PREVIOUS_NAME):  # no generation loads: refused, naming the file and the choices
+        (bad / name).write_bytes(b"not a checkpoint")
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    sets = [a for k, v in TINY_SETS.items() for a in ("--set", f"{k}={v}")]
+    refused = CliRunner().invoke(app, ["train", "--data", TINY_SOURCE, "--device", "cpu", "--no-progress", "--experiment",
+                                       "resume", *sets, *args, "--resume", "--run-dir", str(bad)])
+    assert refused.exit_code == 2, refused.output
+    said = " ".join(refused.output.split())
+    assert f"cannot resume: {bad / CHECKPOINT_NAME} does not load" in said
+    assert "drop --resume to start anew" in said and "Traceback" not in said
+
+
+# --- 7. a full disk: one line, the last good checkpoint intact, a resume after freeing space ---------
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 64 MB tmpfs (room for the tiny run's two checkpoint generations and a temp file), unmounted after."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here (needs root): {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_a_resume_after_freeing_space_completes(workdir, small_disk):
+    from paramcrop.files import DISK_FULL_EXIT
+
+    steps = 24
+    run_dir = small_disk / "run"
+    args = ("--steps", str(steps), "--set", "checkpoint_every=3", "--run-dir", str(run_dir))
+    first = Train(workdir, *args)
+    first.wait_for(lambda: ckpt_step(run_dir / CHECKPOINT_NAME) >= 3, "the first checkpoint")
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 100_000))  # 100 KB left: no checkpoint fits
+    assert first.wait() == DISK_FULL_EXIT, first.output
+    lines = [line for line in first.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in first.output, first.output
+    assert "No space left on device" in lines[0] and str(run_dir) in lines[0] and "free there" in lines[0]
+    assert f"then run the same command plus --resume --run-dir {run_dir}" in lines[0]
+    assert "writing it will likely fail" in first.output  # warned before writing a checkpoint that would not fit
+    assert not list(run_dir.rglob("*.tmp"))
+    last_good = ckpt_step(run_dir / CHECKPOINT_NAME)
+    assert 3 <= last_good < steps  # intact: it loads
+    client, (run,) = the_run(workdir)
+    assert run.info.status == "FAILED" and "No space left on device" in run.data.tags[sinks.TAG_FAILURE]
+
+    filler.unlink()
+    again = Train(workdir, *args, "--resume")
+    assert again.wait() == 0, again.output
+    client, (run,) = the_run(workdir)
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, sinks.TRAIN_LOSS)) == list(range(steps))
+    assert trajectory_steps(run_dir) == list(range(steps))

@@ -44,13 +44,10 @@ def snapshot_path(run_dir: Path, step: int) -> Path:
 def save_snapshot(run_dir: Path, step: int, crop_config: Mapping[str, Any], crop: nn.Module) -> Path:
     """Write the snapshot of ``crop`` before ``step`` atomically; ``crop_config``: its resolved
     ``{"method": ..., **keys}``. Returns the path."""
-    path = snapshot_path(run_dir, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"step": int(step), "crop": dict(crop_config),
-                "state": {k: v.detach().cpu() for k, v in crop.state_dict().items()}}, tmp)
-    tmp.replace(path)
-    return path
+    from paramcrop.checkpoint import save_atomic
+
+    return save_atomic({"step": int(step), "crop": dict(crop_config),
+                        "state": {k: v.detach().cpu() for k, v in crop.state_dict().items()}}, snapshot_path(run_dir, step))
 
 
 def is_reference(source: str) -> bool:
