@@ -46,7 +46,8 @@ TINY = {"data.source": "synthetic:videos_per_class=4,frames=24,size=32,shapes=2,
 def quickstart_config(crop: str, device: str, tiny: bool):
     from studies.spec import load_spec
 
-    overrides = {**CROPS[crop], "device": device, "data.workers": 0, "visualize_at": 0, **(TINY if tiny else {})}
+    overrides = {**CROPS[crop], "device": device, "data.workers": 0, "visualize_at": 0,
+                 "eval.draw_per_class": 0, **(TINY if tiny else {})}  # steps only: no evaluation draws
     return load_spec("quickstart").base_config().with_overrides(overrides)
 
 

@@ -41,7 +41,7 @@ def main() -> None:
     steps = {}
     for name, overrides in VARIANTS.items():
         cfg = TrainConfig().with_overrides({"data.source": TINY_SOURCE, "crop.method": "random", "device": "cpu",
-                                            "batch_size": args.batch, "steps": 10_000, **overrides})
+                                            "batch_size": args.batch, "steps": 10_000, "eval.draw_per_class": 0, **overrides})
         trainer = Trainer(cfg, Path(tempfile.mkdtemp()), progress=False)
         steps[name] = lambda trainer=trainer: trainer.train_step(clips)
     medians = compare(steps, repeats=args.repeats)

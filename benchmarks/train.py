@@ -62,6 +62,7 @@ def make_trainer(crop: str, backbone: str, batch: int, raw: tuple[int, int], vie
         "data.source": TINY_SOURCE, "data.frames": raw[0], "data.size": raw[1], "view.frames": view[0],
         "view.size": view[1], **CROPS[crop], "backbone.name": backbone, "batch_size": batch,
         "device": device, "precision": precision, "steps": 10_000,
+        "eval.draw_per_class": 0,  # steps are timed, never evaluated: no evaluation draws to generate
     })
     return Trainer(cfg, Path(tempfile.mkdtemp()), progress=False)
 

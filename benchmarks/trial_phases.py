@@ -38,7 +38,8 @@ from _timing import Results  # noqa: E402
 COMPILE_STEPS = 10
 """Steps whose time above the trial's median step counts as first-use compilation."""
 TINY_SETS = ["steps=4", "batch_size=8", "data.frames=16", "data.stride=1", "data.size=32", "view.frames=8",
-             "view.size=32", "eval.every=2", "eval.linear=false", "eval.retrieval=false", "visualize_at=1",
+             "view.size=32", "eval.every=2", "eval.linear=false", "eval.retrieval=false", "eval.draw_per_class=3",
+             "visualize_at=1",
              "data.source=synthetic:videos_per_class=6,frames=24,size=32,shapes=2,motions=2"]
 PHASES = ("build", "data", "steps", "compile", "evaluation", "images", "snapshots", "checkpoints",
           "model logging")

@@ -103,6 +103,13 @@ def _check_split(feats: Tensor, labels: Tensor, name: str) -> None:
         raise ValueError(f"{name}_labels: class indices must be >= 0")
 
 
+def _check_queries(train_feats: Tensor, test_feats: Tensor) -> None:
+    if test_feats.dim() != 2 or test_feats.shape[0] == 0 or test_feats.shape[1] != train_feats.shape[1]:
+        raise ValueError(
+            f"test_feats: expected a non-empty (N, {train_feats.shape[1]}) tensor, got {tuple(test_feats.shape)}"
+        )
+
+
 def _check_inputs(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor) -> None:
     _check_split(train_feats, train_labels, "train")
     _check_split(test_feats, test_labels, "test")
@@ -148,11 +155,7 @@ def knn_predict(
     checks.positive("k", k, integer=True)
     checks.positive("temperature", temperature)
     _check_split(train_feats, train_labels, "train")
-    if test_feats.dim() != 2 or test_feats.shape[0] == 0 or test_feats.shape[1] != train_feats.shape[1]:
-        raise ValueError(
-            f"test_feats: expected a non-empty (N, {train_feats.shape[1]}) tensor, "
-            f"got {tuple(test_feats.shape)}"
-        )
+    _check_queries(train_feats, test_feats)
     max_label = int(train_labels.max())
     if num_classes is None:
         num_classes = max_label + 1
@@ -224,10 +227,7 @@ def linear_probe_predict(
     which on a busy machine made a 500 x 256 probe take seconds instead of ~20 ms.
     """
     _check_split(train_feats, train_labels, "train")
-    if test_feats.dim() != 2 or test_feats.shape[0] == 0 or test_feats.shape[1] != train_feats.shape[1]:
-        raise ValueError(
-            f"test_feats: expected a non-empty (N, {train_feats.shape[1]}) tensor, got {tuple(test_feats.shape)}"
-        )
+    _check_queries(train_feats, test_feats)
     checks.positive("epochs", epochs, integer=True)
     checks.positive("lr", lr)
     checks.at_least("weight_decay", weight_decay, 0)
