@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+from conftest import TINY_DRAWS
 from test_studies import TINY_CONFIG, TINY_SOURCE, run_cli, study_and_runs, tiny_spec, write_spec
 
 from paramcrop import sinks
@@ -12,7 +13,7 @@ from paramcrop.artifacts import DATA_DIGEST
 from paramcrop.config import TrainConfig
 from paramcrop.keys import flatten
 from paramcrop.data import VideoRecord, resolve_source
-from paramcrop.data.sources import dataset_digest, dataset_root
+from paramcrop.data.sources import dataset_digest, dataset_root, evaluation_draws
 from studies.conventions import trial_run_name
 from studies.tracking import git_commit, source_name
 
@@ -138,10 +139,12 @@ def test_tiny_study_names_notes_sources_datasets_and_summary(workdir):
     assert [m.value for m in client.get_metric_history(parent.info.run_id, sinks.STUDY_BEST_VALUE) if m.step == 1] \
         == [pytest.approx(first)]
 
-    # dataset inputs: the training, test and validation splits, named by the source, digests of their files
+    # dataset inputs: the training split and the test and validation queries (the source's evaluation
+    # draws), named by the source, digests of their files
     dataset = resolve_source(TINY_SOURCE).with_validation(TrainConfig().data.val_fraction)
-    expected = {sinks.DATASET_TRAINING: dataset.train, sinks.DATASET_EVALUATION: dataset.test,
-                sinks.DATASET_VALIDATION: dataset.val}
+    draws = evaluation_draws(TINY_SOURCE, TINY_DRAWS)
+    expected = {sinks.DATASET_TRAINING: dataset.train, sinks.DATASET_EVALUATION: draws.test,
+                sinks.DATASET_VALIDATION: draws.val}
     for run in trials.values():
         inputs = _inputs(client.get_run(run.info.run_id))
         assert set(inputs) == set(expected)
@@ -152,8 +155,8 @@ def test_tiny_study_names_notes_sources_datasets_and_summary(workdir):
             assert profile == {"num_videos": len(records)}
             assert uri == str(dataset_root(records))
         assert inputs[sinks.DATASET_TRAINING][1] != inputs[sinks.DATASET_EVALUATION][1]
-        # and one param naming every video the run read: the three (disjoint) splits together
-        assert run.data.params[DATA_DIGEST] == dataset_digest(dataset.train + dataset.val + dataset.test)
+        # and one param naming every video the run read: the three (disjoint) sets together
+        assert run.data.params[DATA_DIGEST] == dataset_digest(dataset.train + draws.val + draws.test)
 
 
 def test_train_run_keeps_its_name_and_gets_sources_and_datasets(workdir):
@@ -174,8 +177,9 @@ def test_train_run_keeps_its_name_and_gets_sources_and_datasets(workdir):
     inputs = _inputs(run)
     dataset = resolve_source(TINY_SOURCE).with_validation(cfg.data.val_fraction)
     assert inputs[sinks.DATASET_TRAINING][1] == dataset_digest(dataset.train)
-    assert inputs[sinks.DATASET_EVALUATION][1] == dataset_digest(dataset.test)
-    assert inputs[sinks.DATASET_VALIDATION][1] == dataset_digest(dataset.val)
+    draws = evaluation_draws(TINY_SOURCE, TINY_DRAWS)
+    assert inputs[sinks.DATASET_EVALUATION][1] == dataset_digest(draws.test)
+    assert inputs[sinks.DATASET_VALIDATION][1] == dataset_digest(draws.val)
 
 
 class DownClient:
