@@ -226,9 +226,9 @@ class EvalClips(_Clips):
         decoded and written first if missing."""
         from rich.progress import track
 
-        key = hashlib.sha1(repr((self.frames, self.stride, self.size, self.clips_per_video, [
-            (str(r.path.absolute()), r.path.stat().st_size, r.path.stat().st_mtime_ns) for r in self.records
-        ])).encode()).hexdigest()[:16]
+        stats = [(str(r.path.absolute()), r.path.stat()) for r in self.records]
+        key = hashlib.sha1(repr((self.frames, self.stride, self.size, self.clips_per_video,
+                                 [(path, st.st_size, st.st_mtime_ns) for path, st in stats])).encode()).hexdigest()[:16]
         path = folder / f"windows-{key}.npy"
         if not path.is_file():
             shape = (len(self), self.clips_per_video, 3, self.frames, self.size, self.size)
