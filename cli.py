@@ -187,6 +187,9 @@ STORAGE_HELP = (f"Optuna storage: a journal file (default ./{DEFAULT_STORAGE}, s
 def study_run(
     spec: str = typer.Argument("quickstart", help="A built-in spec name (see `paramcrop study spec`) or a YAML file."),
     name: Optional[str] = typer.Option(None, help="Study name (default: the spec's); the same name resumes it."),
+    seeds: Optional[str] = typer.Option(None, help="A block of seeds instead of the spec's, e.g. 5-9 or 5,7: its "
+                                        "own study (default name SPEC-seeds-5-9), analysed with the spec's "
+                                        "other blocks by `analyze compare --experiment A --experiment B`."),
     n_trials: Optional[int] = typer.Option(None, min=1, help="Total finished trials wanted (default: the spec's, "
                                            "else the grid size)."),
     timeout: Optional[float] = typer.Option(None, min=1, help="Stop starting trials after this many seconds."),
@@ -212,10 +215,13 @@ def study_run(
     --register failed, 2 bad spec or arguments (nothing created), 3 a full disk, 130 Ctrl-C, 143 SIGTERM.
     """
     from paramcrop.keys import ConfigError
-    from studies.spec import SpecError, load_spec
+    from studies.spec import SpecError, load_spec, parse_seeds, seeds_label
 
     try:
         loaded = load_spec(spec)
+        if seeds is not None:
+            loaded.seeds = parse_seeds(seeds)
+            loaded.name = f"{loaded.name}-seeds-{seeds_label(loaded.seeds)}"
         if name:
             loaded.name = name
         overrides = collect_overrides(sets, data=data, device=device)
@@ -232,7 +238,8 @@ def study_run(
     if workers > 1:
         from studies.commands import run_workers
 
-        child_args = [spec, *(["--name", name] if name else []), *(["--n-trials", str(n_trials)] if n_trials else []),
+        child_args = [spec, *(["--name", name] if name else []), *(["--seeds", seeds] if seeds else []),
+                      *(["--n-trials", str(n_trials)] if n_trials else []),
                       *(["--timeout", str(timeout)] if timeout else []), *(["--storage", storage] if storage else []),
                       "--tracking-uri", uri, *(["--data", data] if data else []),
                       *(["--device", device] if device else []), *(a for s in sets for a in ("--set", s)),

@@ -6,6 +6,8 @@
 - Otherwise, for a study whose spec declares ``compare`` (:mod:`studies.spec`): the declared
   comparisons. The spec is the study's own (``study.yaml``, logged to its parent run when it was
   created); when that declares none, the built-in spec of the study's name does (a note says so).
+  Several experiments analysed together (blocks of seeds, ``study run SPEC --seeds 5-9``) use the
+  comparisons their studies all declare alike over the same search space.
   A label is resolved through the trial run names (``t3 crop=paramcrop seed=1``: each search-space
   dimension's value): the runs whose name has the label's value in its dimension. A declared
   comparison pairs each against-configuration with the baseline-configuration whose runs agree
@@ -47,31 +49,60 @@ class Pair:
 
 def study_spec(client: "MlflowClient", sel: Selection) -> tuple["StudySpec | None", list[str]]:
     """The spec whose ``compare`` a study uses (module doc) and notes; None when none declares any.
+
+    Several experiments (``--experiment A --experiment B``) use declared comparisons when every one
+    is a study and their specs declare the same comparisons over the same search space: blocks of
+    seeds of one design (``study run SPEC --seeds 5-9``), analysed together.
     A declared comparison naming an unknown label is :class:`NotFoundError` (exit 2)."""
+    from analysis.load import list_studies
+
+    if sel.kind == "study" and sel.parent_run_id:
+        parents = [(sel.name, sel.parent_run_id)]
+    elif sel.kind == "experiment":
+        studies = list_studies(client).drop_duplicates("experiment_id")  # newest parent run first
+        by_id = dict(zip(studies["experiment_id"], zip(studies["study"], studies["parent_run_id"])))
+        if not all(e in by_id for e in sel.experiment_ids):
+            return None, []
+        parents = [by_id[e] for e in sel.experiment_ids]
+    else:
+        return None, []
+    notes: list[str] = []
+    specs = [_declaring_spec(client, name, parent, notes) for name, parent in parents]
+    if any(s is None for s in specs):
+        return None, notes
+    first = specs[0]
+    for (name, _), spec in zip(parents[1:], specs[1:]):
+        if spec.compare != first.compare or spec.search_space != first.search_space:
+            notes.append(f"studies {parents[0][0]!r} and {name!r} declare different comparisons or search "
+                         "spaces: no declared comparisons used")
+            return None, notes
+    return first, notes
+
+
+def _declaring_spec(client: "MlflowClient", name: str, parent_run_id: str, notes: list[str]) -> "StudySpec | None":
+    """Study ``name``'s own spec (its parent run's ``study.yaml``) if it declares comparisons, else the
+    built-in spec of that name if it does (a note says so), else None."""
     import tempfile
 
     from analysis.queries import quiet_downloads
     from studies.spec import SPEC_DIR
 
-    if sel.kind != "study" or not sel.parent_run_id:
-        return None, []
-    notes: list[str] = []
     own = None
-    if SPEC_ARTIFACT in {f.path for f in client.list_artifacts(sel.parent_run_id)}:
+    if SPEC_ARTIFACT in {f.path for f in client.list_artifacts(parent_run_id)}:
         with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
-            with open(client.download_artifacts(sel.parent_run_id, SPEC_ARTIFACT, tmp)) as handle:
+            with open(client.download_artifacts(parent_run_id, SPEC_ARTIFACT, tmp)) as handle:
                 text = handle.read()
-        own = _load(text, f"study {sel.name!r}'s {SPEC_ARTIFACT}", notes)
+        own = _load(text, f"study {name!r}'s {SPEC_ARTIFACT}", notes)
     if own is not None and own.compare:
-        return own, notes
-    builtin = SPEC_DIR / f"{sel.name}.yaml"
+        return own
+    builtin = SPEC_DIR / f"{name}.yaml"
     if builtin.is_file():
-        spec = _load(builtin.read_text(), f"built-in spec {sel.name!r}", notes)
+        spec = _load(builtin.read_text(), f"built-in spec {name!r}", notes)
         if spec is not None and spec.compare:
-            notes.append(f"declared comparisons from the built-in spec {sel.name!r} (the study's own "
+            notes.append(f"declared comparisons from the built-in spec {name!r} (the study's own "
                          f"{SPEC_ARTIFACT} declares none)")
-            return spec, notes
-    return None, notes
+            return spec
+    return None
 
 
 def _load(text: str, source: str, notes: list[str]) -> "StudySpec | None":

@@ -367,6 +367,35 @@ def dim_points(d: Dimension) -> list[Any]:
     return [int(v) for v in ends] if d.type == "int" else ends
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"5-9"`` -> ``[5, 6, 7, 8, 9]``, ``"0-2,7"`` -> ``[0, 1, 2, 7]``: the seeds of a block
+    (``study run --seeds``); :class:`SpecError` for anything else, a repeat or a negative seed."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high if dash else low)
+        except ValueError:
+            raise SpecError(f"--seeds {text!r}: {part.strip()!r} is not a seed or a range like 5-9") from None
+        if first < 0 or last < first:
+            raise SpecError(f"--seeds {text!r}: {part.strip()!r} is not a range of non-negative seeds, low-high")
+        seeds.extend(range(first, last + 1))
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"--seeds {text!r} names a seed twice")
+    return seeds
+
+
+def seeds_label(seeds: list[int]) -> str:
+    """``[5, 6, 7, 9]`` -> ``"5-7,9"``: the block's part of its default study name."""
+    runs: list[list[int]] = []
+    for seed in seeds:
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
 # --- parsing helpers ---------------------------------------------------------------------------
 def _mapping(key: str, value: Any) -> dict:
     if not isinstance(value, Mapping):

@@ -52,9 +52,9 @@ def outcomes(variant: str, seed: int, k: int, q: int = Q) -> np.ndarray:
     return correct
 
 
-def study(s: Store, name: str, spec: str | None, predictions: bool = True, correct=CORRECT) -> dict:
-    """A study of ``correct``'s runs (trial run names as the runner writes them); its spec as the parent's
-    ``study.yaml``. Returns ``{(variant, seed): run id}``."""
+def study(s: Store, name: str, spec: str | None, predictions: bool = True, correct=CORRECT, first_seed: int = 0) -> dict:
+    """A study of ``correct``'s runs (trial run names as the runner writes them), its seeds counted from
+    ``first_seed``; its spec as the parent's ``study.yaml``. Returns ``{(variant, seed): run id}``."""
     eid, parent = s.study(name, objective=sinks.EVAL_KNN_TOP1)
     if spec is not None:
         path = s.root / name / "study.yaml"
@@ -63,7 +63,7 @@ def study(s: Store, name: str, spec: str | None, predictions: bool = True, corre
         s.client.log_artifact(parent, str(path))
     ids, number = {}, 0
     for variant, ks in correct.items():
-        for seed, k in enumerate(ks):
+        for seed, k in enumerate(ks, start=first_seed):
             params = {"framework.name": "simclr", "backbone.name": "tiny3d", "steps": 10, "data.source": DATA,
                       "seed": seed, **VARIANTS[variant]}
             rid = s.run(eid, parent, params, final={sinks.EVAL_KNN_TOP1: k / Q}, name=f"t{number} crop={variant} seed={seed}")
@@ -254,6 +254,32 @@ def test_compare_makes_the_declared_family_with_holm(store, tmp_path):
     assert list(plain["p_adjusted"]) == list(plain["p_value"])
     assert list(plain["adj_lower"]) == list(plain["diff_lower"])
     assert plain.loc[LABELS["paramcrop-l0"], "p_value"] == pytest.approx(p["paramcrop-l0 vs random"], rel=1e-9)
+
+
+def test_blocks_of_seeds_analysed_together_make_the_declared_family_of_the_whole(store, tmp_path):
+    """Seeds 0-1 and 2-3 as two studies of one spec (``study run --seeds``): ``--experiment A --experiment B``
+    gives the declared comparisons exactly as the one study of seeds 0-3 does; blocks whose specs declare
+    different comparisons get none, and a note says why."""
+    blocks = Store(tmp_path / "blocks")
+    for name, first in (("stats-seeds-0-1", 0), ("stats-seeds-2-3", 2)):
+        study(blocks, name, SPEC % "paramcrop-l0", correct={v: ks[first:first + 2] for v, ks in CORRECT.items()},
+              first_seed=first)
+    study(blocks, "other-seeds-2-3", SPEC % "paramcrop-l1", correct={v: ks[2:] for v, ks in CORRECT.items()},
+          first_seed=2)
+    whole = run(store, "compare", "--study", "stats", "--adjust", "holm", out=tmp_path / "whole")
+    both = run(blocks, "compare", "--experiment", "stats-seeds-0-1", "--experiment", "stats-seeds-2-3",
+               "--adjust", "holm", out=tmp_path / "both")
+    assert whole.exit_code == 0 and both.exit_code == 0, both.output
+    columns = ["declared", "pairs", "diff", "diff_lower", "diff_upper", "p_value", "p_adjusted", "adj_lower", "adj_upper",
+               "p_better"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "both" / "compare.csv")[columns],
+                                  pd.read_csv(tmp_path / "whole" / "compare.csv")[columns])
+    mixed = run(blocks, "compare", "--experiment", "stats-seeds-0-1", "--experiment", "other-seeds-2-3",
+                out=tmp_path / "mixed")
+    assert mixed.exit_code == 0, mixed.output
+    assert "declared" not in pd.read_csv(tmp_path / "mixed" / "compare.csv").columns
+    assert ("studies 'stats-seeds-0-1' and 'other-seeds-2-3' declare different comparisons"
+            in " ".join(mixed.stderr.split()))
 
 
 def test_holm_by_hand():

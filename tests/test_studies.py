@@ -175,3 +175,33 @@ def test_spec_yaml_round_trip_and_when_conditions():
         study.tell(trial, 0.0)
     with pytest.raises(SpecError, match="grid sampler"):
         StudySpec.from_dict({**conditional, "sampler": "grid"})
+
+
+def test_a_block_of_seeds_is_its_own_study_of_the_same_grid(workdir):
+    path = write_spec(workdir / "block.yaml", tiny_spec(name="block", seeds=[0, 1]))
+    result = run_cli("study", "run", str(path), "--seeds", "7", "--no-progress")
+    assert result.exit_code == 0, result.output
+    study, client, runs = study_and_runs("block-seeds-7", workdir)
+    assert sorted((t.params["variant:crop"], t.params["seed"]) for t in study.trials) == [("paramcrop", 7), ("random", 7)]
+    parent = next(r for r in runs if r.data.tags.get(sinks.TAG_ROLE) == "study")
+    logged = yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, "study.yaml", str(workdir))).read_text())
+    assert logged["name"] == "block-seeds-7" and logged["seeds"] == [7]
+    bad = run_cli("study", "run", str(path), "--seeds", "9-5", "--no-progress")
+    assert bad.exit_code == 2 and "'9-5' is not a range of non-negative seeds" in bad.output
+
+
+@pytest.mark.parametrize("text, seeds, label", [("5-9", [5, 6, 7, 8, 9], "5-9"), ("0-2,7", [0, 1, 2, 7], "0-2,7"),
+                                                ("3", [3], "3"), (" 4 , 5", [4, 5], "4-5")])
+def test_seed_blocks_parse_and_name(text, seeds, label):
+    from studies.spec import parse_seeds, seeds_label
+
+    assert parse_seeds(text) == seeds and seeds_label(seeds) == label
+
+
+@pytest.mark.parametrize("text, message", [("a", "'a' is not a seed"), ("1-2,2", "names a seed twice"),
+                                           ("-1", "is not a seed or a range"), ("", "'' is not a seed")])
+def test_bad_seed_blocks_are_refused(text, message):
+    from studies.spec import parse_seeds
+
+    with pytest.raises(SpecError, match=message):
+        parse_seeds(text)
