@@ -190,6 +190,9 @@ def study_run(
     seeds: Optional[str] = typer.Option(None, help="A block of seeds instead of the spec's, e.g. 5-9 or 5,7: its "
                                         "own study (default name SPEC-seeds-5-9), analysed with the spec's "
                                         "other blocks by `analyze compare --experiment A --experiment B`."),
+    only: Optional[str] = typer.Option(None, help="Only these values of the grid, labels as in the spec's compare "
+                                       "(e.g. paramcrop,paramcrop-l0): a block of the spec's grid, its own "
+                                       "study (default name SPEC-only-paramcrop+paramcrop-l0)."),
     n_trials: Optional[int] = typer.Option(None, min=1, help="Total finished trials wanted (default: the spec's, "
                                            "else the grid size)."),
     timeout: Optional[float] = typer.Option(None, min=1, help="Stop starting trials after this many seconds."),
@@ -222,6 +225,10 @@ def study_run(
         if seeds is not None:
             loaded.seeds = parse_seeds(seeds)
             loaded.name = f"{loaded.name}-seeds-{seeds_label(loaded.seeds)}"
+        if only is not None:
+            labels = [x.strip() for x in only.split(",") if x.strip()]
+            loaded.keep_only(labels)
+            loaded.name = f"{loaded.name}-only-{'+'.join(labels)}"
         if name:
             loaded.name = name
         overrides = collect_overrides(sets, data=data, device=device)
@@ -239,6 +246,7 @@ def study_run(
         from studies.commands import run_workers
 
         child_args = [spec, *(["--name", name] if name else []), *(["--seeds", seeds] if seeds else []),
+                      *(["--only", only] if only else []),
                       *(["--n-trials", str(n_trials)] if n_trials else []),
                       *(["--timeout", str(timeout)] if timeout else []), *(["--storage", storage] if storage else []),
                       "--tracking-uri", uri, *(["--data", data] if data else []),

@@ -6,8 +6,8 @@
 - Otherwise, for a study whose spec declares ``compare`` (:mod:`studies.spec`): the declared
   comparisons. The spec is the study's own (``study.yaml``, logged to its parent run when it was
   created); when that declares none, the built-in spec of the study's name does (a note says so).
-  Several experiments analysed together (blocks of seeds, ``study run SPEC --seeds 5-9``) use the
-  comparisons their studies all declare alike over the same search space.
+  Several experiments analysed together (blocks of one design, ``study run SPEC --seeds 5-9
+  --only ...``) use the first one's declared comparisons when the others' grids are parts of its.
   A label is resolved through the trial run names (``t3 crop=paramcrop seed=1``: each search-space
   dimension's value): the runs whose name has the label's value in its dimension. A declared
   comparison pairs each against-configuration with the baseline-configuration whose runs agree
@@ -50,9 +50,9 @@ class Pair:
 def study_spec(client: "MlflowClient", sel: Selection) -> tuple["StudySpec | None", list[str]]:
     """The spec whose ``compare`` a study uses (module doc) and notes; None when none declares any.
 
-    Several experiments (``--experiment A --experiment B``) use declared comparisons when every one
-    is a study and their specs declare the same comparisons over the same search space: blocks of
-    seeds of one design (``study run SPEC --seeds 5-9``), analysed together.
+    Several experiments (``--experiment A --experiment B``) use the first one's declared comparisons
+    when every one is a study whose grid is part of the first's (:meth:`StudySpec.holds_block`):
+    blocks of one design (``study run SPEC --seeds 5-9 --only ...``), analysed together.
     A declared comparison naming an unknown label is :class:`NotFoundError` (exit 2)."""
     from analysis.load import list_studies
 
@@ -67,14 +67,14 @@ def study_spec(client: "MlflowClient", sel: Selection) -> tuple["StudySpec | Non
     else:
         return None, []
     notes: list[str] = []
-    specs = [_declaring_spec(client, name, parent, notes) for name, parent in parents]
-    if any(s is None for s in specs):
+    first = _declaring_spec(client, *parents[0], notes)
+    if first is None:
         return None, notes
-    first = specs[0]
-    for (name, _), spec in zip(parents[1:], specs[1:]):
-        if spec.compare != first.compare or spec.search_space != first.search_space:
-            notes.append(f"studies {parents[0][0]!r} and {name!r} declare different comparisons or search "
-                         "spaces: no declared comparisons used")
+    for name, parent in parents[1:]:
+        block = _study_yaml(client, name, parent, notes)
+        if block is None or not first.holds_block(block):
+            notes.append(f"study {name!r}'s grid is no block of {parents[0][0]!r}'s (other dimensions or "
+                         "values): no declared comparisons used")
             return None, notes
     return first, notes
 
@@ -82,17 +82,9 @@ def study_spec(client: "MlflowClient", sel: Selection) -> tuple["StudySpec | Non
 def _declaring_spec(client: "MlflowClient", name: str, parent_run_id: str, notes: list[str]) -> "StudySpec | None":
     """Study ``name``'s own spec (its parent run's ``study.yaml``) if it declares comparisons, else the
     built-in spec of that name if it does (a note says so), else None."""
-    import tempfile
-
-    from analysis.queries import quiet_downloads
     from studies.spec import SPEC_DIR
 
-    own = None
-    if SPEC_ARTIFACT in {f.path for f in client.list_artifacts(parent_run_id)}:
-        with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
-            with open(client.download_artifacts(parent_run_id, SPEC_ARTIFACT, tmp)) as handle:
-                text = handle.read()
-        own = _load(text, f"study {name!r}'s {SPEC_ARTIFACT}", notes)
+    own = _study_yaml(client, name, parent_run_id, notes)
     if own is not None and own.compare:
         return own
     builtin = SPEC_DIR / f"{name}.yaml"
@@ -103,6 +95,20 @@ def _declaring_spec(client: "MlflowClient", name: str, parent_run_id: str, notes
                          f"{SPEC_ARTIFACT} declares none)")
             return spec
     return None
+
+
+def _study_yaml(client: "MlflowClient", name: str, parent_run_id: str, notes: list[str]) -> "StudySpec | None":
+    """Study ``name``'s own spec, its parent run's ``study.yaml``; None when it has none or it does not load."""
+    import tempfile
+
+    from analysis.queries import quiet_downloads
+
+    if SPEC_ARTIFACT not in {f.path for f in client.list_artifacts(parent_run_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
+        with open(client.download_artifacts(parent_run_id, SPEC_ARTIFACT, tmp)) as handle:
+            text = handle.read()
+    return _load(text, f"study {name!r}'s {SPEC_ARTIFACT}", notes)
 
 
 def _load(text: str, source: str, notes: list[str]) -> "StudySpec | None":

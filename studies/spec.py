@@ -290,6 +290,42 @@ class StudySpec:
                             + " or ".join(f"{d}={label}" for d in dims))
         return labels[label]
 
+    def keep_only(self, labels: list[str]) -> None:
+        """Keep only the named values of their dimensions (labels as in ``compare``; ``--only``): a block
+        of the grid. Declared comparisons that name a dropped value are dropped with it."""
+        if not labels:
+            raise SpecError("--only needs at least one label, e.g. --only paramcrop,paramcrop-l0")
+        chosen: dict[str, set[str]] = {}
+        for label in labels:
+            dim, value = self.label(label, "--only")
+            chosen.setdefault(dim, set()).add(value)
+        for dim in self.search_space:
+            if dim.key in chosen:
+                kept = [c for c in dim.choices if format_value(c) in chosen[dim.key]]
+                dim.choices = {c: dim.choices[c] for c in kept} if dim.type == "variants" else kept
+        compare = []
+        for c in self.compare:
+            against = [a for a in c.against if a in self.labels()]
+            if c.baseline in self.labels() and against:
+                compare.append(Comparison(c.baseline, against))
+        self.compare = compare
+
+    def holds_block(self, block: "StudySpec") -> bool:
+        """Whether ``block``'s grid is part of this spec's: the same dimensions, each of its values one of
+        this spec's with the same definition (a block of seeds or values, ``study run --seeds/--only``)."""
+        if [(d.key, d.type) for d in block.search_space] != [(d.key, d.type) for d in self.search_space]:
+            return False
+        for mine, theirs in zip(self.search_space, block.search_space):
+            if theirs.type == "variants":
+                if any(mine.choices.get(k) != v for k, v in theirs.choices.items()):
+                    return False
+            elif theirs.type == "categorical":
+                if not set(map(format_value, theirs.choices)) <= set(map(format_value, mine.choices)):
+                    return False
+            elif theirs != mine:
+                return False
+        return True
+
     def check_comparisons(self) -> None:
         """Each declared comparison names known labels, all of one dimension (:class:`SpecError`)."""
         for i, c in enumerate(self.compare):

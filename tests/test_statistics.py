@@ -258,28 +258,40 @@ def test_compare_makes_the_declared_family_with_holm(store, tmp_path):
 
 def test_blocks_of_seeds_analysed_together_make_the_declared_family_of_the_whole(store, tmp_path):
     """Seeds 0-1 and 2-3 as two studies of one spec (``study run --seeds``): ``--experiment A --experiment B``
-    gives the declared comparisons exactly as the one study of seeds 0-3 does; blocks whose specs declare
-    different comparisons get none, and a note says why."""
+    gives the declared comparisons exactly as the one study of seeds 0-3 does. A block of some values
+    (``--only``) adds pairs to the comparisons it can; a study of another grid gives no declared family."""
+    from studies.spec import StudySpec
+
     blocks = Store(tmp_path / "blocks")
     for name, first in (("stats-seeds-0-1", 0), ("stats-seeds-2-3", 2)):
         study(blocks, name, SPEC % "paramcrop-l0", correct={v: ks[first:first + 2] for v, ks in CORRECT.items()},
               first_seed=first)
-    study(blocks, "other-seeds-2-3", SPEC % "paramcrop-l1", correct={v: ks[2:] for v, ks in CORRECT.items()},
+    part = StudySpec.from_yaml(SPEC % "paramcrop-l0")
+    part.keep_only(["paramcrop-l1", "paramcrop-l0"])
+    assert [(c.baseline, c.against) for c in part.compare] == [("paramcrop-l0", ["paramcrop-l1"])]
+    study(blocks, "part", part.to_yaml(), correct={v: CORRECT[v][2:] for v in ("paramcrop-l1", "paramcrop-l0")},
           first_seed=2)
+    study(blocks, "other", SPEC.replace("strength: 1.0", "strength: 0.5") % "paramcrop-l0",
+          correct={v: ks[2:] for v, ks in CORRECT.items()}, first_seed=2)
     whole = run(store, "compare", "--study", "stats", "--adjust", "holm", out=tmp_path / "whole")
     both = run(blocks, "compare", "--experiment", "stats-seeds-0-1", "--experiment", "stats-seeds-2-3",
                "--adjust", "holm", out=tmp_path / "both")
     assert whole.exit_code == 0 and both.exit_code == 0, both.output
-    columns = ["declared", "pairs", "diff", "diff_lower", "diff_upper", "p_value", "p_adjusted", "adj_lower", "adj_upper",
-               "p_better"]
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "both" / "compare.csv")[columns],
-                                  pd.read_csv(tmp_path / "whole" / "compare.csv")[columns])
-    mixed = run(blocks, "compare", "--experiment", "stats-seeds-0-1", "--experiment", "other-seeds-2-3",
-                out=tmp_path / "mixed")
+    columns = ["declared", "pairs", "diff", "diff_lower", "diff_upper", "p_value", "p_adjusted", "adj_lower",
+               "adj_upper", "p_better"]
+    expected = pd.read_csv(tmp_path / "whole" / "compare.csv")[columns]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "both" / "compare.csv")[columns], expected)
+    with_part = run(blocks, "compare", "--experiment", "stats-seeds-0-1", "--experiment", "part", out=tmp_path / "part")
+    assert with_part.exit_code == 0, with_part.output
+    got = pd.read_csv(tmp_path / "part" / "compare.csv").set_index("declared")
+    assert got.loc["paramcrop-l0 vs random", "pairs"] == 2
+    plain = ["pairs", "diff", "diff_lower", "diff_upper", "p_value", "p_better"]
+    pd.testing.assert_series_equal(got.loc["paramcrop-l1 vs paramcrop-l0", plain],
+                                   expected.set_index("declared").loc["paramcrop-l1 vs paramcrop-l0", plain])
+    mixed = run(blocks, "compare", "--experiment", "stats-seeds-0-1", "--experiment", "other", out=tmp_path / "mixed")
     assert mixed.exit_code == 0, mixed.output
     assert "declared" not in pd.read_csv(tmp_path / "mixed" / "compare.csv").columns
-    assert ("studies 'stats-seeds-0-1' and 'other-seeds-2-3' declare different comparisons"
-            in " ".join(mixed.stderr.split()))
+    assert "study 'other''s grid is no block of 'stats-seeds-0-1''s" in " ".join(mixed.stderr.split())
 
 
 def test_holm_by_hand():

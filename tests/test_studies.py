@@ -177,17 +177,21 @@ def test_spec_yaml_round_trip_and_when_conditions():
         StudySpec.from_dict({**conditional, "sampler": "grid"})
 
 
-def test_a_block_of_seeds_is_its_own_study_of_the_same_grid(workdir):
+def test_a_block_of_seeds_and_values_is_its_own_study_of_part_of_the_grid(workdir):
     path = write_spec(workdir / "block.yaml", tiny_spec(name="block", seeds=[0, 1]))
-    result = run_cli("study", "run", str(path), "--seeds", "7", "--no-progress")
+    result = run_cli("study", "run", str(path), "--seeds", "6-7", "--only", "crop=paramcrop", "--no-progress")
     assert result.exit_code == 0, result.output
-    study, client, runs = study_and_runs("block-seeds-7", workdir)
-    assert sorted((t.params["variant:crop"], t.params["seed"]) for t in study.trials) == [("paramcrop", 7), ("random", 7)]
+    study, client, runs = study_and_runs("block-seeds-6-7-only-crop=paramcrop", workdir)
+    assert sorted((t.params["variant:crop"], t.params["seed"]) for t in study.trials) == [("paramcrop", 6), ("paramcrop", 7)]
     parent = next(r for r in runs if r.data.tags.get(sinks.TAG_ROLE) == "study")
     logged = yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, "study.yaml", str(workdir))).read_text())
-    assert logged["name"] == "block-seeds-7" and logged["seeds"] == [7]
-    bad = run_cli("study", "run", str(path), "--seeds", "9-5", "--no-progress")
-    assert bad.exit_code == 2 and "'9-5' is not a range of non-negative seeds" in bad.output
+    assert logged["name"] == "block-seeds-6-7-only-crop=paramcrop" and logged["seeds"] == [6, 7]
+    assert list(logged["search_space"]["crop"]["choices"]) == ["paramcrop"]
+    for option, value, message in (("--seeds", "9-5", "'9-5' is not a range of non-negative seeds"),
+                                   ("--only", "nosuch", "--only: unknown label 'nosuch'; valid labels: crop=paramcrop"),
+                                   ("--only", ",", "--only needs at least one label")):
+        bad = run_cli("study", "run", str(path), option, value, "--no-progress")
+        assert bad.exit_code == 2 and message in " ".join(bad.output.split()), bad.output
 
 
 @pytest.mark.parametrize("text, seeds, label", [("5-9", [5, 6, 7, 8, 9], "5-9"), ("0-2,7", [0, 1, 2, 7], "0-2,7"),
