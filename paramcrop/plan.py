@@ -136,12 +136,15 @@ def resolve(cfg: TrainConfig) -> RunPlan:
     backbone_name, backbone_kw = cfg.component("backbone")
     backbone = create_backbone(backbone_name, **backbone_kw)
     backbone.check_input(cfg.view.frames, cfg.view.size)
-
-    dataset = resolve_source(cfg.data.source).with_validation(cfg.data.val_fraction)  # val: held out of all else
-    overrides.update({f"augment.{k}": v for k, v in dataset.augment_defaults.items() if k not in cfg.augment})
     crop_name, crop_kw = cfg.component("crop")
     if CROPS.get(crop_name).uses_run_steps(crop_kw):  # a scheduled crop spans the run
         overrides["crop.steps"] = cfg.steps
+    with torch.random.fork_rng(devices=[]):  # a bad crop value fails now, not after the data and draws are built
+        create_crop(crop_name, (cfg.view.frames, cfg.view.size, cfg.view.size),
+                    **{**crop_kw, **{k[len("crop."):]: v for k, v in overrides.items() if k.startswith("crop.")}})
+
+    dataset = resolve_source(cfg.data.source).with_validation(cfg.data.val_fraction)  # val: held out of all else
+    overrides.update({f"augment.{k}": v for k, v in dataset.augment_defaults.items() if k not in cfg.augment})
     if cfg.compile and os.environ.get(COMPILE_ENV) == "0":
         overrides["compile"] = False
     if overrides:

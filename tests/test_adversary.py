@@ -239,16 +239,17 @@ def test_bad_values_name_the_key(build, message):
     (["crop.method=hardest", "crop.candidates=1"], "crop: candidates must be an integer >= 2, got 1"),
     (["optim.generator_optimizer=rmsprop"], "optim.generator_optimizer must be one of adam, sgd, got 'rmsprop'"),
 ])
-def test_train_cli_refuses_bad_values_with_exit_2(workdir, sets, message):
+def test_train_cli_refuses_bad_values_with_exit_2(workdir, monkeypatch, sets, message):
     from typer.testing import CliRunner
 
     from cli import app
 
+    monkeypatch.setenv("PARAMCROP_CACHE", str(workdir / "cache"))  # refused before any data is built
     args = ["train", "--steps", "1"] + [a for s in sets for a in ("--set", s)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
-    assert not (workdir / "mlflow.db").exists()
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "cache").exists()
 
 
 # --- recorded, and kept apart by the analyses ---------------------------------------------------------
