@@ -73,7 +73,7 @@ def power_table(sel: Selection, client: "MlflowClient", baseline: str | None = N
         r = summary.iloc[0]
         name = pair.declared or labels[pair.against]
         if r["pairs"] < MIN_PAIRS:
-            short.append(f"{name} vs {labels[pair.baseline]} ({r['pairs']})")
+            short.append(f"{pair.declared or name + ' vs ' + labels[pair.baseline]} ({r['pairs']})")
             continue
         s = float(r["diff_std"])
         rows.append({"configuration": name, "baseline": labels[pair.baseline], "pairs": int(r["pairs"]),

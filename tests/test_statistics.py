@@ -288,6 +288,8 @@ def test_blocks_of_seeds_analysed_together_make_the_declared_family_of_the_whole
     plain = ["pairs", "diff", "diff_lower", "diff_upper", "p_value", "p_better"]
     pd.testing.assert_series_equal(got.loc["paramcrop-l1 vs paramcrop-l0", plain],
                                    expected.set_index("declared").loc["paramcrop-l1 vs paramcrop-l0", plain])
+    short = run(blocks, "power", "--study", "part", out=tmp_path / "short")  # a declared comparison named once
+    assert short.exit_code == 2 and "Pairs here: paramcrop-l1 vs paramcrop-l0 (2)." in " ".join(short.stderr.split())
     mixed = run(blocks, "compare", "--experiment", "stats-seeds-0-1", "--experiment", "other", out=tmp_path / "mixed")
     assert mixed.exit_code == 0, mixed.output
     assert "declared" not in pd.read_csv(tmp_path / "mixed" / "compare.csv").columns
