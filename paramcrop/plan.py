@@ -141,7 +141,7 @@ def resolve(cfg: TrainConfig) -> RunPlan:
         overrides["crop.steps"] = cfg.steps
     with torch.random.fork_rng(devices=[]):  # a bad crop value fails now, not after the data and draws are built
         create_crop(crop_name, (cfg.view.frames, cfg.view.size, cfg.view.size),
-                    **{**crop_kw, **{k[len("crop."):]: v for k, v in overrides.items() if k.startswith("crop.")}})
+                    **{**crop_kw, **({"steps": cfg.steps} if "crop.steps" in overrides else {})})
 
     dataset = resolve_source(cfg.data.source).with_validation(cfg.data.val_fraction)  # val: held out of all else
     overrides.update({f"augment.{k}": v for k, v in dataset.augment_defaults.items() if k not in cfg.augment})

@@ -303,12 +303,9 @@ class StudySpec:
             if dim.key in chosen:
                 kept = [c for c in dim.choices if format_value(c) in chosen[dim.key]]
                 dim.choices = {c: dim.choices[c] for c in kept} if dim.type == "variants" else kept
-        compare = []
-        for c in self.compare:
-            against = [a for a in c.against if a in self.labels()]
-            if c.baseline in self.labels() and against:
-                compare.append(Comparison(c.baseline, against))
-        self.compare = compare
+        left = self.labels()
+        compare = [Comparison(c.baseline, [a for a in c.against if a in left]) for c in self.compare]
+        self.compare = [c for c in compare if c.baseline in left and c.against]
 
     def holds_block(self, block: "StudySpec") -> bool:
         """Whether ``block``'s grid is part of this spec's: the same dimensions, each of its values one of
