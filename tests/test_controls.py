@@ -63,8 +63,7 @@ def test_curriculum_sampled_areas_lie_in_the_ranges_in_force():
 def test_curriculum_steps_filled_from_the_run_and_bad_values_refused(workdir):
     from paramcrop.train import Trainer
 
-    cfg = TrainConfig.from_dict({"crop": {"method": "curriculum"}, "steps": 7, "batch_size": 4, "device": "cpu",
-                                 "data": {"frames": 8, "size": 32}, "view": {"frames": 4, "size": 16}})
+    cfg = TrainConfig.from_dict({**TINY, "crop": {"method": "curriculum"}, "steps": 7})
     trainer = Trainer(cfg, workdir / "run", progress=False)
     assert trainer.crop.steps == 7 and trainer.cfg.crop["steps"] == 7
     with pytest.raises(ValueError, match="schedule"):
