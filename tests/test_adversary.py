@@ -301,28 +301,31 @@ def test_every_registered_crop_names_its_own_label():
 
 
 # --- the adversary spec ----------------------------------------------------------------------------
-def test_the_adversary_spec_crosses_optimiser_and_budget_beside_hardest_random_and_lambda_0():
+def test_the_adversary_spec_holds_both_generators_at_the_budget_beside_hardest_frozen_and_matched():
     from studies.spec import load_spec
 
     spec = load_spec("adversary")
     spec.validate()
-    assert spec.grid_size() == 35 and spec.seeds == [0, 1, 2, 3, 4]
+    assert spec.grid_size() == 25 and spec.seeds == [0, 1, 2, 3, 4]
     assert spec.objectives[0].metric == "eval/val/knn_top1" and spec.data == "synthetic"
-    quick = load_spec("quickstart")
-    assert spec.base_config() == quick.base_config()  # quickstart's fixed config
+    controls = load_spec("controls")
+    assert spec.base_config() == controls.base_config()  # the controls' settings: 400 steps on the default
     built = {}
     for variant in spec.grid()["variant:crop"]:
         cfg, _ = spec.config_for({"variant:crop": variant})
         name, keys = cfg.component("crop")
-        built[variant] = (create_crop(name, SIZE, **keys), cfg.optim)
+        built[variant] = (create_crop(name, SIZE, **keys), cfg.optim, cfg)
+    budget = built["matched"][0].target_iou  # the random crop matched to the budget's IoU
     for optimizer in ("adam", "sgd"):
-        for suffix, budget in (("", None), ("-budget", 0.6)):
-            crop, optim = built[f"paramcrop-{optimizer}{suffix}"]
-            assert (crop.strength, crop.budget, optim.generator_optimizer) == (1.0, budget, optimizer)
-            assert optim.generator_lr == (2.5e-4 if optimizer == "adam" else 5e-3)
+        crop, optim, _ = built[f"paramcrop-{optimizer}"]
+        assert (crop.strength, crop.budget, optim.generator_optimizer) == (1.0, budget, optimizer)
+        assert optim.generator_lr == (2.5e-4 if optimizer == "adam" else 5e-3)
     assert built["hardest"][0].candidates == 4 and built["hardest"][0].area == (0.3, 1.0)
-    assert (built["random"][0].area, built["random"][0].duration) == ((0.8, 1.0), (1.0, 1.0))
-    assert built["random"][0].area == tuple(quick.search_space[0].choices["random"]["crop.area"])
-    assert built["paramcrop-l0"][0].strength == 0.0 and built["paramcrop-l0"][1].generator_optimizer == "adam"
-    for word in ("Seeds [0, 1, 2, 3, 4]", "eval/val/knn_top1", "hardest", "budget", "sgd", "35 trials"):
+    # the frozen generator and the matched crop are the controls' own configurations (the same trials, seed by seed)
+    for label, theirs in (("paramcrop-l0", "paramcrop-l0"), ("matched", "matched-sweet")):
+        assert built[label][2].flatten() == controls.config_for({"variant:crop": theirs})[0].flatten(), label
+    assert [(c.baseline, c.against) for c in spec.compare] == [
+        ("paramcrop-l0", ["paramcrop-adam", "paramcrop-sgd"]), ("matched", ["paramcrop-adam", "paramcrop-sgd", "hardest"])]
+    for word in ("seeds [0, 1, 2, 3, 4]", "eval/knn_top1", "hardest", f"budget {budget}", "sgd", "25 trials",
+                 "family of five"):
         assert word in " ".join(spec.description.split()), word
