@@ -129,7 +129,7 @@ def forest(data: pd.DataFrame, title: str, objective: str, level: float, baselin
     colours = plots.palette(2)
     err = np.vstack([data["diff"] - data["diff_lower"], data["diff_upper"] - data["diff"]])
     ax.errorbar(data["diff"], y, xerr=np.nan_to_num(err), fmt="o", color=colours[0], markersize=4,
-                capsize=2.5, linewidth=1.4, label=f"{level:.0%} t-interval")
+                capsize=2.5, linewidth=1.4, label=f"{plots.percent(level)} t-interval")
     if "boot_lower" in data.columns and data["boot_lower"].notna().any():
         ax.hlines(y - 0.22, data["boot_lower"], data["boot_upper"], color=colours[1], linewidth=1.4,
                   label="hierarchical bootstrap")
@@ -137,7 +137,7 @@ def forest(data: pd.DataFrame, title: str, objective: str, level: float, baselin
     ax.axvline(0.0, color=plots.BASELINE_COLOUR, linestyle="--", linewidth=1.0)
     ax.set_yticks(y, labels)
     ax.set_ylim(-0.7, len(data) - 0.3)
-    ax.set_xlabel(f"Difference in {objective}\n(paired by seed, {level:.0%} intervals)")
+    ax.set_xlabel(f"Difference in {objective}\n(paired by seed, {plots.percent(level)} intervals)")
     ax.grid(axis="y", visible=False)
     fig.suptitle(f"{title}\nbaseline: {baseline}" if baseline else title)
     return fig
@@ -145,7 +145,7 @@ def forest(data: pd.DataFrame, title: str, objective: str, level: float, baselin
 
 def diff_lines(data: pd.DataFrame, level: float) -> list[str]:
     """Markdown table rows of :func:`paired` output: configuration, difference, interval, pairs, unpaired."""
-    lines = [f"| configuration | difference | {level:.0%} interval | pairs | unpaired |", "|---|---:|:---:|---:|---:|"]
+    lines = [f"| configuration | difference | {plots.percent(level)} interval | pairs | unpaired |", "|---|---:|:---:|---:|---:|"]
     for r in data.itertuples(index=False):
         interval = "–" if r.diff_lower != r.diff_lower else f"[{r.diff_lower:+.3f}, {r.diff_upper:+.3f}]"
         diff = "–" if r.diff != r.diff else f"{r.diff:+.3f}"
@@ -155,7 +155,7 @@ def diff_lines(data: pd.DataFrame, level: float) -> list[str]:
 
 def explanation(baseline: str, objective: str, level: float) -> str:
     return (f"Baseline: {baseline}. Objective `{objective}`: difference configuration - baseline, paired by "
-            f"seed: mean over the pairs, its {level:.0%} t-interval, n pairs; unpaired seeds are left out.")
+            f"seed: mean over the pairs, its {plots.percent(level)} t-interval, n pairs; unpaired seeds are left out.")
 
 
 def check_adjust(adjust: str) -> str:
@@ -255,11 +255,11 @@ def markdown(data: pd.DataFrame, title: str, objective: str, level: float, adjus
     holm_ = adjust == "holm"
     lines = [f"# {title}", "", (f"Baseline: {bases[0]}. " if len(bases) == 1 else "")
              + f"Objective `{objective}`: difference configuration - baseline, paired by seed: mean over the pairs, "
-             f"its {level:.0%} t-interval, the paired t-test's p"
+             f"its {plots.percent(level)} t-interval, the paired t-test's p"
              + (" (Holm-adjusted over these comparisons) and the interval at the level of its Holm step" if holm_ else "")
-             + f", P(A > B) over the seeds (ties 1/2) with its {level:.0%} Wilson interval, and the {level:.0%} "
+             + f", P(A > B) over the seeds (ties 1/2) with its {plots.percent(level)} Wilson interval, and the {plots.percent(level)} "
              "hierarchical bootstrap interval (seeds, then queries). Unpaired seeds are left out.", "",
-             "| comparison | " + ("baseline | " if len(bases) > 1 else "") + f"difference | {level:.0%} interval | "
+             "| comparison | " + ("baseline | " if len(bases) > 1 else "") + f"difference | {plots.percent(level)} interval | "
              + ("p (Holm) | Holm interval | " if holm_ else "p | ")
              + "P(A > B) | bootstrap interval | pairs | unpaired |",
              "|---|" + ("---|" if len(bases) > 1 else "") + "---:|:---:|---:|" + (":---:|" if holm_ else "")

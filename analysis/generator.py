@@ -71,7 +71,7 @@ def figures(data: pd.DataFrame, metrics: Sequence[str], x: str, title: str, sepa
     handles = [Line2D([], [], color=styles[label][0], linestyle="-") for label in labels]
     fig.suptitle(title)
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), fits), frameon=False,
-               title=f"Mean over runs, {level:.0%} CI shaded")
+               title=f"Mean over runs, {plots.percent(level)} CI shaded")
     return [(stem, fig)]
 
 

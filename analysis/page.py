@@ -230,10 +230,10 @@ def summary_element(client, query: RunQuery, sel: Selection, metrics: list[str],
         notes += rep.notes + rep.warnings
         parts.append(pd.DataFrame({"config": tab["config"], "configuration": _label(tab), "metric": metric,
                                    "_m": len(parts), "mean": tab["mean"],
-                                   f"{level:.0%} interval": [_interval(lo, hi) for lo, hi in
+                                   f"{plots.percent(level)} interval": [_interval(lo, hi) for lo, hi in
                                                              zip(tab["lower"], tab["upper"])], "n": tab["n"]}))
     text = [f"Per configuration (every param that differs between the runs, seed aside) and metric: the mean of "
-            f"each run's final value over its n runs (seeds) and the {level:.0%} Student-t interval. "
+            f"each run's final value over its n runs (seeds) and the {plots.percent(level)} Student-t interval. "
             "Validation selects, test reports."]
     commands = "\n".join(command("table", sel, query, "--objective", m) for m in metrics)
     shown = pd.concat(parts, ignore_index=True).sort_values(["config", "_m"], kind="stable")
@@ -403,7 +403,7 @@ def report_page(query: RunQuery, level: float = 0.95, client: "MlflowClient | No
             elements.append(Element("Notes", notes))
         title = sel.title("results")
         intro = [str(spec.get("description") or "").strip(),
-                 f"{len(sel.runs)} finished runs. Means with their {level:.0%} t-interval and n runs (seeds); "
+                 f"{len(sel.runs)} finished runs. Means with their {plots.percent(level)} t-interval and n runs (seeds); "
                  "differences paired by seed. Every table and figure comes from the analysis named under it; "
                  "the spec and the trials follow them.",
                  f"This page: `{command('report', sel, query)}`"]

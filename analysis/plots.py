@@ -107,6 +107,11 @@ def losses_words(label: str) -> str:
     return "no extra losses" if label == NO_LOSSES else label
 
 
+def percent(level: float) -> str:
+    """A confidence level as people write it: 0.95 -> ``95%``, 0.975 -> ``97.5%`` (not ``98%``)."""
+    return f"{level * 100:g}%"
+
+
 def legend_width_in(chars: int) -> float:
     """Figure width (inches) that fits a one-column legend entry of ``chars`` characters at
     :data:`FONT_PT` beside its handle."""

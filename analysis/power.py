@@ -93,7 +93,7 @@ def power_table(sel: Selection, client: "MlflowClient", baseline: str | None = N
 def markdown(data: pd.DataFrame, title: str, objective: str, delta: float, power: float) -> str:
     lines = [f"# {title}", "",
              f"Objective `{objective}`, paired by seed; SD of the pilot's differences taken as the truth. "
-             f"Seeds for a {LEVEL:.0%} t-interval of half-width <= {delta:g}, and for the paired t-test "
+             f"Seeds for a {plots.percent(LEVEL)} t-interval of half-width <= {delta:g}, and for the paired t-test "
              f"(two-sided, alpha {1 - LEVEL:.2g}) to detect a true difference of {delta:g} with power {power:g} "
              "(noncentral t; the normal approximation beside it).", "",
              "| comparison | baseline | pilot pairs | difference | SD of differences | half-width now | "

@@ -126,7 +126,7 @@ def markdown(table: pd.DataFrame, title: str, objective: str, level: float) -> s
     lines = [f"# {title}", "",
              f"Objective `{objective}`: mean ± sample std over runs (seeds/trials), n runs per cell. "
              f"Head: the projection head; losses: the auxiliary loss terms that are on (weight shown when "
-             f"not 1). table.csv also holds the {level:.0%} t-interval.", "",
+             f"not 1). table.csv also holds the {plots.percent(level)} t-interval.", "",
              "| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] * w.index.nlevels + [":---:"] * len(w.columns)) + "|"]
     lines += ["| " + " | ".join(list(idx) + list(r)) + " |" for idx, r in zip(w.index, w.to_numpy())]

@@ -69,12 +69,12 @@ def store(tmp_path_factory) -> Store:
     return s
 
 
-def by_hand(values):
-    """n, mean, 95 % t-interval."""
+def by_hand(values, level=0.95):
+    """n, mean, t-interval at ``level``."""
     n = len(values)
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
     return n, mean, mean - half, mean + half
 
 
@@ -152,6 +152,20 @@ def test_paired_best_against_easiest_and_hardest(result, report):
     assert "`paramcrop analyze sweet-spot --study sweet --tracking-uri sqlite:" in md
     assert f"--objective {VAL} --objective {TEST} --ceiling 0.9" in md
     assert "Supervised ceiling of `eval/knn_top1`: 0.900." in md
+
+
+def test_a_bonferroni_level_is_computed_and_written_as_given(store, tmp_path):
+    """Two contrasts read at 97.5 % each: the intervals at that level, and the page says 97.5%, not 98%."""
+    from analysis.load import RunQuery
+    from analysis.sweet_spot import sweet_spot
+
+    report = sweet_spot(RunQuery(study="sweet", tracking_uri=store.uri, out=tmp_path, log=False), level=0.975)
+    pairs = report.data["pairs"].set_index(["objective", "versus"])
+    _, m, lo, hi = by_hand([b - o for b, o in zip(OBJ["0.6"][TEST], OBJ["0.3"][TEST])], level=0.975)
+    r = pairs.loc[(TEST, "hardest")]
+    assert (r["diff"], r["diff_lower"], r["diff_upper"]) == pytest.approx((m, lo, hi), abs=1e-12)
+    md = (tmp_path / "sweet-spot.md").read_text()
+    assert "| 97.5% interval |" in md and "98%" not in md
 
 
 def test_figures_and_artifacts(store, result):
