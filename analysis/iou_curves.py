@@ -52,7 +52,7 @@ from analysis import groups, plots
 from analysis.errors import NoDataError, NotFoundError
 from analysis.histories import last_per_step, load_histories
 from analysis.load import RunQuery, column, require_metrics
-from analysis.plots import P_CROP, P_STEPS, percent
+from analysis.plots import P_CROP, P_STEPS
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
 from paramcrop import sinks
@@ -305,7 +305,7 @@ def figures(data: pd.DataFrame, metrics: Sequence[str], x: str, title: str, sepa
     baseline = set(data.loc[data["baseline"], "configuration"])
     handles = [Line2D([], [], color=styles[lab][0], linestyle=styles[lab][1],
                       linewidth=1.6 if lab in baseline else 1.4) for lab in labels]
-    legend_title = f"Mean over runs, {percent(level)} CI shaded"
+    legend_title = f"Mean over runs, {plots.percent(level)} CI shaded"
     ncol = len(labels) if len(labels) <= 4 else 3
     out = []
     groups = [[m] for m in metrics] if separate else [list(metrics)]

@@ -22,7 +22,7 @@ import pandas as pd
 from analysis import plots
 from analysis.errors import NoDataError
 from analysis.load import RunQuery
-from analysis.plots import BASELINE_METHOD, P_CROP, P_FRAMEWORK, P_HEAD, P_ORDER, P_REGION, P_STRENGTH, percent
+from analysis.plots import BASELINE_METHOD, P_CROP, P_FRAMEWORK, P_HEAD, P_ORDER, P_REGION, P_STRENGTH
 from analysis.report import Report
 from analysis.stats import STAT_COLUMNS, check_level, grouped_interval
 from analysis.tables import LOSSES, extra_keys, losses_labels
@@ -121,7 +121,7 @@ def figure(data: pd.DataFrame, title: str, objective: str, level: float, logx: b
     handles, labels = ax.get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: labels[i].startswith(plots.BASELINE_LABEL))
     fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncols=1,
-               frameon=False, title=f"Mean over runs, {percent(level)} CI bars")
+               frameon=False, title=f"Mean over runs, {plots.percent(level)} CI bars")
     return fig
 
 

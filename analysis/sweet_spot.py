@@ -40,7 +40,7 @@ from analysis.compare import paired
 from analysis.errors import NoDataError, NotFoundError
 from analysis.histories import last_per_step, load_histories
 from analysis.load import RunQuery, Selection, column
-from analysis.plots import BASELINE_METHOD, P_CROP, percent
+from analysis.plots import BASELINE_METHOD, P_CROP
 from analysis.report import Report
 from analysis.stats import check_level, grouped_interval
 from analysis.values import seeded_values
@@ -236,7 +236,7 @@ def figure(data: pd.DataFrame, objectives: Sequence[str], title: str, level: flo
         ax.set_ylim(max(lo, -0.02), min(hi, 1.02))
     fig.suptitle(title)
     fig.legend(handles, labels, loc="outside lower center", ncols=ncol, frameon=False,
-               title=f"Mean over runs (seeds), {percent(level)} CI bars; arrows: measured IoU, start → end of training")
+               title=f"Mean over runs (seeds), {plots.percent(level)} CI bars; arrows: measured IoU, start → end of training")
     return fig
 
 
@@ -277,12 +277,12 @@ def markdown(data: pd.DataFrame, pair_data: pd.DataFrame, title: str, command: s
     lines = [f"# {title}", "", f"`{command}`", "",
              f"Per configuration (every param that differs, seed aside) and objective: n runs; the measured view "
              f"IoU, each run's mean of its `{sinks.VIEW_IOU}` history (start / end: its first / last 10 % of logged "
-             f"points), averaged over the runs; the objective's final value: mean and {percent(level)} t-interval over "
+             f"points), averaged over the runs; the objective's final value: mean and {plots.percent(level)} t-interval over "
              f"the runs. Matched levels (`{P_CROP}={MATCHED}`) first, by measured IoU.", ""]
     if ceiling is not None:
         lines += [f"Supervised ceiling of `{CEILING_METRIC}`: {ceiling:.3f}.", ""]
     lines += [f"| configuration | method | n | IoU mean | IoU start → end | objective | mean | "
-              f"{percent(level)} interval |",
+              f"{plots.percent(level)} interval |",
               "|---|---|---:|---:|:---:|---|---:|:---:|"]
     lines += [f"| {r.configuration} | {r.method} | {r.n} | {_num(r.iou_mean)} | {_num(r.iou_start)} → "
               f"{_num(r.iou_end)} | {r.objective} | {_num(r.mean)} | {_interval(r.ci_low, r.ci_high)} |"
@@ -291,8 +291,8 @@ def markdown(data: pd.DataFrame, pair_data: pd.DataFrame, title: str, command: s
               f"Best: the matched level with the highest mean `{data['objective'].iloc[0]}` (the first objective "
               f"selects, every objective compares that level); easiest / hardest: the matched level with "
               f"the highest / lowest measured IoU. Difference best - other, paired by seed: mean over the seeds both "
-              f"have, its {percent(level)} t-interval, n pairs; unpaired seeds are left out.", "",
-              f"| objective | best | vs | other | difference | {percent(level)} interval | n pairs | unpaired |",
+              f"have, its {plots.percent(level)} t-interval, n pairs; unpaired seeds are left out.", "",
+              f"| objective | best | vs | other | difference | {plots.percent(level)} interval | n pairs | unpaired |",
               "|---|---|---|---|---:|:---:|---:|---:|"]
     for r in pair_data.itertuples(index=False):
         diff = "(the same level)" if r.best == r.other else _num(r.diff, True)
@@ -357,7 +357,7 @@ def sweet_spot(query: RunQuery, objectives: Sequence[str] = (), ceiling: float |
                    f"{STEM}.md": plots.text_writer(markdown(data, pair_data, title, command, level, ceiling)),
                    **plots.figure_writers(fig, STEM)}
         plots.publish(report, client, sel, query.out, writers, query.log)
-    report.tables.append((f"{sel.name}: objective vs measured view IoU (mean over runs, {percent(level)} t-interval)",
+    report.tables.append((f"{sel.name}: objective vs measured view IoU (mean over runs, {plots.percent(level)} t-interval)",
                           data[COLUMNS]))
     shown = pair_data if pair_data["series"].nunique() > 1 else pair_data.drop(columns="series")
     report.tables.append((f"{sel.name}: best matched level vs the easiest and the hardest (paired by seed)", shown))

@@ -314,16 +314,16 @@ def test_the_adversary_spec_holds_both_generators_at_the_budget_beside_hardest_f
     for variant in spec.grid()["variant:crop"]:
         cfg, _ = spec.config_for({"variant:crop": variant})
         name, keys = cfg.component("crop")
-        built[variant] = (create_crop(name, SIZE, **keys), cfg.optim, cfg)
+        built[variant] = (create_crop(name, SIZE, **keys), cfg)
     budget = built["matched"][0].target_iou  # the random crop matched to the budget's IoU
     for optimizer in ("adam", "sgd"):
-        crop, optim, _ = built[f"paramcrop-{optimizer}"]
-        assert (crop.strength, crop.budget, optim.generator_optimizer) == (1.0, budget, optimizer)
-        assert optim.generator_lr == (2.5e-4 if optimizer == "adam" else 5e-3)
+        crop, cfg = built[f"paramcrop-{optimizer}"]
+        assert (crop.strength, crop.budget, cfg.optim.generator_optimizer) == (1.0, budget, optimizer)
+        assert cfg.optim.generator_lr == (2.5e-4 if optimizer == "adam" else 5e-3)
     assert built["hardest"][0].candidates == 4 and built["hardest"][0].area == (0.3, 1.0)
     # the frozen generator and the matched crop are the controls' own configurations (the same trials, seed by seed)
     for label, theirs in (("paramcrop-l0", "paramcrop-l0"), ("matched", "matched-sweet")):
-        assert built[label][2].flatten() == controls.config_for({"variant:crop": theirs})[0].flatten(), label
+        assert built[label][1].flatten() == controls.config_for({"variant:crop": theirs})[0].flatten(), label
     assert [(c.baseline, c.against) for c in spec.compare] == [
         ("paramcrop-l0", ["paramcrop-adam", "paramcrop-sgd"]), ("matched", ["paramcrop-adam", "paramcrop-sgd", "hardest"])]
     for word in ("seeds [0, 1, 2, 3, 4]", "eval/knn_top1", "hardest", f"budget {budget}", "sgd", "25 trials",
